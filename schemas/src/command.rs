@@ -1,0 +1,551 @@
+//! Requests sent on `cluster.<node>.cmd`, `cluster.all.cmd` and `cluster.svc.<s>.cmd`,
+//! and the strict parser that turns bytes into a typed [`Request`] or an error reply.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::options::WatcherOptions;
+use crate::reply::Errno;
+
+/// The largest request the agent reads; larger ones get an error reply.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// One request: `{"id": "...", "command": "incr", "properties": {"name": "dummy"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Request {
+    /// Echoed in the reply when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command) -> Self {
+        Request { id: None, command }
+    }
+}
+
+/// Every command with its properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "command", content = "properties", rename_all = "lowercase")]
+pub enum Command {
+    /// The state of one watcher or of all.
+    Status(MaybeName),
+    /// The watchers' names, or one watcher's processes.
+    List(MaybeName),
+    /// Start one watcher or all.
+    Start(StartStop),
+    /// Stop one watcher or all; waits until the processes are gone unless `waiting` is false.
+    Stop(StartStop),
+    /// Restart one watcher or all (all at once, or one process at a time with `rolling`).
+    Restart(Restart),
+    /// Same as restart, Circus's name for it.
+    Reload(Restart),
+    /// Add processes to a watcher.
+    Incr(Resize),
+    /// Remove processes from a watcher.
+    Decr(Resize),
+    /// Read a watcher's process count, or set it with `nb`.
+    Numprocesses(Numprocesses),
+    /// How many watchers the agent runs.
+    Numwatchers(Empty),
+    /// Send a signal to a watcher's processes (process groups), or to one pid.
+    Signal(SignalProps),
+    /// All options of a watcher.
+    Options(Name),
+    /// Some options of a watcher.
+    Get(GetProps),
+    /// Change options of a watcher.
+    Set(SetProps),
+    /// Add a watcher (needs `allow_remote_exec`).
+    Add(AddProps),
+    /// Stop and remove a watcher.
+    Rm(RmProps),
+    /// Read the config file again and apply what changed.
+    Reloadconfig(Empty),
+    /// The agent's own pid, CPU, memory and uptime.
+    Dstats(Empty),
+    /// Stop every process and end the agent.
+    Quit(Empty),
+    /// Who is there: name, version, boot id, tags.
+    Ping(Empty),
+    /// One snapshot of per-process statistics.
+    Stats(MaybeName),
+}
+
+impl Command {
+    /// The command's wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status(_) => "status",
+            Command::List(_) => "list",
+            Command::Start(_) => "start",
+            Command::Stop(_) => "stop",
+            Command::Restart(_) => "restart",
+            Command::Reload(_) => "reload",
+            Command::Incr(_) => "incr",
+            Command::Decr(_) => "decr",
+            Command::Numprocesses(_) => "numprocesses",
+            Command::Numwatchers(_) => "numwatchers",
+            Command::Signal(_) => "signal",
+            Command::Options(_) => "options",
+            Command::Get(_) => "get",
+            Command::Set(_) => "set",
+            Command::Add(_) => "add",
+            Command::Rm(_) => "rm",
+            Command::Reloadconfig(_) => "reloadconfig",
+            Command::Dstats(_) => "dstats",
+            Command::Quit(_) => "quit",
+            Command::Ping(_) => "ping",
+            Command::Stats(_) => "stats",
+        }
+    }
+}
+
+/// Every command name, in the order of [`Command`].
+pub const COMMAND_NAMES: &[&str] = &[
+    "status",
+    "list",
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "incr",
+    "decr",
+    "numprocesses",
+    "numwatchers",
+    "signal",
+    "options",
+    "get",
+    "set",
+    "add",
+    "rm",
+    "reloadconfig",
+    "dstats",
+    "quit",
+    "ping",
+    "stats",
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaybeName {
+    /// A watcher's name; all watchers when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Name {
+    /// A watcher's name.
+    pub name: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartStop {
+    /// A watcher's name; all watchers when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Reply only once the processes have started or stopped (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub waiting: bool,
+}
+
+impl Default for StartStop {
+    fn default() -> Self {
+        StartStop {
+            name: None,
+            waiting: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    /// A watcher's name; all watchers when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Reply only once the restart is done (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub waiting: bool,
+    /// Restart one process at a time, each new one up (past `min_uptime`, and its
+    /// health check where set) before the next is stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling: bool,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            name: None,
+            waiting: true,
+            rolling: false,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resize {
+    /// A watcher's name.
+    pub name: String,
+    /// How many processes to add or remove (default 1).
+    #[serde(default = "one")]
+    pub nb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Numprocesses {
+    /// A watcher's name.
+    pub name: String,
+    /// When given, the new process count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nb: Option<u32>,
+}
+
+/// A signal by name (`HUP`, `SIGHUP`) or number (`1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SignalSpec {
+    Number(i32),
+    Name(String),
+}
+
+impl std::fmt::Display for SignalSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalSpec::Number(n) => write!(f, "{n}"),
+            SignalSpec::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalProps {
+    /// A watcher's name.
+    pub name: String,
+    /// The signal.
+    pub signum: SignalSpec,
+    /// Only this process of the watcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Signal only the main process, not its process group.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leader_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetProps {
+    /// A watcher's name.
+    pub name: String,
+    /// The option names to read.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetProps {
+    /// A watcher's name.
+    pub name: String,
+    /// The options to change, with their new values.
+    pub options: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddProps {
+    /// The new watcher's name.
+    pub name: String,
+    /// The program to run.
+    pub cmd: String,
+    /// Its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Any other watcher option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<WatcherOptions>,
+    /// Start the watcher at once (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RmProps {
+    /// A watcher's name.
+    pub name: String,
+    /// Reply only once its processes are gone (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub waiting: bool,
+}
+
+/// Why a request could not be read; becomes an error reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    /// The request's id, when it could be read.
+    pub id: Option<String>,
+    pub errno: Errno,
+    pub reason: String,
+}
+
+/// Reads a request strictly: a JSON object with `command`, optional `id` and
+/// `properties`, nothing else; properties of the right types, nothing unknown.
+pub fn parse_request(bytes: &[u8]) -> Result<Request, RequestError> {
+    let err = |id: Option<String>, errno, reason: String| RequestError { id, errno, reason };
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(err(
+            None,
+            Errno::BadMessage,
+            format!(
+                "request is {} bytes, larger than the limit of {MAX_REQUEST_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        err(
+            None,
+            Errno::BadMessage,
+            format!("request is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(err(
+            None,
+            Errno::BadMessage,
+            "request must be a JSON object like {\"command\": \"status\"}".into(),
+        ));
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(err(
+                None,
+                Errno::BadMessage,
+                format!("'id' must be a string, not {}", json_kind(&other)),
+            ))
+        }
+    };
+    let command = match map.remove("command") {
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(err(
+                id,
+                Errno::BadMessage,
+                format!("'command' must be a string, not {}", json_kind(&other)),
+            ))
+        }
+        None => {
+            return Err(err(
+                id,
+                Errno::BadMessage,
+                "request has no 'command'".into(),
+            ))
+        }
+    };
+    let properties = match map.remove("properties") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            return Err(err(
+                id,
+                Errno::BadMessage,
+                format!("'properties' must be an object, not {}", json_kind(&other)),
+            ))
+        }
+    };
+    if let Some(key) = map.keys().next() {
+        return Err(err(
+            id,
+            Errno::BadMessage,
+            format!("unknown field '{key}' in request; expected id, command, properties"),
+        ));
+    }
+    if !COMMAND_NAMES.contains(&command.as_str()) {
+        return Err(err(
+            id,
+            Errno::UnknownCommand,
+            format!(
+                "unknown command '{command}'; known commands: {}",
+                COMMAND_NAMES.join(", ")
+            ),
+        ));
+    }
+    let tagged = serde_json::json!({ "command": command, "properties": properties });
+    match serde_json::from_value::<Command>(tagged) {
+        Ok(command) => Ok(Request { id, command }),
+        Err(e) => Err(err(
+            id,
+            Errno::BadOption,
+            format!("bad properties for '{command}': {e}"),
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_request() {
+        let r = parse_request(br#"{"id":"7","command":"incr","properties":{"name":"d","nb":2}}"#)
+            .unwrap();
+        assert_eq!(r.id.as_deref(), Some("7"));
+        assert_eq!(
+            r.command,
+            Command::Incr(Resize {
+                name: "d".into(),
+                nb: 2
+            })
+        );
+    }
+
+    #[test]
+    fn properties_are_optional_and_defaults_apply() {
+        let r = parse_request(br#"{"command":"status"}"#).unwrap();
+        assert_eq!(r.command, Command::Status(MaybeName::default()));
+        let r = parse_request(br#"{"command":"stop"}"#).unwrap();
+        assert_eq!(r.command, Command::Stop(StartStop::default()));
+        let r = parse_request(br#"{"command":"incr","properties":{"name":"x"}}"#).unwrap();
+        assert_eq!(
+            r.command,
+            Command::Incr(Resize {
+                name: "x".into(),
+                nb: 1
+            })
+        );
+    }
+
+    #[test]
+    fn round_trips_through_serde() {
+        let req = Request {
+            id: Some("a".into()),
+            command: Command::Signal(SignalProps {
+                name: "w".into(),
+                signum: SignalSpec::Name("HUP".into()),
+                pid: None,
+                leader_only: false,
+            }),
+        };
+        let bytes = serde_json::to_vec(&req).unwrap();
+        assert_eq!(parse_request(&bytes).unwrap(), req);
+        let req = Request::new(Command::Quit(Empty {}));
+        let bytes = serde_json::to_vec(&req).unwrap();
+        assert_eq!(parse_request(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn rejects_bad_input_with_reasons() {
+        let cases: &[(&[u8], Errno, &str)] = &[
+            (b"{not json", Errno::BadMessage, "not valid JSON"),
+            (b"[1,2]", Errno::BadMessage, "must be a JSON object"),
+            (br#"{"id":"1"}"#, Errno::BadMessage, "no 'command'"),
+            (
+                br#"{"command":5}"#,
+                Errno::BadMessage,
+                "'command' must be a string",
+            ),
+            (
+                br#"{"command":"nope"}"#,
+                Errno::UnknownCommand,
+                "unknown command 'nope'",
+            ),
+            (
+                br#"{"command":"status","x":1}"#,
+                Errno::BadMessage,
+                "unknown field 'x'",
+            ),
+            (
+                br#"{"command":"incr","properties":{"name":1}}"#,
+                Errno::BadOption,
+                "bad properties for 'incr'",
+            ),
+            (
+                br#"{"command":"incr","properties":{}}"#,
+                Errno::BadOption,
+                "missing field `name`",
+            ),
+            (
+                br#"{"command":"incr","properties":{"name":"a","nb":-1}}"#,
+                Errno::BadOption,
+                "bad properties",
+            ),
+            (
+                br#"{"command":"status","properties":{"nme":"a"}}"#,
+                Errno::BadOption,
+                "unknown field `nme`",
+            ),
+            (
+                br#"{"command":"status","properties":[]}"#,
+                Errno::BadMessage,
+                "'properties' must be an object",
+            ),
+        ];
+        for (input, errno, needle) in cases {
+            let e = parse_request(input).unwrap_err();
+            assert_eq!(e.errno, *errno, "{}", String::from_utf8_lossy(input));
+            assert!(
+                e.reason.contains(needle),
+                "{:?} does not contain {needle:?}",
+                e.reason
+            );
+        }
+        let e = parse_request(br#"{"id":"9","command":"nope"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("9"));
+        let big = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert!(parse_request(&big)
+            .unwrap_err()
+            .reason
+            .contains("larger than"));
+    }
+
+    #[test]
+    fn command_names_match_the_enum() {
+        for name in COMMAND_NAMES {
+            let req = format!(r#"{{"command":"{name}"}}"#);
+            match parse_request(req.as_bytes()) {
+                Ok(r) => assert_eq!(r.command.name(), *name),
+                Err(e) => assert_eq!(e.errno, Errno::BadOption, "{name}: {}", e.reason),
+            }
+        }
+    }
+}

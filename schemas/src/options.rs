@@ -1,0 +1,199 @@
+//! The options of a watcher as they appear in a node's TOML config (`[watcher.NAME]`),
+//! in `add`, `set`, `get` and `options`. Every field is optional here; the agent fills
+//! in defaults and validates values.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A user or group, by name or numeric id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IdSpec {
+    Id(u32),
+    Name(String),
+}
+
+/// When a process that exited on its own is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit status.
+    Always,
+    /// Unless the exit code is one of `exit_codes`.
+    OnFailure,
+    /// Never; the process stays exited.
+    Never,
+}
+
+/// The options of a watcher. Durations are strings such as "500ms", "1s", "2m".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherOptions {
+    /// The program to run, found on PATH. `$(wid)` and `$(name)` expand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// Its arguments. `$(wid)` and `$(name)` expand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// How many copies run (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numprocesses: Option<u32>,
+    /// Extra environment variables. `$(wid)` and `$(name)` expand in values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Pass the agent's own environment to the processes (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_env: Option<bool>,
+    /// The processes' working directory (default: the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Run as this user (the agent must be root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<IdSpec>,
+    /// Run as this group (the agent must be root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<IdSpec>,
+    /// The signal that asks a process to stop (default "TERM").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a stopping process may take before it is killed (default "30s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_timeout: Option<String>,
+    /// Circus's switch: false is the same as restart = "never" (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respawn: Option<bool>,
+    /// "always" (default), "on-failure" or "never".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// Exit codes that count as expected under "on-failure" (default [0]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_codes: Option<Vec<i32>>,
+    /// Failed starts in a row before the watcher turns fatal; -1 never (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry: Option<i32>,
+    /// How long a process must run for its start to count as successful (default "1s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_uptime: Option<String>,
+    /// The first delay before restarting after a failed start; it doubles each time
+    /// (default "100ms").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_delay: Option<String>,
+    /// The cap on that delay (default "15s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restart_delay: Option<String>,
+    /// The pause between starting one process and the next (default "0s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_delay: Option<String>,
+    /// Start when the agent starts (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    /// Start order: higher first, as in Circus (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Where stdout goes: "capture" (default: rotating files under the agent's log dir,
+    /// read with `ctl logs`), "discard", "inherit" (the agent's own), or a file path
+    /// (appended to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Where stderr goes; same values as stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// The service this watcher belongs to (default: the watcher's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// A command that exits 0 once a new process is ready; a rolling restart waits for
+    /// it. `$(wid)`, `$(name)` and `$(pid)` expand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_cmd: Option<Vec<String>>,
+    /// How long the health check may keep failing before the start counts as failed
+    /// (default "30s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout: Option<String>,
+    /// Rotate a captured log file when it reaches this many bytes (default 10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
+    /// How many rotated files to keep (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_backups: Option<u32>,
+}
+
+/// The option names, as accepted by `get` and `set`.
+pub const OPTION_NAMES: &[&str] = &[
+    "cmd",
+    "args",
+    "numprocesses",
+    "env",
+    "copy_env",
+    "working_dir",
+    "uid",
+    "gid",
+    "stop_signal",
+    "graceful_timeout",
+    "respawn",
+    "restart",
+    "exit_codes",
+    "max_retry",
+    "min_uptime",
+    "restart_delay",
+    "max_restart_delay",
+    "warmup_delay",
+    "autostart",
+    "priority",
+    "stdout",
+    "stderr",
+    "service",
+    "health_cmd",
+    "health_timeout",
+    "log_max_bytes",
+    "log_backups",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_names_are_the_fields() {
+        let all = serde_json::to_value(WatcherOptions {
+            cmd: Some(String::new()),
+            args: Some(vec![]),
+            numprocesses: Some(1),
+            env: Some(BTreeMap::new()),
+            copy_env: Some(true),
+            working_dir: Some(String::new()),
+            uid: Some(IdSpec::Id(0)),
+            gid: Some(IdSpec::Id(0)),
+            stop_signal: Some(String::new()),
+            graceful_timeout: Some(String::new()),
+            respawn: Some(true),
+            restart: Some(RestartPolicy::Always),
+            exit_codes: Some(vec![]),
+            max_retry: Some(1),
+            min_uptime: Some(String::new()),
+            restart_delay: Some(String::new()),
+            max_restart_delay: Some(String::new()),
+            warmup_delay: Some(String::new()),
+            autostart: Some(true),
+            priority: Some(1),
+            stdout: Some(String::new()),
+            stderr: Some(String::new()),
+            service: Some(String::new()),
+            health_cmd: Some(vec![]),
+            health_timeout: Some(String::new()),
+            log_max_bytes: Some(1),
+            log_backups: Some(1),
+        })
+        .unwrap();
+        let keys: Vec<&str> = all
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut names = OPTION_NAMES.to_vec();
+        names.sort();
+        assert_eq!(keys, names);
+    }
+}

@@ -1,0 +1,374 @@
+//! Replies: the envelope every reply shares, the error numbers, and the data each
+//! command returns.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::options::WatcherOptions;
+
+/// Error numbers carried in `errno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Errno {
+    /// Not JSON, not an object, missing or unknown top-level fields, too large.
+    BadMessage = 1,
+    /// The command's properties have the wrong names, types or values.
+    BadOption = 2,
+    /// No such command.
+    UnknownCommand = 3,
+    /// No such watcher.
+    UnknownWatcher = 4,
+    /// The agent's config does not allow it (remote exec).
+    Forbidden = 5,
+    /// A watcher with that name already exists.
+    AlreadyExists = 6,
+    /// The command was valid but could not be carried out.
+    CommandFailed = 7,
+    /// The agent is shutting down.
+    ShuttingDown = 8,
+}
+
+impl Errno {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(code: u32) -> Option<Errno> {
+        use Errno::*;
+        [
+            BadMessage,
+            BadOption,
+            UnknownCommand,
+            UnknownWatcher,
+            Forbidden,
+            AlreadyExists,
+            CommandFailed,
+            ShuttingDown,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+    }
+}
+
+/// `ok` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyStatus {
+    Ok,
+    Error,
+}
+
+/// Any reply, as read by a client: the envelope plus the command's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reply {
+    /// The request's id, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The node that answered.
+    pub node: String,
+    pub status: ReplyStatus,
+    /// Unix time of the reply, in seconds.
+    pub time: f64,
+    /// What went wrong (error replies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The error number (error replies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    /// The command's own fields.
+    #[serde(flatten)]
+    pub data: Map<String, Value>,
+}
+
+impl Reply {
+    pub fn ok(id: Option<String>, node: &str, time: f64, data: impl Serialize) -> Reply {
+        let data = match serde_json::to_value(data) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        Reply {
+            id,
+            node: node.to_owned(),
+            status: ReplyStatus::Ok,
+            time,
+            reason: None,
+            errno: None,
+            data,
+        }
+    }
+
+    pub fn error(
+        id: Option<String>,
+        node: &str,
+        time: f64,
+        errno: Errno,
+        reason: impl Into<String>,
+    ) -> Reply {
+        Reply {
+            id,
+            node: node.to_owned(),
+            status: ReplyStatus::Error,
+            time,
+            reason: Some(reason.into()),
+            errno: Some(errno.code()),
+            data: Map::new(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.status == ReplyStatus::Ok
+    }
+
+    /// The command's fields as a typed value.
+    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(Value::Object(self.data.clone()))
+    }
+}
+
+/// The shape of a successful reply carrying `T`; used for the schemas.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OkReply<T> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub node: String,
+    /// Always "ok".
+    pub status: OkStatus,
+    pub time: f64,
+    #[serde(flatten)]
+    pub data: T,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub enum OkStatus {
+    #[serde(rename = "ok")]
+    Ok,
+}
+
+/// The shape of an error reply.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub node: String,
+    /// Always "error".
+    pub status: ErrorStatus,
+    pub time: f64,
+    /// What went wrong, and what to do about it.
+    pub reason: String,
+    /// 1 bad message, 2 bad option, 3 unknown command, 4 unknown watcher, 5 forbidden,
+    /// 6 already exists, 7 command failed, 8 shutting down.
+    pub errno: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub enum ErrorStatus {
+    #[serde(rename = "error")]
+    Error,
+}
+
+/// A reply with no fields of its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NoData {}
+
+/// The state of a watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WatcherState {
+    /// Meant to run; its processes are up or being started again.
+    Active,
+    /// Its processes are being stopped.
+    Stopping,
+    /// Not running.
+    Stopped,
+    /// Gave up after `max_retry` failed starts in a row; `start` tries again.
+    Fatal,
+}
+
+impl std::fmt::Display for WatcherState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WatcherState::Active => "active",
+            WatcherState::Stopping => "stopping",
+            WatcherState::Stopped => "stopped",
+            WatcherState::Fatal => "fatal",
+        })
+    }
+}
+
+/// The state of one process slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    /// Running, but not yet for `min_uptime` (or not yet healthy).
+    Starting,
+    /// Running past `min_uptime`.
+    Running,
+    /// Asked to stop; waiting for it to exit.
+    Stopping,
+    /// Exited after a failed start; waiting out the restart delay.
+    Backoff,
+    /// Exited and not restarted (restart policy).
+    Exited,
+    /// Failed `max_retry` starts in a row.
+    Fatal,
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Running => "running",
+            ProcessState::Stopping => "stopping",
+            ProcessState::Backoff => "backoff",
+            ProcessState::Exited => "exited",
+            ProcessState::Fatal => "fatal",
+        })
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExitStatus {
+    /// The exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal's name, when a signal killed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "killed by {s}"),
+            (None, None) => write!(f, "unknown exit status"),
+        }
+    }
+}
+
+/// One process slot of a watcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// The instance number, 1..=numprocesses (`$(wid)`).
+    pub wid: u32,
+    /// The pid, while a process runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub state: ProcessState,
+    /// Unix time the current process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    /// How many times this slot was started again after an exit.
+    pub restarts: u32,
+    /// How the previous process of this slot ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitStatus>,
+}
+
+/// A watcher at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatcherSummary {
+    pub name: String,
+    pub state: WatcherState,
+    /// The wanted process count.
+    pub numprocesses: u32,
+    /// How many processes run now.
+    pub running: u32,
+    /// Restarts of all its slots.
+    pub restarts: u32,
+    /// The service it answers for.
+    pub service: String,
+    /// Why it is fatal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `status`: the state of each watcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusData {
+    /// Watcher name to state, as in Circus.
+    pub statuses: BTreeMap<String, WatcherState>,
+    /// More about each watcher.
+    pub watchers: Vec<WatcherSummary>,
+}
+
+/// `list`: the watchers' names, or one watcher's processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ListData {
+    /// Every watcher's name (without `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchers: Option<Vec<String>>,
+    /// The running pids (with `name`), as in Circus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
+    /// Every slot of the watcher (with `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<ProcessInfo>>,
+}
+
+/// `incr`, `decr`, `numprocesses`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NumprocessesData {
+    pub numprocesses: u32,
+}
+
+/// `numwatchers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NumwatchersData {
+    pub numwatchers: u32,
+}
+
+/// `start`, `stop`, `restart`, `reload`, `rm`, `add`, `set`, `signal`: what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionData {
+    /// The watchers acted on, with their state afterwards.
+    pub statuses: BTreeMap<String, WatcherState>,
+    /// The pids signalled (`signal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
+}
+
+/// `options` and `get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OptionsData {
+    pub options: WatcherOptions,
+}
+
+/// `reloadconfig`: what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReloadData {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// `dstats`: the agent's own process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DstatsData {
+    pub pid: u32,
+    /// CPU use since the last `dstats` (or since start), percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// Seconds since the agent started.
+    pub uptime_secs: f64,
+    pub threads: u64,
+    /// Processes the agent supervises now.
+    pub children: u32,
+    pub version: String,
+}
+
+/// `ping`: who answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PingData {
+    pub version: String,
+    /// A new id at every agent start.
+    pub boot_id: String,
+    pub pid: u32,
+    pub hostname: String,
+    pub tags: BTreeMap<String, String>,
+    pub uptime_secs: f64,
+}

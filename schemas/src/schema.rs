@@ -1,0 +1,250 @@
+//! Generates the JSON Schema files from the types: one file for any request, one for
+//! any reply, and a request and a reply file for each command.
+
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use crate::command::*;
+use crate::options::WatcherOptions;
+use crate::reply::*;
+
+const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// Every schema file: (path relative to `schemas/`, content).
+pub fn all() -> Vec<(String, Value)> {
+    let mut files = vec![
+        (
+            "request.schema.json".to_owned(),
+            root::<Request>("Any request"),
+        ),
+        ("reply.schema.json".to_owned(), root::<Reply>("Any reply")),
+        (
+            "watcher-options.schema.json".to_owned(),
+            root::<WatcherOptions>("Watcher options"),
+        ),
+    ];
+    let mut cmd = |name: &str, req: Value, reply: Value| {
+        files.push((format!("commands/{name}.request.schema.json"), req));
+        files.push((format!("commands/{name}.reply.schema.json"), reply));
+    };
+    cmd(
+        "status",
+        request::<MaybeName>("status"),
+        reply::<StatusData>("status"),
+    );
+    cmd(
+        "list",
+        request::<MaybeName>("list"),
+        reply::<ListData>("list"),
+    );
+    cmd(
+        "start",
+        request::<StartStop>("start"),
+        reply::<ActionData>("start"),
+    );
+    cmd(
+        "stop",
+        request::<StartStop>("stop"),
+        reply::<ActionData>("stop"),
+    );
+    cmd(
+        "restart",
+        request::<Restart>("restart"),
+        reply::<ActionData>("restart"),
+    );
+    cmd(
+        "reload",
+        request::<Restart>("reload"),
+        reply::<ActionData>("reload"),
+    );
+    cmd(
+        "incr",
+        request::<Resize>("incr"),
+        reply::<NumprocessesData>("incr"),
+    );
+    cmd(
+        "decr",
+        request::<Resize>("decr"),
+        reply::<NumprocessesData>("decr"),
+    );
+    cmd(
+        "numprocesses",
+        request::<Numprocesses>("numprocesses"),
+        reply::<NumprocessesData>("numprocesses"),
+    );
+    cmd(
+        "numwatchers",
+        request::<Empty>("numwatchers"),
+        reply::<NumwatchersData>("numwatchers"),
+    );
+    cmd(
+        "signal",
+        request::<SignalProps>("signal"),
+        reply::<ActionData>("signal"),
+    );
+    cmd(
+        "options",
+        request::<Name>("options"),
+        reply::<OptionsData>("options"),
+    );
+    cmd(
+        "get",
+        request::<GetProps>("get"),
+        reply::<OptionsData>("get"),
+    );
+    cmd(
+        "set",
+        request::<SetProps>("set"),
+        reply::<ActionData>("set"),
+    );
+    cmd(
+        "add",
+        request::<AddProps>("add"),
+        reply::<ActionData>("add"),
+    );
+    cmd("rm", request::<RmProps>("rm"), reply::<ActionData>("rm"));
+    cmd(
+        "reloadconfig",
+        request::<Empty>("reloadconfig"),
+        reply::<ReloadData>("reloadconfig"),
+    );
+    cmd(
+        "dstats",
+        request::<Empty>("dstats"),
+        reply::<DstatsData>("dstats"),
+    );
+    cmd("quit", request::<Empty>("quit"), reply::<NoData>("quit"));
+    cmd("ping", request::<Empty>("ping"), reply::<PingData>("ping"));
+    files
+}
+
+/// The whole schema of one type, as its own file.
+fn root<T: JsonSchema>(title: &str) -> Value {
+    let mut v = SchemaGenerator::default()
+        .into_root_schema_for::<T>()
+        .to_value();
+    if let Value::Object(m) = &mut v {
+        m.insert("title".into(), json!(title));
+    }
+    v
+}
+
+/// A request for one command: `id`, `command` fixed to `name`, and its properties.
+fn request<P: JsonSchema>(name: &str) -> Value {
+    let mut generator = SchemaGenerator::default();
+    let props = generator.subschema_for::<P>().to_value();
+    let props_required = generator
+        .definitions()
+        .get(&P::schema_name().to_string())
+        .and_then(|d| d.get("required"))
+        .and_then(Value::as_array)
+        .is_some_and(|r| !r.is_empty());
+    let mut required = vec![json!("command")];
+    if props_required {
+        required.push(json!("properties"));
+    }
+    with_defs(
+        json!({
+            "$schema": DRAFT,
+            "title": format!("{name} request"),
+            "type": "object",
+            "properties": {
+                "id": { "type": ["string", "null"], "description": "Echoed in the reply." },
+                "command": { "const": name },
+                "properties": props,
+            },
+            "required": required,
+            "additionalProperties": false,
+        }),
+        generator.definitions(),
+    )
+}
+
+/// A reply to one command: a success carrying `T`, or an error.
+fn reply<T: JsonSchema>(name: &str) -> Value {
+    let mut generator = SchemaGenerator::default();
+    let ok = generator.subschema_for::<OkReply<T>>().to_value();
+    let err = generator.subschema_for::<ErrorReply>().to_value();
+    with_defs(
+        json!({
+            "$schema": DRAFT,
+            "title": format!("{name} reply"),
+            "oneOf": [ok, err],
+        }),
+        generator.definitions(),
+    )
+}
+
+fn with_defs(mut v: Value, defs: &Map<String, Value>) -> Value {
+    if !defs.is_empty() {
+        v["$defs"] = Value::Object(defs.clone());
+    }
+    v
+}
+
+/// Where the committed schema files live.
+pub fn dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// The text a schema file holds: pretty JSON with a final newline.
+pub fn render(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("a schema serializes");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails when a committed schema file differs from what the types generate.
+    /// `UPDATE_SCHEMAS=1 cargo test -p cluster-protocol` writes them anew.
+    #[test]
+    fn committed_schemas_match_the_types() {
+        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+        let mut stale = vec![];
+        for (path, value) in all() {
+            let file = dir().join(&path);
+            let want = render(&value);
+            if update {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, &want).unwrap();
+                continue;
+            }
+            match std::fs::read_to_string(&file) {
+                Ok(have) if have == want => {}
+                _ => stale.push(path),
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "schema files differ from the types: {stale:?}; \
+             run `UPDATE_SCHEMAS=1 cargo test -p cluster-protocol` and commit them"
+        );
+    }
+
+    #[test]
+    fn no_stray_schema_files() {
+        let known: Vec<String> = all().into_iter().map(|(p, _)| p).collect();
+        for sub in ["", "commands"] {
+            let Ok(entries) = std::fs::read_dir(dir().join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(".schema.json") {
+                    let rel = if sub.is_empty() {
+                        name
+                    } else {
+                        format!("{sub}/{name}")
+                    };
+                    assert!(
+                        known.contains(&rel),
+                        "{rel} is not generated by any type; remove it"
+                    );
+                }
+            }
+        }
+    }
+}
