@@ -1,1 +1,231 @@
-fn main() {}
+//! `ctl`: parses the command line, sends the command to its targets over NATS, prints
+//! the replies, and maps the outcome to an exit code.
+
+mod args;
+mod client;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use protocol::{Request, Subjects};
+
+use crate::args::{Cli, Global, Sub};
+use crate::client::{Outcome, Target};
+
+/// Exit codes, for scripts.
+const EXIT_ERROR_REPLY: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_NO_ANSWER: u8 = 3;
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("ctl: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Sub::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "ctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ctl: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR_REPLY);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+fn target(g: &Global) -> Result<Target, String> {
+    if let Some(s) = &g.service {
+        protocol::subjects::validate_token(s)
+            .map_err(|e| format!("bad service name '{s}': {e}"))?;
+        return Ok(Target::Service(s.clone()));
+    }
+    if !g.nodes.is_empty() {
+        for n in &g.nodes {
+            protocol::subjects::validate_node_name(n)
+                .map_err(|e| format!("bad node name '{n}': {e}"))?;
+        }
+        return Ok(Target::Nodes(g.nodes.clone()));
+    }
+    if g.all || !g.tags.is_empty() {
+        let mut tags = vec![];
+        for t in &g.tags {
+            let Some((k, v)) = t.split_once('=') else {
+                return Err(format!("tag '{t}' must look like KEY=VALUE"));
+            };
+            tags.push((k.to_owned(), v.to_owned()));
+        }
+        return Ok(Target::Members(tags));
+    }
+    Err(
+        "say which nodes: --node NAME (repeatable), --all, --tag KEY=VALUE or --service NAME"
+            .into(),
+    )
+}
+
+async fn connect(g: &Global) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("ctl")
+        .connection_timeout(std::time::Duration::from_secs(3));
+    if let (Some(u), Some(p)) = (&g.user, &g.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &g.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(c) = &g.creds {
+        opts = opts
+            .credentials_file(c)
+            .await
+            .map_err(|e| format!("cannot read credentials {}: {e}", c.display()))?;
+    }
+    let servers: Vec<async_nats::ServerAddr> = g
+        .server
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e| format!("bad server URL '{s}': {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    opts.connect(servers).await.map_err(|e| {
+        format!(
+            "cannot connect to NATS at {}: {e} (set -s URL or NATS_URL)",
+            g.server
+        )
+    })
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let g = &cli.global;
+    if let Err(e) = protocol::subjects::validate_prefix(&g.prefix) {
+        return usage(&format!("bad --prefix '{}': {e}", g.prefix));
+    }
+    let subjects = Subjects::new(g.prefix.clone());
+    let command = match cli.command.command() {
+        Ok(Some(c)) => c,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => return usage(&e),
+    };
+    let target = match target(g) {
+        Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let timeout = g.timeout.unwrap_or_else(|| cli.command.default_timeout());
+    let client = match connect(g).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ctl: {e}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    let name = command.name();
+    let req = Request::new(command);
+    let outcome = match &target {
+        Target::Nodes(nodes) if nodes.len() == 1 => {
+            client::request_one(
+                &client,
+                subjects.node_cmd(&nodes[0]),
+                &nodes[0],
+                &req,
+                timeout,
+            )
+            .await
+        }
+        Target::Nodes(nodes) => {
+            let expected = nodes.iter().cloned().collect();
+            match client::broadcast(
+                &client,
+                &subjects,
+                client::nodes_header(nodes),
+                expected,
+                &req,
+                timeout,
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("ctl: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            }
+        }
+        Target::Service(s) => {
+            client::request_one(
+                &client,
+                subjects.service_cmd(s),
+                &format!("service {s}"),
+                &req,
+                timeout,
+            )
+            .await
+        }
+        Target::Members(_) => {
+            return usage(
+                "--all and --tag need cluster membership, which this build does not have yet",
+            );
+        }
+    };
+    let multi = !matches!(&target, Target::Nodes(n) if n.len() == 1)
+        && !matches!(target, Target::Service(_));
+    report(name, outcome, g.json, multi)
+}
+
+/// Prints replies and missing targets; returns the exit code.
+fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let mut code = 0u8;
+    let ok: Vec<&protocol::Reply> = outcome.replies.iter().filter(|r| r.is_ok()).collect();
+    for r in outcome.replies.iter().filter(|r| !r.is_ok()) {
+        code = code.max(EXIT_ERROR_REPLY);
+        eprintln!(
+            "ctl: error from node {}: {}",
+            r.node,
+            r.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    let written = if json {
+        outcome
+            .replies
+            .iter()
+            .try_for_each(|r| writeln!(stdout, "{}", serde_json::to_string(r).unwrap_or_default()))
+    } else if ok.is_empty() {
+        Ok(())
+    } else {
+        stdout.write_all(output::render(command, &ok, multi).as_bytes())
+    };
+    // A closed pipe (`ctl ... | head`) is not an error.
+    if let Err(e) = written.and_then(|_| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("ctl: cannot write output: {e}");
+        }
+    }
+    for (node, why) in &outcome.missing {
+        code = EXIT_NO_ANSWER;
+        eprintln!("ctl: node {node} did not answer: {why}");
+    }
+    ExitCode::from(code)
+}

@@ -1,1 +1,10 @@
-//! placeholder
+//! `nodeagent`: supervises the processes of one machine and answers commands that
+//! arrive over NATS. The binary in `main.rs` only parses arguments, installs signal
+//! handlers and calls [`agent::run`].
+
+pub mod agent;
+pub mod config;
+pub mod process;
+pub mod state;
+pub mod supervisor;
+pub mod transport;

@@ -1,1 +1,102 @@
-fn main() {}
+//! The `nodeagent` binary: arguments, logging, signal handlers, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nodeagent::{agent, config};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Supervises the processes of this machine and answers `ctl` over NATS.
+///
+/// Exit codes: 0 after a graceful stop (SIGTERM, SIGINT or `ctl quit`), 1 when the agent
+/// cannot run (NATS credentials, state file, name already taken), 2 for an invalid config
+/// or bad arguments.
+#[derive(Parser, Debug)]
+#[command(name = "nodeagent", version)]
+struct Args {
+    /// The node's TOML config ([agent], [nats], [watcher.NAME] tables).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Check the config and exit: 0 when valid, 2 with every problem listed when not.
+    #[arg(long)]
+    check: bool,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodeagent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: valid (node '{}', {} watchers)",
+            args.config.display(),
+            cfg.agent.name,
+            cfg.watchers.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodeagent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            eprintln!("nodeagent: cannot install signal handlers");
+            return ExitCode::from(1);
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM: stopping"); token.cancel(); }
+                    _ = int.recv() => { tracing::info!("SIGINT: stopping"); token.cancel(); }
+                    _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); let _ = reload_tx.try_send(()); }
+                }
+            }
+        });
+        match agent::run(cfg, shutdown, reload_rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nodeagent: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

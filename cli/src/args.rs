@@ -1,0 +1,330 @@
+//! The command line: global options, targets and subcommands, and the protocol command
+//! each subcommand sends.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use protocol::command::*;
+use protocol::Command;
+
+/// Controls nodeagent processes across a cluster, through NATS alone.
+///
+/// Pick the targets with --node (repeatable), --all, --tag k=v (repeatable; all must
+/// match) or --service S (one member of the service acts), then a command, as with
+/// circusctl: `ctl --node second incr dummy`.
+///
+/// Exit codes: 0 success; 1 an agent replied with an error; 2 bad usage; 3 a target
+/// did not answer (down, misnamed, or NATS unreachable).
+#[derive(Parser, Debug)]
+#[command(name = "ctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        short,
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub server: String,
+    /// Subject prefix the agents use.
+    #[arg(long, env = "CLUSTER_PREFIX", default_value = "cluster", global = true)]
+    pub prefix: String,
+    /// A target node (repeat for several).
+    #[arg(short, long = "node", value_name = "NAME", global = true)]
+    pub nodes: Vec<String>,
+    /// Every alive node.
+    #[arg(short, long, global = true, conflicts_with_all = ["nodes", "service"])]
+    pub all: bool,
+    /// Nodes whose tag KEY has VALUE (repeat: all must match).
+    #[arg(short, long = "tag", value_name = "KEY=VALUE", global = true, conflicts_with_all = ["nodes", "service"])]
+    pub tags: Vec<String>,
+    /// One member of this service acts (NATS queue group).
+    #[arg(long, value_name = "SERVICE", global = true, conflicts_with = "nodes")]
+    pub service: Option<String>,
+    /// How long to wait for replies, e.g. 500ms, 5s, 2m [default: 5s for queries,
+    /// 60s for commands that start or stop processes].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub timeout: Option<Duration>,
+    /// Print each reply as one JSON line.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// NATS user (with --password).
+    #[arg(long, env = "NATS_USER", global = true, hide_env_values = true)]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub creds: Option<std::path::PathBuf>,
+    /// More log output on stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sub {
+    /// The state of each watcher (or of one).
+    Status { watcher: Option<String> },
+    /// The watchers, or one watcher's processes (wid, pid, state, restarts).
+    List { watcher: Option<String> },
+    /// Start a watcher, or all.
+    Start {
+        watcher: Option<String>,
+        /// Reply at once instead of when the processes run.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop a watcher, or all (stop signal, then SIGKILL after graceful_timeout).
+    Stop {
+        watcher: Option<String>,
+        /// Reply at once instead of when the processes are gone.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Restart a watcher, or all.
+    Restart(RestartArgs),
+    /// Same as restart.
+    Reload(RestartArgs),
+    /// Add processes to a watcher.
+    Incr {
+        watcher: String,
+        #[arg(default_value_t = 1)]
+        nb: u32,
+    },
+    /// Remove processes from a watcher (the highest wids go first).
+    Decr {
+        watcher: String,
+        #[arg(default_value_t = 1)]
+        nb: u32,
+    },
+    /// Show a watcher's process count, or set it to COUNT.
+    #[command(visible_alias = "resize")]
+    Numprocesses { watcher: String, count: Option<u32> },
+    /// How many watchers a node runs.
+    Numwatchers,
+    /// Send a signal (name or number) to a watcher's processes and their groups.
+    Signal {
+        watcher: String,
+        signal: String,
+        /// Only this process of the watcher.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only the main process, not its children.
+        #[arg(long)]
+        leader_only: bool,
+    },
+    /// Every option of a watcher.
+    Options { watcher: String },
+    /// Some options of a watcher.
+    Get {
+        watcher: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Change options: KEY VALUE pairs; a VALUE is read as JSON when it parses
+    /// (3, true, ["a","b"]) and as a string otherwise.
+    Set {
+        watcher: String,
+        #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
+        pairs: Vec<String>,
+    },
+    /// Add a watcher running CMD ARGS... (the node must allow remote exec).
+    Add {
+        watcher: String,
+        /// Options as KEY=VALUE (repeatable), e.g. -o numprocesses=3.
+        #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Add it without starting it.
+        #[arg(long)]
+        no_start: bool,
+        /// The program and its arguments (after --).
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a watcher's processes and remove it.
+    Rm {
+        watcher: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Read the node's config file again and apply what changed.
+    Reloadconfig,
+    /// The agent's own pid, CPU, memory and uptime.
+    Dstats,
+    /// Stop every process and end the agent.
+    Quit,
+    /// Who answers: version, pid, host, tags, uptime.
+    Ping,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestartArgs {
+    pub watcher: Option<String>,
+    /// Restart one process at a time, each new one up before the next.
+    #[arg(long)]
+    pub rolling: bool,
+    /// With --rolling and several nodes: how many nodes restart at once.
+    #[arg(long, default_value_t = 1, requires = "rolling")]
+    pub batch: usize,
+    /// Reply at once instead of when the restart is done.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+fn json_value(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
+}
+
+impl Sub {
+    /// The protocol command this subcommand sends; `Err` for a usage error.
+    pub fn command(&self) -> Result<Option<Command>, String> {
+        let restart = |r: &RestartArgs| Restart {
+            name: r.watcher.clone(),
+            waiting: !r.no_wait,
+            rolling: r.rolling,
+        };
+        Ok(Some(match self {
+            Sub::Status { watcher } => Command::Status(MaybeName {
+                name: watcher.clone(),
+            }),
+            Sub::List { watcher } => Command::List(MaybeName {
+                name: watcher.clone(),
+            }),
+            Sub::Start { watcher, no_wait } => Command::Start(StartStop {
+                name: watcher.clone(),
+                waiting: !no_wait,
+            }),
+            Sub::Stop { watcher, no_wait } => Command::Stop(StartStop {
+                name: watcher.clone(),
+                waiting: !no_wait,
+            }),
+            Sub::Restart(r) => Command::Restart(restart(r)),
+            Sub::Reload(r) => Command::Reload(restart(r)),
+            Sub::Incr { watcher, nb } => Command::Incr(Resize {
+                name: watcher.clone(),
+                nb: *nb,
+            }),
+            Sub::Decr { watcher, nb } => Command::Decr(Resize {
+                name: watcher.clone(),
+                nb: *nb,
+            }),
+            Sub::Numprocesses { watcher, count } => Command::Numprocesses(Numprocesses {
+                name: watcher.clone(),
+                nb: *count,
+            }),
+            Sub::Numwatchers => Command::Numwatchers(Empty {}),
+            Sub::Signal {
+                watcher,
+                signal,
+                pid,
+                leader_only,
+            } => Command::Signal(SignalProps {
+                name: watcher.clone(),
+                signum: match signal.parse::<i32>() {
+                    Ok(n) => SignalSpec::Number(n),
+                    Err(_) => SignalSpec::Name(signal.clone()),
+                },
+                pid: *pid,
+                leader_only: *leader_only,
+            }),
+            Sub::Options { watcher } => Command::Options(Name {
+                name: watcher.clone(),
+            }),
+            Sub::Get { watcher, keys } => Command::Get(GetProps {
+                name: watcher.clone(),
+                keys: keys.clone(),
+            }),
+            Sub::Set { watcher, pairs } => {
+                if pairs.len() % 2 != 0 {
+                    return Err(format!(
+                        "set takes KEY VALUE pairs; '{}' has no value",
+                        pairs.last().map(String::as_str).unwrap_or_default()
+                    ));
+                }
+                let options: BTreeMap<String, serde_json::Value> = pairs
+                    .chunks(2)
+                    .map(|kv| (kv[0].clone(), json_value(&kv[1])))
+                    .collect();
+                Command::Set(SetProps {
+                    name: watcher.clone(),
+                    options,
+                })
+            }
+            Sub::Add {
+                watcher,
+                options,
+                no_start,
+                cmd,
+            } => {
+                let mut map = serde_json::Map::new();
+                for o in options {
+                    let Some((k, v)) = o.split_once('=') else {
+                        return Err(format!("option '{o}' must look like KEY=VALUE"));
+                    };
+                    map.insert(k.to_owned(), json_value(v));
+                }
+                let opts = if map.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::from_value(serde_json::Value::Object(map))
+                            .map_err(|e| format!("bad option: {e}"))?,
+                    )
+                };
+                Command::Add(AddProps {
+                    name: watcher.clone(),
+                    cmd: cmd[0].clone(),
+                    args: cmd[1..].to_vec(),
+                    options: opts,
+                    start: !no_start,
+                })
+            }
+            Sub::Rm { watcher, no_wait } => Command::Rm(RmProps {
+                name: watcher.clone(),
+                waiting: !no_wait,
+            }),
+            Sub::Reloadconfig => Command::Reloadconfig(Empty {}),
+            Sub::Dstats => Command::Dstats(Empty {}),
+            Sub::Quit => Command::Quit(Empty {}),
+            Sub::Ping => Command::Ping(Empty {}),
+            Sub::Completions { .. } => return Ok(None),
+        }))
+    }
+
+    /// Commands that start or stop processes get a longer default timeout.
+    pub fn default_timeout(&self) -> Duration {
+        match self {
+            Sub::Start { .. }
+            | Sub::Stop { .. }
+            | Sub::Restart(_)
+            | Sub::Reload(_)
+            | Sub::Rm { .. }
+            | Sub::Set { .. }
+            | Sub::Add { .. }
+            | Sub::Reloadconfig
+            | Sub::Quit => Duration::from_secs(60),
+            _ => Duration::from_secs(5),
+        }
+    }
+}

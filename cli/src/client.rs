@@ -1,0 +1,133 @@
+//! Sending a command to its targets and collecting the replies: one node, several
+//! nodes (one broadcast with a node filter), every alive node or the tagged ones (one
+//! broadcast, waiting for exactly the alive members), or one member of a service.
+//! It returns as soon as every expected target answered; never a fixed wait.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use protocol::{Reply, Request, Subjects};
+
+/// Broadcast header naming the nodes that should act (comma separated).
+pub const HEADER_NODES: &str = "Cluster-Nodes";
+/// Broadcast header with the tags (k=v, comma separated) a node must all have to act.
+pub const HEADER_TAGS: &str = "Cluster-Tags";
+
+/// Who a command goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Nodes(Vec<String>),
+    /// Every alive member whose tags match all of these (empty: every member).
+    Members(Vec<(String, String)>),
+    Service(String),
+}
+
+/// The replies, and the targets that did not answer with why.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub replies: Vec<Reply>,
+    pub missing: Vec<(String, String)>,
+}
+
+fn decode(payload: &[u8], from: &str) -> Reply {
+    serde_json::from_slice(payload).unwrap_or_else(|e| {
+        Reply::error(
+            None,
+            from,
+            protocol::unix_time(),
+            protocol::Errno::BadMessage,
+            format!("unreadable reply: {e}"),
+        )
+    })
+}
+
+/// Sends one request and waits for one reply.
+pub async fn request_one(
+    client: &Client,
+    subject: String,
+    who: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Outcome {
+    let payload = serde_json::to_vec(req).expect("a request serializes");
+    let mut out = Outcome::default();
+    match tokio::time::timeout(timeout, client.request(subject, payload.into())).await {
+        Ok(Ok(msg)) => out.replies.push(decode(&msg.payload, who)),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => out.missing.push((
+            who.to_owned(),
+            "no agent is listening: it may be down or misnamed (`ctl members` lists the nodes)"
+                .into(),
+        )),
+        _ => out.missing.push((
+            who.to_owned(),
+            format!(
+                "no answer within {}: the agent may be down, busy or misnamed (try --timeout)",
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
+    out
+}
+
+/// Broadcasts one request on `cluster.all.cmd` with target headers and collects the
+/// replies of `expected`, returning as soon as all of them answered.
+pub async fn broadcast(
+    client: &Client,
+    subjects: &Subjects,
+    headers: HeaderMap,
+    expected: BTreeSet<String>,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Outcome, async_nats::Error> {
+    let payload = serde_json::to_vec(req).expect("a request serializes");
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply_and_headers(subjects.all_cmd(), inbox, headers, payload.into())
+        .await?;
+    client.flush().await?;
+    let mut out = Outcome::default();
+    let mut waiting = expected;
+    let deadline = Instant::now() + timeout;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(msg)) => {
+                let reply = decode(&msg.payload, "?");
+                waiting.remove(&reply.node);
+                out.replies.push(reply);
+            }
+            _ => break,
+        }
+    }
+    for node in waiting {
+        out.missing.push((
+            node,
+            format!(
+                "no answer within {}: the agent may be down or busy (try --timeout)",
+                humantime::format_duration(timeout)
+            ),
+        ));
+    }
+    out.replies.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(out)
+}
+
+/// Headers that make a broadcast reach only the named nodes.
+pub fn nodes_header(nodes: &[String]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(HEADER_NODES, nodes.join(",").as_str());
+    h
+}
+
+/// Headers that make a broadcast reach only nodes with all these tags.
+pub fn tags_header(tags: &[(String, String)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if !tags.is_empty() {
+        let v: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        h.insert(HEADER_TAGS, v.join(",").as_str());
+    }
+    h
+}

@@ -1,0 +1,285 @@
+//! The agent: wires config, state, supervisor and transport together, and turns each
+//! request into a reply. It owns the node's identity; it never touches processes (the
+//! supervisor does) or NATS (the transport does).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use protocol::command::Command;
+use protocol::reply::{DstatsData, PingData};
+use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ValidatedConfig};
+use crate::state::{self, StateStore};
+use crate::supervisor::{self, CmdError, DrainOutput, OutputSink, SupervisorHandle};
+use crate::transport;
+
+/// Who this agent is, for replies and announcements.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node: String,
+    /// A new id at every start.
+    pub boot_id: String,
+    pub started_at: f64,
+    pub started: Instant,
+    pub pid: u32,
+    pub hostname: String,
+    pub tags: BTreeMap<String, String>,
+    pub version: String,
+}
+
+impl Identity {
+    pub fn new(node: &str, tags: BTreeMap<String, String>) -> Identity {
+        Identity {
+            node: node.to_owned(),
+            boot_id: uuid::Uuid::new_v4().to_string(),
+            started_at: unix_time(),
+            started: Instant::now(),
+            pid: std::process::id(),
+            hostname: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            tags,
+            version: protocol::VERSION.to_owned(),
+        }
+    }
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node name '{name}' is already taken by a running agent (pid {pid} on host {host}); pick another [agent] name or stop that agent")]
+    NameTaken {
+        name: String,
+        host: String,
+        pid: u32,
+    },
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
+/// Answers requests for one node.
+pub struct Node {
+    pub identity: Identity,
+    pub subjects: Subjects,
+    pub supervisor: SupervisorHandle,
+    config_path: std::path::PathBuf,
+    store: Option<Arc<Mutex<StateStore>>>,
+    shutdown: CancellationToken,
+    cpu_prev: Mutex<Option<(f64, Instant)>>,
+}
+
+fn cmd_reply(
+    id: Option<String>,
+    node: &str,
+    outcome: Result<serde_json::Map<String, serde_json::Value>, CmdError>,
+) -> Reply {
+    match outcome {
+        Ok(data) => Reply::ok(id, node, unix_time(), data),
+        Err(e) => Reply::error(id, node, unix_time(), e.errno, e.reason),
+    }
+}
+
+impl Node {
+    /// Reads a request and answers it. Never panics on input.
+    pub async fn handle(&self, payload: &[u8]) -> Reply {
+        let node = &self.identity.node;
+        let req = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => return Reply::error(e.id, node, unix_time(), e.errno, e.reason),
+        };
+        let id = req.id;
+        match req.command {
+            Command::Ping(_) => Reply::ok(id, node, unix_time(), self.ping()),
+            Command::Dstats(_) => {
+                let outcome = self.dstats().await;
+                cmd_reply(id, node, outcome)
+            }
+            Command::Quit(_) => {
+                tracing::info!("quit requested");
+                self.shutdown.cancel();
+                Reply::ok(id, node, unix_time(), serde_json::json!({}))
+            }
+            Command::Reloadconfig(_) => {
+                let outcome = self.reload_config().await;
+                cmd_reply(id, node, outcome)
+            }
+            other => {
+                let outcome = self.supervisor.exec(other).await;
+                cmd_reply(id, node, outcome)
+            }
+        }
+    }
+
+    fn ping(&self) -> PingData {
+        let id = &self.identity;
+        PingData {
+            version: id.version.clone(),
+            boot_id: id.boot_id.clone(),
+            pid: id.pid,
+            hostname: id.hostname.clone(),
+            tags: id.tags.clone(),
+            uptime_secs: id.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn dstats(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let children: u32 = self
+            .supervisor
+            .snapshot()
+            .await?
+            .iter()
+            .map(|w| w.running)
+            .sum();
+        let me = procfs::process::Process::myself()
+            .and_then(|p| p.stat())
+            .map_err(|e| CmdError::new(Errno::CommandFailed, format!("cannot read /proc: {e}")))?;
+        let tps = procfs::ticks_per_second() as f64;
+        let cpu_secs = (me.utime + me.stime) as f64 / tps;
+        let now = Instant::now();
+        let (prev_cpu, prev_t) = {
+            let mut prev = self.cpu_prev.lock().unwrap_or_else(|e| e.into_inner());
+            let p = prev.unwrap_or((0.0, self.identity.started));
+            *prev = Some((cpu_secs, now));
+            p
+        };
+        let wall = now.duration_since(prev_t).as_secs_f64().max(1e-3);
+        let page = procfs::page_size();
+        let data = DstatsData {
+            pid: self.identity.pid,
+            cpu_percent: ((cpu_secs - prev_cpu) / wall * 100.0).max(0.0),
+            rss_bytes: me.rss * page,
+            uptime_secs: self.identity.started.elapsed().as_secs_f64(),
+            threads: me.num_threads as u64,
+            children,
+            version: self.identity.version.clone(),
+        };
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    async fn reload_config(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let path = self.config_path.clone();
+        let cfg = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
+            .map_err(|e| {
+                CmdError::new(
+                    Errno::CommandFailed,
+                    format!("{e}\nnothing was changed; fix the file and reload again"),
+                )
+            })?;
+        if cfg.agent.name != self.identity.node {
+            return Err(CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "the config now names the node '{}'; a node cannot be renamed while it runs, restart the agent instead",
+                    cfg.agent.name
+                ),
+            ));
+        }
+        if let Some(store) = &self.store {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_base(&cfg.watchers);
+        }
+        self.supervisor.reload(cfg.watchers).await
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled (or a `quit` command arrives), then stops
+/// every process gracefully. `reload` asks for a config reload (SIGHUP).
+pub async fn run(
+    config: ValidatedConfig,
+    shutdown: CancellationToken,
+    mut reload: mpsc::Receiver<()>,
+) -> Result<(), AgentError> {
+    let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
+    let subjects = Subjects::new(config.nats.prefix.clone());
+
+    let client = transport::connect(&config.nats, &identity.node).await?;
+    if let Some(owner) = transport::name_taken(&client, &subjects, &identity.node).await {
+        return Err(AgentError::NameTaken {
+            name: identity.node.clone(),
+            host: owner.hostname,
+            pid: owner.pid,
+        });
+    }
+
+    let (watchers, stopped, store) = match &config.agent.state_dir {
+        Some(dir) => {
+            let mut store = StateStore::new(dir);
+            let saved = store.load()?;
+            let merged = state::merge(&config.watchers, saved);
+            store.set_base(&config.watchers);
+            (merged.0, merged.1, Some(Arc::new(Mutex::new(store))))
+        }
+        None => (config.watchers.clone(), Default::default(), None),
+    };
+    let persist = store.clone().map(|store| {
+        Box::new(
+            move |w: &BTreeMap<String, (protocol::WatcherOptions, bool)>| {
+                let store = store.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = store.save(w) {
+                    tracing::error!("{e}");
+                }
+            },
+        ) as Box<dyn FnMut(&_) + Send>
+    });
+    let output: Box<dyn OutputSink> = Box::new(DrainOutput);
+    let (supervisor, sup_task) = supervisor::start(
+        watchers,
+        stopped,
+        supervisor::Settings {
+            node: identity.node.clone(),
+            allow_remote_exec: config.agent.allow_remote_exec,
+            persist,
+        },
+        output,
+    );
+    let node = Arc::new(Node {
+        identity,
+        subjects,
+        supervisor: supervisor.clone(),
+        config_path: config.path.clone(),
+        store,
+        shutdown: shutdown.clone(),
+        cpu_prev: Mutex::new(None),
+    });
+    tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
+
+    let serve = tokio::spawn(transport::serve(
+        client.clone(),
+        node.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => {
+                let reply = node.reload_config().await;
+                match reply {
+                    Ok(d) => tracing::info!("config reloaded: {}", serde_json::Value::Object(d)),
+                    Err(e) => tracing::error!("config not reloaded: {}", e.reason),
+                }
+            }
+        }
+    }
+    tracing::info!("stopping every process");
+    supervisor.shutdown().await;
+    let _ = sup_task.await;
+    // The transport announces that this node left, then ends.
+    let _ = serve.await;
+    let _ = client.flush().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,805 @@
+//! Reads a node's TOML config and validates it into a [`ValidatedConfig`], reporting
+//! every problem at once with the file, table and key. Nothing else reads raw TOML;
+//! nothing here starts processes or touches the network.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use protocol::subjects::{validate_node_name, validate_prefix, validate_token};
+use protocol::{IdSpec, RestartPolicy, WatcherOptions};
+use serde::{Deserialize, Serialize};
+
+/// One thing wrong with a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `[agent] name`, `[watcher.web] graceful_timeout`, ...
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.location, self.message)
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}:\n{}", list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: Option<RawAgent>,
+    #[serde(default)]
+    nats: RawNats,
+    #[serde(default)]
+    watcher: BTreeMap<String, WatcherOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    heartbeat: Option<String>,
+    stats_interval: Option<String>,
+    state_dir: Option<String>,
+    log_dir: Option<String>,
+    #[serde(default)]
+    allow_remote_exec: bool,
+    suspect_after: Option<String>,
+    failed_after: Option<String>,
+    reap_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNats {
+    servers: Option<Vec<String>>,
+    prefix: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    nkey_seed: Option<String>,
+    creds_file: Option<String>,
+    tls_ca_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    ping_interval: Option<String>,
+    /// The account whose client-disconnect events the agents may read.
+    system_events_account: Option<String>,
+}
+
+/// The `[agent]` table, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub heartbeat: Duration,
+    pub stats_interval: Duration,
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub allow_remote_exec: bool,
+    pub suspect_after: Option<Duration>,
+    pub failed_after: Duration,
+    pub reap_after: Duration,
+}
+
+/// The `[nats]` table, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConfig {
+    pub servers: Vec<String>,
+    pub prefix: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub creds_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub ping_interval: Duration,
+    pub system_events_account: Option<String>,
+}
+
+/// Where a process's stdout or stderr goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Output {
+    /// Into rotating files under the agent's log dir.
+    Capture,
+    Discard,
+    /// The agent's own stream.
+    Inherit,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+impl Output {
+    fn parse(s: &str) -> Output {
+        match s {
+            "capture" => Output::Capture,
+            "discard" | "null" | "/dev/null" => Output::Discard,
+            "inherit" => Output::Inherit,
+            path => Output::File(PathBuf::from(path)),
+        }
+    }
+
+    fn as_option(&self) -> String {
+        match self {
+            Output::Capture => "capture".into(),
+            Output::Discard => "discard".into(),
+            Output::Inherit => "inherit".into(),
+            Output::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// A watcher, validated, with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatcherConfig {
+    pub name: String,
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub numprocesses: u32,
+    pub env: BTreeMap<String, String>,
+    pub copy_env: bool,
+    pub working_dir: Option<PathBuf>,
+    pub uid: Option<IdSpec>,
+    pub gid: Option<IdSpec>,
+    pub uid_num: Option<u32>,
+    pub gid_num: Option<u32>,
+    pub stop_signal: Signal,
+    pub graceful_timeout: Duration,
+    pub restart: RestartPolicy,
+    pub exit_codes: Vec<i32>,
+    pub max_retry: i32,
+    pub min_uptime: Duration,
+    pub restart_delay: Duration,
+    pub max_restart_delay: Duration,
+    pub warmup_delay: Duration,
+    pub autostart: bool,
+    pub priority: i32,
+    pub stdout: Output,
+    pub stderr: Output,
+    pub service: String,
+    pub health_cmd: Option<Vec<String>>,
+    pub health_timeout: Duration,
+    pub log_max_bytes: u64,
+    pub log_backups: u32,
+}
+
+/// The whole config, ready to use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedConfig {
+    pub path: PathBuf,
+    pub agent: AgentConfig,
+    pub nats: NatsConfig,
+    pub watchers: BTreeMap<String, WatcherConfig>,
+}
+
+/// The largest process count a watcher may ask for.
+pub const MAX_PROCESSES: u32 = 10_000;
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` names the file in messages and anchors relative dirs.
+pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        invalid(vec![Problem {
+            location: String::new(),
+            message: e.to_string().trim().replace('\n', "\n    "),
+        }])
+    })?;
+    let mut problems = Vec::new();
+    let Some(raw_agent) = raw.agent else {
+        return Err(invalid(vec![Problem {
+            location: "[agent]".into(),
+            message: "missing; add an [agent] table with at least name = \"...\"".into(),
+        }]));
+    };
+    let agent = validate_agent(raw_agent, &mut problems);
+    let nats = validate_nats(raw.nats, &mut problems);
+    let mut watchers = BTreeMap::new();
+    for (name, opts) in &raw.watcher {
+        match WatcherConfig::from_options(name, opts) {
+            Ok(w) => {
+                watchers.insert(name.clone(), w);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(ValidatedConfig {
+            path: path.to_owned(),
+            agent,
+            nats,
+            watchers,
+        })
+    } else {
+        Err(invalid(problems))
+    }
+}
+
+/// Parses a duration such as "500ms", "1s", "2m 30s".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("{s:?} is not a duration; write it like \"500ms\", \"30s\" or \"2m\""))
+}
+
+/// Formats a duration the way the config writes it.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+fn duration(
+    location: &str,
+    key: &str,
+    value: Option<&String>,
+    default: Duration,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => parse_duration(s).unwrap_or_else(|message| {
+            problems.push(Problem {
+                location: format!("{location} {key}"),
+                message,
+            });
+            default
+        }),
+    }
+}
+
+fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
+    let loc = "[agent]";
+    let name = match raw.name {
+        None => {
+            problems.push(Problem {
+                location: format!("{loc} name"),
+                message: "missing; every node needs a unique name".into(),
+            });
+            String::new()
+        }
+        Some(n) => {
+            if let Err(e) = validate_node_name(&n) {
+                problems.push(Problem {
+                    location: format!("{loc} name"),
+                    message: format!("{n:?} cannot be a node name: {e}"),
+                });
+            }
+            n
+        }
+    };
+    let heartbeat = duration(
+        loc,
+        "heartbeat",
+        raw.heartbeat.as_ref(),
+        Duration::from_secs(1),
+        problems,
+    );
+    if heartbeat < Duration::from_millis(50) {
+        problems.push(Problem {
+            location: format!("{loc} heartbeat"),
+            message: "must be at least 50ms".into(),
+        });
+    }
+    let stats_interval = duration(
+        loc,
+        "stats_interval",
+        raw.stats_interval.as_ref(),
+        Duration::from_secs(1),
+        problems,
+    );
+    let suspect_after = raw
+        .suspect_after
+        .as_ref()
+        .map(|s| duration(loc, "suspect_after", Some(s), Duration::ZERO, problems));
+    let failed_after = duration(
+        loc,
+        "failed_after",
+        raw.failed_after.as_ref(),
+        Duration::from_secs(10),
+        problems,
+    );
+    let reap_after = duration(
+        loc,
+        "reap_after",
+        raw.reap_after.as_ref(),
+        Duration::from_secs(24 * 3600),
+        problems,
+    );
+    for (k, _) in &raw.tags {
+        if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
+            problems.push(Problem {
+                location: format!("{loc} tags"),
+                message: format!("tag key {k:?} must be non-empty, without '=' or spaces"),
+            });
+        }
+    }
+    let log_dir = raw
+        .log_dir
+        .map(PathBuf::from)
+        .or_else(|| raw.state_dir.as_ref().map(|s| Path::new(s).join("logs")))
+        .unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join(format!("nodeagent-{name}"))
+                .join("logs")
+        });
+    AgentConfig {
+        name,
+        tags: raw.tags,
+        heartbeat,
+        stats_interval,
+        state_dir: raw.state_dir.map(PathBuf::from),
+        log_dir,
+        allow_remote_exec: raw.allow_remote_exec,
+        suspect_after,
+        failed_after,
+        reap_after,
+    }
+}
+
+fn validate_nats(raw: RawNats, problems: &mut Vec<Problem>) -> NatsConfig {
+    let loc = "[nats]";
+    let servers = raw
+        .servers
+        .unwrap_or_else(|| vec!["nats://127.0.0.1:4222".into()]);
+    if servers.is_empty() {
+        problems.push(Problem {
+            location: format!("{loc} servers"),
+            message: "is empty; list at least one server such as \"nats://127.0.0.1:4222\"".into(),
+        });
+    }
+    for s in &servers {
+        if s.parse::<async_nats::ServerAddr>().is_err() {
+            problems.push(Problem {
+                location: format!("{loc} servers"),
+                message: format!("{s:?} is not a server address like \"nats://host:4222\""),
+            });
+        }
+    }
+    let prefix = raw
+        .prefix
+        .unwrap_or_else(|| protocol::subjects::DEFAULT_PREFIX.into());
+    if let Err(e) = validate_prefix(&prefix) {
+        problems.push(Problem {
+            location: format!("{loc} prefix"),
+            message: format!("{prefix:?} is not a valid subject prefix: {e}"),
+        });
+    }
+    if raw.password.is_some() && raw.user.is_none() {
+        problems.push(Problem {
+            location: format!("{loc} password"),
+            message: "given without user".into(),
+        });
+    }
+    if raw.tls_cert_file.is_some() != raw.tls_key_file.is_some() {
+        problems.push(Problem {
+            location: format!("{loc} tls_cert_file"),
+            message: "tls_cert_file and tls_key_file go together".into(),
+        });
+    }
+    let ping_interval = duration(
+        loc,
+        "ping_interval",
+        raw.ping_interval.as_ref(),
+        Duration::from_secs(2),
+        problems,
+    );
+    NatsConfig {
+        servers,
+        prefix,
+        user: raw.user,
+        password: raw.password,
+        token: raw.token,
+        nkey_seed: raw.nkey_seed,
+        creds_file: raw.creds_file.map(PathBuf::from),
+        tls_ca_file: raw.tls_ca_file.map(PathBuf::from),
+        tls_cert_file: raw.tls_cert_file.map(PathBuf::from),
+        tls_key_file: raw.tls_key_file.map(PathBuf::from),
+        ping_interval,
+        system_events_account: raw.system_events_account,
+    }
+}
+
+/// Parses a signal name ("TERM", "SIGTERM", "term") or number ("15").
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>().map_err(|_| {
+        format!("{s:?} is not a signal; use a name like \"TERM\", \"INT\", \"HUP\" or a number")
+    })
+}
+
+fn resolve_user(id: &IdSpec) -> Result<u32, String> {
+    match id {
+        IdSpec::Id(n) => Ok(*n),
+        IdSpec::Name(name) => match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(u.uid.as_raw()),
+            Ok(None) => Err(format!("no user named {name:?} on this machine")),
+            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+        },
+    }
+}
+
+fn resolve_group(id: &IdSpec) -> Result<u32, String> {
+    match id {
+        IdSpec::Id(n) => Ok(*n),
+        IdSpec::Name(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(format!("no group named {name:?} on this machine")),
+            Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+        },
+    }
+}
+
+impl WatcherConfig {
+    /// Validates options for watcher `name`, filling in defaults.
+    pub fn from_options(name: &str, o: &WatcherOptions) -> Result<WatcherConfig, Vec<Problem>> {
+        let loc = format!("[watcher.{name}]");
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem {
+                location: format!("{loc} {key}"),
+                message,
+            })
+        };
+        if let Err(e) = validate_token(name) {
+            bad("", format!("{name:?} cannot be a watcher name: {e}"));
+        } else if name.starts_with('_') {
+            bad(
+                "",
+                format!("{name:?} cannot be a watcher name: names starting with '_' are reserved"),
+            );
+        }
+        let cmd = o.cmd.clone().unwrap_or_default();
+        if cmd.trim().is_empty() {
+            bad(
+                "cmd",
+                "missing; say which program to run, e.g. cmd = \"sleep\"".into(),
+            );
+        }
+        let numprocesses = o.numprocesses.unwrap_or(1);
+        if numprocesses > MAX_PROCESSES {
+            bad(
+                "numprocesses",
+                format!("{numprocesses} is more than the limit of {MAX_PROCESSES}"),
+            );
+        }
+        let stop_signal = match &o.stop_signal {
+            None => Signal::SIGTERM,
+            Some(s) => parse_signal(s).unwrap_or_else(|m| {
+                bad("stop_signal", m);
+                Signal::SIGTERM
+            }),
+        };
+        let uid_num = o
+            .uid
+            .as_ref()
+            .and_then(|u| resolve_user(u).map_err(|m| bad("uid", m)).ok());
+        let gid_num = o
+            .gid
+            .as_ref()
+            .and_then(|g| resolve_group(g).map_err(|m| bad("gid", m)).ok());
+        let restart = match (o.restart, o.respawn) {
+            (Some(r), _) => r,
+            (None, Some(false)) => RestartPolicy::Never,
+            (None, _) => RestartPolicy::Always,
+        };
+        let max_retry = o.max_retry.unwrap_or(5);
+        if max_retry < -1 {
+            bad(
+                "max_retry",
+                format!("{max_retry} is not allowed; use -1 for no limit or a count >= 0"),
+            );
+        }
+        let service = o.service.clone().unwrap_or_else(|| name.to_owned());
+        if let Err(e) = validate_token(&service) {
+            bad(
+                "service",
+                format!("{service:?} cannot be a service name: {e}"),
+            );
+        }
+        if let Some(h) = &o.health_cmd {
+            if h.is_empty() {
+                bad("health_cmd", "is empty; give a program and its arguments, e.g. [\"curl\", \"-f\", \"http://127.0.0.1:8080/\"]".into());
+            }
+        }
+        if let Some(dir) = &o.working_dir {
+            if !Path::new(dir).is_dir() {
+                bad("working_dir", format!("{dir:?} is not a directory"));
+            }
+        }
+        let log_backups = o.log_backups.unwrap_or(5);
+        let log_max_bytes = o.log_max_bytes.unwrap_or(10 * 1024 * 1024);
+        if log_max_bytes < 1024 {
+            bad(
+                "log_max_bytes",
+                format!("{log_max_bytes} is too small; use at least 1024"),
+            );
+        }
+        let mut dur = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|m| {
+                problems.push(Problem {
+                    location: format!("{loc} {key}"),
+                    message: m,
+                });
+                default
+            }),
+        };
+        let graceful_timeout = dur(
+            "graceful_timeout",
+            &o.graceful_timeout,
+            Duration::from_secs(30),
+        );
+        let min_uptime = dur("min_uptime", &o.min_uptime, Duration::from_secs(1));
+        let restart_delay = dur(
+            "restart_delay",
+            &o.restart_delay,
+            Duration::from_millis(100),
+        );
+        let max_restart_delay = dur(
+            "max_restart_delay",
+            &o.max_restart_delay,
+            Duration::from_secs(15),
+        );
+        let warmup_delay = dur("warmup_delay", &o.warmup_delay, Duration::ZERO);
+        let health_timeout = dur("health_timeout", &o.health_timeout, Duration::from_secs(30));
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(WatcherConfig {
+            name: name.to_owned(),
+            cmd,
+            args: o.args.clone().unwrap_or_default(),
+            numprocesses,
+            env: o.env.clone().unwrap_or_default(),
+            copy_env: o.copy_env.unwrap_or(false),
+            working_dir: o.working_dir.as_ref().map(PathBuf::from),
+            uid: o.uid.clone(),
+            gid: o.gid.clone(),
+            uid_num,
+            gid_num,
+            stop_signal,
+            graceful_timeout,
+            restart,
+            exit_codes: o.exit_codes.clone().unwrap_or_else(|| vec![0]),
+            max_retry,
+            min_uptime,
+            restart_delay,
+            max_restart_delay: max_restart_delay.max(restart_delay),
+            warmup_delay,
+            autostart: o.autostart.unwrap_or(true),
+            priority: o.priority.unwrap_or(0),
+            stdout: Output::parse(o.stdout.as_deref().unwrap_or("capture")),
+            stderr: Output::parse(o.stderr.as_deref().unwrap_or("capture")),
+            service,
+            health_cmd: o.health_cmd.clone(),
+            health_timeout,
+            log_max_bytes,
+            log_backups,
+        })
+    }
+
+    /// Every option with its value in force, as `options` shows them.
+    pub fn to_options(&self) -> WatcherOptions {
+        WatcherOptions {
+            cmd: Some(self.cmd.clone()),
+            args: Some(self.args.clone()),
+            numprocesses: Some(self.numprocesses),
+            env: Some(self.env.clone()),
+            copy_env: Some(self.copy_env),
+            working_dir: self.working_dir.as_ref().map(|p| p.display().to_string()),
+            uid: self.uid.clone(),
+            gid: self.gid.clone(),
+            stop_signal: Some(
+                self.stop_signal
+                    .as_str()
+                    .trim_start_matches("SIG")
+                    .to_owned(),
+            ),
+            graceful_timeout: Some(format_duration(self.graceful_timeout)),
+            respawn: Some(self.restart != RestartPolicy::Never),
+            restart: Some(self.restart),
+            exit_codes: Some(self.exit_codes.clone()),
+            max_retry: Some(self.max_retry),
+            min_uptime: Some(format_duration(self.min_uptime)),
+            restart_delay: Some(format_duration(self.restart_delay)),
+            max_restart_delay: Some(format_duration(self.max_restart_delay)),
+            warmup_delay: Some(format_duration(self.warmup_delay)),
+            autostart: Some(self.autostart),
+            priority: Some(self.priority),
+            stdout: Some(self.stdout.as_option()),
+            stderr: Some(self.stderr.as_option()),
+            service: Some(self.service.clone()),
+            health_cmd: self.health_cmd.clone(),
+            health_timeout: Some(format_duration(self.health_timeout)),
+            log_max_bytes: Some(self.log_max_bytes),
+            log_backups: Some(self.log_backups),
+        }
+    }
+
+    /// True when `other` runs a different program or environment, so that running
+    /// processes must be restarted to take it.
+    pub fn spawn_differs(&self, other: &WatcherConfig) -> bool {
+        self.cmd != other.cmd
+            || self.args != other.args
+            || self.env != other.env
+            || self.copy_env != other.copy_env
+            || self.working_dir != other.working_dir
+            || self.uid_num != other.uid_num
+            || self.gid_num != other.gid_num
+            || self.stdout != other.stdout
+            || self.stderr != other.stderr
+    }
+}
+
+/// Expands `$(wid)`, `$(name)` (and Circus's `$(circus.wid)`) in `s`.
+pub fn expand(s: &str, name: &str, wid: u32) -> String {
+    if !s.contains("$(") {
+        return s.to_owned();
+    }
+    let wid = wid.to_string();
+    s.replace("$(circus.wid)", &wid)
+        .replace("$(wid)", &wid)
+        .replace("$(name)", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<ValidatedConfig, ConfigError> {
+        parse(Path::new("node.toml"), s)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str(
+            r#"
+            [agent]
+            name = "first"
+            [watcher.dummy]
+            cmd = "sleep"
+            args = ["1000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.agent.name, "first");
+        assert_eq!(c.agent.heartbeat, Duration::from_secs(1));
+        assert_eq!(c.nats.prefix, "cluster");
+        let w = &c.watchers["dummy"];
+        assert_eq!(w.numprocesses, 1);
+        assert_eq!(w.stop_signal, Signal::SIGTERM);
+        assert_eq!(w.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(w.restart, RestartPolicy::Always);
+        assert_eq!(w.max_retry, 5);
+        assert_eq!(w.service, "dummy");
+        assert_eq!(w.stdout, Output::Capture);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let err = parse_str(
+            r#"
+            [agent]
+            name = "all"
+            heartbeat = "soon"
+            [nats]
+            servers = []
+            [watcher.web]
+            graceful_timeout = "abc"
+            stop_signal = "NOPE"
+            max_retry = -4
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "invalid config node.toml",
+            "[agent] name: \"all\" cannot be a node name: it is reserved",
+            "[agent] heartbeat: \"soon\" is not a duration",
+            "[nats] servers: is empty",
+            "[watcher.web] cmd: missing",
+            "[watcher.web] graceful_timeout: \"abc\" is not a duration",
+            "[watcher.web] stop_signal: \"NOPE\" is not a signal",
+            "[watcher.web] max_retry: -4",
+        ] {
+            assert!(err.contains(needle), "{err}\n--- lacks: {needle}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_key() {
+        let err = parse_str("[agent]\nname = \"a\"\n[watcher.w]\ncmd = \"x\"\nnumproceses = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("numproceses"), "{err}");
+        let err =
+            parse_str("[agent]\nname = \"a\"\n[watcher.w]\ncmd = \"x\"\nnumprocesses = \"2\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("numprocesses"), "{err}");
+        let err = parse_str("[watcher.w]\ncmd = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[agent]: missing"), "{err}");
+    }
+
+    #[test]
+    fn expands_wid_and_name() {
+        assert_eq!(expand("--port=80$(wid)", "web", 3), "--port=803");
+        assert_eq!(expand("$(name)-$(circus.wid)", "web", 2), "web-2");
+        assert_eq!(expand("plain", "web", 1), "plain");
+    }
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn options_round_trip() {
+        let c = parse_str(
+            "[agent]\nname = \"a\"\n[watcher.w]\ncmd = \"x\"\nrestart = \"on-failure\"\nexit_codes = [0, 3]\nmin_uptime = \"500ms\"\n",
+        )
+        .unwrap();
+        let w = &c.watchers["w"];
+        let again = WatcherConfig::from_options("w", &w.to_options()).unwrap();
+        assert_eq!(&again, w);
+    }
+}

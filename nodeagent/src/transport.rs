@@ -1,0 +1,267 @@
+//! The only code that touches `async_nats`: the connection, the command subscriptions
+//! (per node, broadcast, per service in its queue group), and replies. Requests are
+//! handled concurrently, each in its own task, so a slow stop never holds up a status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, HeaderMap, Message};
+use futures::StreamExt;
+use protocol::reply::PingData;
+use protocol::{Request, Subjects};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::Node;
+use crate::config::{NatsConfig, ValidatedConfig};
+
+/// Header on a broadcast: only nodes whose tags match every `k=v` (comma separated) act.
+pub const HEADER_TAGS: &str = "Cluster-Tags";
+/// Header on a broadcast: only the nodes named (comma separated) act.
+pub const HEADER_NODES: &str = "Cluster-Nodes";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read NATS credentials {path}: {source}")]
+    Credentials {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {servers}: {source}")]
+    Connect {
+        servers: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// Connects with a short ping interval and endless reconnects. If no server answers at
+/// first, the agent goes on supervising and keeps trying in the background.
+pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, TransportError> {
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .ping_interval(cfg.ping_interval)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; processes keep running, reconnecting")
+                }
+                other => tracing::info!("NATS: {other}"),
+            }
+        });
+    if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(seed) = &cfg.nkey_seed {
+        opts = opts.nkey(seed.clone());
+    }
+    if let Some(path) = &cfg.creds_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| TransportError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> =
+        cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    let client = opts
+        .connect(servers)
+        .await
+        .map_err(|source| TransportError::Connect {
+            servers: cfg.servers.join(", "),
+            source,
+        })?;
+    // Give the first connection a moment, so the name check below can run.
+    for _ in 0..100 {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if client.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!(
+            servers = %cfg.servers.join(", "),
+            "NATS is not reachable yet; supervising anyway and retrying in the background"
+        );
+    }
+    Ok(client)
+}
+
+/// Asks whether an agent already answers for `name`; returns who it is if so.
+pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Option<PingData> {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!("cannot check that node name '{name}' is unique while NATS is unreachable");
+        return None;
+    }
+    let ping =
+        serde_json::to_vec(&Request::new(protocol::Command::Ping(Default::default()))).ok()?;
+    let req = client.request(subjects.node_cmd(name), ping.into());
+    match tokio::time::timeout(Duration::from_millis(1500), req).await {
+        Ok(Ok(msg)) => {
+            let reply: protocol::Reply = serde_json::from_slice(&msg.payload).ok()?;
+            Some(reply.data().unwrap_or(PingData {
+                version: String::new(),
+                boot_id: String::new(),
+                pid: 0,
+                hostname: "unknown".into(),
+                tags: Default::default(),
+                uptime_secs: 0.0,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// True when a broadcast's target headers select this node.
+fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
+    let Some(h) = headers else {
+        return true;
+    };
+    if let Some(nodes) = h.get(HEADER_NODES) {
+        if !nodes
+            .as_str()
+            .split(',')
+            .any(|n| n.trim() == node.identity.node)
+        {
+            return false;
+        }
+    }
+    if let Some(tags) = h.get(HEADER_TAGS) {
+        for pair in tags.as_str().split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if node.identity.tags.get(k.trim()).map(String::as_str) != Some(v.trim()) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn spawn_handler(tracker: &TaskTracker, client: &Client, node: &Arc<Node>, msg: Message) {
+    let (client, node) = (client.clone(), node.clone());
+    tracker.spawn(async move {
+        let reply = node.handle(&msg.payload).await;
+        if let Some(to) = msg.reply {
+            match serde_json::to_vec(&reply) {
+                Ok(bytes) => {
+                    if let Err(e) = client.publish(to, bytes.into()).await {
+                        tracing::warn!("cannot send reply: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("cannot encode reply: {e}"),
+            }
+        }
+    });
+}
+
+async fn subscribe(
+    client: &Client,
+    subject: String,
+    queue: Option<String>,
+) -> Result<async_nats::Subscriber, TransportError> {
+    let r = match queue {
+        Some(q) => client.queue_subscribe(subject.clone(), q).await,
+        None => client.subscribe(subject.clone()).await,
+    };
+    r.map_err(|source| TransportError::Subscribe { subject, source })
+}
+
+/// Serves commands until `shutdown` is cancelled.
+pub async fn serve(
+    client: Client,
+    node: Arc<Node>,
+    _config: ValidatedConfig,
+    shutdown: CancellationToken,
+) -> Result<(), TransportError> {
+    let subjects = node.subjects.clone();
+    let tracker = TaskTracker::new();
+    let mut own = subscribe(&client, subjects.node_cmd(&node.identity.node), None).await?;
+    let mut all = subscribe(&client, subjects.all_cmd(), None).await?;
+    let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
+    let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut wanted = node.supervisor.services();
+    let reconcile = |set: &std::collections::BTreeSet<String>,
+                     services: &mut HashMap<String, JoinHandle<()>>| {
+        services.retain(|name, task| {
+            let keep = set.contains(name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for name in set {
+            if services.contains_key(name) {
+                continue;
+            }
+            let (client, tx, subject, queue) = (
+                client.clone(),
+                svc_tx.clone(),
+                subjects.service_cmd(name),
+                name.clone(),
+            );
+            services.insert(
+                name.clone(),
+                tokio::spawn(async move {
+                    match subscribe(&client, subject, Some(queue)).await {
+                        Ok(mut sub) => {
+                            while let Some(msg) = sub.next().await {
+                                if tx.send(msg).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                }),
+            );
+        }
+    };
+    let initial = wanted.borrow_and_update().clone();
+    reconcile(&initial, &mut services);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = own.next() => spawn_handler(&tracker, &client, &node, msg),
+            Some(msg) = all.next() => {
+                if selected(msg.headers.as_ref(), &node) {
+                    spawn_handler(&tracker, &client, &node, msg);
+                }
+            }
+            Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, msg),
+            Ok(()) = wanted.changed() => {
+                let set = wanted.borrow_and_update().clone();
+                reconcile(&set, &mut services);
+            }
+        }
+    }
+    for (_, task) in services.drain() {
+        task.abort();
+    }
+    let _ = own.unsubscribe().await;
+    let _ = all.unsubscribe().await;
+    tracker.close();
+    // Requests in flight finish (a quit's own reply among them).
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}
