@@ -4,7 +4,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod membership;
 pub mod process;
 pub mod state;
 pub mod supervisor;
+pub mod sysevents;
 pub mod transport;

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod options;
+pub mod registry;
 pub mod reply;
 pub mod schema;
 pub mod subjects;

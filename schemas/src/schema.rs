@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::command::*;
 use crate::options::WatcherOptions;
+use crate::registry::{Announcement, MembersData, MembersRequest};
 use crate::reply::*;
 
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -21,6 +22,10 @@ pub fn all() -> Vec<(String, Value)> {
         (
             "watcher-options.schema.json".to_owned(),
             root::<WatcherOptions>("Watcher options"),
+        ),
+        (
+            "registry.schema.json".to_owned(),
+            root::<Announcement>("Membership announcement"),
         ),
     ];
     let mut cmd = |name: &str, req: Value, reply: Value| {
@@ -115,6 +120,11 @@ pub fn all() -> Vec<(String, Value)> {
     );
     cmd("quit", request::<Empty>("quit"), reply::<NoData>("quit"));
     cmd("ping", request::<Empty>("ping"), reply::<PingData>("ping"));
+    cmd(
+        "members",
+        request::<MembersRequest>("members"),
+        reply::<MembersData>("members"),
+    );
     files
 }
 
