@@ -174,6 +174,16 @@ pub enum Sub {
     Quit,
     /// Who answers: version, pid, host, tags, uptime.
     Ping,
+    /// The cluster's members as an agent sees them (any one agent answers), like
+    /// `serf members`; --tag filters by tags.
+    Members {
+        /// Only members in this state: alive, suspect, failed, leaving, left (repeatable).
+        #[arg(long)]
+        status: Vec<String>,
+        /// Only members whose name matches; `*` matches any run of characters.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -292,13 +302,13 @@ impl Sub {
                             .map_err(|e| format!("bad option: {e}"))?,
                     )
                 };
-                Command::Add(AddProps {
+                Command::Add(Box::new(AddProps {
                     name: watcher.clone(),
                     cmd: cmd[0].clone(),
                     args: cmd[1..].to_vec(),
                     options: opts,
                     start: !no_start,
-                })
+                }))
             }
             Sub::Rm { watcher, no_wait } => Command::Rm(RmProps {
                 name: watcher.clone(),
@@ -308,7 +318,7 @@ impl Sub {
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
-            Sub::Completions { .. } => return Ok(None),
+            Sub::Completions { .. } | Sub::Members { .. } => return Ok(None),
         }))
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ValidatedConfig};
+use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::state::{self, StateStore};
 use crate::supervisor::{self, CmdError, DrainOutput, OutputSink, SupervisorHandle};
 use crate::transport;
@@ -66,6 +67,7 @@ pub enum AgentError {
 /// Answers requests for one node.
 pub struct Node {
     pub identity: Identity,
+    pub membership: transport::MembershipHandle,
     pub subjects: Subjects,
     pub supervisor: SupervisorHandle,
     config_path: std::path::PathBuf,
@@ -104,6 +106,15 @@ impl Node {
                 tracing::info!("quit requested");
                 self.shutdown.cancel();
                 Reply::ok(id, node, unix_time(), serde_json::json!({}))
+            }
+            Command::Members(filter) => {
+                let members = self.membership.members(filter).await;
+                Reply::ok(
+                    id,
+                    node,
+                    unix_time(),
+                    protocol::registry::MembersData { members },
+                )
             }
             Command::Reloadconfig(_) => {
                 let outcome = self.reload_config().await;
@@ -205,14 +216,21 @@ pub async fn run(
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
-    let client = transport::connect(&config.nats, &identity.node).await?;
-    if let Some(owner) = transport::name_taken(&client, &subjects, &identity.node).await {
+    // The name check runs on a connection of its own, named so that it can never be
+    // taken for a member: a refused duplicate's disconnect must not mark the real
+    // node failed.
+    let check =
+        transport::connect(&config.nats, &format!("startup-check:{}", identity.node)).await?;
+    let taken = transport::name_taken(&check, &subjects, &identity.node).await;
+    drop(check);
+    if let Some(owner) = taken {
         return Err(AgentError::NameTaken {
             name: identity.node.clone(),
             host: owner.hostname,
             pid: owner.pid,
         });
     }
+    let client = transport::connect(&config.nats, &identity.node).await?;
 
     let (watchers, stopped, store) = match &config.agent.state_dir {
         Some(dir) => {
@@ -245,7 +263,27 @@ pub async fn run(
         },
         output,
     );
+    let (membership, member_task) = transport::start_membership(
+        client.clone(),
+        transport::MembershipSettings {
+            identity: identity.clone(),
+            subjects: subjects.clone(),
+            heartbeat: config.agent.heartbeat,
+            config: MembershipConfig {
+                suspect_after: match config.agent.suspect_after {
+                    Some(d) => SuspectAfter::Fixed(d),
+                    None => SuspectAfter::Heartbeats(3),
+                },
+                failed_after: config.agent.failed_after,
+                reap_after: config.agent.reap_after,
+            },
+            system_events_account: config.nats.system_events_account.clone(),
+        },
+        supervisor.clone(),
+    )
+    .await?;
     let node = Arc::new(Node {
+        membership: membership.clone(),
         identity,
         subjects,
         supervisor: supervisor.clone(),
@@ -274,9 +312,12 @@ pub async fn run(
             }
         }
     }
-    tracing::info!("stopping every process");
+    tracing::info!("leaving the cluster: stopping every process");
+    membership.leaving().await;
     supervisor.shutdown().await;
     let _ = sup_task.await;
+    membership.left().await;
+    let _ = member_task.await;
     // The transport announces that this node left, then ends.
     let _ = serve.await;
     let _ = client.flush().await;
