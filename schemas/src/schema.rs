@@ -5,6 +5,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::command::*;
+use crate::logs::*;
 use crate::options::WatcherOptions;
 use crate::reply::*;
 
@@ -115,6 +116,15 @@ pub fn all() -> Vec<(String, Value)> {
     );
     cmd("quit", request::<Empty>("quit"), reply::<NoData>("quit"));
     cmd("ping", request::<Empty>("ping"), reply::<PingData>("ping"));
+    cmd(
+        "logs",
+        request::<LogsProps>("logs"),
+        reply::<LogsData>("logs"),
+    );
+    files.push((
+        "log-line.schema.json".to_owned(),
+        root::<LogLine>("Log line"),
+    ));
     files
 }
 
