@@ -184,6 +184,20 @@ pub enum Sub {
         #[arg(long)]
         name: Option<String>,
     },
+    /// What a watcher's processes printed (stdout and stderr, captured to rotating
+    /// files by the agent), like `pm2 logs`; -f follows live until Ctrl-C.
+    Logs {
+        watcher: String,
+        /// How many of the last lines to show first (at most 10000).
+        #[arg(short = 'l', long, default_value_t = 50)]
+        lines: u32,
+        /// Keep printing new lines as they come, until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this stream: stdout or stderr.
+        #[arg(long)]
+        stream: Option<protocol::logs::Stream>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -318,6 +332,16 @@ impl Sub {
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
+            Sub::Logs {
+                watcher,
+                lines,
+                stream,
+                ..
+            } => Command::Logs(protocol::logs::LogsProps {
+                name: watcher.clone(),
+                lines: Some(*lines),
+                stream: *stream,
+            }),
             Sub::Completions { .. } | Sub::Members { .. } => return Ok(None),
         }))
     }
@@ -336,5 +360,36 @@ impl Sub {
             | Sub::Quit => Duration::from_secs(60),
             _ => Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_command() {
+        let cli =
+            Cli::try_parse_from(["ctl", "incr", "dummy", "--node", "second", "--json"]).unwrap();
+        assert_eq!(cli.global.nodes, vec!["second".to_string()]);
+        assert!(cli.global.json);
+        let cli =
+            Cli::try_parse_from(["ctl", "-n", "a", "-n", "b", "logs", "web", "-l", "5", "-f"])
+                .unwrap();
+        assert_eq!(cli.global.nodes.len(), 2);
+        assert!(matches!(
+            cli.command,
+            Sub::Logs {
+                lines: 5,
+                follow: true,
+                ..
+            }
+        ));
     }
 }

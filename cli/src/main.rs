@@ -195,6 +195,48 @@ async fn run(cli: Cli) -> ExitCode {
             };
         }
     }
+    // Following logs: subscribe before reading the tail, so that no line is lost.
+    let follow = match (&cli.command, &target) {
+        (
+            Sub::Logs {
+                follow: true,
+                watcher,
+                ..
+            },
+            Target::Nodes(nodes),
+        ) => {
+            let subject = if nodes.len() == 1 {
+                subjects.logs(&nodes[0], watcher)
+            } else {
+                subjects.logs("*", watcher)
+            };
+            match client.subscribe(subject).await {
+                Ok(sub) => Some((sub, nodes.clone())),
+                Err(e) => {
+                    eprintln!("ctl: cannot follow logs: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            }
+        }
+        (
+            Sub::Logs {
+                follow: true,
+                watcher,
+                ..
+            },
+            Target::Members(_),
+        ) => match client.subscribe(subjects.logs("*", watcher)).await {
+            Ok(sub) => Some((sub, vec![])),
+            Err(e) => {
+                eprintln!("ctl: cannot follow logs: {e}");
+                return ExitCode::from(EXIT_NO_ANSWER);
+            }
+        },
+        (Sub::Logs { follow: true, .. }, Target::Service(_)) => {
+            return usage("logs -f follows nodes: use --node, --all or --tag");
+        }
+        _ => None,
+    };
     let req = Request::new(command);
     let outcome = match &target {
         Target::Nodes(nodes) if nodes.len() == 1 => {
@@ -277,7 +319,14 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let multi = !matches!(&target, Target::Nodes(n) if n.len() == 1)
         && !matches!(target, Target::Service(_));
-    report(name, outcome, g.json, multi)
+    let code = report(name, outcome, g.json, multi);
+    if let Some((sub, nodes)) = follow {
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+        return follow_logs(sub, &nodes, g.json, multi).await;
+    }
+    code
 }
 
 async fn members(
@@ -327,6 +376,37 @@ async fn members(
         Err(e) => {
             eprintln!("ctl: {e}");
             ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// Prints live log lines until Ctrl-C.
+async fn follow_logs(
+    mut sub: async_nats::Subscriber,
+    nodes: &[String],
+    json: bool,
+    multi: bool,
+) -> ExitCode {
+    use futures::StreamExt;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            msg = sub.next() => {
+                let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
+                let Ok(line) = serde_json::from_slice::<protocol::logs::LogLine>(&msg.payload) else { continue };
+                if nodes.len() > 1 && !nodes.contains(&line.node) {
+                    continue;
+                }
+                let text = if json {
+                    format!("{}\n", String::from_utf8_lossy(&msg.payload))
+                } else {
+                    output::log_line(&line, multi)
+                };
+                let mut out = std::io::stdout().lock();
+                if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
     }
 }

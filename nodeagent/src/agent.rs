@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ValidatedConfig};
+use crate::logs::LogManager;
 use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::state::{self, StateStore};
-use crate::supervisor::{self, CmdError, DrainOutput, OutputSink, SupervisorHandle};
+use crate::supervisor::{self, CapturedOutput, CmdError, OutputSink, SupervisorHandle};
 use crate::transport;
 
 /// Who this agent is, for replies and announcements.
@@ -62,6 +63,30 @@ pub enum AgentError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error("cannot use the log dir: {0}")]
+    Logs(crate::logs::LogError),
+}
+
+/// Hands captured output to the rotating log files.
+struct LogCapture(LogManager);
+
+impl OutputSink for LogCapture {
+    fn capture(&mut self, out: CapturedOutput) {
+        if let Err(e) = self.0.capture(
+            &out.watcher,
+            out.wid,
+            out.stdout,
+            out.stderr,
+            out.max_bytes,
+            out.backups,
+        ) {
+            tracing::error!(watcher = %out.watcher, "cannot capture output: {e}");
+        }
+    }
+
+    fn forget(&mut self, watcher: &str) {
+        drop(self.0.remove(watcher));
+    }
 }
 
 /// Answers requests for one node.
@@ -74,6 +99,8 @@ pub struct Node {
     store: Option<Arc<Mutex<StateStore>>>,
     shutdown: CancellationToken,
     cpu_prev: Mutex<Option<(f64, Instant)>>,
+    log_dir: std::path::PathBuf,
+    max_payload: usize,
 }
 
 fn cmd_reply(
@@ -116,6 +143,10 @@ impl Node {
                     protocol::registry::MembersData { members },
                 )
             }
+            Command::Logs(props) => {
+                let outcome = self.logs(props).await;
+                cmd_reply(id, node, outcome)
+            }
             Command::Reloadconfig(_) => {
                 let outcome = self.reload_config().await;
                 cmd_reply(id, node, outcome)
@@ -124,6 +155,32 @@ impl Node {
                 let outcome = self.supervisor.exec(other).await;
                 cmd_reply(id, node, outcome)
             }
+        }
+    }
+
+    async fn logs(
+        &self,
+        props: protocol::logs::LogsProps,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        // An unknown watcher is an error, not an empty log.
+        self.supervisor
+            .exec(Command::Numprocesses(protocol::command::Numprocesses {
+                name: props.name.clone(),
+                nb: None,
+            }))
+            .await?;
+        let (dir, node) = (self.log_dir.clone(), self.identity.node.clone());
+        let n = props.lines() as usize;
+        let lines = tokio::task::spawn_blocking(move || {
+            crate::logs::tail(&dir, &node, &props.name, props.stream, n)
+        })
+        .await
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
+        let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
         }
     }
 
@@ -252,7 +309,9 @@ pub async fn run(
             },
         ) as Box<dyn FnMut(&_) + Send>
     });
-    let output: Box<dyn OutputSink> = Box::new(DrainOutput);
+    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
+    let log_feed = logs.feed();
+    let output: Box<dyn OutputSink> = Box::new(LogCapture(logs));
     let (supervisor, sup_task) = supervisor::start(
         watchers,
         stopped,
@@ -291,6 +350,8 @@ pub async fn run(
         store,
         shutdown: shutdown.clone(),
         cpu_prev: Mutex::new(None),
+        log_dir: config.agent.log_dir.clone(),
+        max_payload: client.server_info().max_payload.max(64 * 1024),
     });
     tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
 
@@ -299,6 +360,11 @@ pub async fn run(
         node.clone(),
         config.clone(),
         shutdown.clone(),
+    ));
+    tokio::spawn(transport::publish_logs(
+        client.clone(),
+        node.subjects.clone(),
+        log_feed,
     ));
     loop {
         tokio::select! {

@@ -498,3 +498,24 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Publishes every captured line on `cluster.<node>.logs.<watcher>` for `ctl logs -f`.
+/// A slow connection loses lines here rather than slowing the processes down.
+pub async fn publish_logs(client: Client, subjects: Subjects, feed: crate::logs::LogFeed) {
+    let mut rx = feed.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(line) => {
+                if let Ok(bytes) = serde_json::to_vec(&*line) {
+                    let _ = client
+                        .publish(subjects.logs(&line.node, &line.watcher), bytes.into())
+                        .await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!("{n} log lines not published: the connection fell behind");
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -77,6 +77,8 @@ pub enum Command {
     Stats(MaybeName),
     /// The cluster's members as this agent sees them (also on `cluster.members`).
     Members(crate::registry::MembersRequest),
+    /// The last lines a watcher's processes printed.
+    Logs(crate::logs::LogsProps),
 }
 
 impl Command {
@@ -105,6 +107,7 @@ impl Command {
             Command::Ping(_) => "ping",
             Command::Stats(_) => "stats",
             Command::Members(_) => "members",
+            Command::Logs(_) => "logs",
         }
     }
 }
@@ -133,6 +136,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "ping",
     "stats",
     "members",
+    "logs",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
