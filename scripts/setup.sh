@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the project needs beyond the Rust toolchain: nats-server (Debian's
+# package) and tmux (the `ctl top` test drives a real terminal). Sourced by demo.sh
+# and test.sh; safe to run again.
+set -euo pipefail
+
+need=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} ..." >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian installs nats-server in /usr/sbin, which is not always on PATH.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
