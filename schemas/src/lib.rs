@@ -3,9 +3,11 @@
 //! `schemas/`, checked by a test to stay equal to what the types generate).
 
 pub mod command;
+pub mod events;
 pub mod options;
 pub mod reply;
 pub mod schema;
+pub mod stats;
 pub mod subjects;
 
 pub use command::{parse_request, Command, Request, RequestError};

@@ -115,6 +115,19 @@ pub fn all() -> Vec<(String, Value)> {
     );
     cmd("quit", request::<Empty>("quit"), reply::<NoData>("quit"));
     cmd("ping", request::<Empty>("ping"), reply::<PingData>("ping"));
+    cmd(
+        "stats",
+        request::<MaybeName>("stats"),
+        reply::<crate::stats::StatsData>("stats"),
+    );
+    files.push((
+        "stats.schema.json".to_owned(),
+        root::<crate::stats::StatsMessage>("Stats message"),
+    ));
+    files.push((
+        "events.schema.json".to_owned(),
+        root::<crate::events::Event>("Event"),
+    ));
     files
 }
 
