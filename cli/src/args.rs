@@ -198,6 +198,21 @@ pub enum Sub {
         #[arg(long)]
         stream: Option<protocol::logs::Stream>,
     },
+    /// One snapshot of per-process statistics: node, watcher, pid, CPU, memory, age,
+    /// restarts.
+    Stats { watcher: Option<String> },
+    /// Follow lifecycle events (spawn, exit, respawn, flapping, start, stop, add, rm,
+    /// reload, join, leave) live, one per line, until Ctrl-C. Every node when no target
+    /// is given.
+    Events {
+        /// Only this watcher's events.
+        #[arg(long)]
+        watcher: Option<String>,
+    },
+    /// A live full-screen view of the whole cluster (or of the --node targets): nodes,
+    /// watchers, processes, CPU and memory. Keys: q quit, c/m/n/a sort by CPU, memory,
+    /// name, age; arrows and PgUp/PgDn scroll.
+    Top,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -342,7 +357,12 @@ impl Sub {
                 lines: Some(*lines),
                 stream: *stream,
             }),
-            Sub::Completions { .. } | Sub::Members { .. } => return Ok(None),
+            Sub::Stats { watcher } => Command::Stats(MaybeName {
+                name: watcher.clone(),
+            }),
+            Sub::Completions { .. } | Sub::Members { .. } | Sub::Events { .. } | Sub::Top => {
+                return Ok(None)
+            }
         }))
     }
 

@@ -5,6 +5,7 @@ mod args;
 mod client;
 mod cluster;
 mod output;
+mod top;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -130,6 +131,9 @@ async fn run(cli: Cli) -> ExitCode {
     let timeout = g.timeout.unwrap_or_else(|| cli.command.default_timeout());
     if let Sub::Members { status, name } = &cli.command {
         return members(g, &subjects, status, name.clone(), timeout).await;
+    }
+    if matches!(cli.command, Sub::Events { .. } | Sub::Top) {
+        return watch(&cli, &subjects).await;
     }
     let command = match cli.command.command() {
         Ok(Some(c)) => c,
@@ -376,6 +380,75 @@ async fn members(
         Err(e) => {
             eprintln!("ctl: {e}");
             ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// `events` and `top`: live views of every node, or of the --node targets.
+async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
+    use futures::StreamExt;
+    let g = &cli.global;
+    if g.service.is_some() || !g.tags.is_empty() {
+        return usage("events and top watch nodes: use --node (repeatable) or no target for all");
+    }
+    for n in &g.nodes {
+        if let Err(e) = protocol::subjects::validate_node_name(n) {
+            return usage(&format!("bad node name '{n}': {e}"));
+        }
+    }
+    let client = match connect(g).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ctl: {e}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    let nodes = (!g.nodes.is_empty()).then(|| g.nodes.clone());
+    if let Sub::Top = cli.command {
+        return match top::run(client, subjects.clone(), nodes).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ctl: {e:#}");
+                ExitCode::from(EXIT_ERROR_REPLY)
+            }
+        };
+    }
+    let Sub::Events { watcher } = &cli.command else {
+        return ExitCode::SUCCESS;
+    };
+    let w = watcher.as_deref().unwrap_or("*");
+    let targets = nodes.unwrap_or_else(|| vec!["*".into()]);
+    let mut subs = vec![];
+    for n in &targets {
+        match client.subscribe(subjects.events_filter(n, w)).await {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                eprintln!("ctl: cannot subscribe to events: {e}");
+                return ExitCode::from(EXIT_NO_ANSWER);
+            }
+        }
+    }
+    // The subscriptions are in place once the server has seen them.
+    let _ = client.flush().await;
+    let mut all = futures::stream::select_all(subs);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            msg = all.next() => {
+                let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
+                let text = if g.json {
+                    format!("{}\n", String::from_utf8_lossy(&msg.payload))
+                } else {
+                    match serde_json::from_slice::<protocol::events::Event>(&msg.payload) {
+                        Ok(e) => output::event_line(&e),
+                        Err(_) => continue,
+                    }
+                };
+                let mut out = std::io::stdout().lock();
+                if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
     }
 }

@@ -294,6 +294,35 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
             }
             out = t.render();
         }
+        "stats" => {
+            let mut t = Table::new(&[
+                "NODE", "WATCHER", "WID", "PID", "CPU%", "MEM", "AGE", "RESTARTS",
+            ]);
+            for r in replies {
+                let Ok(d) = r.data::<protocol::stats::StatsData>() else {
+                    continue;
+                };
+                for w in &d.watchers {
+                    for p in &w.processes {
+                        t.row(vec![
+                            r.node.clone(),
+                            w.name.clone(),
+                            p.wid.to_string(),
+                            p.pid.to_string(),
+                            format!("{:.1}", p.cpu_percent),
+                            bytes(p.rss_bytes),
+                            age(p.age_secs),
+                            p.restarts.to_string(),
+                        ]);
+                    }
+                }
+            }
+            out = if t.is_empty() {
+                "no processes\n".into()
+            } else {
+                t.render()
+            };
+        }
         "logs" => {
             for r in replies {
                 let Ok(d) = r.data::<protocol::logs::LogsData>() else {
@@ -323,6 +352,27 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
         }
     }
     out
+}
+
+/// One event as a line: time, node, watcher, kind and what it carries.
+pub fn event_line(e: &protocol::events::Event) -> String {
+    let secs = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e.time.max(0.0));
+    let t = humantime::format_rfc3339_millis(secs).to_string();
+    let mut s = format!("{t} {} {} {}", e.node, e.watcher, e.kind);
+    if let Some(w) = e.wid {
+        s.push_str(&format!(" wid={w}"));
+    }
+    if let Some(p) = e.pid {
+        s.push_str(&format!(" pid={p}"));
+    }
+    if let Some(x) = &e.exit {
+        s.push_str(&format!(" ({x})"));
+    }
+    if let Some(r) = &e.reason {
+        s.push_str(&format!(": {r}"));
+    }
+    s.push('\n');
+    s
 }
 
 /// One captured line: `[web.2] text`, `[web.2:err] text`, with the node when `multi`.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::command::Command;
+use protocol::events::EventKind;
 use protocol::reply::{DstatsData, PingData};
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
 use tokio::sync::mpsc;
@@ -92,6 +93,7 @@ impl OutputSink for LogCapture {
 /// Answers requests for one node.
 pub struct Node {
     pub identity: Identity,
+    pub stats: crate::statsloop::StatsHandle,
     pub membership: transport::MembershipHandle,
     pub subjects: Subjects,
     pub supervisor: SupervisorHandle,
@@ -143,6 +145,10 @@ impl Node {
                     protocol::registry::MembersData { members },
                 )
             }
+            Command::Stats(p) => {
+                let outcome = self.stats(p.name).await;
+                cmd_reply(id, node, outcome)
+            }
             Command::Logs(props) => {
                 let outcome = self.logs(props).await;
                 cmd_reply(id, node, outcome)
@@ -178,6 +184,31 @@ impl Node {
         .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
         .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
         let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    async fn stats(
+        &self,
+        name: Option<String>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let Some(mut data) = self.stats.snapshot().await else {
+            return Err(CmdError::new(
+                Errno::CommandFailed,
+                "cannot read process statistics from /proc",
+            ));
+        };
+        if let Some(name) = name {
+            data.watchers.retain(|w| w.name == name);
+            if data.watchers.is_empty() {
+                return Err(CmdError::new(
+                    Errno::UnknownWatcher,
+                    format!("unknown watcher '{name}'; `ctl list` shows the watchers of a node"),
+                ));
+            }
+        }
         match serde_json::to_value(data) {
             Ok(serde_json::Value::Object(m)) => Ok(m),
             _ => Ok(Default::default()),
@@ -341,7 +372,24 @@ pub async fn run(
         supervisor.clone(),
     )
     .await?;
+    let stats = crate::statsloop::start(
+        client.clone(),
+        subjects.clone(),
+        identity.clone(),
+        config.agent.stats_interval,
+        supervisor.clone(),
+        shutdown.clone(),
+    );
+    tokio::spawn(transport::publish_events(
+        client.clone(),
+        subjects.clone(),
+        identity.node.clone(),
+        identity.boot_id.clone(),
+        supervisor.clone(),
+    ));
+    transport::publish_agent_event(&client, &subjects, &identity, EventKind::Join).await;
     let node = Arc::new(Node {
+        stats,
         membership: membership.clone(),
         identity,
         subjects,
@@ -380,6 +428,7 @@ pub async fn run(
     }
     tracing::info!("leaving the cluster: stopping every process");
     membership.leaving().await;
+    transport::publish_agent_event(&client, &node.subjects, &node.identity, EventKind::Leave).await;
     supervisor.shutdown().await;
     let _ = sup_task.await;
     membership.left().await;

@@ -8,6 +8,8 @@ pub mod logs;
 pub mod membership;
 pub mod process;
 pub mod state;
+pub mod stats;
+pub mod statsloop;
 pub mod supervisor;
 pub mod sysevents;
 pub mod transport;

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,4 +100,16 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Stats keep one /proc file open per process; let the agent use its hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("cannot raise the open files limit: {e}");
+            }
+        }
+    }
 }

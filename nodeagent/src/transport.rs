@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, HeaderMap, Message};
 use futures::StreamExt;
+use protocol::events::{Event, EventKind};
 use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
 use protocol::reply::PingData;
 use protocol::{Request, Subjects};
@@ -518,4 +519,66 @@ pub async fn publish_logs(client: Client, subjects: Subjects, feed: crate::logs:
             Err(_) => return,
         }
     }
+}
+
+/// Publishes the supervisor's lifecycle events on
+/// `cluster.<node>.events.<watcher>.<kind>`.
+pub async fn publish_events(
+    client: Client,
+    subjects: Subjects,
+    node: String,
+    boot_id: String,
+    supervisor: SupervisorHandle,
+) {
+    let mut rx = supervisor.events();
+    loop {
+        match rx.recv().await {
+            Ok(ev) => {
+                let Ok(kind) = ev.kind.parse::<EventKind>() else {
+                    continue;
+                };
+                let mut event = Event::new(&node, &ev.watcher, kind).with_boot_id(boot_id.clone());
+                if let Some(pid) = ev.pid {
+                    event = event.with_pid(pid);
+                }
+                if let Some(wid) = ev.wid {
+                    event = event.with_wid(wid);
+                }
+                if let (Some(exit), EventKind::Exit) = (ev.exit, kind) {
+                    event = event.with_exit(exit);
+                }
+                if let Some(reason) = ev.reason {
+                    event = event.with_reason(reason);
+                }
+                publish_json(&client, event.subject(&subjects), &event).await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} events not published: the connection fell behind");
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes one message as JSON; a failure is logged, never fatal.
+pub async fn publish_json(client: &Client, subject: String, msg: &impl serde::Serialize) {
+    match serde_json::to_vec(msg) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(subject, bytes.into()).await {
+                tracing::debug!("cannot publish: {e}");
+            }
+        }
+        Err(e) => tracing::error!("cannot encode a message: {e}"),
+    }
+}
+
+/// Publishes an agent-level event (join, leave).
+pub async fn publish_agent_event(
+    client: &Client,
+    subjects: &Subjects,
+    identity: &Identity,
+    kind: EventKind,
+) {
+    let event = Event::agent(&identity.node, kind).with_boot_id(identity.boot_id.clone());
+    publish_json(client, event.subject(subjects), &event).await;
 }

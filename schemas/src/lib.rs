@@ -3,11 +3,13 @@
 //! `schemas/`, checked by a test to stay equal to what the types generate).
 
 pub mod command;
+pub mod events;
 pub mod logs;
 pub mod options;
 pub mod registry;
 pub mod reply;
 pub mod schema;
+pub mod stats;
 pub mod subjects;
 
 pub use command::{parse_request, Command, Request, RequestError};

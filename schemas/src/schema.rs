@@ -131,9 +131,22 @@ pub fn all() -> Vec<(String, Value)> {
         request::<LogsProps>("logs"),
         reply::<LogsData>("logs"),
     );
+    cmd(
+        "stats",
+        request::<MaybeName>("stats"),
+        reply::<crate::stats::StatsData>("stats"),
+    );
     files.push((
         "log-line.schema.json".to_owned(),
         root::<LogLine>("Log line"),
+    ));
+    files.push((
+        "stats.schema.json".to_owned(),
+        root::<crate::stats::StatsMessage>("Stats message"),
+    ));
+    files.push((
+        "events.schema.json".to_owned(),
+        root::<crate::events::Event>("Event"),
     ));
     files
 }

@@ -1,0 +1,110 @@
+//! The stats task: samples /proc on `stats_interval` through [`crate::stats::Sampler`],
+//! publishes `cluster.<node>.stats`, and answers the `stats` command from the latest
+//! sample (or a fresh one when the stream is off). It reads supervisor snapshots and
+//! never changes supervisor state.
+
+use std::time::Duration;
+
+use protocol::stats::{StatsData, StatsMessage};
+use protocol::Subjects;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{ProcessInput, Sampler, WatcherInput};
+use crate::supervisor::SupervisorHandle;
+
+/// Asks the stats task for a snapshot.
+#[derive(Clone)]
+pub struct StatsHandle {
+    tx: mpsc::Sender<oneshot::Sender<Option<StatsData>>>,
+}
+
+impl StatsHandle {
+    pub async fn snapshot(&self) -> Option<StatsData> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).await.ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) -> Option<StatsData> {
+    let input: Vec<WatcherInput> = supervisor
+        .snapshot()
+        .await
+        .ok()?
+        .into_iter()
+        .map(|w| WatcherInput {
+            name: w.name,
+            service: w.service,
+            state: w.state,
+            numprocesses: w.numprocesses,
+            restarts: w.restarts,
+            processes: w
+                .processes
+                .into_iter()
+                .map(|p| ProcessInput {
+                    wid: p.wid,
+                    pid: p.pid,
+                    started_at: p.started_at,
+                    restarts: p.restarts,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut s = sampler.take().unwrap_or_default();
+    let (s, (host, watchers)) = tokio::task::spawn_blocking(move || {
+        let out = s.sample(&input);
+        (s, out)
+    })
+    .await
+    .ok()?;
+    *sampler = Some(s);
+    Some(StatsData { host, watchers })
+}
+
+/// Starts the stats task.
+pub fn start(
+    client: async_nats::Client,
+    subjects: Subjects,
+    identity: crate::agent::Identity,
+    interval: Duration,
+    supervisor: SupervisorHandle,
+    shutdown: CancellationToken,
+) -> StatsHandle {
+    let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Option<StatsData>>>(16);
+    tokio::spawn(async move {
+        let mut sampler = Some(Sampler::new());
+        let mut last: Option<(StatsData, tokio::time::Instant)> = None;
+        let period = if interval.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            interval
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick(), if !interval.is_zero() => {
+                    if let Some(data) = sample(&mut sampler, &supervisor).await {
+                        let msg = StatsMessage::new(&identity.node, &identity.boot_id, interval.as_secs_f64(), data.clone());
+                        crate::transport::publish_json(&client, subjects.stats(&identity.node), &msg).await;
+                        last = Some((data, tokio::time::Instant::now()));
+                    }
+                }
+                Some(reply) = rx.recv() => {
+                    let fresh = last
+                        .as_ref()
+                        .filter(|(_, t)| !interval.is_zero() && t.elapsed() <= interval * 2)
+                        .map(|(d, _)| d.clone());
+                    let data = match fresh {
+                        Some(d) => Some(d),
+                        None => sample(&mut sampler, &supervisor).await,
+                    };
+                    let _ = reply.send(data);
+                }
+            }
+        }
+    });
+    StatsHandle { tx }
+}
