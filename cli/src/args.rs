@@ -174,6 +174,30 @@ pub enum Sub {
     Quit,
     /// Who answers: version, pid, host, tags, uptime.
     Ping,
+    /// The cluster's members as an agent sees them (any one agent answers), like
+    /// `serf members`; --tag filters by tags.
+    Members {
+        /// Only members in this state: alive, suspect, failed, leaving, left (repeatable).
+        #[arg(long)]
+        status: Vec<String>,
+        /// Only members whose name matches; `*` matches any run of characters.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// What a watcher's processes printed (stdout and stderr, captured to rotating
+    /// files by the agent), like `pm2 logs`; -f follows live until Ctrl-C.
+    Logs {
+        watcher: String,
+        /// How many of the last lines to show first (at most 10000).
+        #[arg(short = 'l', long, default_value_t = 50)]
+        lines: u32,
+        /// Keep printing new lines as they come, until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this stream: stdout or stderr.
+        #[arg(long)]
+        stream: Option<protocol::logs::Stream>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -292,13 +316,13 @@ impl Sub {
                             .map_err(|e| format!("bad option: {e}"))?,
                     )
                 };
-                Command::Add(AddProps {
+                Command::Add(Box::new(AddProps {
                     name: watcher.clone(),
                     cmd: cmd[0].clone(),
                     args: cmd[1..].to_vec(),
                     options: opts,
                     start: !no_start,
-                })
+                }))
             }
             Sub::Rm { watcher, no_wait } => Command::Rm(RmProps {
                 name: watcher.clone(),
@@ -308,7 +332,17 @@ impl Sub {
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
-            Sub::Completions { .. } => return Ok(None),
+            Sub::Logs {
+                watcher,
+                lines,
+                stream,
+                ..
+            } => Command::Logs(protocol::logs::LogsProps {
+                name: watcher.clone(),
+                lines: Some(*lines),
+                stream: *stream,
+            }),
+            Sub::Completions { .. } | Sub::Members { .. } => return Ok(None),
         }))
     }
 
@@ -326,5 +360,36 @@ impl Sub {
             | Sub::Quit => Duration::from_secs(60),
             _ => Duration::from_secs(5),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_command() {
+        let cli =
+            Cli::try_parse_from(["ctl", "incr", "dummy", "--node", "second", "--json"]).unwrap();
+        assert_eq!(cli.global.nodes, vec!["second".to_string()]);
+        assert!(cli.global.json);
+        let cli =
+            Cli::try_parse_from(["ctl", "-n", "a", "-n", "b", "logs", "web", "-l", "5", "-f"])
+                .unwrap();
+        assert_eq!(cli.global.nodes.len(), 2);
+        assert!(matches!(
+            cli.command,
+            Sub::Logs {
+                lines: 5,
+                follow: true,
+                ..
+            }
+        ));
     }
 }

@@ -3,13 +3,16 @@
 
 mod args;
 mod client;
+mod cluster;
 mod output;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use protocol::{Request, Subjects};
+use std::time::Duration;
+
+use protocol::{Command, Request, Subjects};
 
 use crate::args::{Cli, Global, Sub};
 use crate::client::{Outcome, Target};
@@ -124,6 +127,10 @@ async fn run(cli: Cli) -> ExitCode {
         return usage(&format!("bad --prefix '{}': {e}", g.prefix));
     }
     let subjects = Subjects::new(g.prefix.clone());
+    let timeout = g.timeout.unwrap_or_else(|| cli.command.default_timeout());
+    if let Sub::Members { status, name } = &cli.command {
+        return members(g, &subjects, status, name.clone(), timeout).await;
+    }
     let command = match cli.command.command() {
         Ok(Some(c)) => c,
         Ok(None) => return ExitCode::SUCCESS,
@@ -133,7 +140,6 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(&e),
     };
-    let timeout = g.timeout.unwrap_or_else(|| cli.command.default_timeout());
     let client = match connect(g).await {
         Ok(c) => c,
         Err(e) => {
@@ -142,6 +148,95 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let name = command.name();
+    // A rolling restart of several nodes goes node by node.
+    if let (Command::Restart(r) | Command::Reload(r), Sub::Restart(a) | Sub::Reload(a)) =
+        (&command, &cli.command)
+    {
+        let nodes = match &target {
+            Target::Nodes(n) if n.len() > 1 => Some(n.clone()),
+            Target::Members(tags) => match cluster::alive_members(
+                &client,
+                &subjects,
+                tags,
+                timeout.min(Duration::from_secs(5)),
+            )
+            .await
+            {
+                Ok(ms) if ms.is_empty() => {
+                    eprintln!("ctl: no alive node matches the target");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+                Ok(ms) => Some(ms.into_iter().map(|m| m.name).collect()),
+                Err(e) => {
+                    eprintln!("ctl: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            },
+            _ => None,
+        };
+        if let (true, Some(nodes)) = (r.rolling, nodes) {
+            let out =
+                cluster::rolling_restart(&client, &subjects, &nodes, r, a.batch, timeout, g.json)
+                    .await;
+            return report(name, out, g.json, true);
+        }
+    }
+    // Resizing a service spreads the total over its members.
+    if let (Command::Numprocesses(n), Target::Service(s)) = (&command, &target) {
+        if let Some(total) = n.nb {
+            return match cluster::resize_service(&client, &subjects, s, &n.name, total, timeout)
+                .await
+            {
+                Ok(out) => report(name, out, g.json, true),
+                Err(e) => {
+                    eprintln!("ctl: {e}");
+                    ExitCode::from(EXIT_NO_ANSWER)
+                }
+            };
+        }
+    }
+    // Following logs: subscribe before reading the tail, so that no line is lost.
+    let follow = match (&cli.command, &target) {
+        (
+            Sub::Logs {
+                follow: true,
+                watcher,
+                ..
+            },
+            Target::Nodes(nodes),
+        ) => {
+            let subject = if nodes.len() == 1 {
+                subjects.logs(&nodes[0], watcher)
+            } else {
+                subjects.logs("*", watcher)
+            };
+            match client.subscribe(subject).await {
+                Ok(sub) => Some((sub, nodes.clone())),
+                Err(e) => {
+                    eprintln!("ctl: cannot follow logs: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            }
+        }
+        (
+            Sub::Logs {
+                follow: true,
+                watcher,
+                ..
+            },
+            Target::Members(_),
+        ) => match client.subscribe(subjects.logs("*", watcher)).await {
+            Ok(sub) => Some((sub, vec![])),
+            Err(e) => {
+                eprintln!("ctl: cannot follow logs: {e}");
+                return ExitCode::from(EXIT_NO_ANSWER);
+            }
+        },
+        (Sub::Logs { follow: true, .. }, Target::Service(_)) => {
+            return usage("logs -f follows nodes: use --node, --all or --tag");
+        }
+        _ => None,
+    };
     let req = Request::new(command);
     let outcome = match &target {
         Target::Nodes(nodes) if nodes.len() == 1 => {
@@ -183,15 +278,137 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Target::Members(_) => {
-            return usage(
-                "--all and --tag need cluster membership, which this build does not have yet",
-            );
+        Target::Members(tags) => {
+            // Learn who is alive first, then one broadcast; return when all answered.
+            let members = match cluster::alive_members(
+                &client,
+                &subjects,
+                tags,
+                timeout.min(Duration::from_secs(5)),
+            )
+            .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("ctl: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            };
+            if members.is_empty() {
+                eprintln!("ctl: no alive node matches the target (`ctl members` lists the nodes)");
+                return ExitCode::from(EXIT_NO_ANSWER);
+            }
+            let expected = members.into_iter().map(|m| m.name).collect();
+            match client::broadcast(
+                &client,
+                &subjects,
+                client::tags_header(tags),
+                expected,
+                &req,
+                timeout,
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("ctl: {e}");
+                    return ExitCode::from(EXIT_NO_ANSWER);
+                }
+            }
         }
     };
     let multi = !matches!(&target, Target::Nodes(n) if n.len() == 1)
         && !matches!(target, Target::Service(_));
-    report(name, outcome, g.json, multi)
+    let code = report(name, outcome, g.json, multi);
+    if let Some((sub, nodes)) = follow {
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+        return follow_logs(sub, &nodes, g.json, multi).await;
+    }
+    code
+}
+
+async fn members(
+    g: &Global,
+    subjects: &Subjects,
+    status: &[String],
+    name: Option<String>,
+    timeout: Duration,
+) -> ExitCode {
+    let mut states = vec![];
+    for s in status {
+        match cluster::parse_state(s) {
+            Ok(st) => states.push(st),
+            Err(e) => return usage(&e),
+        }
+    }
+    let mut tags = std::collections::BTreeMap::new();
+    for t in &g.tags {
+        let Some((k, v)) = t.split_once('=') else {
+            return usage(&format!("tag '{t}' must look like KEY=VALUE"));
+        };
+        tags.insert(k.to_owned(), v.to_owned());
+    }
+    let filter = protocol::registry::MembersRequest {
+        status: (!states.is_empty()).then_some(protocol::registry::StatusFilter::Many(states)),
+        tags,
+        name,
+    };
+    let client = match connect(g).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ctl: {e}");
+            return ExitCode::from(EXIT_NO_ANSWER);
+        }
+    };
+    match cluster::members(&client, subjects, filter, timeout).await {
+        Ok((reply, ms)) => {
+            let text = if g.json {
+                format!("{}\n", serde_json::to_string(&reply).unwrap_or_default())
+            } else {
+                cluster::render_members(&ms)
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ctl: {e}");
+            ExitCode::from(EXIT_NO_ANSWER)
+        }
+    }
+}
+
+/// Prints live log lines until Ctrl-C.
+async fn follow_logs(
+    mut sub: async_nats::Subscriber,
+    nodes: &[String],
+    json: bool,
+    multi: bool,
+) -> ExitCode {
+    use futures::StreamExt;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            msg = sub.next() => {
+                let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
+                let Ok(line) = serde_json::from_slice::<protocol::logs::LogLine>(&msg.payload) else { continue };
+                if nodes.len() > 1 && !nodes.contains(&line.node) {
+                    continue;
+                }
+                let text = if json {
+                    format!("{}\n", String::from_utf8_lossy(&msg.payload))
+                } else {
+                    output::log_line(&line, multi)
+                };
+                let mut out = std::io::stdout().lock();
+                if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    }
 }
 
 /// Prints replies and missing targets; returns the exit code.

@@ -294,6 +294,23 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
             }
             out = t.render();
         }
+        "logs" => {
+            for r in replies {
+                let Ok(d) = r.data::<protocol::logs::LogsData>() else {
+                    continue;
+                };
+                if d.truncated {
+                    let _ = writeln!(
+                        out,
+                        "({}: older lines left out to fit one message; ask for fewer with -n)",
+                        r.node
+                    );
+                }
+                for l in &d.lines {
+                    out.push_str(&log_line(l, multi));
+                }
+            }
+        }
         "quit" => {
             for r in replies {
                 let _ = writeln!(out, "node {} is shutting down", r.node);
@@ -306,6 +323,21 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
         }
     }
     out
+}
+
+/// One captured line: `[web.2] text`, `[web.2:err] text`, with the node when `multi`.
+pub fn log_line(l: &protocol::logs::LogLine, multi: bool) -> String {
+    let node = if multi {
+        format!("{}/", l.node)
+    } else {
+        String::new()
+    };
+    let err = if l.stream == protocol::logs::Stream::Stderr {
+        ":err"
+    } else {
+        ""
+    };
+    format!("[{node}{}.{}{err}] {}\n", l.watcher, l.wid, l.line)
 }
 
 #[cfg(test)]

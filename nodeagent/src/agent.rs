@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ValidatedConfig};
+use crate::logs::LogManager;
+use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::state::{self, StateStore};
-use crate::supervisor::{self, CmdError, DrainOutput, OutputSink, SupervisorHandle};
+use crate::supervisor::{self, CapturedOutput, CmdError, OutputSink, SupervisorHandle};
 use crate::transport;
 
 /// Who this agent is, for replies and announcements.
@@ -61,17 +63,44 @@ pub enum AgentError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    #[error("cannot use the log dir: {0}")]
+    Logs(crate::logs::LogError),
+}
+
+/// Hands captured output to the rotating log files.
+struct LogCapture(LogManager);
+
+impl OutputSink for LogCapture {
+    fn capture(&mut self, out: CapturedOutput) {
+        if let Err(e) = self.0.capture(
+            &out.watcher,
+            out.wid,
+            out.stdout,
+            out.stderr,
+            out.max_bytes,
+            out.backups,
+        ) {
+            tracing::error!(watcher = %out.watcher, "cannot capture output: {e}");
+        }
+    }
+
+    fn forget(&mut self, watcher: &str) {
+        drop(self.0.remove(watcher));
+    }
 }
 
 /// Answers requests for one node.
 pub struct Node {
     pub identity: Identity,
+    pub membership: transport::MembershipHandle,
     pub subjects: Subjects,
     pub supervisor: SupervisorHandle,
     config_path: std::path::PathBuf,
     store: Option<Arc<Mutex<StateStore>>>,
     shutdown: CancellationToken,
     cpu_prev: Mutex<Option<(f64, Instant)>>,
+    log_dir: std::path::PathBuf,
+    max_payload: usize,
 }
 
 fn cmd_reply(
@@ -105,6 +134,19 @@ impl Node {
                 self.shutdown.cancel();
                 Reply::ok(id, node, unix_time(), serde_json::json!({}))
             }
+            Command::Members(filter) => {
+                let members = self.membership.members(filter).await;
+                Reply::ok(
+                    id,
+                    node,
+                    unix_time(),
+                    protocol::registry::MembersData { members },
+                )
+            }
+            Command::Logs(props) => {
+                let outcome = self.logs(props).await;
+                cmd_reply(id, node, outcome)
+            }
             Command::Reloadconfig(_) => {
                 let outcome = self.reload_config().await;
                 cmd_reply(id, node, outcome)
@@ -113,6 +155,32 @@ impl Node {
                 let outcome = self.supervisor.exec(other).await;
                 cmd_reply(id, node, outcome)
             }
+        }
+    }
+
+    async fn logs(
+        &self,
+        props: protocol::logs::LogsProps,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        // An unknown watcher is an error, not an empty log.
+        self.supervisor
+            .exec(Command::Numprocesses(protocol::command::Numprocesses {
+                name: props.name.clone(),
+                nb: None,
+            }))
+            .await?;
+        let (dir, node) = (self.log_dir.clone(), self.identity.node.clone());
+        let n = props.lines() as usize;
+        let lines = tokio::task::spawn_blocking(move || {
+            crate::logs::tail(&dir, &node, &props.name, props.stream, n)
+        })
+        .await
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
+        let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
         }
     }
 
@@ -208,14 +276,21 @@ pub async fn run(
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
-    let client = transport::connect(&config.nats, &identity.node).await?;
-    if let Some(owner) = transport::name_taken(&client, &subjects, &identity.node).await {
+    // The name check runs on a connection of its own, named so that it can never be
+    // taken for a member: a refused duplicate's disconnect must not mark the real
+    // node failed.
+    let check =
+        transport::connect(&config.nats, &format!("startup-check:{}", identity.node)).await?;
+    let taken = transport::name_taken(&check, &subjects, &identity.node).await;
+    drop(check);
+    if let Some(owner) = taken {
         return Err(AgentError::NameTaken {
             name: identity.node.clone(),
             host: owner.hostname,
             pid: owner.pid,
         });
     }
+    let client = transport::connect(&config.nats, &identity.node).await?;
 
     let (watchers, stopped, store) = match &config.agent.state_dir {
         Some(dir) => {
@@ -237,7 +312,9 @@ pub async fn run(
             },
         ) as Box<dyn FnMut(&_) + Send>
     });
-    let output: Box<dyn OutputSink> = Box::new(DrainOutput);
+    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
+    let log_feed = logs.feed();
+    let output: Box<dyn OutputSink> = Box::new(LogCapture(logs));
     let (supervisor, sup_task) = supervisor::start(
         watchers,
         stopped,
@@ -248,7 +325,27 @@ pub async fn run(
         },
         output,
     );
+    let (membership, member_task) = transport::start_membership(
+        client.clone(),
+        transport::MembershipSettings {
+            identity: identity.clone(),
+            subjects: subjects.clone(),
+            heartbeat: config.agent.heartbeat,
+            config: MembershipConfig {
+                suspect_after: match config.agent.suspect_after {
+                    Some(d) => SuspectAfter::Fixed(d),
+                    None => SuspectAfter::Heartbeats(3),
+                },
+                failed_after: config.agent.failed_after,
+                reap_after: config.agent.reap_after,
+            },
+            system_events_account: config.nats.system_events_account.clone(),
+        },
+        supervisor.clone(),
+    )
+    .await?;
     let node = Arc::new(Node {
+        membership: membership.clone(),
         identity,
         subjects,
         supervisor: supervisor.clone(),
@@ -256,6 +353,8 @@ pub async fn run(
         store,
         shutdown: shutdown.clone(),
         cpu_prev: Mutex::new(None),
+        log_dir: config.agent.log_dir.clone(),
+        max_payload: client.server_info().max_payload.max(64 * 1024),
     });
     tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
 
@@ -264,6 +363,11 @@ pub async fn run(
         node.clone(),
         config.clone(),
         shutdown.clone(),
+    ));
+    tokio::spawn(transport::publish_logs(
+        client.clone(),
+        node.subjects.clone(),
+        log_feed,
     ));
     loop {
         tokio::select! {
@@ -277,9 +381,12 @@ pub async fn run(
             }
         }
     }
-    tracing::info!("stopping every process");
+    tracing::info!("leaving the cluster: stopping every process");
+    membership.leaving().await;
     supervisor.shutdown().await;
     let _ = sup_task.await;
+    membership.left().await;
+    let _ = member_task.await;
     // The transport announces that this node left, then ends.
     let _ = serve.await;
     // A flush waits for the server's answer; with NATS down that never comes, and the

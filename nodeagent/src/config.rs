@@ -350,7 +350,7 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         Duration::from_secs(24 * 3600),
         problems,
     );
-    for (k, _) in &raw.tags {
+    for k in raw.tags.keys() {
         if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
             problems.push(Problem {
                 location: format!("{loc} tags"),

@@ -8,14 +8,19 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, HeaderMap, Message};
 use futures::StreamExt;
+use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
 use protocol::reply::PingData;
 use protocol::{Request, Subjects};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::Node;
+use crate::agent::{Identity, Node};
 use crate::config::{NatsConfig, ValidatedConfig};
+use crate::membership::{Change, Membership, MembershipConfig};
+use crate::supervisor::SupervisorHandle;
 
 /// Header on a broadcast: only nodes whose tags match every `k=v` (comma separated) act.
 pub const HEADER_TAGS: &str = "Cluster-Tags";
@@ -198,6 +203,8 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let mut own = subscribe(&client, subjects.node_cmd(&node.identity.node), None).await?;
     let mut all = subscribe(&client, subjects.all_cmd(), None).await?;
+    let mut members =
+        subscribe(&client, subjects.members(), Some(subjects.members_queue())).await?;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut wanted = node.supervisor.services();
@@ -249,6 +256,7 @@ pub async fn serve(
                 }
             }
             Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, msg),
+            Some(msg) = members.next() => spawn_handler(&tracker, &client, &node, msg),
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services);
@@ -260,8 +268,254 @@ pub async fn serve(
     }
     let _ = own.unsubscribe().await;
     let _ = all.unsubscribe().await;
+    let _ = members.unsubscribe().await;
     tracker.close();
     // Requests in flight finish (a quit's own reply among them).
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     Ok(())
+}
+
+// ----- membership -----
+
+enum MemberCmd {
+    Query(MembersRequest, oneshot::Sender<Vec<MemberInfo>>),
+    Leaving,
+    Left(oneshot::Sender<()>),
+}
+
+/// Talks to the membership task: the member view, and the leave announcements.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    tx: mpsc::Sender<MemberCmd>,
+}
+
+impl MembershipHandle {
+    /// The members this agent knows, filtered.
+    pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(MemberCmd::Query(req, tx)).await.is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Announces that this agent is leaving (it is stopping its processes).
+    pub async fn leaving(&self) {
+        let _ = self.tx.send(MemberCmd::Leaving).await;
+    }
+
+    /// Announces that this agent left, and ends the membership task.
+    pub async fn left(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(MemberCmd::Left(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+    }
+}
+
+/// What the membership task needs to know.
+pub struct MembershipSettings {
+    pub identity: Identity,
+    pub subjects: Subjects,
+    pub heartbeat: Duration,
+    pub config: MembershipConfig,
+    pub system_events_account: Option<String>,
+}
+
+/// Starts the membership task: announces join, a heartbeat every `heartbeat`, keeps
+/// the member view from every agent's announcements (and, where the server's
+/// disconnect events are visible, marks a member failed the moment its connection
+/// closes), and answers queries.
+pub async fn start_membership(
+    client: Client,
+    settings: MembershipSettings,
+    supervisor: SupervisorHandle,
+) -> Result<(MembershipHandle, JoinHandle<()>), TransportError> {
+    let registry = subscribe(&client, settings.subjects.registry_all(), None).await?;
+    let (dtx, drx) = mpsc::channel::<String>(64);
+    if let Some(account) = settings.system_events_account.clone() {
+        let c = client.clone();
+        tokio::spawn(async move {
+            match crate::sysevents::watch_disconnects(c, &account).await {
+                Ok(mut stream) => {
+                    while let Some(d) = stream.next().await {
+                        if let Some(name) = d.name {
+                            if dtx.send(name).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("no instant failure detection: {e}"),
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(membership_loop(
+        client, settings, supervisor, registry, drx, rx,
+    ));
+    Ok((MembershipHandle { tx }, task))
+}
+
+async fn announcement(
+    settings: &MembershipSettings,
+    supervisor: &SupervisorHandle,
+    kind: AnnounceKind,
+    seq: u64,
+) -> Announcement {
+    let id = &settings.identity;
+    let watchers: Vec<WatcherBrief> = supervisor
+        .snapshot()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| WatcherBrief {
+            name: w.name,
+            service: w.service,
+            state: w.state,
+            numprocesses: w.numprocesses,
+            running: w.running,
+        })
+        .collect();
+    let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
+    services.sort();
+    services.dedup();
+    Announcement {
+        node: id.node.clone(),
+        boot_id: id.boot_id.clone(),
+        kind,
+        seq,
+        started_at: id.started_at,
+        time: protocol::unix_time(),
+        heartbeat_ms: settings.heartbeat.as_millis() as u64,
+        tags: id.tags.clone(),
+        version: id.version.clone(),
+        hostname: id.hostname.clone(),
+        pid: id.pid,
+        address: None,
+        watchers,
+        services,
+    }
+}
+
+async fn membership_loop(
+    client: Client,
+    settings: MembershipSettings,
+    supervisor: SupervisorHandle,
+    mut registry: async_nats::Subscriber,
+    mut disconnects: mpsc::Receiver<String>,
+    mut cmds: mpsc::Receiver<MemberCmd>,
+) {
+    let mut table = Membership::new(settings.config);
+    let subject = settings.subjects.registry(&settings.identity.node);
+    let mut seq = 0u64;
+    let mut kind = AnnounceKind::Join;
+    let publish = |ann: Announcement| {
+        let client = client.clone();
+        let subject = subject.clone();
+        async move {
+            if let Ok(bytes) = serde_json::to_vec(&ann) {
+                if let Err(e) = client.publish(subject, bytes.into()).await {
+                    tracing::debug!("cannot announce: {e}");
+                }
+            }
+        }
+    };
+    let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
+    let mut heartbeat = tokio::time::interval(settings.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = table.next_deadline();
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                seq += 1;
+                let ann = announcement(&settings, &supervisor, kind, seq).await;
+                // Our own view of ourselves needs no round trip.
+                if let Some(c) = table.observe(&ann, Instant::now()) {
+                    log(&c);
+                }
+                publish(ann).await;
+                if kind == AnnounceKind::Join {
+                    kind = AnnounceKind::Alive;
+                }
+                table.tick(Instant::now()).iter().for_each(log);
+            }
+            Some(msg) = registry.next() => {
+                let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
+                    tracing::debug!(subject = %msg.subject, "unreadable announcement");
+                    continue;
+                };
+                if settings.subjects.node_of_registry(&msg.subject) != Some(ann.node.as_str()) {
+                    continue;
+                }
+                if let Some(c) = table.observe(&ann, Instant::now()) {
+                    log(&c);
+                }
+            }
+            Some(name) = disconnects.recv() => {
+                if name != settings.identity.node {
+                    if let Some(c) = table.mark_failed(&name, Instant::now()) {
+                        log(&c);
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                table.tick(Instant::now()).iter().for_each(log);
+            }
+            cmd = cmds.recv() => {
+                let done = match cmd {
+                    Some(MemberCmd::Query(req, reply)) => {
+                        let _ = reply.send(table.members(&req));
+                        continue;
+                    }
+                    Some(MemberCmd::Leaving) => {
+                        kind = AnnounceKind::Leaving;
+                        seq += 1;
+                        let ann = announcement(&settings, &supervisor, kind, seq).await;
+                        table.observe(&ann, Instant::now());
+                        publish(ann).await;
+                        continue;
+                    }
+                    Some(MemberCmd::Left(done)) => Some(done),
+                    None => None,
+                };
+                seq += 1;
+                let ann = announcement(&settings, &supervisor, AnnounceKind::Left, seq).await;
+                publish(ann).await;
+                let _ = client.flush().await;
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes every captured line on `cluster.<node>.logs.<watcher>` for `ctl logs -f`.
+/// A slow connection loses lines here rather than slowing the processes down.
+pub async fn publish_logs(client: Client, subjects: Subjects, feed: crate::logs::LogFeed) {
+    let mut rx = feed.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(line) => {
+                if let Ok(bytes) = serde_json::to_vec(&*line) {
+                    let _ = client
+                        .publish(subjects.logs(&line.node, &line.watcher), bytes.into())
+                        .await;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!("{n} log lines not published: the connection fell behind");
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -62,7 +62,7 @@ pub enum Command {
     /// Change options of a watcher.
     Set(SetProps),
     /// Add a watcher (needs `allow_remote_exec`).
-    Add(AddProps),
+    Add(Box<AddProps>),
     /// Stop and remove a watcher.
     Rm(RmProps),
     /// Read the config file again and apply what changed.
@@ -75,6 +75,10 @@ pub enum Command {
     Ping(Empty),
     /// One snapshot of per-process statistics.
     Stats(MaybeName),
+    /// The cluster's members as this agent sees them (also on `cluster.members`).
+    Members(crate::registry::MembersRequest),
+    /// The last lines a watcher's processes printed.
+    Logs(crate::logs::LogsProps),
 }
 
 impl Command {
@@ -102,6 +106,8 @@ impl Command {
             Command::Quit(_) => "quit",
             Command::Ping(_) => "ping",
             Command::Stats(_) => "stats",
+            Command::Members(_) => "members",
+            Command::Logs(_) => "logs",
         }
     }
 }
@@ -129,6 +135,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "quit",
     "ping",
     "stats",
+    "members",
+    "logs",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

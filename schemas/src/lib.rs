@@ -3,6 +3,7 @@
 //! `schemas/`, checked by a test to stay equal to what the types generate).
 
 pub mod command;
+pub mod logs;
 pub mod options;
 pub mod registry;
 pub mod reply;

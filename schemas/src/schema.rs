@@ -5,6 +5,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::command::*;
+use crate::logs::*;
 use crate::options::WatcherOptions;
 use crate::registry::{Announcement, MembersData, MembersRequest};
 use crate::reply::*;
@@ -125,6 +126,15 @@ pub fn all() -> Vec<(String, Value)> {
         request::<MembersRequest>("members"),
         reply::<MembersData>("members"),
     );
+    cmd(
+        "logs",
+        request::<LogsProps>("logs"),
+        reply::<LogsData>("logs"),
+    );
+    files.push((
+        "log-line.schema.json".to_owned(),
+        root::<LogLine>("Log line"),
+    ));
     files
 }
 

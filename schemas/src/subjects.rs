@@ -137,6 +137,12 @@ impl Subjects {
         format!("{}.{node}.events.{watcher}.*", self.prefix)
     }
 
+    /// `cluster.<node>.logs.<watcher>`: the lines a watcher's processes write, live.
+    /// `node` or `watcher` may be `*` in a subscription.
+    pub fn logs(&self, node: &str, watcher: &str) -> String {
+        format!("{}.{node}.logs.{watcher}", self.prefix)
+    }
+
     /// `cluster.registry.<node>`: membership announcements.
     pub fn registry(&self, node: &str) -> String {
         format!("{}.registry.{node}", self.prefix)
@@ -198,5 +204,12 @@ mod tests {
         assert!(validate_token("stats").is_ok());
         assert!(validate_prefix("a.b").is_ok());
         assert!(validate_prefix("a..b").is_err());
+    }
+
+    #[test]
+    fn builds_log_subjects() {
+        let s = Subjects::new("prod.cluster");
+        assert_eq!(s.logs("n", "web"), "prod.cluster.n.logs.web");
+        assert_eq!(s.logs("*", "*"), "prod.cluster.*.logs.*");
     }
 }

@@ -124,13 +124,19 @@ impl OutputSink for DrainOutput {
     }
 }
 
+/// Every watcher's options and whether it should run, as persisted.
+pub type DesiredState = BTreeMap<String, (WatcherOptions, bool)>;
+
+/// Saves the desired state after each change.
+pub type PersistFn = Box<dyn FnMut(&DesiredState) + Send>;
+
 /// What the supervisor needs besides the watchers.
 pub struct Settings {
     pub node: String,
     pub allow_remote_exec: bool,
     /// Called after every change of desired state, with every watcher's options and
     /// whether it should run; persists them.
-    pub persist: Option<Box<dyn FnMut(&BTreeMap<String, (WatcherOptions, bool)>) + Send>>,
+    pub persist: Option<PersistFn>,
 }
 
 enum Cmd {
@@ -770,7 +776,7 @@ impl Actor {
                 Ok(names) => return waiting(names, self, reply),
                 Err(e) => Err(e),
             },
-            Command::Add(p) => match self.add(p) {
+            Command::Add(p) => match self.add(*p) {
                 Ok(names) => return waiting(names, self, reply),
                 Err(e) => Err(e),
             },

@@ -1,0 +1,270 @@
+//! Cluster-wide operations built from single requests: the member list, fan-out to
+//! the alive members, the rolling restart node by node, and spreading a service's
+//! processes over its members.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use protocol::command::{Command, Numprocesses, Restart};
+use protocol::registry::{MemberInfo, MemberState, MembersData, MembersRequest, StatusFilter};
+use protocol::{Reply, Request, Subjects};
+
+use crate::client::{self, Outcome};
+use crate::output::{age, Table};
+
+/// Asks any one agent for its member view. `Err` says why none answered.
+pub async fn members(
+    client: &Client,
+    subjects: &Subjects,
+    filter: MembersRequest,
+    timeout: Duration,
+) -> Result<(Reply, Vec<MemberInfo>), String> {
+    let req = Request::new(Command::Members(filter));
+    let out = client::request_one(client, subjects.members(), "members", &req, timeout).await;
+    match out.replies.into_iter().next() {
+        Some(r) if r.is_ok() => {
+            let data: MembersData = r
+                .data()
+                .map_err(|e| format!("unreadable members reply: {e}"))?;
+            Ok((r, data.members))
+        }
+        Some(r) => Err(r.reason.unwrap_or_default()),
+        None => Err(format!(
+            "no agent answered on {}: is any nodeagent running and connected to this NATS server?",
+            subjects.members()
+        )),
+    }
+}
+
+/// The alive (or suspect) members with all these tags.
+pub async fn alive_members(
+    client: &Client,
+    subjects: &Subjects,
+    tags: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<MemberInfo>, String> {
+    let filter = MembersRequest {
+        status: Some(StatusFilter::Many(vec![
+            MemberState::Alive,
+            MemberState::Suspect,
+        ])),
+        tags: tags.iter().cloned().collect(),
+        name: None,
+    };
+    Ok(members(client, subjects, filter, timeout).await?.1)
+}
+
+/// Parses a member state for `--status`.
+pub fn parse_state(s: &str) -> Result<MemberState, String> {
+    MemberState::ALL
+        .into_iter()
+        .find(|m| m.to_string() == s)
+        .ok_or_else(|| {
+            let all: Vec<String> = MemberState::ALL.iter().map(|m| m.to_string()).collect();
+            format!("unknown state '{s}'; states are {}", all.join(", "))
+        })
+}
+
+/// The `ctl members` table, like `serf members`.
+pub fn render_members(members: &[MemberInfo]) -> String {
+    let now = protocol::unix_time();
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "HOST",
+        "TAGS",
+        "VERSION",
+        "UPTIME",
+        "PROCESSES",
+        "WATCHERS",
+    ]);
+    for m in members {
+        let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let watchers: Vec<String> = m
+            .watchers
+            .iter()
+            .map(|w| format!("{}({}/{})", w.name, w.running, w.numprocesses))
+            .collect();
+        t.row(vec![
+            m.name.clone(),
+            m.state.to_string(),
+            m.address.clone().unwrap_or_else(|| m.hostname.clone()),
+            tags.join(","),
+            m.version.clone(),
+            age(now - m.started_at),
+            format!("{}/{}", m.running, m.numprocesses),
+            watchers.join(" "),
+        ]);
+    }
+    t.render()
+}
+
+/// Restarts `watcher` node by node (`batch` nodes at a time), each node restarting its
+/// processes one by one. Stops at the first failure. Prints progress as it goes.
+pub async fn rolling_restart(
+    client: &Client,
+    subjects: &Subjects,
+    nodes: &[String],
+    restart: &Restart,
+    batch: usize,
+    timeout: Duration,
+    json: bool,
+) -> Outcome {
+    let mut all = Outcome::default();
+    let total = nodes.len();
+    let mut done = 0;
+    let started = Instant::now();
+    for chunk in nodes.chunks(batch.max(1)) {
+        let req = Request::new(Command::Restart(Restart {
+            rolling: true,
+            ..restart.clone()
+        }));
+        let sends = chunk.iter().map(|n| {
+            let req = &req;
+            async move {
+                let t = Instant::now();
+                let out = client::request_one(client, subjects.node_cmd(n), n, req, timeout).await;
+                (n, t.elapsed(), out)
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut failed = false;
+        for (node, took, out) in results {
+            done += 1;
+            for r in &out.replies {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else if r.is_ok() {
+                    println!(
+                        "[{done}/{total}] {node}: restarted in {:.1}s",
+                        took.as_secs_f64()
+                    );
+                }
+                failed |= !r.is_ok();
+            }
+            failed |= !out.missing.is_empty();
+            all.replies.extend(out.replies);
+            all.missing.extend(out.missing);
+        }
+        let _ = std::io::stdout().flush();
+        if failed {
+            let rest: Vec<&str> = nodes[done..].iter().map(String::as_str).collect();
+            eprintln!(
+                "ctl: rolling restart stopped after {done} of {total} nodes; not restarted: {}",
+                if rest.is_empty() {
+                    "-".to_owned()
+                } else {
+                    rest.join(", ")
+                }
+            );
+            return all;
+        }
+    }
+    if !json {
+        println!(
+            "rolling restart done: {total} nodes in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // The progress lines were the output.
+    all.replies.clear();
+    all
+}
+
+/// How many processes each member gets when `total` are spread over `members`:
+/// evenly, the remainder going to the least-loaded members first (fewest running
+/// processes, then name). Returns (node, count) in node order.
+pub fn spread(members: &[MemberInfo], total: u32) -> Vec<(String, u32)> {
+    if members.is_empty() {
+        return vec![];
+    }
+    let k = members.len() as u32;
+    let (base, extra) = (total / k, total % k);
+    let mut by_load: Vec<&MemberInfo> = members.iter().collect();
+    by_load.sort_by(|a, b| a.running.cmp(&b.running).then(a.name.cmp(&b.name)));
+    let lucky: BTreeSet<&str> = by_load
+        .iter()
+        .take(extra as usize)
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    for m in members {
+        out.insert(
+            m.name.clone(),
+            base + u32::from(lucky.contains(m.name.as_str())),
+        );
+    }
+    out.into_iter().collect()
+}
+
+/// Sets the process count of `watcher` on each member of `service` so that they add up
+/// to `total`.
+pub async fn resize_service(
+    client: &Client,
+    subjects: &Subjects,
+    service: &str,
+    watcher: &str,
+    total: u32,
+    timeout: Duration,
+) -> Result<Outcome, String> {
+    let members: Vec<MemberInfo> = alive_members(client, subjects, &[], timeout)
+        .await?
+        .into_iter()
+        .filter(|m| m.services.iter().any(|s| s == service))
+        .collect();
+    if members.is_empty() {
+        return Err(format!(
+            "no alive node runs service '{service}' (`ctl members` shows what runs where)"
+        ));
+    }
+    let plan = spread(&members, total);
+    let sends =
+        plan.iter().map(|(node, n)| {
+            let req = Request::new(Command::Numprocesses(Numprocesses {
+                name: watcher.to_owned(),
+                nb: Some(*n),
+            }));
+            async move {
+                client::request_one(client, subjects.node_cmd(node), node, &req, timeout).await
+            }
+        });
+    let mut all = Outcome::default();
+    for out in futures::future::join_all(sends).await {
+        all.replies.extend(out.replies);
+        all.missing.extend(out.missing);
+    }
+    all.replies.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, running: u32) -> MemberInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "state": "alive", "since": 0.0, "boot_id": "b", "seq": 1,
+            "hostname": "h", "tags": {}, "version": "v", "pid": 1, "started_at": 0.0,
+            "last_seen": 0.0, "heartbeat_ms": 1000, "watchers": [], "services": ["web"],
+            "numprocesses": running, "running": running
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn spreads_evenly_with_the_rest_to_the_least_loaded() {
+        let ms = vec![member("a", 5), member("b", 0), member("c", 2)];
+        assert_eq!(
+            spread(&ms, 7),
+            vec![("a".into(), 2), ("b".into(), 3), ("c".into(), 2)]
+        );
+        assert_eq!(
+            spread(&ms, 8),
+            vec![("a".into(), 2), ("b".into(), 3), ("c".into(), 3)]
+        );
+        assert_eq!(spread(&ms, 0).iter().map(|x| x.1).sum::<u32>(), 0);
+        assert!(spread(&[], 3).is_empty());
+    }
+}
