@@ -294,6 +294,9 @@ impl Node {
     }
 }
 
+/// How long a stopping agent waits for its last messages to reach NATS.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the agent until `shutdown` is cancelled (or a `quit` command arrives), then stops
 /// every process gracefully. `reload` asks for a config reload (SIGHUP).
 pub async fn run(
@@ -435,7 +438,14 @@ pub async fn run(
     let _ = member_task.await;
     // The transport announces that this node left, then ends.
     let _ = serve.await;
-    let _ = client.flush().await;
+    // A flush waits for the server's answer; with NATS down that never comes, and the
+    // agent must still exit.
+    if tokio::time::timeout(FINAL_FLUSH, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS unreachable: the last messages may not have been sent");
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

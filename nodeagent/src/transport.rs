@@ -483,7 +483,8 @@ async fn membership_loop(
                 seq += 1;
                 let ann = announcement(&settings, &supervisor, AnnounceKind::Left, seq).await;
                 publish(ann).await;
-                let _ = client.flush().await;
+                // With NATS down a flush never completes; the agent must still exit.
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
                 if let Some(done) = done {
                     let _ = done.send(());
                 }

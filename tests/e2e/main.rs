@@ -1,1 +1,6 @@
+//! The one end-to-end test binary. Each test starts its own nats-server and agents, so
+//! tests run in parallel without sharing anything. Build the binaries first:
+//! `cargo build --workspace --bins && cargo test -p e2e`.
 
+mod foundation;
+mod nats_outage;

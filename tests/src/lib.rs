@@ -1,2 +1,24 @@
-//! harness
+//! The end-to-end harness: a real `nats-server` per test, real `nodeagent` processes,
+//! the real `ctl` binary, facts about real processes from /proc, and the committed JSON
+//! Schemas to check replies against. Everything it starts is stopped on drop, also when
+//! a test panics; every wait is a bounded poll.
+//!
+//! The binaries must be built first: `cargo build --workspace --bins`.
+
+pub mod agent;
+pub mod bins;
+pub mod nats;
+pub mod procs;
+pub mod schema;
 pub mod tmux;
+pub mod wait;
+
+pub use agent::Agent;
+pub use bins::{bin, ctl, ctl_json, ctl_json_output, ctl_ok, ctl_url, nodeagent, CtlOutput};
+pub use nats::{free_port, NatsServer};
+pub use procs::{
+    children_pids, cmdline, count_processes_with_cmdline, group_members, is_alive, pgrp_of,
+    pids_with_cmdline, unique_secs, KillGroupOnDrop,
+};
+pub use schema::{validate, validate_reply};
+pub use wait::{timed, wait_for, wait_until, wait_until_async};

@@ -1,0 +1,358 @@
+//! A real `nodeagent` process per test: its config, state and logs in a temporary dir,
+//! its stderr captured to a file (printed when the test fails), stopped on drop with
+//! SIGTERM, then SIGKILL after 10 s, so that it never outlives the test.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::bins::{bin, ctl_json, ctl_ok, ctl_url, hermetic, CtlOutput};
+use crate::nats::NatsServer;
+use crate::procs;
+use crate::wait::POLL;
+
+/// How long an agent may take to answer its first ping.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGTERM may take before the harness uses SIGKILL.
+pub const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running (or stopped, restartable) `nodeagent`.
+pub struct Agent {
+    name: String,
+    nats_url: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    stderr: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `[agent]` and `[nats]` tables the harness writes for `name`, with state and logs
+/// under `dir`.
+pub fn base_config(name: &str, nats_url: &str, dir: &Path) -> String {
+    format!(
+        "[agent]\nname = \"{name}\"\nstate_dir = \"{state}\"\nlog_dir = \"{logs}\"\n\n[nats]\nservers = [\"{nats_url}\"]\n\n",
+        state = dir.join("state").display(),
+        logs = dir.join("logs").display(),
+    )
+}
+
+impl Agent {
+    /// Starts agent `name` with the harness's `[agent]` and `[nats]` tables followed by
+    /// `watchers_toml` (`[watcher.NAME]` tables). `{dir}` in the text stands for the
+    /// agent's temporary dir.
+    pub fn start(nats: &NatsServer, name: &str, watchers_toml: &str) -> Agent {
+        Self::start_with(nats, name, |dir| {
+            format!(
+                "{}{}",
+                base_config(name, &nats.url(), dir),
+                expand(watchers_toml, dir, &nats.url())
+            )
+        })
+    }
+
+    /// Starts an agent from a whole config. `{dir}` stands for the agent's temporary dir
+    /// and `{nats_url}` for the server's URL; `[agent] name` must be set in the text.
+    pub fn start_config(nats: &NatsServer, full_toml: &str) -> Agent {
+        let name = full_toml
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == "name").then(|| v.trim().trim_matches('"').to_owned())
+            })
+            .unwrap_or_else(|| panic!("the config has no name = \"...\":\n{full_toml}"));
+        Self::start_with(nats, &name, |dir| expand(full_toml, dir, &nats.url()))
+    }
+
+    fn start_with(nats: &NatsServer, name: &str, text: impl FnOnce(&Path) -> String) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("e2e-agent-{name}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary dir: {e}"));
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, text(dir.path()))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        let mut agent = Agent {
+            name: name.to_owned(),
+            nats_url: nats.url(),
+            stderr: dir.path().join("agent.stderr"),
+            dir,
+            config,
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent again, with the same config file and state dir, after it was
+    /// stopped with [`terminate`](Self::terminate) or [`kill`](Self::kill).
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is still running; terminate it first",
+            self.name
+        );
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.stderr.display()));
+        let out = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot clone a file handle: {e}"));
+        let mut cmd = hermetic(bin("nodeagent"));
+        cmd.arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(log))
+            .current_dir(self.dir.path());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nodeagent: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "agent {} exited before answering ({status}); its stderr:\n{}",
+                        self.name,
+                        self.stderr_log()
+                    );
+                }
+            }
+            if self.ctl(&["--timeout", "2s", "ping"]).code == 0 {
+                return;
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                panic!(
+                    "agent {} did not answer a ping within {READY_TIMEOUT:?}; its stderr:\n{}",
+                    self.name,
+                    self.stderr_log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent's pid; panics when it is not running.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("agent {} is not running", self.name))
+    }
+
+    /// The temporary dir holding the config, `state/`, `logs/` and `agent.stderr`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The state dir in the config the harness writes.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything the agent wrote to stdout and stderr so far.
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Replaces the config file with the harness's `[agent]` and `[nats]` tables and
+    /// `watchers_toml` (`{dir}` expanded), e.g. before `reloadconfig`.
+    pub fn write_watchers(&self, watchers_toml: &str) {
+        let text = format!(
+            "{}{}",
+            base_config(&self.name, &self.nats_url, self.dir()),
+            expand(watchers_toml, self.dir(), &self.nats_url)
+        );
+        self.write_config(&text);
+    }
+
+    /// Replaces the config file with `full_toml` (`{dir}` and `{nats_url}` expanded).
+    pub fn write_config(&self, full_toml: &str) {
+        std::fs::write(&self.config, expand(full_toml, self.dir(), &self.nats_url))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
+    }
+
+    /// The live processes the agent supervises (its direct children).
+    pub fn children(&self) -> Vec<u32> {
+        procs::children_pids(self.pid())
+    }
+
+    /// Runs `ctl --node NAME ARGS...`.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let mut all = vec!["--node", &self.name];
+        all.extend_from_slice(args);
+        ctl_url(&self.nats_url, &all)
+    }
+
+    /// Runs `ctl --node NAME --json ARGS...`; see [`ctl_json`].
+    pub fn ctl_json(&self, nats: &NatsServer, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["--node", &self.name];
+        all.extend_from_slice(args);
+        ctl_json(nats, &all)
+    }
+
+    /// Runs `ctl --node NAME --json ARGS...` and returns its one `ok` reply; see
+    /// [`ctl_ok`].
+    pub fn ctl_ok(&self, nats: &NatsServer, args: &[&str]) -> Value {
+        let mut all = vec!["--node", &self.name];
+        all.extend_from_slice(args);
+        ctl_ok(nats, &all)
+    }
+
+    /// The live pids of a watcher, by wid, from `ctl list WATCHER`.
+    pub fn pids(&self, nats: &NatsServer, watcher: &str) -> Vec<(u32, u32)> {
+        let r = self.ctl_ok(nats, &["list", watcher]);
+        r["processes"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| Some((p["wid"].as_u64()? as u32, p["pid"].as_u64()? as u32)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the agent to exit (SIGKILL after
+    /// [`TERM_TIMEOUT`]); returns how it exited.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.stop(Signal::SIGTERM)
+    }
+
+    /// Sends SIGKILL and reaps the agent; returns how it exited.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.stop(Signal::SIGKILL)
+    }
+
+    /// Waits (bounded) for an agent that was told to quit some other way, e.g. `ctl quit`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("agent {} is not running", self.name));
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "agent {} did not exit within {timeout:?}; its stderr:\n{}",
+                    self.name,
+                    self.stderr_log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn stop(&mut self, sig: Signal) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("agent {} is not running", self.name));
+        let status = stop_child(&mut child, sig, false);
+        status.unwrap_or_else(|| {
+            panic!(
+                "agent {} ignored SIGTERM for {TERM_TIMEOUT:?} and was killed; its stderr:\n{}",
+                self.name,
+                self.stderr_log()
+            )
+        })
+    }
+}
+
+/// Sends `sig`, waits up to [`TERM_TIMEOUT`], then SIGKILLs. `None` when it had to kill.
+/// With `cleanup`, the process groups the agent ran are killed too once it is gone, so
+/// that nothing of a test survives it even when the agent did not stop them (tests that
+/// check for orphans stop the agent without it).
+fn stop_child(child: &mut Child, sig: Signal, cleanup: bool) -> Option<ExitStatus> {
+    let groups: Vec<u32> = if cleanup {
+        procs::children_pids(child.id())
+            .into_iter()
+            .filter_map(procs::pgrp_of)
+            .collect()
+    } else {
+        vec![]
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    if let Ok(Some(status)) = child.try_wait() {
+        kill_groups(&groups);
+        return Some(status);
+    }
+    let _ = kill(pid, sig);
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() < TERM_TIMEOUT => std::thread::sleep(POLL),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    kill_groups(&groups);
+    status
+}
+
+fn kill_groups(groups: &[u32]) {
+    for g in groups {
+        if *g > 1 {
+            let _ = killpg(Pid::from_raw(*g as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn expand(text: &str, dir: &Path, nats_url: &str) -> String {
+    text.replace("{dir}", &dir.display().to_string())
+        .replace("{nats_url}", nats_url)
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if let Some(mut child) = self.child.take() {
+            let _ = stop_child(&mut child, Signal::SIGTERM, true);
+        }
+        if failed {
+            eprintln!(
+                "----- agent {} ({}) stderr -----\n{}----- end of agent {} stderr -----",
+                self.name,
+                self.dir.path().display(),
+                self.stderr_log(),
+                self.name
+            );
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Running the workspace's real binaries (`ctl`, `nodeagent`) as separate processes,
+//! each bounded in time, with their exit code and output.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::nats::NatsServer;
+use crate::schema::validate_reply;
+
+/// How long one `ctl` run may take before the harness kills it and fails the test.
+pub const CTL_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The directory of the built binaries: the test executable is
+/// `target/debug/deps/e2e-HASH`, the binaries are in `target/debug/`.
+pub fn bin_dir() -> PathBuf {
+    let exe =
+        std::env::current_exe().unwrap_or_else(|e| panic!("cannot find the test executable: {e}"));
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()))
+}
+
+/// The path of a workspace binary, which must have been built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A command with an environment that cannot leak into the test: no NATS settings or
+/// prefix from the caller's shell.
+pub fn hermetic(program: impl Into<PathBuf>) -> Command {
+    let mut cmd = Command::new(program.into());
+    for var in [
+        "NATS_URL",
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_TOKEN",
+        "NATS_CREDS",
+        "CLUSTER_PREFIX",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// How a finished binary ended.
+#[derive(Debug, Clone)]
+pub struct CtlOutput {
+    /// The exit code; -1 when a signal ended it.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl CtlOutput {
+    /// Panics with the whole output unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "{what}: expected exit code {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Each stdout line parsed as JSON.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!(
+                        "stdout line is not JSON ({e}): {l:?}\nstderr:\n{}",
+                        self.stderr
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` to the end, killing it after `deadline`.
+pub fn run(mut cmd: Command, deadline: Duration) -> CtlOutput {
+    let start = Instant::now();
+    let mut child: Child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = drain(child.stdout.take().expect("piped"));
+    let err = drain(child.stderr.take().expect("piped"));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} did not finish within {deadline:?}");
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => panic!("cannot wait for {cmd:?}: {e}"),
+        }
+    };
+    let took = start.elapsed();
+    CtlOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        took,
+    }
+}
+
+/// Runs the real `ctl -s URL ARGS...`.
+pub fn ctl(nats: &NatsServer, args: &[&str]) -> CtlOutput {
+    ctl_url(&nats.url(), args)
+}
+
+/// Runs the real `ctl -s URL ARGS...` against any server URL.
+pub fn ctl_url(url: &str, args: &[&str]) -> CtlOutput {
+    let mut cmd = hermetic(bin("ctl"));
+    cmd.arg("-s").arg(url).args(args);
+    run(cmd, CTL_DEADLINE)
+}
+
+/// The command a ctl argument list runs (the first argument that is neither an option
+/// nor an option's value), in its protocol name.
+pub fn command_of<'a>(args: &[&'a str]) -> Option<&'a str> {
+    const TAKES_VALUE: &[&str] = &[
+        "-s",
+        "--server",
+        "--prefix",
+        "-n",
+        "--node",
+        "-t",
+        "--tag",
+        "--service",
+        "--timeout",
+        "--user",
+        "--password",
+        "--token",
+        "--creds",
+    ];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if TAKES_VALUE.contains(a) {
+            it.next();
+        } else if !a.starts_with('-') {
+            return Some(if *a == "resize" { "numprocesses" } else { a });
+        }
+    }
+    None
+}
+
+/// Runs `ctl --json ARGS...` and returns one JSON value per stdout line, each checked
+/// against its command's reply schema. The exit code is not checked (error replies are
+/// printed too); see [`ctl_ok`].
+pub fn ctl_json(nats: &NatsServer, args: &[&str]) -> Vec<Value> {
+    ctl_json_output(nats, args).1
+}
+
+/// [`ctl_json`], also returning the run itself.
+pub fn ctl_json_output(nats: &NatsServer, args: &[&str]) -> (CtlOutput, Vec<Value>) {
+    let command = command_of(args).unwrap_or_else(|| panic!("no command in ctl args {args:?}"));
+    // Before the arguments: anything after `--` (add's command line) is not an option.
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(nats, &all);
+    let replies = out.json_lines();
+    for r in &replies {
+        assert!(r.is_object(), "a reply line is not a JSON object: {r}");
+        validate_reply(command, r);
+    }
+    (out, replies)
+}
+
+/// Runs `ctl --json ARGS...` for one target and returns its reply, failing the test
+/// unless ctl exited 0 with exactly one `ok` reply.
+pub fn ctl_ok(nats: &NatsServer, args: &[&str]) -> Value {
+    let (out, mut replies) = ctl_json_output(nats, args);
+    out.expect_code(0, &format!("ctl {}", args.join(" ")));
+    assert_eq!(replies.len(), 1, "expected one reply: {}", out.stdout);
+    let r = replies.remove(0);
+    assert_eq!(r["status"], "ok", "{r}");
+    r
+}
+
+/// Runs the real `nodeagent ARGS...` to its end (for `--check` and bad configs).
+pub fn nodeagent(args: &[&str], deadline: Duration) -> CtlOutput {
+    let mut cmd = hermetic(bin("nodeagent"));
+    cmd.args(args);
+    run(cmd, deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_command_among_options() {
+        assert_eq!(command_of(&["--node", "a", "status"]), Some("status"));
+        assert_eq!(
+            command_of(&["-n", "a", "-n", "b", "incr", "w"]),
+            Some("incr")
+        );
+        assert_eq!(
+            command_of(&["--timeout", "1s", "--json", "resize", "w", "3"]),
+            Some("numprocesses")
+        );
+        assert_eq!(command_of(&["--node", "a"]), None);
+    }
+}
