@@ -4,3 +4,4 @@
 
 mod foundation;
 mod nats_outage;
+mod observe;
