@@ -5,3 +5,4 @@
 mod cluster;
 mod foundation;
 mod nats_outage;
+mod observe;
