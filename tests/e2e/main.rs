@@ -2,7 +2,6 @@
 //! tests run in parallel without sharing anything. Build the binaries first:
 //! `cargo build --workspace --bins && cargo test -p e2e`.
 
-mod cluster;
 mod foundation;
 mod nats_outage;
 mod observe;
