@@ -3,4 +3,5 @@
 //! `cargo build --workspace --bins && cargo test -p e2e`.
 
 mod foundation;
+mod membership;
 mod nats_outage;
