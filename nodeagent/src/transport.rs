@@ -452,6 +452,14 @@ async fn membership_loop(
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
                 }
+                // A newcomer knows nobody yet: tell it about us now, not at our next
+                // heartbeat, or a `ctl --all` it answers `members` for would skip us.
+                if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
+                    seq += 1;
+                    let me = announcement(&settings, &supervisor, kind, seq).await;
+                    table.observe(&me, Instant::now());
+                    publish(me).await;
+                }
             }
             Some(name) = disconnects.recv() => {
                 if name != settings.identity.node {

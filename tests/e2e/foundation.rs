@@ -20,8 +20,8 @@ fn sleeper(name: &str, secs: &str, n: u32) -> String {
 }
 
 /// The `status` summary of one watcher.
-fn summary(agent: &Agent, nats: &NatsServer, watcher: &str) -> Value {
-    let r = agent.ctl_ok(nats, &["status", watcher]);
+fn summary(agent: &Agent, watcher: &str) -> Value {
+    let r = agent.ctl_ok(&["status", watcher]);
     r["watchers"]
         .as_array()
         .and_then(|ws| ws.iter().find(|w| w["name"] == watcher))
@@ -30,8 +30,8 @@ fn summary(agent: &Agent, nats: &NatsServer, watcher: &str) -> Value {
 }
 
 /// The process slots of one watcher, from `list`.
-fn slots(agent: &Agent, nats: &NatsServer, watcher: &str) -> Vec<Value> {
-    let r = agent.ctl_ok(nats, &["list", watcher]);
+fn slots(agent: &Agent, watcher: &str) -> Vec<Value> {
+    let r = agent.ctl_ok(&["list", watcher]);
     r["processes"].as_array().cloned().unwrap_or_default()
 }
 
@@ -41,22 +41,12 @@ fn sorted(mut v: Vec<u32>) -> Vec<u32> {
 }
 
 /// The pids `list` reports, sorted.
-fn listed_pids(agent: &Agent, nats: &NatsServer, watcher: &str) -> Vec<u32> {
-    sorted(
-        agent
-            .pids(nats, watcher)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect(),
-    )
+fn listed_pids(agent: &Agent, watcher: &str) -> Vec<u32> {
+    sorted(agent.pids(watcher).into_iter().map(|(_, p)| p).collect())
 }
 
-fn wids(agent: &Agent, nats: &NatsServer, watcher: &str) -> Vec<u32> {
-    agent
-        .pids(nats, watcher)
-        .into_iter()
-        .map(|(w, _)| w)
-        .collect()
+fn wids(agent: &Agent, watcher: &str) -> Vec<u32> {
+    agent.pids(watcher).into_iter().map(|(w, _)| w).collect()
 }
 
 fn read_lines(path: &std::path::Path) -> Vec<String> {
@@ -68,13 +58,13 @@ fn read_lines(path: &std::path::Path) -> Vec<String> {
 }
 
 /// Waits until the agent has exactly `n` children, all listed by `ctl list watcher`.
-fn wait_children(agent: &Agent, nats: &NatsServer, watcher: &str, n: usize) -> Vec<u32> {
+fn wait_children(agent: &Agent, watcher: &str, n: usize) -> Vec<u32> {
     wait_for(
         T,
         &format!("{n} processes of {watcher}, as children and in `list`"),
         || {
             let kids = agent.children();
-            (kids.len() == n && listed_pids(agent, nats, watcher) == kids).then_some(kids)
+            (kids.len() == n && listed_pids(agent, watcher) == kids).then_some(kids)
         },
     )
 }
@@ -84,15 +74,15 @@ fn processes_start_at_numprocesses() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("dummy", &secs, 3));
-    let kids = wait_children(&agent, &nats, "dummy", 3);
+    let kids = wait_children(&agent, "dummy", 3);
     for pid in &kids {
         assert_eq!(cmdline(*pid), Some(format!("sleep {secs}")));
         // Each process leads a process group of its own.
         assert_eq!(pgrp_of(*pid), Some(*pid));
     }
-    assert_eq!(wids(&agent, &nats, "dummy"), vec![1, 2, 3]);
+    assert_eq!(wids(&agent, "dummy"), vec![1, 2, 3]);
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 3);
-    let s = summary(&agent, &nats, "dummy");
+    let s = summary(&agent, "dummy");
     assert_eq!(s["numprocesses"], 3);
     assert_eq!(s["running"], 3);
     assert_eq!(s["state"], "active");
@@ -103,49 +93,39 @@ fn incr_decr_and_numprocesses_change_the_real_count() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("dummy", &secs, 2));
-    let first = wait_children(&agent, &nats, "dummy", 2);
-    let wid1 = agent.pids(&nats, "dummy")[0].1;
+    let first = wait_children(&agent, "dummy", 2);
+    let wid1 = agent.pids("dummy")[0].1;
 
-    let r = agent.ctl_ok(&nats, &["incr", "dummy"]);
+    let r = agent.ctl_ok(&["incr", "dummy"]);
     assert_eq!(r["numprocesses"], 3);
-    let after = wait_children(&agent, &nats, "dummy", 3);
+    let after = wait_children(&agent, "dummy", 3);
     assert!(
         first.iter().all(|p| after.contains(p)),
         "incr replaced processes"
     );
 
-    assert_eq!(
-        agent.ctl_ok(&nats, &["incr", "dummy", "2"])["numprocesses"],
-        5
-    );
-    wait_children(&agent, &nats, "dummy", 5);
+    assert_eq!(agent.ctl_ok(&["incr", "dummy", "2"])["numprocesses"], 5);
+    wait_children(&agent, "dummy", 5);
 
-    assert_eq!(agent.ctl_ok(&nats, &["decr", "dummy"])["numprocesses"], 4);
-    wait_children(&agent, &nats, "dummy", 4);
+    assert_eq!(agent.ctl_ok(&["decr", "dummy"])["numprocesses"], 4);
+    wait_children(&agent, "dummy", 4);
     // The highest wid goes first.
-    assert_eq!(wids(&agent, &nats, "dummy"), vec![1, 2, 3, 4]);
+    assert_eq!(wids(&agent, "dummy"), vec![1, 2, 3, 4]);
 
     assert_eq!(
-        agent.ctl_ok(&nats, &["numprocesses", "dummy", "1"])["numprocesses"],
+        agent.ctl_ok(&["numprocesses", "dummy", "1"])["numprocesses"],
         1
     );
-    wait_children(&agent, &nats, "dummy", 1);
-    assert_eq!(
-        agent.pids(&nats, "dummy"),
-        vec![(1, wid1)],
-        "wid 1 was kept"
-    );
-    assert_eq!(
-        agent.ctl_ok(&nats, &["numprocesses", "dummy"])["numprocesses"],
-        1
-    );
+    wait_children(&agent, "dummy", 1);
+    assert_eq!(agent.pids("dummy"), vec![(1, wid1)], "wid 1 was kept");
+    assert_eq!(agent.ctl_ok(&["numprocesses", "dummy"])["numprocesses"], 1);
 
-    agent.ctl_ok(&nats, &["numprocesses", "dummy", "0"]);
+    agent.ctl_ok(&["numprocesses", "dummy", "0"]);
     wait_until(T, "no processes left", || agent.children().is_empty());
-    assert_eq!(summary(&agent, &nats, "dummy")["running"], 0);
+    assert_eq!(summary(&agent, "dummy")["running"], 0);
 
-    agent.ctl_ok(&nats, &["incr", "dummy"]);
-    wait_children(&agent, &nats, "dummy", 1);
+    agent.ctl_ok(&["incr", "dummy"]);
+    wait_children(&agent, "dummy", 1);
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 1);
 }
 
@@ -154,14 +134,14 @@ fn a_killed_process_is_respawned() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("dummy", &secs, 2));
-    wait_children(&agent, &nats, "dummy", 2);
-    let before = agent.pids(&nats, "dummy");
+    wait_children(&agent, "dummy", 2);
+    let before = agent.pids("dummy");
     let (old1, old2) = (before[0].1, before[1].1);
 
     kill(Pid::from_raw(old1 as i32), Signal::SIGKILL).expect("kill a child");
     let new1 = wait_for(T, "wid 1 running again under a new pid", || {
         agent
-            .pids(&nats, "dummy")
+            .pids("dummy")
             .iter()
             .find(|(w, p)| *w == 1 && *p != old1)
             .map(|(_, p)| *p)
@@ -170,15 +150,15 @@ fn a_killed_process_is_respawned() {
     assert!(is_alive(new1));
     assert_eq!(cmdline(new1), Some(format!("sleep {secs}")));
     assert_eq!(
-        agent.pids(&nats, "dummy"),
+        agent.pids("dummy"),
         vec![(1, new1), (2, old2)],
         "the other process was left alone"
     );
-    let slot1 = &slots(&agent, &nats, "dummy")[0];
+    let slot1 = &slots(&agent, "dummy")[0];
     assert_eq!(slot1["restarts"], 1, "{slot1}");
     assert_eq!(slot1["last_exit"]["signal"], "SIGKILL", "{slot1}");
-    assert_eq!(summary(&agent, &nats, "dummy")["restarts"], 1);
-    wait_children(&agent, &nats, "dummy", 2);
+    assert_eq!(summary(&agent, "dummy")["restarts"], 1);
+    wait_children(&agent, "dummy", 2);
 }
 
 #[test]
@@ -192,7 +172,7 @@ fn stop_reaches_the_whole_process_group() {
             "[watcher.grp]\ncmd = \"sh\"\nargs = [\"-c\", \"sleep {secs} & sleep {secs} & wait\"]\n"
         ),
     );
-    let leader = wait_children(&agent, &nats, "grp", 1)[0];
+    let leader = wait_children(&agent, "grp", 1)[0];
     let members = wait_for(T, "the shell and its two sleeps in one group", || {
         let m = group_members(leader);
         (m.len() == 3).then_some(m)
@@ -200,7 +180,7 @@ fn stop_reaches_the_whole_process_group() {
     // The shell's own command line names the sleeps too.
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 3);
 
-    let r = agent.ctl_ok(&nats, &["stop", "grp"]);
+    let r = agent.ctl_ok(&["stop", "grp"]);
     assert_eq!(r["statuses"]["grp"], "stopped", "{r}");
     // `stop` waits until the group is gone: no poll needed.
     for pid in &members {
@@ -208,7 +188,7 @@ fn stop_reaches_the_whole_process_group() {
     }
     assert!(group_members(leader).is_empty());
     assert!(agent.children().is_empty());
-    let s = summary(&agent, &nats, "grp");
+    let s = summary(&agent, "grp");
     assert_eq!(
         (s["state"].as_str(), s["running"].as_u64()),
         (Some("stopped"), Some(0))
@@ -228,11 +208,11 @@ fn stop_waits_graceful_timeout_then_kills() {
              graceful_timeout = \"1s\"\n"
         ),
     );
-    let leader = wait_children(&agent, &nats, "stubborn", 1)[0];
+    let leader = wait_children(&agent, "stubborn", 1)[0];
     let ready = agent.dir().join("ready");
     wait_until(T, "the child ignores SIGTERM", || ready.exists());
 
-    let (r, took) = timed(|| agent.ctl_ok(&nats, &["stop", "stubborn"]));
+    let (r, took) = timed(|| agent.ctl_ok(&["stop", "stubborn"]));
     assert_eq!(r["statuses"]["stubborn"], "stopped", "{r}");
     assert!(
         took >= Duration::from_millis(950),
@@ -262,7 +242,7 @@ fn wid_expands_in_args_and_env() {
              env = {{ MY_WID = \"w$(wid)\" }}\nnumprocesses = 3\n"
         ),
     );
-    wait_children(&agent, &nats, "w", 3);
+    wait_children(&agent, "w", 3);
     for wid in 1..=3 {
         let path = agent.dir().join(format!("out.{wid}"));
         let want = format!("{wid} w{wid} {wid} w");
@@ -283,7 +263,7 @@ fn a_crash_loop_backs_off_then_ends_fatal_and_start_revives_it() {
          restart_delay = \"50ms\"\nmax_retry = 3\n",
     );
     let s = wait_for(T, "crash to be fatal", || {
-        let s = summary(&agent, &nats, "crash");
+        let s = summary(&agent, "crash");
         (s["state"] == "fatal").then_some(s)
     });
     let reason = s["reason"].as_str().unwrap_or_default();
@@ -293,7 +273,7 @@ fn a_crash_loop_backs_off_then_ends_fatal_and_start_revives_it() {
     );
     assert_eq!(s["restarts"], 3, "{s}");
     assert_eq!(s["running"], 0);
-    let slot = &slots(&agent, &nats, "crash")[0];
+    let slot = &slots(&agent, "crash")[0];
     assert_eq!(slot["state"], "fatal");
     assert_eq!(slot["last_exit"]["code"], 1);
 
@@ -320,7 +300,7 @@ fn a_crash_loop_backs_off_then_ends_fatal_and_start_revives_it() {
     assert!(out.stdout.contains("fatal"), "{}", out.stdout);
     assert!(out.stdout.contains("gave up after"), "{}", out.stdout);
 
-    agent.ctl_ok(&nats, &["start", "crash"]);
+    agent.ctl_ok(&["start", "crash"]);
     let path = agent.dir().join("starts");
     wait_until(T, "crash to run again after start", || {
         read_lines(&path).len() > 4
@@ -341,20 +321,20 @@ fn an_expected_exit_is_not_restarted_under_on_failure() {
     // Both started together with the same delay: by the time the unexpected exit was
     // restarted twice, an expected one would have been restarted too.
     wait_until(T, "dirty to be restarted twice", || {
-        summary(&agent, &nats, "dirty")["restarts"]
+        summary(&agent, "dirty")["restarts"]
             .as_u64()
             .is_some_and(|r| r >= 2)
     });
     assert!(read_lines(&agent.dir().join("dirty")).len() >= 3);
     let clean = wait_for(T, "clean to be exited", || {
-        let s = slots(&agent, &nats, "clean");
+        let s = slots(&agent, "clean");
         (s.first()?["state"] == "exited").then(|| s[0].clone())
     });
     assert_eq!(clean["restarts"], 0, "{clean}");
     assert_eq!(clean["last_exit"]["code"], 7, "{clean}");
     assert!(clean.get("pid").is_none(), "{clean}");
     assert_eq!(read_lines(&agent.dir().join("clean")).len(), 1);
-    let s = summary(&agent, &nats, "clean");
+    let s = summary(&agent, "clean");
     assert_eq!(
         (s["restarts"].as_u64(), s["running"].as_u64()),
         (Some(0), Some(0))
@@ -366,8 +346,8 @@ fn bad_input_gets_an_error_reply_and_changes_nothing() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("dummy", &secs, 2));
-    let before = wait_children(&agent, &nats, "dummy", 2);
-    let before_slots = agent.pids(&nats, "dummy");
+    let before = wait_children(&agent, "dummy", 2);
+    let before_slots = agent.pids("dummy");
 
     let huge = format!(
         r#"{{"command":"status","properties":{{"name":"{}"}}}}"#,
@@ -558,13 +538,10 @@ fn bad_input_gets_an_error_reply_and_changes_nothing() {
 
     // Nothing changed, and the agent still answers.
     assert_eq!(agent.children(), before);
-    assert_eq!(agent.pids(&nats, "dummy"), before_slots);
-    assert_eq!(
-        agent.ctl_ok(&nats, &["numprocesses", "dummy"])["numprocesses"],
-        2
-    );
-    assert_eq!(summary(&agent, &nats, "dummy")["restarts"], 0);
-    agent.ctl_ok(&nats, &["ping"]);
+    assert_eq!(agent.pids("dummy"), before_slots);
+    assert_eq!(agent.ctl_ok(&["numprocesses", "dummy"])["numprocesses"], 2);
+    assert_eq!(summary(&agent, "dummy")["restarts"], 0);
+    agent.ctl_ok(&["ping"]);
 }
 
 #[test]
@@ -666,7 +643,7 @@ fn remote_exec_needs_allow_remote_exec() {
     let secs = unique_secs();
     let added = unique_secs();
     let locked = Agent::start(&nats, "locked", &sleeper("w", &secs, 1));
-    wait_children(&locked, &nats, "w", 1);
+    wait_children(&locked, "w", 1);
 
     let refused = |args: &[&str]| {
         let mut all = vec!["--node", "locked"];
@@ -683,36 +660,33 @@ fn remote_exec_needs_allow_remote_exec() {
     refused(&["set", "w", "args", "[\"1\"]"]);
     refused(&["set", "w", "env", "{\"A\":\"1\"}"]);
     assert_eq!(count_processes_with_cmdline(&format!("sleep {added}")), 0);
-    let status = locked.ctl_ok(&nats, &["status"]);
+    let status = locked.ctl_ok(&["status"]);
     assert_eq!(status["statuses"], json!({"w": "active"}));
-    let opts = locked.ctl_ok(&nats, &["options", "w"]);
+    let opts = locked.ctl_ok(&["options", "w"]);
     assert_eq!(opts["options"]["cmd"], "sleep");
     assert_eq!(opts["options"]["args"], json!([secs]));
     // Options that start no new program are fine.
-    locked.ctl_ok(&nats, &["set", "w", "numprocesses", "2"]);
-    wait_children(&locked, &nats, "w", 2);
+    locked.ctl_ok(&["set", "w", "numprocesses", "2"]);
+    wait_children(&locked, "w", 2);
 
     let open = Agent::start_config(
         &nats,
         "[agent]\nname = \"open\"\nallow_remote_exec = true\nstate_dir = \"{dir}/state\"\n\n\
          [nats]\nservers = [\"{nats_url}\"]\n",
     );
-    let r = open.ctl_ok(
-        &nats,
-        &["add", "x", "-o", "numprocesses=2", "--", "sleep", &added],
-    );
+    let r = open.ctl_ok(&["add", "x", "-o", "numprocesses=2", "--", "sleep", &added]);
     assert_eq!(r["statuses"]["x"], "active", "{r}");
-    let kids = wait_children(&open, &nats, "x", 2);
+    let kids = wait_children(&open, "x", 2);
     for pid in kids {
         assert_eq!(cmdline(pid), Some(format!("sleep {added}")));
     }
     let changed = unique_secs();
-    open.ctl_ok(&nats, &["set", "x", "args", &format!("[\"{changed}\"]")]);
+    open.ctl_ok(&["set", "x", "args", &format!("[\"{changed}\"]")]);
     wait_until(T, "x to run the new args", || {
         count_processes_with_cmdline(&format!("sleep {changed}")) == 2
             && count_processes_with_cmdline(&format!("sleep {added}")) == 0
     });
-    open.ctl_ok(&nats, &["rm", "x"]);
+    open.ctl_ok(&["rm", "x"]);
     assert!(open.children().is_empty());
     assert_eq!(count_processes_with_cmdline(&format!("sleep {changed}")), 0);
 }
@@ -770,26 +744,26 @@ fn runtime_changes_survive_an_agent_restart() {
         &format!("{}{}", sleeper("w", &s1, 1), sleeper("v", &s2, 1)),
     );
     wait_until(T, "2 children", || agent.children().len() == 2);
-    agent.ctl_ok(&nats, &["incr", "w", "2"]);
-    agent.ctl_ok(&nats, &["stop", "v"]);
-    agent.ctl_ok(&nats, &["set", "w", "graceful_timeout", "7s"]);
-    wait_children(&agent, &nats, "w", 3);
+    agent.ctl_ok(&["incr", "w", "2"]);
+    agent.ctl_ok(&["stop", "v"]);
+    agent.ctl_ok(&["set", "w", "graceful_timeout", "7s"]);
+    wait_children(&agent, "w", 3);
 
     let status = agent.terminate();
     assert!(status.success(), "{status}");
     assert_eq!(count_processes_with_cmdline(&w), 0, "orphans after SIGTERM");
 
     let check = |agent: &Agent| {
-        wait_children(agent, &nats, "w", 3);
+        wait_children(agent, "w", 3);
         assert_eq!(count_processes_with_cmdline(&w), 3, "duplicates");
         assert_eq!(count_processes_with_cmdline(&v), 0);
-        let s = summary(agent, &nats, "w");
+        let s = summary(agent, "w");
         assert_eq!(
             (s["numprocesses"].as_u64(), s["running"].as_u64()),
             (Some(3), Some(3))
         );
-        assert_eq!(summary(agent, &nats, "v")["state"], "stopped");
-        let r = agent.ctl_ok(&nats, &["get", "w", "graceful_timeout"]);
+        assert_eq!(summary(agent, "v")["state"], "stopped");
+        let r = agent.ctl_ok(&["get", "w", "graceful_timeout"]);
         assert_eq!(r["options"]["graceful_timeout"], "7s");
     };
     agent.start_again();
@@ -817,11 +791,11 @@ fn reloadconfig_applies_an_edited_config() {
         &format!("{}{}", sleeper("a", &sa, 1), sleeper("b", &sb, 1)),
     );
     wait_until(T, "2 children", || agent.children().len() == 2);
-    let a_pid = agent.pids(&nats, "a");
+    let a_pid = agent.pids("a");
 
     let edited = format!("{}{}", sleeper("a", &sa, 1), sleeper("c", &sc, 2));
     agent.write_watchers(&edited);
-    let r = agent.ctl_ok(&nats, &["reloadconfig"]);
+    let r = agent.ctl_ok(&["reloadconfig"]);
     assert_eq!(
         (&r["added"], &r["removed"], &r["changed"]),
         (&json!(["c"]), &json!(["b"]), &json!([])),
@@ -831,9 +805,9 @@ fn reloadconfig_applies_an_edited_config() {
         count_processes_with_cmdline(&format!("sleep {sb}")) == 0
             && count_processes_with_cmdline(&format!("sleep {sc}")) == 2
     });
-    let status = agent.ctl_ok(&nats, &["status"]);
+    let status = agent.ctl_ok(&["status"]);
     assert_eq!(status["statuses"], json!({"a": "active", "c": "active"}));
-    assert_eq!(agent.pids(&nats, "a"), a_pid, "a was left alone");
+    assert_eq!(agent.pids("a"), a_pid, "a was left alone");
     let kids = wait_until_children(&agent, 3);
 
     // An invalid edit is refused and changes nothing.
@@ -847,10 +821,7 @@ fn reloadconfig_applies_an_edited_config() {
     let reason = replies[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("[watcher.a] graceful_timeout"), "{reason}");
     assert!(reason.contains("nothing was changed"), "{reason}");
-    assert_eq!(
-        agent.ctl_ok(&nats, &["status"])["statuses"],
-        status["statuses"]
-    );
+    assert_eq!(agent.ctl_ok(&["status"])["statuses"], status["statuses"]);
     assert_eq!(agent.children(), kids);
     assert_eq!(count_processes_with_cmdline(&format!("sleep {sd}")), 0);
 
@@ -860,7 +831,7 @@ fn reloadconfig_applies_an_edited_config() {
     wait_until(T, "d to run after SIGHUP", || {
         count_processes_with_cmdline(&format!("sleep {sd}")) == 1
     });
-    assert_eq!(agent.pids(&nats, "a"), a_pid);
+    assert_eq!(agent.pids("a"), a_pid);
 }
 
 fn wait_until_children(agent: &Agent, n: usize) -> Vec<u32> {
@@ -947,7 +918,7 @@ fn json_output_is_one_valid_object_per_line() {
 
     // quit answers, then the agent stops its processes and exits 0.
     let kids = n2.children();
-    let r = n2.ctl_ok(&nats, &["quit"]);
+    let r = n2.ctl_ok(&["quit"]);
     assert_eq!(r["node"], "n2");
     let status = n2.wait_exit(T);
     assert!(status.success(), "{status}");
@@ -979,7 +950,7 @@ fn a_duplicate_node_name_is_refused() {
         out.stderr
     );
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 0);
-    first.ctl_ok(&nats, &["ping"]);
+    first.ctl_ok(&["ping"]);
 }
 
 #[test]
@@ -987,7 +958,7 @@ fn concurrent_commands_are_all_applied() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("w", &secs, 1));
-    wait_children(&agent, &nats, "w", 1);
+    wait_children(&agent, "w", 1);
     let url = nats.url();
     let runs: Vec<_> = (0..16)
         .map(|_| {
@@ -1000,11 +971,8 @@ fn concurrent_commands_are_all_applied() {
             .expect("a ctl run")
             .expect_code(0, "a concurrent incr");
     }
-    assert_eq!(
-        agent.ctl_ok(&nats, &["numprocesses", "w"])["numprocesses"],
-        17
-    );
-    wait_children(&agent, &nats, "w", 17);
+    assert_eq!(agent.ctl_ok(&["numprocesses", "w"])["numprocesses"], 17);
+    wait_children(&agent, "w", 17);
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 17);
 }
 
@@ -1013,20 +981,20 @@ fn restart_replaces_every_process() {
     let nats = NatsServer::start();
     let secs = unique_secs();
     let agent = Agent::start(&nats, "n1", &sleeper("w", &secs, 3));
-    let before = wait_children(&agent, &nats, "w", 3);
-    let r = agent.ctl_ok(&nats, &["restart", "w"]);
+    let before = wait_children(&agent, "w", 3);
+    let r = agent.ctl_ok(&["restart", "w"]);
     assert_eq!(r["statuses"]["w"], "active", "{r}");
-    let after = wait_children(&agent, &nats, "w", 3);
+    let after = wait_children(&agent, "w", 3);
     assert!(
         before.iter().all(|p| !after.contains(p) && !is_alive(*p)),
         "{before:?} -> {after:?}"
     );
-    assert_eq!(wids(&agent, &nats, "w"), vec![1, 2, 3]);
+    assert_eq!(wids(&agent, "w"), vec![1, 2, 3]);
 
     // One at a time: every process is new again.
-    let r = agent.ctl_ok(&nats, &["restart", "--rolling", "w"]);
+    let r = agent.ctl_ok(&["restart", "--rolling", "w"]);
     assert_eq!(r["statuses"]["w"], "active", "{r}");
-    let rolled = wait_children(&agent, &nats, "w", 3);
+    let rolled = wait_children(&agent, "w", 3);
     assert!(
         after.iter().all(|p| !rolled.contains(p)),
         "{after:?} -> {rolled:?}"
@@ -1047,14 +1015,14 @@ fn a_crashed_agent_leaves_no_orphans_after_restart() {
             "[watcher.grp]\ncmd = \"sh\"\nargs = [\"-c\", \"sleep {secs} & sleep {secs} & wait\"]\n"
         ),
     );
-    let leader = wait_children(&agent, &nats, "grp", 1)[0];
+    let leader = wait_children(&agent, "grp", 1)[0];
     let _cleanup = KillGroupOnDrop(leader);
     wait_until(T, "the shell and its two sleeps", || {
         group_members(leader).len() == 3
     });
     agent.kill();
     agent.start_again();
-    wait_children(&agent, &nats, "grp", 1);
+    wait_children(&agent, "grp", 1);
     wait_until(T, "only the new group's processes", || {
         count_processes_with_cmdline(&format!("sleep {secs}")) == 3
     });

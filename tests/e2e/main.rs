@@ -4,5 +4,6 @@
 
 mod cluster;
 mod foundation;
+mod membership;
 mod nats_outage;
 mod observe;

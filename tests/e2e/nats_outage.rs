@@ -38,7 +38,7 @@ fn processes_keep_running_while_nats_is_down_and_the_agent_reconnects() {
         agent.ctl(&["--timeout", "1s", "ping"]).code == 0
     });
     assert_eq!(agent.children(), kids);
-    let r = agent.ctl_ok(&nats, &["incr", "w"]);
+    let r = agent.ctl_ok(&["incr", "w"]);
     assert_eq!(r["numprocesses"], 3);
     wait_until(T, "3 children", || agent.children().len() == 3);
 }

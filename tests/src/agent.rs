@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::bins::{bin, ctl_json, ctl_ok, ctl_url, hermetic, CtlOutput};
+use crate::bins::{bin, ctl_json_output_url, ctl_ok_url, ctl_url, hermetic, CtlOutput};
 use crate::nats::NatsServer;
 use crate::procs;
 use crate::wait::POLL;
@@ -212,24 +212,24 @@ impl Agent {
         ctl_url(&self.nats_url, &all)
     }
 
-    /// Runs `ctl --node NAME --json ARGS...`; see [`ctl_json`].
-    pub fn ctl_json(&self, nats: &NatsServer, args: &[&str]) -> Vec<Value> {
+    /// Runs `ctl --node NAME --json ARGS...`; see [`crate::ctl_json`].
+    pub fn ctl_json(&self, args: &[&str]) -> (CtlOutput, Vec<Value>) {
         let mut all = vec!["--node", &self.name];
         all.extend_from_slice(args);
-        ctl_json(nats, &all)
+        ctl_json_output_url(&self.nats_url, &all)
     }
 
     /// Runs `ctl --node NAME --json ARGS...` and returns its one `ok` reply; see
-    /// [`ctl_ok`].
-    pub fn ctl_ok(&self, nats: &NatsServer, args: &[&str]) -> Value {
+    /// [`crate::ctl_ok`].
+    pub fn ctl_ok(&self, args: &[&str]) -> Value {
         let mut all = vec!["--node", &self.name];
         all.extend_from_slice(args);
-        ctl_ok(nats, &all)
+        ctl_ok_url(&self.nats_url, &all)
     }
 
-    /// The live pids of a watcher, by wid, from `ctl list WATCHER`.
-    pub fn pids(&self, nats: &NatsServer, watcher: &str) -> Vec<(u32, u32)> {
-        let r = self.ctl_ok(nats, &["list", watcher]);
+    /// The live pids of a watcher as (wid, pid), from `ctl list WATCHER`.
+    pub fn pids(&self, watcher: &str) -> Vec<(u32, u32)> {
+        let r = self.ctl_ok(&["list", watcher]);
         r["processes"]
             .as_array()
             .map(|ps| {

@@ -181,11 +181,16 @@ pub fn ctl_json(nats: &NatsServer, args: &[&str]) -> Vec<Value> {
 
 /// [`ctl_json`], also returning the run itself.
 pub fn ctl_json_output(nats: &NatsServer, args: &[&str]) -> (CtlOutput, Vec<Value>) {
+    ctl_json_output_url(&nats.url(), args)
+}
+
+/// [`ctl_json_output`] against any server URL.
+pub fn ctl_json_output_url(url: &str, args: &[&str]) -> (CtlOutput, Vec<Value>) {
     let command = command_of(args).unwrap_or_else(|| panic!("no command in ctl args {args:?}"));
     // Before the arguments: anything after `--` (add's command line) is not an option.
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let out = ctl(nats, &all);
+    let out = ctl_url(url, &all);
     let replies = out.json_lines();
     for r in &replies {
         assert!(r.is_object(), "a reply line is not a JSON object: {r}");
@@ -197,7 +202,12 @@ pub fn ctl_json_output(nats: &NatsServer, args: &[&str]) -> (CtlOutput, Vec<Valu
 /// Runs `ctl --json ARGS...` for one target and returns its reply, failing the test
 /// unless ctl exited 0 with exactly one `ok` reply.
 pub fn ctl_ok(nats: &NatsServer, args: &[&str]) -> Value {
-    let (out, mut replies) = ctl_json_output(nats, args);
+    ctl_ok_url(&nats.url(), args)
+}
+
+/// [`ctl_ok`] against any server URL.
+pub fn ctl_ok_url(url: &str, args: &[&str]) -> Value {
+    let (out, mut replies) = ctl_json_output_url(url, args);
     out.expect_code(0, &format!("ctl {}", args.join(" ")));
     assert_eq!(replies.len(), 1, "expected one reply: {}", out.stdout);
     let r = replies.remove(0);

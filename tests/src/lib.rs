@@ -14,7 +14,10 @@ pub mod tmux;
 pub mod wait;
 
 pub use agent::Agent;
-pub use bins::{bin, ctl, ctl_json, ctl_json_output, ctl_ok, ctl_url, nodeagent, CtlOutput};
+pub use bins::{
+    bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
+    nodeagent, CtlOutput,
+};
 pub use nats::{free_port, NatsServer};
 pub use procs::{
     children_pids, cmdline, count_processes_with_cmdline, group_members, is_alive, pgrp_of,
