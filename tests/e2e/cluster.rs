@@ -85,8 +85,8 @@ fn wait_counts(agents: &[&Agent], want: &[usize], what: &str) {
 }
 
 /// The wanted count of `watcher` on one node, from `ctl numprocesses`.
-fn wanted(agent: &Agent, nats: &NatsServer, watcher: &str) -> u64 {
-    agent.ctl_ok(nats, &["numprocesses", watcher])["numprocesses"]
+fn wanted(agent: &Agent, watcher: &str) -> u64 {
+    agent.ctl_ok(&["numprocesses", watcher])["numprocesses"]
         .as_u64()
         .unwrap_or_else(|| panic!("no numprocesses from {}", agent.name()))
 }
@@ -238,11 +238,11 @@ fn targeting_reaches_exactly_the_right_nodes() {
 
     ctl(&nats, &["--tag", "role=x", "incr", "w"]).expect_code(0, "--tag incr");
     wait_counts(&all, &[3, 3, 2], "--tag role=x incr");
-    assert_eq!(wanted(&c, &nats, "w"), 2, "c was told too");
+    assert_eq!(wanted(&c, "w"), 2, "c was told too");
 
     ctl(&nats, &["--node", "a", "--node", "c", "incr", "w"]).expect_code(0, "--node incr");
     wait_counts(&all, &[4, 3, 3], "--node a --node c incr");
-    assert_eq!(wanted(&b, &nats, "w"), 3, "b was told too");
+    assert_eq!(wanted(&b, "w"), 3, "b was told too");
 
     let before = counts(&all);
     let out = ctl(&nats, &["--json", "--service", "s", "incr", "w"]);
@@ -257,7 +257,7 @@ fn targeting_reaches_exactly_the_right_nodes() {
     let mut want = before.clone();
     want[i] += 1;
     wait_counts(&all, &want, "--service s incr");
-    let wanted_now: Vec<u64> = all.iter().map(|x| wanted(x, &nats, "w")).collect();
+    let wanted_now: Vec<u64> = all.iter().map(|x| wanted(x, "w")).collect();
     assert_eq!(
         wanted_now,
         want.iter().map(|n| *n as u64).collect::<Vec<_>>()
@@ -463,7 +463,7 @@ fn service_numprocesses_spreads_over_the_members() {
         (n.iter().sum::<usize>() == 7 && n.iter().all(|x| (2..=3).contains(x))).then_some(n)
     });
     eprintln!("7 spread as {got:?}");
-    let wanted_now: Vec<u64> = all.iter().map(|x| wanted(x, &nats, "w")).collect();
+    let wanted_now: Vec<u64> = all.iter().map(|x| wanted(x, "w")).collect();
     assert_eq!(wanted_now.iter().sum::<u64>(), 7, "{wanted_now:?}");
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 7);
 }

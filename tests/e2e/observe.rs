@@ -156,7 +156,7 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
     let (cpu, rss) = busy_seen.expect("busy seen");
     eprintln!("busy watcher: cpu {cpu:.1}% rss {rss} bytes");
 
-    let replies = a.ctl_json(&nats, &["stats"]);
+    let replies = a.ctl_json(&["stats"]).1;
     assert_eq!(replies.len(), 1, "{replies:?}");
     validate_reply("stats", &replies[0]);
     let human = a.ctl(&["stats"]);
@@ -197,7 +197,7 @@ async fn exit_spawn_respawn_and_join_events() {
         }
     }
     wait_until(T, "2 children", || a.children().len() == 2);
-    let pids = a.pids(&nats, "sl");
+    let pids = a.pids("sl");
     let (wid, old) = pids[0];
     kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill");
 
@@ -226,7 +226,7 @@ async fn exit_spawn_respawn_and_join_events() {
     let new = spawn.unwrap()["pid"].as_u64().expect("spawn pid") as u32;
     assert_ne!(new, old);
     wait_until(T, "the new pid listed", || {
-        a.pids(&nats, "sl").contains(&(wid, new))
+        a.pids("sl").contains(&(wid, new))
     });
     let respawn = respawn.unwrap();
     if let Some(p) = respawn["pid"].as_u64() {
@@ -245,7 +245,7 @@ fn ctl_events_prints_a_stop() {
     // Subscribed once an event caused after it started shows up.
     let mut subscribed = false;
     for _ in 0..20 {
-        let pid = a.pids(&nats, "other")[0].1;
+        let pid = a.pids("other")[0].1;
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         if events
             .find(Duration::from_secs(1), |l| l.contains(" other "))
@@ -255,8 +255,7 @@ fn ctl_events_prints_a_stop() {
             break;
         }
         wait_until(T, "other running again", || {
-            a.pids(&nats, "other").first().map(|p| p.1) != Some(pid)
-                && !a.pids(&nats, "other").is_empty()
+            a.pids("other").first().map(|p| p.1) != Some(pid) && !a.pids("other").is_empty()
         });
     }
     assert!(subscribed, "ctl events printed nothing about watcher other");
@@ -374,7 +373,7 @@ fn logs_tail_streams_rotation_and_follow() {
         err.stdout
     );
 
-    let r = a.ctl_ok(&nats, &["logs", "W", "-l", "5"]);
+    let r = a.ctl_ok(&["logs", "W", "-l", "5"]);
     let lines = log_lines(&r);
     assert_eq!(lines.len(), 5, "{r}");
     let (_, raw) = ctl_json_output(&nats, &["--node", "a", "logs", "W", "-l", "5"]);

@@ -162,6 +162,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    #[ignore = "flaky when other tmux servers run on the machine; run with --ignored"]
     async fn reads_the_screen_types_keys_and_sees_the_exit() {
         let tmux = Tmux::start(
             &[
