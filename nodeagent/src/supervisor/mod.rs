@@ -698,60 +698,15 @@ impl Actor {
                     })
                 }),
             },
-            Command::Start(StartStop {
-                name,
-                waiting: wait,
-            }) => match self.targets(&name) {
-                Err(e) => Err(e),
-                Ok(names) => {
-                    for n in &names {
-                        self.start_watcher(n);
-                    }
-                    self.persist();
-                    if wait {
-                        return waiting(names, self, reply);
-                    }
-                    Ok(data(ActionData {
-                        statuses: self.statuses(&names),
-                        pids: None,
-                    }))
-                }
-            },
-            Command::Stop(StartStop {
-                name,
-                waiting: wait,
-            }) => match self.targets(&name) {
-                Err(e) => Err(e),
-                Ok(names) => {
-                    for n in &names {
-                        self.stop_watcher(n);
-                    }
-                    self.persist();
-                    if wait {
-                        return waiting(names, self, reply);
-                    }
-                    Ok(data(ActionData {
-                        statuses: self.statuses(&names),
-                        pids: None,
-                    }))
-                }
-            },
-            Command::Restart(r) | Command::Reload(r) => match self.targets(&r.name) {
-                Err(e) => Err(e),
-                Ok(names) => {
-                    for n in &names {
-                        self.restart_watcher(n);
-                    }
-                    self.persist();
-                    if r.waiting {
-                        return waiting(names, self, reply);
-                    }
-                    Ok(data(ActionData {
-                        statuses: self.statuses(&names),
-                        pids: None,
-                    }))
-                }
-            },
+            Command::Start(StartStop { name, waiting }) => {
+                return self.act(&name, waiting, Actor::start_watcher, reply)
+            }
+            Command::Stop(StartStop { name, waiting }) => {
+                return self.act(&name, waiting, Actor::stop_watcher, reply)
+            }
+            Command::Restart(r) | Command::Reload(r) => {
+                return self.act(&r.name, r.waiting, Actor::restart_watcher, reply)
+            }
             Command::Incr(Resize { name, nb }) => self.resize(&name, |n| n.saturating_add(nb)),
             Command::Decr(Resize { name, nb }) => self.resize(&name, |n| n.saturating_sub(nb)),
             Command::Numprocesses(Numprocesses { name, nb }) => match nb {
@@ -806,6 +761,39 @@ impl Actor {
             Ok(Err(e)) | Err(e) => Err(e),
         };
         let _ = reply.send(outcome);
+    }
+
+    /// Applies `op` to the named watcher (or all, by priority), persists, and replies
+    /// at once or, with `wait`, once the watchers have settled.
+    fn act(
+        &mut self,
+        name: &Option<String>,
+        wait: bool,
+        op: fn(&mut Actor, &str),
+        reply: oneshot::Sender<Outcome>,
+    ) {
+        let names = match self.targets(name) {
+            Ok(names) => names,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        for n in &names {
+            op(self, n);
+        }
+        self.persist();
+        if wait {
+            self.waiters.push(Waiter {
+                what: WaitFor::Settled(names),
+                reply,
+            });
+        } else {
+            let _ = reply.send(data(ActionData {
+                statuses: self.statuses(&names),
+                pids: None,
+            }));
+        }
     }
 
     fn resize(&mut self, name: &str, f: impl FnOnce(u32) -> u32) -> Result<Outcome, CmdError> {
