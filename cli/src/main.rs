@@ -23,6 +23,12 @@ const EXIT_ERROR_REPLY: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_NO_ANSWER: u8 = 3;
 
+/// Says why no target could be reached; exit code 3.
+fn no_answer(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ctl: {e}");
+    ExitCode::from(EXIT_NO_ANSWER)
+}
+
 fn usage(msg: &str) -> ExitCode {
     eprintln!("ctl: {msg}");
     ExitCode::from(EXIT_USAGE)
@@ -146,10 +152,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let client = match connect(g).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            return ExitCode::from(EXIT_NO_ANSWER);
-        }
+        Err(e) => return no_answer(e),
     };
     let name = command.name();
     // A rolling restart of several nodes goes node by node.
@@ -171,10 +174,7 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_NO_ANSWER);
                 }
                 Ok(ms) => Some(ms.into_iter().map(|m| m.name).collect()),
-                Err(e) => {
-                    eprintln!("ctl: {e}");
-                    return ExitCode::from(EXIT_NO_ANSWER);
-                }
+                Err(e) => return no_answer(e),
             },
             _ => None,
         };
@@ -192,10 +192,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .await
             {
                 Ok(out) => report(name, out, g.json, true),
-                Err(e) => {
-                    eprintln!("ctl: {e}");
-                    ExitCode::from(EXIT_NO_ANSWER)
-                }
+                Err(e) => no_answer(e),
             };
         }
     }
@@ -266,10 +263,7 @@ async fn run(cli: Cli) -> ExitCode {
             .await
             {
                 Ok(o) => o,
-                Err(e) => {
-                    eprintln!("ctl: {e}");
-                    return ExitCode::from(EXIT_NO_ANSWER);
-                }
+                Err(e) => return no_answer(e),
             }
         }
         Target::Service(s) => {
@@ -293,10 +287,7 @@ async fn run(cli: Cli) -> ExitCode {
             .await
             {
                 Ok(m) => m,
-                Err(e) => {
-                    eprintln!("ctl: {e}");
-                    return ExitCode::from(EXIT_NO_ANSWER);
-                }
+                Err(e) => return no_answer(e),
             };
             if members.is_empty() {
                 eprintln!("ctl: no alive node matches the target (`ctl members` lists the nodes)");
@@ -314,10 +305,7 @@ async fn run(cli: Cli) -> ExitCode {
             .await
             {
                 Ok(o) => o,
-                Err(e) => {
-                    eprintln!("ctl: {e}");
-                    return ExitCode::from(EXIT_NO_ANSWER);
-                }
+                Err(e) => return no_answer(e),
             }
         }
     };
@@ -361,10 +349,7 @@ async fn members(
     };
     let client = match connect(g).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            return ExitCode::from(EXIT_NO_ANSWER);
-        }
+        Err(e) => return no_answer(e),
     };
     match cluster::members(&client, subjects, filter, timeout).await {
         Ok((reply, ms)) => {
@@ -377,10 +362,7 @@ async fn members(
             let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            ExitCode::from(EXIT_NO_ANSWER)
-        }
+        Err(e) => no_answer(e),
     }
 }
 
@@ -398,10 +380,7 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
     }
     let client = match connect(g).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ctl: {e}");
-            return ExitCode::from(EXIT_NO_ANSWER);
-        }
+        Err(e) => return no_answer(e),
     };
     let nodes = (!g.nodes.is_empty()).then(|| g.nodes.clone());
     if let Sub::Top = cli.command {
