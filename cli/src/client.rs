@@ -55,20 +55,75 @@ pub async fn request_one(
     let mut out = Outcome::default();
     match tokio::time::timeout(timeout, client.request(subject, payload.into())).await {
         Ok(Ok(msg)) => out.replies.push(decode(&msg.payload, who)),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => out.missing.push((
-            who.to_owned(),
-            "no agent is listening: it may be down or misnamed (`ctl members` lists the nodes)"
-                .into(),
-        )),
-        _ => out.missing.push((
-            who.to_owned(),
-            format!(
-                "no answer within {}: the agent may be down, busy or misnamed (try --timeout)",
-                humantime::format_duration(timeout)
-            ),
-        )),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            out.missing.push((who.to_owned(), NO_LISTENER.into()))
+        }
+        _ => out
+            .missing
+            .push((who.to_owned(), no_answer_within(timeout))),
     }
     out
+}
+
+/// How long a read-only query to a queue group waits before asking again.
+const HEDGE_AFTER: Duration = Duration::from_millis(200);
+
+/// Sends a read-only request to a queue group and takes the first reply. When no reply
+/// comes within [`HEDGE_AFTER`] the request is sent again, so that the server picks a
+/// member again: a stopped or hung member of the group never fails the call as long as
+/// another one answers within `timeout`. Only for requests that may run twice.
+pub async fn request_any(
+    client: &Client,
+    subject: String,
+    who: &str,
+    req: &Request,
+    timeout: Duration,
+) -> Outcome {
+    let payload: bytes::Bytes = serde_json::to_vec(req)
+        .expect("a request serializes")
+        .into();
+    let mut out = Outcome::default();
+    let deadline = Instant::now() + timeout;
+    let inbox = client.new_inbox();
+    let sent = async {
+        let mut sub = client.subscribe(inbox.clone()).await?;
+        loop {
+            client
+                .publish_with_reply(subject.clone(), inbox.clone(), payload.clone())
+                .await?;
+            client.flush().await?;
+            let wait = HEDGE_AFTER.min(deadline.saturating_duration_since(Instant::now()));
+            if let Ok(msg) = tokio::time::timeout(wait, sub.next()).await {
+                return Ok::<_, async_nats::Error>(msg);
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    };
+    match sent.await {
+        Ok(Some(msg)) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+            out.missing.push((who.to_owned(), NO_LISTENER.into()))
+        }
+        Ok(Some(msg)) => out.replies.push(decode(&msg.payload, who)),
+        Ok(None) => out
+            .missing
+            .push((who.to_owned(), no_answer_within(timeout))),
+        Err(e) => out
+            .missing
+            .push((who.to_owned(), format!("could not send the request: {e}"))),
+    }
+    out
+}
+
+const NO_LISTENER: &str =
+    "no agent is listening: it may be down or misnamed (`ctl members` lists the nodes)";
+
+fn no_answer_within(timeout: Duration) -> String {
+    format!(
+        "no answer within {}: the agent may be down, busy or misnamed (try --timeout)",
+        humantime::format_duration(timeout)
+    )
 }
 
 /// Broadcasts one request on `cluster.all.cmd` with target headers and collects the

@@ -22,7 +22,8 @@ pub async fn members(
     timeout: Duration,
 ) -> Result<(Reply, Vec<MemberInfo>), String> {
     let req = Request::new(Command::Members(filter));
-    let out = client::request_one(client, subjects.members(), "members", &req, timeout).await;
+    // Read-only, so it may be asked again of another agent if the first one is hung.
+    let out = client::request_any(client, subjects.members(), "members", &req, timeout).await;
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
             let data: MembersData = r
