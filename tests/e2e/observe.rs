@@ -403,7 +403,6 @@ fn logs_tail_streams_rotation_and_follow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky under load; run with --ignored"]
 async fn top_in_a_terminal_shows_nodes_and_quits() {
     let nats = NatsServer::start();
     let extra = "stats_interval = \"300ms\"";
