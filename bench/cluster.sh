@@ -53,10 +53,12 @@ for _ in $(seq 300); do [ "$(alive)" -ge "$N" ] && break; sleep 0.1; done
 echo "agents alive: $(alive) of $N"
 
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
-stats() { sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%d %d", m, p}'; }
+stats() { sort -n | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.95+0.999)]; printf "%d %d\n", m, p}'; }
 measure() {
     for _ in $(seq "$R"); do
-        t=$(date +%s%N); "$BIN/ctl" "$@" >/dev/null; ms "$t"
+        t=$(date +%s%N)
+        "$BIN/ctl" "$@" >/dev/null || echo "ctl $* failed with exit code $?" >&2
+        ms "$t"
     done | stats
 }
 read -r all_med all_p95 < <(measure --all numwatchers)
