@@ -343,6 +343,26 @@ pub async fn run(
             },
         ) as Box<dyn FnMut(&_) + Send>
     });
+    let groups_dir = config
+        .agent
+        .state_dir
+        .as_ref()
+        .unwrap_or(&config.agent.log_dir);
+    let groups = match crate::groups::Groups::open(groups_dir) {
+        Ok((groups, 0)) => Some(Arc::new(groups)),
+        Ok((groups, killed)) => {
+            tracing::warn!("killed {killed} process(es) a crashed earlier run left behind");
+            Some(Arc::new(groups))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot keep the process group ledger in {}: {e}; after a crash, \
+                 the children of its processes may be left running",
+                groups_dir.display()
+            );
+            None
+        }
+    };
     let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
     let log_feed = logs.feed();
     let output: Box<dyn OutputSink> = Box::new(LogCapture(logs));
@@ -353,6 +373,7 @@ pub async fn run(
             node: identity.node.clone(),
             allow_remote_exec: config.agent.allow_remote_exec,
             persist,
+            groups,
         },
         output,
     );

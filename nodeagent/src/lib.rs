@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod groups;
 pub mod logs;
 pub mod membership;
 pub mod process;

@@ -1003,8 +1003,6 @@ fn restart_replaces_every_process() {
 }
 
 #[test]
-#[ignore = "known gap: after a SIGKILL of the agent, the other members of its children's \
-            process groups survive, and the next start neither reaps nor adopts them"]
 fn a_crashed_agent_leaves_no_orphans_after_restart() {
     let nats = NatsServer::start();
     let secs = unique_secs();

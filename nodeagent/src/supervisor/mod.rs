@@ -137,6 +137,8 @@ pub struct Settings {
     /// Called after every change of desired state, with every watcher's options and
     /// whether it should run; persists them.
     pub persist: Option<PersistFn>,
+    /// Where every process group started is noted, for the next start after a crash.
+    pub groups: Option<std::sync::Arc<crate::groups::Groups>>,
 }
 
 enum Cmd {
@@ -1243,8 +1245,15 @@ impl Actor {
                 let pid = spawned.pid;
                 let tx = self.internal.clone();
                 let owned = name.to_owned();
+                let groups = self.settings.groups.clone();
+                if let Some(g) = &groups {
+                    g.started(pid);
+                }
                 tokio::spawn(async move {
                     let status = spawned.child.wait().await;
+                    if let Some(g) = &groups {
+                        g.ended(pid);
+                    }
                     let _ = tx.send(Internal::Exited {
                         name: owned,
                         wid,
