@@ -29,6 +29,8 @@ pub enum Target {
 pub struct Outcome {
     pub replies: Vec<Reply>,
     pub missing: Vec<(String, String)>,
+    /// Said last, after the errors (for example where a rolling restart stopped).
+    pub epilogue: Vec<String>,
 }
 
 fn decode(payload: &[u8], from: &str) -> Reply {

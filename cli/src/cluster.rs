@@ -134,32 +134,34 @@ pub async fn rolling_restart(
         let mut failed = false;
         for (node, took, out) in results {
             done += 1;
-            for r in &out.replies {
-                if json {
-                    println!("{}", serde_json::to_string(r).unwrap_or_default());
-                } else if r.is_ok() {
+            for r in out.replies {
+                if !r.is_ok() {
+                    // Said by the caller, with the other errors.
+                    failed = true;
+                    all.replies.push(r);
+                } else if json {
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                } else {
                     println!(
                         "[{done}/{total}] {node}: restarted in {:.1}s",
                         took.as_secs_f64()
                     );
                 }
-                failed |= !r.is_ok();
             }
             failed |= !out.missing.is_empty();
-            all.replies.extend(out.replies);
             all.missing.extend(out.missing);
         }
         let _ = std::io::stdout().flush();
         if failed {
             let rest: Vec<&str> = nodes[done..].iter().map(String::as_str).collect();
-            eprintln!(
-                "ctl: rolling restart stopped after {done} of {total} nodes; not restarted: {}",
+            all.epilogue.push(format!(
+                "rolling restart stopped after {done} of {total} nodes; not restarted: {}",
                 if rest.is_empty() {
                     "-".to_owned()
                 } else {
                     rest.join(", ")
                 }
-            );
+            ));
             return all;
         }
     }
@@ -170,7 +172,6 @@ pub async fn rolling_restart(
         );
     }
     // The progress lines were the output.
-    all.replies.clear();
     all
 }
 

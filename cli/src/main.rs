@@ -496,5 +496,8 @@ fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode 
         code = EXIT_NO_ANSWER;
         eprintln!("ctl: node {node} did not answer: {why}");
     }
+    for line in &outcome.epilogue {
+        eprintln!("ctl: {line}");
+    }
     ExitCode::from(code)
 }

@@ -491,3 +491,62 @@ fn all_quit_stops_every_agent_and_its_processes() {
     }
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 0);
 }
+
+#[test]
+fn a_rolling_restart_stops_where_a_health_check_fails_and_says_where() {
+    let nats = NatsServer::start();
+    let secs = unique_secs();
+    let healthy = sleeper("w", &secs, 2, "health_cmd = [\"true\"]");
+    let sick = sleeper(
+        "w",
+        &secs,
+        2,
+        "health_cmd = [\"false\"]\nhealth_timeout = \"1s\"",
+    );
+    let a = Agent::start_config(&nats, &node_config("a", "", &healthy));
+    let b = Agent::start_config(&nats, &node_config("b", "", &sick));
+    let c = Agent::start_config(&nats, &node_config("c", "", &healthy));
+    let all = [&a, &b, &c];
+    wait_all_alive(&nats, &["a", "b", "c"]);
+    wait_counts(&all, &[2, 2, 2], "start");
+    let old: Vec<BTreeSet<u32>> = all
+        .iter()
+        .map(|x| x.children().into_iter().collect())
+        .collect();
+
+    let (out, took) = timed(|| {
+        ctl(
+            &nats,
+            &["--all", "--timeout", "30s", "restart", "w", "--rolling"],
+        )
+    });
+    eprintln!(
+        "stopped roll took {took:?}:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    assert_ne!(out.code, 0, "a failed roll exits non-zero: {out:?}");
+    assert!(
+        out.stdout.contains("[1/3] a: restarted in"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("health check did not pass"),
+        "no reason given: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("rolling restart stopped after 2 of 3 nodes; not restarted: c"),
+        "{}",
+        out.stderr
+    );
+    // The failed check ends the wait at once, not at the restart's deadline.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let now: Vec<BTreeSet<u32>> = all
+        .iter()
+        .map(|x| x.children().into_iter().collect())
+        .collect();
+    assert!(now[0].is_disjoint(&old[0]), "a was restarted: {now:?}");
+    assert_eq!(now[2], old[2], "c was left alone");
+}

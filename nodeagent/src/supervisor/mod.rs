@@ -348,6 +348,8 @@ struct Slot {
     respawn_after_stop: bool,
     /// Healthy since it started (or no health check).
     healthy: bool,
+    /// Its health check gave up (health_timeout passed without a success).
+    health_failed: bool,
     uptime_reached: bool,
 }
 
@@ -367,6 +369,7 @@ impl Slot {
             leader_gone: false,
             respawn_after_stop: false,
             healthy: false,
+            health_failed: false,
             uptime_reached: false,
         }
     }
@@ -1242,6 +1245,7 @@ impl Actor {
                 slot.started = Some((Instant::now(), protocol::unix_time()));
                 slot.reason = None;
                 slot.healthy = health.is_none();
+                slot.health_failed = false;
                 let pid = spawned.pid;
                 let tx = self.internal.clone();
                 let owned = name.to_owned();
@@ -1494,6 +1498,7 @@ impl Actor {
                             s.state = ProcessState::Running;
                         }
                     } else {
+                        s.health_failed = true;
                         s.reason = Some("health check did not pass within health_timeout".into());
                     }
                 }
@@ -1693,10 +1698,11 @@ impl Actor {
                 Some(s) if s.gen > sw.old_gen && s.state == ProcessState::Running => Some(Ok(())),
                 Some(s)
                     if s.gen > sw.old_gen
-                        && matches!(
-                            s.state,
-                            ProcessState::Fatal | ProcessState::Backoff | ProcessState::Exited
-                        ) =>
+                        && (s.health_failed
+                            || matches!(
+                                s.state,
+                                ProcessState::Fatal | ProcessState::Backoff | ProcessState::Exited
+                            )) =>
                 {
                     Some(Err(CmdError::new(
                         Errno::CommandFailed,
