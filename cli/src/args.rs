@@ -144,7 +144,12 @@ pub enum Sub {
     /// (3, true, ["a","b"]) and as a string otherwise.
     Set {
         watcher: String,
-        #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
+        #[arg(
+            required = true,
+            num_args = 2..,
+            value_names = ["KEY", "VALUE"],
+            allow_hyphen_values = true
+        )]
         pairs: Vec<String>,
     },
     /// Add a watcher running CMD ARGS... (the node must allow remote exec).
@@ -321,7 +326,9 @@ impl Sub {
                     let Some((k, v)) = o.split_once('=') else {
                         return Err(format!("option '{o}' must look like KEY=VALUE"));
                     };
-                    map.insert(k.to_owned(), json_value(v));
+                    let v = json_value(v);
+                    protocol::options::check_option(k, &v)?;
+                    map.insert(k.to_owned(), v);
                 }
                 let opts = if map.is_empty() {
                     None

@@ -119,6 +119,32 @@ pub struct WatcherOptions {
     pub log_backups: Option<u32>,
 }
 
+/// The options whose values are durations.
+pub const DURATION_OPTIONS: &[&str] = &[
+    "graceful_timeout",
+    "min_uptime",
+    "restart_delay",
+    "max_restart_delay",
+    "warmup_delay",
+    "health_timeout",
+];
+
+/// Checks one option's value on its own, so that an error names the option and, for a
+/// duration, shows how one is written.
+pub fn check_option(key: &str, value: &serde_json::Value) -> Result<(), String> {
+    let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
+    serde_json::from_value::<WatcherOptions>(serde_json::Value::Object(one))
+        .map(|_| ())
+        .map_err(|e| {
+            let hint = if DURATION_OPTIONS.contains(&key) {
+                "; a duration is a string such as \"5s\", \"500ms\" or \"2m\""
+            } else {
+                ""
+            };
+            format!("option '{key}': {e}{hint}")
+        })
+}
+
 /// The option names, as accepted by `get` and `set`.
 pub const OPTION_NAMES: &[&str] = &[
     "cmd",
@@ -195,5 +221,22 @@ mod tests {
         let mut names = OPTION_NAMES.to_vec();
         names.sort();
         assert_eq!(keys, names);
+    }
+
+    #[test]
+    fn a_bad_value_is_named_with_its_option() {
+        use serde_json::json;
+        assert_eq!(check_option("numprocesses", &json!(3)), Ok(()));
+        let e = check_option("numprocesses", &json!("abc")).unwrap_err();
+        assert!(e.starts_with("option 'numprocesses': invalid type"), "{e}");
+        let e = check_option("graceful_timeout", &json!(5)).unwrap_err();
+        assert!(
+            e.contains("option 'graceful_timeout'") && e.contains("\"5s\""),
+            "{e}"
+        );
+        for d in DURATION_OPTIONS {
+            assert!(OPTION_NAMES.contains(d), "{d}");
+            assert_eq!(check_option(d, &json!("1s")), Ok(()));
+        }
     }
 }

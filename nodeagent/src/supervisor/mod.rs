@@ -933,6 +933,10 @@ impl Actor {
                 return Err(e);
             }
         }
+        for (k, v) in p.options.iter().filter(|(_, v)| !v.is_null()) {
+            protocol::options::check_option(k, v)
+                .map_err(|e| CmdError::new(Errno::BadOption, e))?;
+        }
         let mut merged = match serde_json::to_value(w.cfg.to_options()) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
