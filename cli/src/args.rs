@@ -46,8 +46,8 @@ pub struct Global {
     #[arg(short, long, global = true, conflicts_with_all = ["nodes", "service"])]
     pub all: bool,
     /// Nodes whose tag KEY has VALUE (repeat: all must match).
-    #[arg(short, long = "tag", value_name = "KEY=VALUE", global = true, conflicts_with_all = ["nodes", "service"])]
-    pub tags: Vec<String>,
+    #[arg(short, long = "tag", value_name = "KEY=VALUE", global = true, conflicts_with_all = ["nodes", "service"], value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
     /// One member of this service acts (NATS queue group).
     #[arg(long, value_name = "SERVICE", global = true, conflicts_with = "nodes")]
     pub service: Option<String>,
@@ -418,5 +418,13 @@ mod tests {
                 ..
             }
         ));
+    }
+}
+
+/// `--tag KEY=VALUE`.
+fn parse_tag(t: &str) -> Result<(String, String), String> {
+    match t.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{t}' must look like KEY=VALUE")),
     }
 }

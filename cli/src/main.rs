@@ -80,14 +80,7 @@ fn target(g: &Global) -> Result<Target, String> {
         return Ok(Target::Nodes(g.nodes.clone()));
     }
     if g.all || !g.tags.is_empty() {
-        let mut tags = vec![];
-        for t in &g.tags {
-            let Some((k, v)) = t.split_once('=') else {
-                return Err(format!("tag '{t}' must look like KEY=VALUE"));
-            };
-            tags.push((k.to_owned(), v.to_owned()));
-        }
-        return Ok(Target::Members(tags));
+        return Ok(Target::Members(g.tags.clone()));
     }
     Err(
         "say which nodes: --node NAME (repeatable), --all, --tag KEY=VALUE or --service NAME"
@@ -335,13 +328,7 @@ async fn members(
             Err(e) => return usage(&e),
         }
     }
-    let mut tags = std::collections::BTreeMap::new();
-    for t in &g.tags {
-        let Some((k, v)) = t.split_once('=') else {
-            return usage(&format!("tag '{t}' must look like KEY=VALUE"));
-        };
-        tags.insert(k.to_owned(), v.to_owned());
-    }
+    let tags = g.tags.iter().cloned().collect();
     let filter = protocol::registry::MembersRequest {
         status: (!states.is_empty()).then_some(protocol::registry::StatusFilter::Many(states)),
         tags,
