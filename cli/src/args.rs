@@ -390,6 +390,14 @@ impl Sub {
     }
 }
 
+/// `--tag KEY=VALUE`.
+fn parse_tag(t: &str) -> Result<(String, String), String> {
+    match t.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{t}' must look like KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,13 +426,5 @@ mod tests {
                 ..
             }
         ));
-    }
-}
-
-/// `--tag KEY=VALUE`.
-fn parse_tag(t: &str) -> Result<(String, String), String> {
-    match t.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("'{t}' must look like KEY=VALUE")),
     }
 }
