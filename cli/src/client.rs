@@ -53,18 +53,7 @@ pub async fn request_one(
     req: &Request,
     timeout: Duration,
 ) -> Outcome {
-    let payload = serde_json::to_vec(req).expect("a request serializes");
-    let mut out = Outcome::default();
-    match tokio::time::timeout(timeout, client.request(subject, payload.into())).await {
-        Ok(Ok(msg)) => out.replies.push(decode(&msg.payload, who)),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            out.missing.push((who.to_owned(), NO_LISTENER.into()))
-        }
-        _ => out
-            .missing
-            .push((who.to_owned(), no_answer_within(timeout))),
-    }
-    out
+    request(client, subject, who, req, timeout, None).await
 }
 
 /// How long a read-only query to a queue group waits before asking again.
@@ -81,6 +70,18 @@ pub async fn request_any(
     req: &Request,
     timeout: Duration,
 ) -> Outcome {
+    request(client, subject, who, req, timeout, Some(HEDGE_AFTER)).await
+}
+
+/// Sends `req` (again every `resend`, if set) until one reply comes or `timeout` ends.
+async fn request(
+    client: &Client,
+    subject: String,
+    who: &str,
+    req: &Request,
+    timeout: Duration,
+    resend: Option<Duration>,
+) -> Outcome {
     let payload: bytes::Bytes = serde_json::to_vec(req)
         .expect("a request serializes")
         .into();
@@ -94,7 +95,8 @@ pub async fn request_any(
                 .publish_with_reply(subject.clone(), inbox.clone(), payload.clone())
                 .await?;
             client.flush().await?;
-            let wait = HEDGE_AFTER.min(deadline.saturating_duration_since(Instant::now()));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = resend.map_or(left, |r| r.min(left));
             if let Ok(msg) = tokio::time::timeout(wait, sub.next()).await {
                 return Ok::<_, async_nats::Error>(msg);
             }
