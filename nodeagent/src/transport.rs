@@ -425,10 +425,16 @@ async fn membership_loop(
     let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When to tell newcomers about us: joins seen within this window get one
+    // announcement, so that many agents starting at once cost each agent one extra
+    // message, not one per newcomer.
+    let answer_window = (settings.heartbeat / 4).min(JOIN_ANSWER_WINDOW);
+    let mut answer_at: Option<Instant> = None;
     loop {
         let deadline = table.next_deadline();
         tokio::select! {
             _ = heartbeat.tick() => {
+                answer_at = None;
                 seq += 1;
                 let ann = announcement(&settings, &supervisor, kind, seq).await;
                 // Our own view of ourselves needs no round trip.
@@ -452,14 +458,18 @@ async fn membership_loop(
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
                 }
-                // A newcomer knows nobody yet: tell it about us now, not at our next
+                // A newcomer knows nobody yet: tell it about us soon, not at our next
                 // heartbeat, or a `ctl --all` it answers `members` for would skip us.
                 if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
-                    seq += 1;
-                    let me = announcement(&settings, &supervisor, kind, seq).await;
-                    table.observe(&me, Instant::now());
-                    publish(me).await;
+                    answer_at.get_or_insert_with(|| Instant::now() + answer_window);
                 }
+            }
+            _ = sleep_until(answer_at) => {
+                answer_at = None;
+                seq += 1;
+                let me = announcement(&settings, &supervisor, kind, seq).await;
+                table.observe(&me, Instant::now());
+                publish(me).await;
             }
             Some(name) = disconnects.recv() => {
                 if name != settings.identity.node {
@@ -501,6 +511,9 @@ async fn membership_loop(
         }
     }
 }
+
+/// The longest wait before newcomers are told about this agent.
+const JOIN_ANSWER_WINDOW: Duration = Duration::from_millis(50);
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
