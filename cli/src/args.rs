@@ -358,11 +358,12 @@ impl Sub {
                 watcher,
                 lines,
                 stream,
-                ..
+                follow,
             } => Command::Logs(protocol::logs::LogsProps {
                 name: watcher.clone(),
                 lines: Some(*lines),
                 stream: *stream,
+                follow_secs: follow.then_some(FOLLOW_LEASE_SECS),
             }),
             Sub::Stats { watcher } => Command::Stats(MaybeName {
                 name: watcher.clone(),
@@ -389,6 +390,9 @@ impl Sub {
         }
     }
 }
+
+/// How long `logs -f` asks an agent to publish live lines; renewed at a third of it.
+pub const FOLLOW_LEASE_SECS: u32 = 30;
 
 /// `--tag KEY=VALUE`.
 fn parse_tag(t: &str) -> Result<(String, String), String> {

@@ -189,45 +189,50 @@ async fn run(cli: Cli) -> ExitCode {
             };
         }
     }
-    // Following logs: subscribe before reading the tail, so that no line is lost.
-    let follow = match (&cli.command, &target) {
-        (
-            Sub::Logs {
-                follow: true,
-                watcher,
-                ..
-            },
-            Target::Nodes(nodes),
-        ) => {
-            let subject = if nodes.len() == 1 {
-                subjects.logs(&nodes[0], watcher)
-            } else {
-                subjects.logs("*", watcher)
+    // Following logs: subscribe before reading the tail, so that no line is lost. The
+    // request asks for live lines for a while; the same targets get it again before
+    // that runs out.
+    let follow = match &cli.command {
+        Sub::Logs {
+            follow: true,
+            watcher,
+            ..
+        } => {
+            let (renew_subject, headers, nodes, listen) = match &target {
+                Target::Nodes(n) if n.len() == 1 => (
+                    subjects.node_cmd(&n[0]),
+                    async_nats::HeaderMap::new(),
+                    n.clone(),
+                    subjects.logs(&n[0], watcher),
+                ),
+                Target::Nodes(n) => (
+                    subjects.all_cmd(),
+                    client::nodes_header(n),
+                    n.clone(),
+                    subjects.logs("*", watcher),
+                ),
+                Target::Members(tags) => (
+                    subjects.all_cmd(),
+                    client::tags_header(tags),
+                    vec![],
+                    subjects.logs("*", watcher),
+                ),
+                Target::Service(_) => {
+                    return usage("logs -f follows nodes: use --node, --all or --tag");
+                }
             };
-            match client.subscribe(subject).await {
-                Ok(sub) => Some((sub, nodes.clone())),
+            match client.subscribe(listen).await {
+                Ok(sub) => Some(Follow {
+                    sub,
+                    nodes,
+                    renew_subject,
+                    headers,
+                }),
                 Err(e) => {
                     eprintln!("ctl: cannot follow logs: {e}");
                     return ExitCode::from(EXIT_NO_ANSWER);
                 }
             }
-        }
-        (
-            Sub::Logs {
-                follow: true,
-                watcher,
-                ..
-            },
-            Target::Members(_),
-        ) => match client.subscribe(subjects.logs("*", watcher)).await {
-            Ok(sub) => Some((sub, vec![])),
-            Err(e) => {
-                eprintln!("ctl: cannot follow logs: {e}");
-                return ExitCode::from(EXIT_NO_ANSWER);
-            }
-        },
-        (Sub::Logs { follow: true, .. }, Target::Service(_)) => {
-            return usage("logs -f follows nodes: use --node, --all or --tag");
         }
         _ => None,
     };
@@ -305,11 +310,11 @@ async fn run(cli: Cli) -> ExitCode {
     let multi = !matches!(&target, Target::Nodes(n) if n.len() == 1)
         && !matches!(target, Target::Service(_));
     let code = report(name, outcome, g.json, multi);
-    if let Some((sub, nodes)) = follow {
+    if let Some(f) = follow {
         if code != ExitCode::SUCCESS {
             return code;
         }
-        return follow_logs(sub, &nodes, g.json, multi).await;
+        return follow_logs(&client, f, &req, g.json, multi).await;
     }
     code
 }
@@ -419,21 +424,56 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
     }
 }
 
-/// Prints live log lines until Ctrl-C.
+/// A `logs -f` in progress: the live lines, whose they are, and where the follow
+/// lease is renewed.
+struct Follow {
+    sub: async_nats::Subscriber,
+    /// The nodes asked for (empty: all that match).
+    nodes: Vec<String>,
+    renew_subject: String,
+    headers: async_nats::HeaderMap,
+}
+
+/// Prints live log lines until Ctrl-C, renewing the agents' follow lease with `req`.
 async fn follow_logs(
-    mut sub: async_nats::Subscriber,
-    nodes: &[String],
+    client: &async_nats::Client,
+    mut f: Follow,
+    req: &Request,
     json: bool,
     multi: bool,
 ) -> ExitCode {
     use futures::StreamExt;
+    let renew: bytes::Bytes = {
+        let mut req = req.clone();
+        if let Command::Logs(p) = &mut req.command {
+            // Only the lease: no tail again.
+            p.lines = Some(0);
+        }
+        serde_json::to_vec(&req)
+            .expect("a request serializes")
+            .into()
+    };
+    let every = Duration::from_secs(u64::from(args::FOLLOW_LEASE_SECS) / 3);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
-            msg = sub.next() => {
+            _ = tick.tick() => {
+                // The replies go to an inbox nobody reads; a node that missed one renewal
+                // gets the next.
+                let _ = client
+                    .publish_with_reply_and_headers(
+                        f.renew_subject.clone(),
+                        client.new_inbox(),
+                        f.headers.clone(),
+                        renew.clone(),
+                    )
+                    .await;
+            }
+            msg = f.sub.next() => {
                 let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
                 let Ok(line) = serde_json::from_slice::<protocol::logs::LogLine>(&msg.payload) else { continue };
-                if nodes.len() > 1 && !nodes.contains(&line.node) {
+                if f.nodes.len() > 1 && !f.nodes.contains(&line.node) {
                     continue;
                 }
                 let text = if json {

@@ -103,6 +103,8 @@ pub struct Node {
     cpu_prev: Mutex<Option<(f64, Instant)>>,
     log_dir: std::path::PathBuf,
     max_payload: usize,
+    /// Whose captured lines are published live.
+    pub follow: Arc<crate::logs::FollowLeases>,
 }
 
 fn cmd_reply(
@@ -175,6 +177,9 @@ impl Node {
                 nb: None,
             }))
             .await?;
+        // Live lines first, then the tail: a line in between shows twice, none is lost.
+        self.follow
+            .grant(&props.name, props.follow(), std::time::Instant::now());
         let (dir, node) = (self.log_dir.clone(), self.identity.node.clone());
         let n = props.lines() as usize;
         let lines = tokio::task::spawn_blocking(move || {
@@ -424,6 +429,7 @@ pub async fn run(
         cpu_prev: Mutex::new(None),
         log_dir: config.agent.log_dir.clone(),
         max_payload: client.server_info().max_payload.max(64 * 1024),
+        follow: Default::default(),
     });
     tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
 
@@ -437,6 +443,7 @@ pub async fn run(
         client.clone(),
         node.subjects.clone(),
         log_feed,
+        node.follow.clone(),
     ));
     loop {
         tokio::select! {

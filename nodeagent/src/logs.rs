@@ -862,6 +862,32 @@ pub fn fit_lines(mut lines: Vec<LogLine>, max_bytes: usize) -> LogsData {
     }
 }
 
+/// Which watchers' lines someone follows, and until when. Lines of the others are not
+/// published: a chatty process costs nothing on NATS while nobody follows it.
+#[derive(Debug, Default)]
+pub struct FollowLeases {
+    until: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl FollowLeases {
+    /// Publishes `watcher`'s lines for `for_` from `now` (a later lease is kept).
+    pub fn grant(&self, watcher: &str, for_: std::time::Duration, now: std::time::Instant) {
+        if for_.is_zero() {
+            return;
+        }
+        let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until.retain(|_, t| *t > now);
+        let t = until.entry(watcher.to_owned()).or_insert(now);
+        *t = (*t).max(now + for_);
+    }
+
+    /// Whether `watcher`'s lines are followed at `now`.
+    pub fn active(&self, watcher: &str, now: std::time::Instant) -> bool {
+        let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until.get(watcher).is_some_and(|t| *t > now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1253,6 +1279,25 @@ mod tests {
         let data = fit_lines((1..=5).map(line).collect(), 100 * size);
         assert!(!data.truncated);
         assert_eq!(data.lines.len(), 5);
+    }
+
+    #[test]
+    fn a_lease_runs_out_and_a_renewal_extends_it() {
+        use std::time::{Duration, Instant};
+        let l = FollowLeases::default();
+        let t0 = Instant::now();
+        assert!(!l.active("w", t0));
+        l.grant("w", Duration::ZERO, t0);
+        assert!(!l.active("w", t0));
+        l.grant("w", Duration::from_secs(30), t0);
+        assert!(l.active("w", t0 + Duration::from_secs(29)));
+        assert!(!l.active("w", t0 + Duration::from_secs(30)));
+        assert!(!l.active("x", t0));
+        // A shorter lease does not cut a longer one short; a later one extends it.
+        l.grant("w", Duration::from_secs(1), t0);
+        assert!(l.active("w", t0 + Duration::from_secs(29)));
+        l.grant("w", Duration::from_secs(30), t0 + Duration::from_secs(20));
+        assert!(l.active("w", t0 + Duration::from_secs(49)));
     }
 
     /// Figures for the docs: `cargo test -p nodeagent --lib measure -- --ignored --nocapture`.

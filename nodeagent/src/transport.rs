@@ -522,13 +522,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Publishes every captured line on `cluster.<node>.logs.<watcher>` for `ctl logs -f`.
-/// A slow connection loses lines here rather than slowing the processes down.
-pub async fn publish_logs(client: Client, subjects: Subjects, feed: crate::logs::LogFeed) {
+/// Publishes the captured lines of followed watchers (see [`FollowLeases`]) on
+/// `cluster.<node>.logs.<watcher>` for `ctl logs -f`. A slow connection loses lines here
+/// rather than slowing the processes down.
+///
+/// [`FollowLeases`]: crate::logs::FollowLeases
+pub async fn publish_logs(
+    client: Client,
+    subjects: Subjects,
+    feed: crate::logs::LogFeed,
+    leases: Arc<crate::logs::FollowLeases>,
+) {
     let mut rx = feed.subscribe();
     loop {
         match rx.recv().await {
             Ok(line) => {
+                if !leases.active(&line.watcher, Instant::now()) {
+                    continue;
+                }
                 if let Ok(bytes) = serde_json::to_vec(&*line) {
                     let _ = client
                         .publish(subjects.logs(&line.node, &line.watcher), bytes.into())

@@ -11,6 +11,9 @@ pub const DEFAULT_LOG_LINES: u32 = 50;
 /// The most lines one `logs` request returns; larger requests are clamped to it.
 pub const MAX_LOG_LINES: u32 = 10_000;
 
+/// The longest follow lease one `logs` request grants, in seconds.
+pub const MAX_FOLLOW_SECS: u32 = 300;
+
 /// Which output of a process a line came from.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
@@ -86,9 +89,19 @@ pub struct LogsProps {
     /// Only this stream; both, merged by time, when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// Publish the watcher's new lines live on `cluster.<node>.logs.<watcher>` for this
+    /// many seconds from now (at most 300); a follower sends it again before it runs
+    /// out. Lines nobody follows are not published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_secs: Option<u32>,
 }
 
 impl LogsProps {
+    /// How long the live lines are asked for, clamped.
+    pub fn follow(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.follow_secs.unwrap_or(0).min(MAX_FOLLOW_SECS).into())
+    }
+
     /// The number of lines asked for, defaulted and clamped.
     pub fn lines(&self) -> u32 {
         self.lines.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES)

@@ -424,3 +424,48 @@ async fn top_in_a_terminal_shows_nodes_and_quits() {
         "the screen was not restored:\n{after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_are_published_only_while_someone_follows() {
+    let nats = NatsServer::start();
+    let w = "[watcher.W]\ncmd = \"sh\"\n\
+             args = [\"-c\", \"i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.05; done\"]\n";
+    let a = Agent::start_config(&nats, &config("a", "", w));
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut raw = client
+        .subscribe("cluster.a.logs.W")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    // While nobody follows, lines are captured (ctl logs reads them back) but not sent.
+    let tick = |a: &Agent| -> u64 {
+        a.ctl(&["logs", "W", "-l", "1"])
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("[W.1] tick-")?.parse().ok())
+            .next_back()
+            .unwrap_or(0)
+    };
+    let start = tick(&a);
+    wait_until(T, "20 more lines captured", || tick(&a) >= start + 20);
+    let unfollowed = tokio::time::timeout(Duration::from_millis(1), raw.next()).await;
+    assert!(
+        unfollowed.is_err(),
+        "a line was published with no follower: {unfollowed:?}"
+    );
+
+    // `ctl logs -f` asks for them: from then on they arrive, valid against the schema.
+    let url = nats.url();
+    let follow = Lines::ctl(&["-s", &url, "--node", "a", "logs", "W", "-l", "1", "-f"]);
+    follow
+        .find(T, |l| l.starts_with("[W.1] tick-"))
+        .expect("the tail line");
+    let msg = tokio::time::timeout(T, raw.next())
+        .await
+        .expect("a published line once followed")
+        .expect("subscription open");
+    let v = json(&msg.payload);
+    validate("log-line.schema.json", &v);
+    assert_eq!(v["watcher"], "W", "{v}");
+    drop(follow);
+}
