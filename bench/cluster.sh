@@ -71,12 +71,12 @@ read -r tag_med tag_p95 < <(measure --tag rack=r1 numwatchers)
 
 # SIGKILL: the server closes the connection and tells the other agents at once.
 victim=${pids[2]}
-t=$(date +%s%N); kill -9 "$victim"
+# Reaped at once with stderr closed, so bash does not report the kill.
+t=$(date +%s%N); { kill -9 "$victim"; wait "$victim"; } 2>/dev/null || true
 for _ in $(seq 2000); do
     "$BIN/ctl" members --name n2 --json | grep -q '"state":"failed"' && break
 done
 kill_ms=$(ms "$t")
-wait "$victim" 2>/dev/null || true   # reaped here, so bash does not report the kill
 
 # SIGSTOP: the connection stays open; only missed heartbeats tell.
 victim=${pids[3]}
