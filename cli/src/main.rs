@@ -250,16 +250,8 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Target::Nodes(nodes) => {
             let expected = nodes.iter().cloned().collect();
-            match client::broadcast(
-                &client,
-                &subjects,
-                client::nodes_header(nodes),
-                expected,
-                &req,
-                timeout,
-            )
-            .await
-            {
+            let headers = client::nodes_header(nodes);
+            match client::broadcast(&client, &subjects, headers, expected, &req, timeout).await {
                 Ok(o) => o,
                 Err(e) => return no_answer(e),
             }
@@ -292,16 +284,8 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_NO_ANSWER);
             }
             let expected = members.into_iter().map(|m| m.name).collect();
-            match client::broadcast(
-                &client,
-                &subjects,
-                client::tags_header(tags),
-                expected,
-                &req,
-                timeout,
-            )
-            .await
-            {
+            let headers = client::tags_header(tags);
+            match client::broadcast(&client, &subjects, headers, expected, &req, timeout).await {
                 Ok(o) => o,
                 Err(e) => return no_answer(e),
             }

@@ -296,6 +296,14 @@ pub fn start(
     (handle, task)
 }
 
+/// A watcher's config from options sent over NATS; every problem in one error.
+fn watcher_config(name: &str, options: &WatcherOptions) -> Result<WatcherConfig, CmdError> {
+    WatcherConfig::from_options(name, options).map_err(|problems| {
+        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        CmdError::new(Errno::BadOption, all.join("; "))
+    })
+}
+
 enum Internal {
     Exited {
         name: String,
@@ -953,16 +961,7 @@ impl Actor {
         }
         let options: WatcherOptions = serde_json::from_value(Value::Object(merged))
             .map_err(|e| CmdError::new(Errno::BadOption, format!("bad option value: {e}")))?;
-        let new = WatcherConfig::from_options(&p.name, &options).map_err(|problems| {
-            CmdError::new(
-                Errno::BadOption,
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        let new = watcher_config(&p.name, &options)?;
         let name = p.name.clone();
         let w = self.watchers.get_mut(&name).expect("checked above");
         let restart = w.cfg.spawn_differs(&new) && w.run;
@@ -997,16 +996,7 @@ impl Actor {
         let mut options = p.options.unwrap_or_default();
         options.cmd = Some(p.cmd);
         options.args = Some(p.args);
-        let cfg = WatcherConfig::from_options(&p.name, &options).map_err(|problems| {
-            CmdError::new(
-                Errno::BadOption,
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        let cfg = watcher_config(&p.name, &options)?;
         let name = p.name.clone();
         self.watchers
             .insert(name.clone(), Watcher::new(cfg, p.start));
