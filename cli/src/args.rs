@@ -59,10 +59,22 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
     /// NATS user (with --password).
-    #[arg(long, env = "NATS_USER", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NATS_USER",
+        global = true,
+        hide_env_values = true,
+        requires = "password"
+    )]
     pub user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
+    /// NATS password (with --user).
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        global = true,
+        hide_env_values = true,
+        requires = "user"
+    )]
     pub password: Option<String>,
     /// NATS token.
     #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]

@@ -44,7 +44,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                // async-nats logs each failed connect as an error; what matters of
+                // it is reported once, in words, by this program.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!("{level},async_nats=off"))
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -113,10 +117,36 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
                 .map_err(|e| format!("bad server URL '{s}': {e}"))
         })
         .collect::<Result<_, _>>()?;
+    // Credentials in the URL, as the nats CLI takes them: user:password@ or token@.
+    let explicit = g.user.is_some() || g.token.is_some() || g.creds.is_some();
+    if let Some(addr) = servers
+        .iter()
+        .find(|a| a.has_user_pass())
+        .filter(|_| !explicit)
+    {
+        let user = addr.username().unwrap_or_default().to_owned();
+        opts = match addr.password() {
+            Some(pass) => opts.user_and_password(user, pass.to_owned()),
+            None => opts.token(user),
+        };
+    }
+    // The URL without its credentials, for messages.
+    let shown: Vec<String> = servers
+        .iter()
+        .map(|a| format!("{}://{}:{}", a.scheme(), a.host(), a.port()))
+        .collect();
     opts.connect(servers).await.map_err(|e| {
+        let hint = match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication => {
+                "give credentials: --user/--password, --token or --creds \
+                 (or NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS)"
+            }
+            _ => "set -s URL or NATS_URL",
+        };
         format!(
-            "cannot connect to NATS at {}: {e} (set -s URL or NATS_URL)",
-            g.server
+            "cannot connect to NATS at {}: {e} ({hint})",
+            shown.join(",")
         )
     })
 }

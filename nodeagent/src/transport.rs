@@ -45,24 +45,51 @@ pub enum TransportError {
         subject: String,
         source: async_nats::SubscribeError,
     },
+    #[error(
+        "the NATS server at {servers} refused this agent: {reason}; check [nats] user/password, \
+         token, nkey_seed or creds_file against the server's authorization config"
+    )]
+    Refused { servers: String, reason: String },
+}
+
+/// True for the errors that retrying cannot cure: the server refuses the credentials.
+fn is_refusal(event: &async_nats::Event) -> bool {
+    match event {
+        async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
+        async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
+            let e = e.to_ascii_lowercase();
+            e.contains("authorization violation") || e.contains("authentication")
+        }
+        _ => false,
+    }
 }
 
 /// Connects with a short ping interval and endless reconnects. If no server answers at
-/// first, the agent goes on supervising and keeps trying in the background.
+/// first, the agent goes on supervising and keeps trying in the background; a server
+/// that refuses the credentials at start is an error.
 pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, TransportError> {
+    let refused: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let seen = refused.clone();
     let mut opts = ConnectOptions::new()
         .name(name)
         .ping_interval(cfg.ping_interval)
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .retry_on_initial_connect()
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; processes keep running, reconnecting")
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!(
+                        "disconnected from NATS; processes keep running, reconnecting"
+                    ),
+                    other if is_refusal(&other) => {
+                        tracing::warn!("NATS refused the credentials: {other}");
+                        *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(other.to_string());
+                    }
+                    other => tracing::info!("NATS: {other}"),
                 }
-                other => tracing::info!("NATS: {other}"),
             }
         });
     if let (Some(user), Some(pass)) = (&cfg.user, &cfg.password) {
@@ -102,6 +129,12 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, TransportEr
     for _ in 0..100 {
         if client.connection_state() == async_nats::connection::State::Connected {
             break;
+        }
+        if let Some(reason) = refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(TransportError::Refused {
+                servers: cfg.servers.join(", "),
+                reason,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

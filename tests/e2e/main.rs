@@ -2,6 +2,7 @@
 //! tests run in parallel without sharing anything. Build the binaries first:
 //! `cargo build --workspace --bins && cargo test -p e2e`.
 
+mod auth;
 mod cluster;
 mod foundation;
 mod membership;

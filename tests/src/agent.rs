@@ -25,6 +25,9 @@ pub const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Agent {
     name: String,
     nats_url: String,
+    /// The URL the harness's ctl calls use (with credentials where the server wants
+    /// them).
+    ctl_url: String,
     dir: tempfile::TempDir,
     config: PathBuf,
     stderr: PathBuf,
@@ -46,7 +49,7 @@ impl Agent {
     /// `watchers_toml` (`[watcher.NAME]` tables). `{dir}` in the text stands for the
     /// agent's temporary dir.
     pub fn start(nats: &NatsServer, name: &str, watchers_toml: &str) -> Agent {
-        Self::start_with(nats, name, |dir| {
+        Self::start_with(nats, name, &nats.url(), |dir| {
             format!(
                 "{}{}",
                 base_config(name, &nats.url(), dir),
@@ -58,17 +61,28 @@ impl Agent {
     /// Starts an agent from a whole config. `{dir}` stands for the agent's temporary dir
     /// and `{nats_url}` for the server's URL; `[agent] name` must be set in the text.
     pub fn start_config(nats: &NatsServer, full_toml: &str) -> Agent {
-        let name = full_toml
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                (k.trim() == "name").then(|| v.trim().trim_matches('"').to_owned())
-            })
-            .unwrap_or_else(|| panic!("the config has no name = \"...\":\n{full_toml}"));
-        Self::start_with(nats, &name, |dir| expand(full_toml, dir, &nats.url()))
+        let name = config_name(full_toml);
+        Self::start_with(nats, &name, &nats.url(), |dir| {
+            expand(full_toml, dir, &nats.url())
+        })
     }
 
-    fn start_with(nats: &NatsServer, name: &str, text: impl FnOnce(&Path) -> String) -> Agent {
+    /// Like [`start_config`](Self::start_config) on a server that wants credentials:
+    /// the harness's own `ctl` calls (the readiness ping, [`ctl`](Self::ctl)) use
+    /// `ctl_url`, which carries them (`nats://user:pass@host:port`).
+    pub fn start_config_as(nats: &NatsServer, full_toml: &str, ctl_url: &str) -> Agent {
+        let name = config_name(full_toml);
+        Self::start_with(nats, &name, ctl_url, |dir| {
+            expand(full_toml, dir, &nats.url())
+        })
+    }
+
+    fn start_with(
+        nats: &NatsServer,
+        name: &str,
+        ctl_url: &str,
+        text: impl FnOnce(&Path) -> String,
+    ) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix(&format!("e2e-agent-{name}-"))
             .tempdir()
@@ -79,6 +93,7 @@ impl Agent {
         let mut agent = Agent {
             name: name.to_owned(),
             nats_url: nats.url(),
+            ctl_url: ctl_url.to_owned(),
             stderr: dir.path().join("agent.stderr"),
             dir,
             config,
@@ -209,14 +224,14 @@ impl Agent {
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let mut all = vec!["--node", &self.name];
         all.extend_from_slice(args);
-        ctl_url(&self.nats_url, &all)
+        ctl_url(&self.ctl_url, &all)
     }
 
     /// Runs `ctl --node NAME --json ARGS...`; see [`crate::ctl_json`].
     pub fn ctl_json(&self, args: &[&str]) -> (CtlOutput, Vec<Value>) {
         let mut all = vec!["--node", &self.name];
         all.extend_from_slice(args);
-        ctl_json_output_url(&self.nats_url, &all)
+        ctl_json_output_url(&self.ctl_url, &all)
     }
 
     /// Runs `ctl --node NAME --json ARGS...` and returns its one `ok` reply; see
@@ -224,7 +239,7 @@ impl Agent {
     pub fn ctl_ok(&self, args: &[&str]) -> Value {
         let mut all = vec!["--node", &self.name];
         all.extend_from_slice(args);
-        ctl_ok_url(&self.nats_url, &all)
+        ctl_ok_url(&self.ctl_url, &all)
     }
 
     /// The live pids of a watcher as (wid, pid), from `ctl list WATCHER`.
@@ -355,4 +370,15 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// The `name = "..."` of a whole config.
+fn config_name(full_toml: &str) -> String {
+    full_toml
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "name").then(|| v.trim().trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| panic!("the config has no name = \"...\":\n{full_toml}"))
 }
