@@ -208,7 +208,8 @@ pub enum Sub {
         /// How many of the last lines to show first (at most 10000).
         #[arg(short = 'l', long, default_value_t = 50)]
         lines: u32,
-        /// Keep printing new lines as they come, until Ctrl-C.
+        /// Keep printing new lines as they come, until Ctrl-C (the agents publish a watcher's
+        /// lines only while someone follows it; ctl renews its 30 s follow lease every 10 s).
         #[arg(short, long)]
         follow: bool,
         /// Only this stream: stdout or stderr.
