@@ -190,6 +190,7 @@ pub enum Sub {
     /// Stop every process and end the agent.
     Quit,
     /// Who answers: version, pid, host, tags, uptime.
+    #[command(visible_alias = "info")]
     Ping,
     /// The cluster's members as an agent sees them (any one agent answers), like
     /// `serf members`; --tag filters by tags.
