@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond the Rust toolchain: nats-server (Debian's
-# package) and tmux (the `ctl top` test drives a real terminal). Sourced by demo.sh
+# package), tmux (the `ctl top` test drives a real terminal) and openssl (the TLS test
+# makes its certificates). Sourced by demo.sh
 # and test.sh; safe to run again.
 set -euo pipefail
 
 need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     SUDO=""

@@ -82,6 +82,27 @@ pub struct Global {
     /// NATS credentials file.
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed the server's TLS certificate; turns TLS on.
+    #[arg(long, value_name = "FILE", env = "NATS_CA", global = true)]
+    pub tlsca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (with --tlskey).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "NATS_CERT",
+        global = true,
+        requires = "tlskey"
+    )]
+    pub tlscert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "NATS_KEY",
+        global = true,
+        requires = "tlscert"
+    )]
+    pub tlskey: Option<std::path::PathBuf>,
     /// More log output on stderr.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

@@ -108,6 +108,12 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
             .await
             .map_err(|e| format!("cannot read credentials {}: {e}", c.display()))?;
     }
+    if let Some(ca) = &g.tlsca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&g.tlscert, &g.tlskey) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
     let servers: Vec<async_nats::ServerAddr> = g
         .server
         .split(',')
@@ -141,6 +147,12 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
             | async_nats::ConnectErrorKind::Authentication => {
                 "give credentials: --user/--password, --token or --creds \
                  (or NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS)"
+            }
+            async_nats::ConnectErrorKind::Tls => {
+                "for TLS give --tlsca (and --tlscert/--tlskey if the server verifies clients)"
+            }
+            _ if e.to_string().contains("certificate") => {
+                "for TLS give --tlsca (and --tlscert/--tlskey if the server verifies clients)"
             }
             _ => "set -s URL or NATS_URL",
         };

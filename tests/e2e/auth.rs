@@ -1,6 +1,9 @@
-//! A NATS server that wants credentials: agents and ctl log in with them, and a wrong
-//! or missing one gets a clear error and a non-zero exit instead of endless retries.
+//! NATS servers that want credentials or TLS: agents and ctl log in with them, and a
+//! wrong or missing one gets a clear error and a non-zero exit instead of endless
+//! retries.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use e2e::*;
@@ -26,7 +29,7 @@ fn agents_and_ctl_log_in_and_a_refusal_is_said_plainly() {
     let ops = nats.url_as("ops", "opspass");
 
     // The harness pings with credentials in the URL, as the nats CLI takes them.
-    let a = Agent::start_config_as(&nats, &node("a", "s3cret"), &ops);
+    let a = Agent::start_config_as(&nats, &node("a", "s3cret"), &ops, &[]);
     let r = a.ctl_ok(&["numprocesses", "w"]);
     assert_eq!(r["numprocesses"], 1, "{r}");
     // And with --user/--password.
@@ -75,4 +78,119 @@ fn agents_and_ctl_log_in_and_a_refusal_is_said_plainly() {
     );
     // The good one is unharmed.
     a.ctl(&["ping"]).expect_code(0, "a still answers");
+}
+
+/// Runs openssl with `args` in `dir`, panicking with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certificates(dir: &Path) {
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=e2e-ca",
+            days[0],
+            days[1],
+        ],
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+    for (who, cn) in [("server", "/CN=127.0.0.1"), ("client", "/CN=ops")] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", cn,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+                days[0],
+                days[1],
+            ],
+        );
+    }
+}
+
+#[test]
+fn agents_and_ctl_speak_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let d = dir.path();
+    make_certificates(d);
+    let file = |n: &str| d.join(n).display().to_string();
+    let conf = d.join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+            file("server.pem"),
+            file("server.key"),
+            file("ca.pem")
+        ),
+    )
+    .expect("write the server config");
+    let nats = NatsServer::start_with_config(&conf);
+    let url = nats.url().replace("nats://", "tls://");
+    let toml = format!(
+        "[agent]\nname = \"t\"\nstate_dir = \"{{dir}}/state\"\n\n[nats]\nservers = [\"{url}\"]\n\
+         tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\n\
+         [watcher.w]\ncmd = \"sleep\"\nargs = [\"{}\"]\n",
+        file("ca.pem"),
+        file("client.pem"),
+        file("client.key"),
+        unique_secs()
+    );
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let flags = ["--tlsca", &ca, "--tlscert", &cert, "--tlskey", &key];
+    let a = Agent::start_config_as(&nats, &toml, &url, &flags);
+    let r = a.ctl_ok(&["numprocesses", "w"]);
+    assert_eq!(r["numprocesses"], 1, "{r}");
+
+    // Without the CA, or without a client certificate: exit 3, and what to give.
+    let out = ctl_url(&url, &["--node", "t", "ping"]);
+    out.expect_code(3, "ctl without --tlsca");
+    assert!(out.stderr.contains("--tlsca"), "{}", out.stderr);
+    let out = ctl_url(&url, &["--tlsca", &ca, "--node", "t", "ping"]);
+    out.expect_code(3, "ctl without a client certificate");
 }

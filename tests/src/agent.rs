@@ -28,6 +28,8 @@ pub struct Agent {
     /// The URL the harness's ctl calls use (with credentials where the server wants
     /// them).
     ctl_url: String,
+    /// Flags the harness's ctl calls put first (TLS files).
+    ctl_flags: Vec<String>,
     dir: tempfile::TempDir,
     config: PathBuf,
     stderr: PathBuf,
@@ -49,7 +51,7 @@ impl Agent {
     /// `watchers_toml` (`[watcher.NAME]` tables). `{dir}` in the text stands for the
     /// agent's temporary dir.
     pub fn start(nats: &NatsServer, name: &str, watchers_toml: &str) -> Agent {
-        Self::start_with(nats, name, &nats.url(), |dir| {
+        Self::start_with(nats, name, &nats.url(), vec![], |dir| {
             format!(
                 "{}{}",
                 base_config(name, &nats.url(), dir),
@@ -62,17 +64,24 @@ impl Agent {
     /// and `{nats_url}` for the server's URL; `[agent] name` must be set in the text.
     pub fn start_config(nats: &NatsServer, full_toml: &str) -> Agent {
         let name = config_name(full_toml);
-        Self::start_with(nats, &name, &nats.url(), |dir| {
+        Self::start_with(nats, &name, &nats.url(), vec![], |dir| {
             expand(full_toml, dir, &nats.url())
         })
     }
 
-    /// Like [`start_config`](Self::start_config) on a server that wants credentials:
-    /// the harness's own `ctl` calls (the readiness ping, [`ctl`](Self::ctl)) use
-    /// `ctl_url`, which carries them (`nats://user:pass@host:port`).
-    pub fn start_config_as(nats: &NatsServer, full_toml: &str, ctl_url: &str) -> Agent {
+    /// Like [`start_config`](Self::start_config) on a server that wants credentials or
+    /// TLS: the harness's own `ctl` calls (the readiness ping, [`ctl`](Self::ctl)) use
+    /// `ctl_url` (which may carry them: `nats://user:pass@host:port`) and put
+    /// `ctl_flags` (such as `--tlsca FILE`) first.
+    pub fn start_config_as(
+        nats: &NatsServer,
+        full_toml: &str,
+        ctl_url: &str,
+        ctl_flags: &[&str],
+    ) -> Agent {
         let name = config_name(full_toml);
-        Self::start_with(nats, &name, ctl_url, |dir| {
+        let flags = ctl_flags.iter().map(|f| f.to_string()).collect();
+        Self::start_with(nats, &name, ctl_url, flags, |dir| {
             expand(full_toml, dir, &nats.url())
         })
     }
@@ -81,6 +90,7 @@ impl Agent {
         nats: &NatsServer,
         name: &str,
         ctl_url: &str,
+        ctl_flags: Vec<String>,
         text: impl FnOnce(&Path) -> String,
     ) -> Agent {
         let dir = tempfile::Builder::new()
@@ -94,6 +104,7 @@ impl Agent {
             name: name.to_owned(),
             nats_url: nats.url(),
             ctl_url: ctl_url.to_owned(),
+            ctl_flags,
             stderr: dir.path().join("agent.stderr"),
             dir,
             config,
@@ -222,14 +233,16 @@ impl Agent {
 
     /// Runs `ctl --node NAME ARGS...`.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        let mut all = vec!["--node", &self.name];
+        let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
+        all.extend(["--node", &self.name]);
         all.extend_from_slice(args);
         ctl_url(&self.ctl_url, &all)
     }
 
     /// Runs `ctl --node NAME --json ARGS...`; see [`crate::ctl_json`].
     pub fn ctl_json(&self, args: &[&str]) -> (CtlOutput, Vec<Value>) {
-        let mut all = vec!["--node", &self.name];
+        let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
+        all.extend(["--node", &self.name]);
         all.extend_from_slice(args);
         ctl_json_output_url(&self.ctl_url, &all)
     }
@@ -237,7 +250,8 @@ impl Agent {
     /// Runs `ctl --node NAME --json ARGS...` and returns its one `ok` reply; see
     /// [`crate::ctl_ok`].
     pub fn ctl_ok(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--node", &self.name];
+        let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
+        all.extend(["--node", &self.name]);
         all.extend_from_slice(args);
         ctl_ok_url(&self.ctl_url, &all)
     }

@@ -46,6 +46,9 @@ pub fn hermetic(program: impl Into<PathBuf>) -> Command {
         "NATS_PASSWORD",
         "NATS_TOKEN",
         "NATS_CREDS",
+        "NATS_CA",
+        "NATS_CERT",
+        "NATS_KEY",
         "CLUSTER_PREFIX",
     ] {
         cmd.env_remove(var);
@@ -160,6 +163,9 @@ pub fn command_of<'a>(args: &[&'a str]) -> Option<&'a str> {
         "--password",
         "--token",
         "--creds",
+        "--tlsca",
+        "--tlscert",
+        "--tlskey",
     ];
     let mut it = args.iter();
     while let Some(a) = it.next() {
