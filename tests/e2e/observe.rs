@@ -90,6 +90,15 @@ async fn next_event(
     (subject, v)
 }
 
+/// A process's CPU time (user + system) in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
 fn json(payload: &[u8]) -> Value {
     serde_json::from_slice(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload:?}"))
 }
@@ -110,17 +119,20 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
     let _b = Agent::start_config(&nats, &config("b", extra, ""));
 
     let mut times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut busy_seen: Option<(f64, u64)> = None;
+    // The busy process as the stats report it, next to its CPU time read here from
+    // /proc when each message arrived.
+    let mut busy: Vec<(Instant, f64, f64, u64)> = vec![];
+    let mut busy_pid = None;
     let deadline = Instant::now() + T;
     loop {
         let enough = times.values().filter(|t| t.len() >= 8).count() == 2;
-        if enough && busy_seen.is_some() {
+        if enough && busy.len() >= 8 {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = tokio::time::timeout(left, sub.next())
             .await
-            .unwrap_or_else(|_| panic!("stats within {T:?}: got {times:?}, busy {busy_seen:?}"))
+            .unwrap_or_else(|_| panic!("stats within {T:?}: got {times:?}, busy {busy:?}"))
             .expect("subscription open");
         let v = json(&msg.payload);
         validate("stats.schema.json", &v);
@@ -130,17 +142,23 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
             .entry(node.clone())
             .or_default()
             .push(v["time"].as_f64().expect("time"));
-        if node == "a" {
-            let w = v["watchers"]
-                .as_array()
-                .and_then(|ws| ws.iter().find(|w| w["name"] == "busy"));
-            if let Some(w) = w {
-                let cpu = w["cpu_percent"].as_f64().unwrap_or(0.0);
-                let rss = w["rss_bytes"].as_u64().unwrap_or(0);
-                if cpu >= 50.0 && rss > 0 && busy_seen.is_none() {
-                    busy_seen = Some((cpu, rss));
-                }
+        let process = v["watchers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["name"] == "busy"))
+            .and_then(|w| w["processes"].get(0));
+        if let (Some(p), true) = (process, node == "a") {
+            let pid = p["pid"].as_u64().expect("pid") as u32;
+            if *busy_pid.get_or_insert(pid) != pid {
+                panic!("the busy process was restarted: {busy_pid:?} then {pid}");
             }
+            let cpu_secs = cpu_seconds(pid).expect("the busy process in /proc");
+            let (cpu, rss) = (p["cpu_percent"].as_f64(), p["rss_bytes"].as_u64());
+            busy.push((
+                Instant::now(),
+                cpu_secs,
+                cpu.unwrap_or(0.0),
+                rss.unwrap_or(0),
+            ));
         }
     }
     for (node, ts) in &times {
@@ -153,8 +171,21 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
             );
         }
     }
-    let (cpu, rss) = busy_seen.expect("busy seen");
-    eprintln!("busy watcher: cpu {cpu:.1}% rss {rss} bytes");
+    // The CPU the kernel gave the busy loop over the window (all of a core on an idle
+    // machine, less when the machine is loaded), against what the agent reported.
+    let (first, last) = (busy[0], busy[busy.len() - 1]);
+    let measured = (last.1 - first.1) / (last.0 - first.0).as_secs_f64() * 100.0;
+    let reported: f64 = busy[1..].iter().map(|b| b.2).sum::<f64>() / (busy.len() - 1) as f64;
+    let rss = busy.iter().map(|b| b.3).min().unwrap_or(0);
+    eprintln!(
+        "busy loop: cpu reported {reported:.1}%, measured from /proc {measured:.1}%, rss {rss} bytes"
+    );
+    assert!(measured > 5.0, "the busy loop hardly ran: {measured:.1}%");
+    assert!(
+        (reported - measured).abs() <= (0.3 * measured).max(15.0),
+        "reported {reported:.1}% but /proc says {measured:.1}%: {busy:?}"
+    );
+    assert!(rss > 0, "{busy:?}");
 
     let replies = a.ctl_json(&["stats"]).1;
     assert_eq!(replies.len(), 1, "{replies:?}");
