@@ -1,5 +1,6 @@
 //! The agent without NATS: its processes keep running, it reconnects when the server is
-//! back, and it still stops cleanly on SIGTERM while the server is gone.
+//! back, it still stops cleanly on SIGTERM while the server is gone, and when one server
+//! of a NATS cluster dies its agents move to another without any member taken for failed.
 
 use std::time::Duration;
 
@@ -56,4 +57,119 @@ fn sigterm_while_nats_is_down_still_stops_everything_and_exits_0() {
     let status = agent.terminate();
     assert_eq!(status.code(), Some(0), "{status}");
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 0);
+}
+
+/// `GET path` on a server's monitoring port; the body.
+fn monitor(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_nats_server_fail_over_keeps_every_member_and_process() {
+    // Two servers routed into one NATS cluster, each with a monitoring port.
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let (routes, http) = ([free_port(), free_port()], [free_port(), free_port()]);
+    let servers: Vec<NatsServer> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("s{i}.conf"));
+            let text = format!(
+                "server_name: s{i}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: c\n  \
+                 listen: 127.0.0.1:{}\n  routes: [nats://127.0.0.1:{}]\n}}\n",
+                http[i],
+                routes[i],
+                routes[1 - i]
+            );
+            std::fs::write(&path, text).expect("write a server config");
+            NatsServer::start_with_config(&path)
+        })
+        .collect();
+    let urls = format!("\"{}\", \"{}\"", servers[0].url(), servers[1].url());
+    let secs = unique_secs();
+    let node = |name: &str| {
+        format!(
+            "[agent]\nname = \"{name}\"\nheartbeat = \"200ms\"\nstate_dir = \"{{dir}}/state\"\n\n\
+             [nats]\nservers = [{urls}]\n\n{}",
+            sleeper(&secs)
+        )
+    };
+    let agents: Vec<Agent> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Agent::start_config(&servers[0], &node(n)))
+        .collect();
+    let states = |url: &str| -> Vec<(String, String)> {
+        let (out, replies) = ctl_json_output_url(url, &["--timeout", "2s", "members"]);
+        if out.code != 0 {
+            return vec![];
+        }
+        replies[0]["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| (m["name"].to_string(), m["state"].to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all_alive = |url: &str| {
+        let s = states(url);
+        s.len() == 3 && s.iter().all(|(_, st)| st == "\"alive\"")
+    };
+    for s in &servers {
+        wait_until(T, "all 3 alive, seen through each server", || {
+            all_alive(&s.url())
+        });
+    }
+    let kids: Vec<Vec<u32>> = agents
+        .iter()
+        .map(|a| {
+            wait_for(T, "2 children", || {
+                let k = a.children();
+                (k.len() == 2).then_some(k)
+            })
+        })
+        .collect();
+
+    // Kill the server that agent a is on; its agents move to the other one.
+    let on = |i: usize| monitor(http[i], "/connz").contains("\"name\": \"a\"");
+    let victim = wait_for(T, "the server agent a is on", || (0..2).find(|&i| on(i)));
+    let (mut servers, survivor) = (servers, 1 - victim);
+    let moved = ["a", "b", "c"]
+        .iter()
+        .filter(|n| monitor(http[victim], "/connz").contains(&format!("\"name\": \"{n}\"")))
+        .count();
+    servers[victim].kill();
+    let url = servers[survivor].url();
+    let mut worst: Vec<(String, String)> = vec![];
+    let (_, took) = timed(|| {
+        wait_until(T, "every agent answering through the other server", || {
+            let now = states(&url);
+            worst.extend(now.iter().filter(|(_, st)| st != "\"alive\"").cloned());
+            agents
+                .iter()
+                .all(|a| ctl_url(&url, &["--timeout", "1s", "--node", a.name(), "ping"]).code == 0)
+                && all_alive(&url)
+        })
+    });
+    eprintln!(
+        "fail-over of {moved} agent(s) from s{victim} to s{survivor}: all answering and \
+         alive again after {took:?}; states seen on the way: {worst:?}"
+    );
+    assert!(
+        !worst
+            .iter()
+            .any(|(_, st)| st == "\"failed\"" || st == "\"left\""),
+        "a member was taken for failed or gone: {worst:?}"
+    );
+    for (a, k) in agents.iter().zip(&kids) {
+        assert_eq!(&a.children(), k, "the processes of {} changed", a.name());
+    }
 }
