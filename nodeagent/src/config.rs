@@ -20,6 +20,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem with `key` of the table at `location` (`[agent]`, `[watcher.web]`).
+    fn at(location: &str, key: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            location: format!("{location} {key}"),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.location.is_empty() {
@@ -296,18 +306,20 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
     let loc = "[agent]";
     let name = match raw.name {
         None => {
-            problems.push(Problem {
-                location: format!("{loc} name"),
-                message: "missing; every node needs a unique name".into(),
-            });
+            problems.push(Problem::at(
+                loc,
+                "name",
+                "missing; every node needs a unique name",
+            ));
             String::new()
         }
         Some(n) => {
             if let Err(e) = validate_node_name(&n) {
-                problems.push(Problem {
-                    location: format!("{loc} name"),
-                    message: format!("{n:?} cannot be a node name: {e}"),
-                });
+                problems.push(Problem::at(
+                    loc,
+                    "name",
+                    format!("{n:?} cannot be a node name: {e}"),
+                ));
             }
             n
         }
@@ -320,10 +332,7 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         problems,
     );
     if heartbeat < Duration::from_millis(50) {
-        problems.push(Problem {
-            location: format!("{loc} heartbeat"),
-            message: "must be at least 50ms".into(),
-        });
+        problems.push(Problem::at(loc, "heartbeat", "must be at least 50ms"));
     }
     let stats_interval = duration(
         loc,
@@ -352,10 +361,11 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
     );
     for k in raw.tags.keys() {
         if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
-            problems.push(Problem {
-                location: format!("{loc} tags"),
-                message: format!("tag key {k:?} must be non-empty, without '=' or spaces"),
-            });
+            problems.push(Problem::at(
+                loc,
+                "tags",
+                format!("tag key {k:?} must be non-empty, without '=' or spaces"),
+            ));
         }
     }
     let log_dir = raw
@@ -387,39 +397,40 @@ fn validate_nats(raw: RawNats, problems: &mut Vec<Problem>) -> NatsConfig {
         .servers
         .unwrap_or_else(|| vec!["nats://127.0.0.1:4222".into()]);
     if servers.is_empty() {
-        problems.push(Problem {
-            location: format!("{loc} servers"),
-            message: "is empty; list at least one server such as \"nats://127.0.0.1:4222\"".into(),
-        });
+        problems.push(Problem::at(
+            loc,
+            "servers",
+            "is empty; list at least one server such as \"nats://127.0.0.1:4222\"",
+        ));
     }
     for s in &servers {
         if s.parse::<async_nats::ServerAddr>().is_err() {
-            problems.push(Problem {
-                location: format!("{loc} servers"),
-                message: format!("{s:?} is not a server address like \"nats://host:4222\""),
-            });
+            problems.push(Problem::at(
+                loc,
+                "servers",
+                format!("{s:?} is not a server address like \"nats://host:4222\""),
+            ));
         }
     }
     let prefix = raw
         .prefix
         .unwrap_or_else(|| protocol::subjects::DEFAULT_PREFIX.into());
     if let Err(e) = validate_prefix(&prefix) {
-        problems.push(Problem {
-            location: format!("{loc} prefix"),
-            message: format!("{prefix:?} is not a valid subject prefix: {e}"),
-        });
+        problems.push(Problem::at(
+            loc,
+            "prefix",
+            format!("{prefix:?} is not a valid subject prefix: {e}"),
+        ));
     }
     if raw.password.is_some() && raw.user.is_none() {
-        problems.push(Problem {
-            location: format!("{loc} password"),
-            message: "given without user".into(),
-        });
+        problems.push(Problem::at(loc, "password", "given without user"));
     }
     if raw.tls_cert_file.is_some() != raw.tls_key_file.is_some() {
-        problems.push(Problem {
-            location: format!("{loc} tls_cert_file"),
-            message: "tls_cert_file and tls_key_file go together".into(),
-        });
+        problems.push(Problem::at(
+            loc,
+            "tls_cert_file",
+            "tls_cert_file and tls_key_file go together",
+        ));
     }
     let ping_interval = duration(
         loc,
