@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond the Rust toolchain: nats-server (Debian's
-# package), tmux (the `ctl top` test drives a real terminal) and openssl (the TLS test
-# makes its certificates). Sourced by demo.sh
+# package), tmux (the `ctl top` test drives a real terminal), openssl (the TLS test
+# makes its certificates) and iproute2 (the network-cut test makes a namespace). Sourced by demo.sh
 # and test.sh; safe to run again.
 set -euo pipefail
 
@@ -9,6 +9,7 @@ need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     SUDO=""

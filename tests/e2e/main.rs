@@ -8,3 +8,4 @@ mod foundation;
 mod membership;
 mod nats_outage;
 mod observe;
+mod partition;

@@ -30,6 +30,8 @@ pub struct Agent {
     ctl_url: String,
     /// Flags the harness's ctl calls put first (TLS files).
     ctl_flags: Vec<String>,
+    /// The network namespace it runs in, if not the test's.
+    netns: Option<String>,
     dir: tempfile::TempDir,
     config: PathBuf,
     stderr: PathBuf,
@@ -86,7 +88,32 @@ impl Agent {
         })
     }
 
+    /// Like [`start_config`](Self::start_config), but the agent runs inside `net` (as
+    /// on another host); `{nats_url}` should then be the server on `net`'s host side.
+    pub fn start_config_in(nats: &NatsServer, full_toml: &str, net: &crate::NetNs) -> Agent {
+        let name = config_name(full_toml);
+        let mut agent = Self::prepare(nats, &name, &nats.url(), vec![], |dir| {
+            expand(full_toml, dir, &nats.url())
+        });
+        agent.netns = Some(net.name().to_owned());
+        agent.spawn();
+        agent
+    }
+
     fn start_with(
+        nats: &NatsServer,
+        name: &str,
+        ctl_url: &str,
+        ctl_flags: Vec<String>,
+        text: impl FnOnce(&Path) -> String,
+    ) -> Agent {
+        let mut agent = Self::prepare(nats, name, ctl_url, ctl_flags, text);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes the config into a new temporary dir; the agent is not started yet.
+    fn prepare(
         nats: &NatsServer,
         name: &str,
         ctl_url: &str,
@@ -100,18 +127,17 @@ impl Agent {
         let config = dir.path().join("node.toml");
         std::fs::write(&config, text(dir.path()))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
-        let mut agent = Agent {
+        Agent {
             name: name.to_owned(),
             nats_url: nats.url(),
             ctl_url: ctl_url.to_owned(),
             ctl_flags,
+            netns: None,
             stderr: dir.path().join("agent.stderr"),
             dir,
             config,
             child: None,
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// Starts the agent again, with the same config file and state dir, after it was
@@ -134,7 +160,14 @@ impl Agent {
         let out = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone a file handle: {e}"));
-        let mut cmd = hermetic(bin("nodeagent"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = hermetic("ip");
+                c.args(["netns", "exec", ns]).arg(bin("nodeagent"));
+                c
+            }
+            None => hermetic(bin("nodeagent")),
+        };
         cmd.arg("-c")
             .arg(&self.config)
             .stdout(Stdio::from(out))

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bins;
 pub mod nats;
+pub mod netns;
 pub mod procs;
 pub mod schema;
 pub mod tmux;
@@ -19,6 +20,7 @@ pub use bins::{
     nodeagent, CtlOutput,
 };
 pub use nats::{free_port, NatsServer};
+pub use netns::NetNs;
 pub use procs::{
     children_pids, cmdline, count_processes_with_cmdline, group_members, is_alive, pgrp_of,
     pids_with_cmdline, unique_secs, KillGroupOnDrop,

@@ -34,14 +34,14 @@ pub fn free_port() -> u16 {
 /// True once this server said it is ready and its port accepts connections; false if
 /// it exited (port taken) or `timeout` passed. Reading its own log, not just probing the
 /// port, makes sure the port is not answered by another test's server.
-fn wait_ready(child: &mut Child, log: &Path, port: u16, timeout: Duration) -> bool {
+fn wait_ready(child: &mut Child, log: &Path, addr: &str, port: u16, timeout: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
         let said_ready = std::fs::read_to_string(log).is_ok_and(|t| t.contains("Server is ready"));
-        if said_ready && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if said_ready && TcpStream::connect((addr, port)).is_ok() {
             return true;
         }
         std::thread::sleep(POLL);
@@ -52,6 +52,8 @@ fn wait_ready(child: &mut Child, log: &Path, port: u16, timeout: Duration) -> bo
 /// A running `nats-server`.
 pub struct NatsServer {
     child: Child,
+    /// The address it listens on: 127.0.0.1, or a test network's host side.
+    addr: String,
     port: u16,
     dir: tempfile::TempDir,
     config: Option<PathBuf>,
@@ -59,7 +61,7 @@ pub struct NatsServer {
 
 /// Runs `nats-server` on `port`, logging into `dir`; `None` when it did not become
 /// ready (the port was taken, most likely).
-fn spawn_server(config: Option<&Path>, dir: &Path, port: u16) -> Option<Child> {
+fn spawn_server(config: Option<&Path>, dir: &Path, addr: &str, port: u16) -> Option<Child> {
     let bin = nats_server_path();
     let log = dir.join("nats-server.log");
     let _ = std::fs::remove_file(&log);
@@ -70,7 +72,7 @@ fn spawn_server(config: Option<&Path>, dir: &Path, port: u16) -> Option<Child> {
         cmd.arg("-c").arg(c);
     }
     let mut child = cmd
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", addr, "-p", &port.to_string()])
         .arg("-l")
         .arg(&log)
         .stdin(Stdio::null())
@@ -78,7 +80,7 @@ fn spawn_server(config: Option<&Path>, dir: &Path, port: u16) -> Option<Child> {
         .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-    if wait_ready(&mut child, &log, port, Duration::from_secs(10)) {
+    if wait_ready(&mut child, &log, addr, port, Duration::from_secs(10)) {
         return Some(child);
     }
     let _ = child.kill();
@@ -95,16 +97,22 @@ fn output(dir: &Path) -> String {
 impl NatsServer {
     /// Starts a server with no config file.
     pub fn start() -> NatsServer {
-        Self::launch(None)
+        Self::launch(None, "127.0.0.1")
     }
 
     /// Starts a server with `nats-server -c PATH` (address and port still come from
     /// the harness).
     pub fn start_with_config(path: impl AsRef<Path>) -> NatsServer {
-        Self::launch(Some(path.as_ref()))
+        Self::launch(Some(path.as_ref()), "127.0.0.1")
     }
 
-    fn launch(config: Option<&Path>) -> NatsServer {
+    /// Starts a server listening on `addr` only (a test network's host side), with
+    /// `config` if given.
+    pub fn start_on(addr: &str, config: Option<&Path>) -> NatsServer {
+        Self::launch(config, addr)
+    }
+
+    fn launch(config: Option<&Path>, addr: &str) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("e2e-nats-")
             .tempdir()
@@ -112,9 +120,10 @@ impl NatsServer {
         // The port may be taken between picking and binding it; try a few.
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn_server(config, dir.path(), port) {
+            if let Some(child) = spawn_server(config, dir.path(), addr, port) {
                 return NatsServer {
                     child,
+                    addr: addr.to_owned(),
                     port,
                     dir,
                     config: config.map(Path::to_owned),
@@ -135,14 +144,19 @@ impl NatsServer {
     /// Starts the server again on the same port, after [`kill`](Self::kill).
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn_server(self.config.as_deref(), self.dir.path(), self.port)
-            .unwrap_or_else(|| {
-                panic!(
-                    "nats-server did not start again on port {}; its output:\n{}",
-                    self.port,
-                    output(self.dir.path())
-                )
-            });
+        self.child = spawn_server(
+            self.config.as_deref(),
+            self.dir.path(),
+            &self.addr,
+            self.port,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server did not start again on port {}; its output:\n{}",
+                self.port,
+                output(self.dir.path())
+            )
+        });
     }
 
     fn stop(&mut self) {
@@ -150,14 +164,14 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://ADDR:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.addr, self.port)
     }
 
     /// The URL with a user and password in it, for a server that wants them.
     pub fn url_as(&self, user: &str, password: &str) -> String {
-        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+        format!("nats://{user}:{password}@{}:{}", self.addr, self.port)
     }
 
     pub fn port(&self) -> u16 {

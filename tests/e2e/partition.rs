@@ -1,0 +1,109 @@
+//! A member cut off the network without a word (its link goes down, as when a cable is
+//! pulled; no FIN, no RST): the others find it suspect, then failed, from its missed
+//! heartbeats; its processes keep running; when the link is back it is alive again,
+//! with the same processes. The member runs in a network namespace of the test's own.
+
+use std::time::{Duration, Instant};
+
+use e2e::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// (name, state) of every member, as any one agent sees them; empty when none answered.
+fn states(url: &str) -> Vec<(String, String)> {
+    let (out, replies) = ctl_json_output_url(url, &["--timeout", "2s", "members"]);
+    if out.code != 0 || replies.is_empty() {
+        return vec![];
+    }
+    replies[0]["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                    (s("name"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn state_of(url: &str, name: &str) -> Option<String> {
+    states(url)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+}
+
+/// Waits until 3 answers in a row show every one of `names` alive.
+fn wait_all_alive(url: &str, names: &[&str]) {
+    let mut in_a_row = 0;
+    wait_until(T, &format!("{names:?} all alive"), || {
+        let s = states(url);
+        let ok = names
+            .iter()
+            .all(|n| s.iter().any(|(m, st)| m == n && st == "alive"));
+        in_a_row = if ok { in_a_row + 1 } else { 0 };
+        in_a_row >= 3
+    });
+}
+
+#[test]
+fn a_silently_cut_member_is_failed_then_alive_again_with_its_processes() {
+    let net = NetNs::create();
+    let nats = NatsServer::start_on(&net.host_ip, None);
+    let url = nats.url();
+    let secs = unique_secs();
+    let node = |name: &str| {
+        format!(
+            "[agent]\nname = \"{name}\"\nheartbeat = \"200ms\"\nfailed_after = \"2s\"\n\
+             state_dir = \"{{dir}}/state\"\n\n[nats]\nservers = [\"{{nats_url}}\"]\n\
+             ping_interval = \"1s\"\n\n[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n\
+             numprocesses = 2\n"
+        )
+    };
+    let _a = Agent::start_config(&nats, &node("a"));
+    let _b = Agent::start_config(&nats, &node("b"));
+    let x = Agent::start_config_in(&nats, &node("x"), &net);
+    wait_all_alive(&url, &["a", "b", "x"]);
+    let kids = wait_for(T, "x's 2 processes", || {
+        let k = x.children();
+        (k.len() == 2).then_some(k)
+    });
+
+    net.cut();
+    let cut = Instant::now();
+    let mut suspect_at = None;
+    let failed_at = wait_for(T, "x to be failed", || {
+        match state_of(&url, "x").as_deref() {
+            Some("suspect") if suspect_at.is_none() => suspect_at = Some(cut.elapsed()),
+            Some("failed") => return Some(cut.elapsed()),
+            _ => {}
+        }
+        None
+    });
+    eprintln!("link of x cut: suspect after {suspect_at:?}, failed after {failed_at:?}");
+    assert!(suspect_at.is_some(), "x went failed without being suspect");
+    assert!(
+        failed_at < Duration::from_secs(2) + Duration::from_millis(2500),
+        "failed too late: {failed_at:?}"
+    );
+    assert_eq!(
+        x.children(),
+        kids,
+        "x's processes changed while it was cut off"
+    );
+    for n in ["a", "b"] {
+        assert_eq!(state_of(&url, n).as_deref(), Some("alive"), "{n}");
+    }
+
+    net.heal();
+    let (_, back) = timed(|| {
+        wait_until(T, "x to answer again", || {
+            ctl_url(&url, &["--timeout", "1s", "--node", "x", "ping"]).code == 0
+        });
+        wait_all_alive(&url, &["a", "b", "x"]);
+    });
+    eprintln!("link of x healed: answering and alive again after {back:?}");
+    assert_eq!(x.children(), kids, "x's processes changed");
+}
