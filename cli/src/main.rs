@@ -148,10 +148,10 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
                 "give credentials: --user/--password, --token or --creds \
                  (or NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS)"
             }
-            async_nats::ConnectErrorKind::Tls => {
-                "for TLS give --tlsca (and --tlscert/--tlskey if the server verifies clients)"
-            }
-            _ if e.to_string().contains("certificate") => {
+            // A refused certificate shows as an I/O error from the TLS handshake.
+            kind if kind == async_nats::ConnectErrorKind::Tls
+                || e.to_string().contains("certificate") =>
+            {
                 "for TLS give --tlsca (and --tlscert/--tlskey if the server verifies clients)"
             }
             _ => "set -s URL or NATS_URL",
