@@ -163,15 +163,16 @@ impl Groups {
     }
 
     fn append(&self, inner: &mut Inner, line: &str) {
+        // The rewrite writes the live groups, this change included, and counts them.
         let result = if inner.lines > inner.live.len() + COMPACT_AFTER {
             self.rewrite(inner)
         } else {
+            inner.lines += 1;
             match inner.file.as_mut() {
                 Some(f) => f.write_all(line.as_bytes()),
                 None => Ok(()),
             }
         };
-        inner.lines += 1;
         if let Err(e) = result {
             tracing::warn!(
                 "cannot write {}: {e}; leftovers of a crash may not be found",
