@@ -105,23 +105,9 @@ fn a_nats_server_fail_over_keeps_every_member_and_process() {
         .iter()
         .map(|n| Agent::start_config(&servers[0], &node(n)))
         .collect();
-    let states = |url: &str| -> Vec<(String, String)> {
-        let (out, replies) = ctl_json_output_url(url, &["--timeout", "2s", "members"]);
-        if out.code != 0 {
-            return vec![];
-        }
-        replies[0]["members"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| (m["name"].to_string(), m["state"].to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let all_alive = |url: &str| {
-        let s = states(url);
-        s.len() == 3 && s.iter().all(|(_, st)| st == "\"alive\"")
+        let s = member_states(url);
+        s.len() == 3 && s.iter().all(|(_, st)| st == "alive")
     };
     for s in &servers {
         wait_until(T, "all 3 alive, seen through each server", || {
@@ -151,8 +137,8 @@ fn a_nats_server_fail_over_keeps_every_member_and_process() {
     let mut worst: Vec<(String, String)> = vec![];
     let (_, took) = timed(|| {
         wait_until(T, "every agent answering through the other server", || {
-            let now = states(&url);
-            worst.extend(now.iter().filter(|(_, st)| st != "\"alive\"").cloned());
+            let now = member_states(&url);
+            worst.extend(now.iter().filter(|(_, st)| st != "alive").cloned());
             agents
                 .iter()
                 .all(|a| ctl_url(&url, &["--timeout", "1s", "--node", a.name(), "ping"]).code == 0)
@@ -164,9 +150,7 @@ fn a_nats_server_fail_over_keeps_every_member_and_process() {
          alive again after {took:?}; states seen on the way: {worst:?}"
     );
     assert!(
-        !worst
-            .iter()
-            .any(|(_, st)| st == "\"failed\"" || st == "\"left\""),
+        !worst.iter().any(|(_, st)| st == "failed" || st == "left"),
         "a member was taken for failed or gone: {worst:?}"
     );
     for (a, k) in agents.iter().zip(&kids) {

@@ -9,27 +9,8 @@ use e2e::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// (name, state) of every member, as any one agent sees them; empty when none answered.
-fn states(url: &str) -> Vec<(String, String)> {
-    let (out, replies) = ctl_json_output_url(url, &["--timeout", "2s", "members"]);
-    if out.code != 0 || replies.is_empty() {
-        return vec![];
-    }
-    replies[0]["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .map(|m| {
-                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
-                    (s("name"), s("state"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn state_of(url: &str, name: &str) -> Option<String> {
-    states(url)
+    member_states(url)
         .into_iter()
         .find(|(n, _)| n == name)
         .map(|(_, s)| s)
@@ -39,7 +20,7 @@ fn state_of(url: &str, name: &str) -> Option<String> {
 fn wait_all_alive(url: &str, names: &[&str]) {
     let mut in_a_row = 0;
     wait_until(T, &format!("{names:?} all alive"), || {
-        let s = states(url);
+        let s = member_states(url);
         let ok = names
             .iter()
             .all(|n| s.iter().any(|(m, st)| m == n && st == "alive"));

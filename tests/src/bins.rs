@@ -178,6 +178,26 @@ pub fn command_of<'a>(args: &[&'a str]) -> Option<&'a str> {
     None
 }
 
+/// (name, state) of every member, as whichever agent answers `ctl members` sees them;
+/// empty when none answered.
+pub fn member_states(url: &str) -> Vec<(String, String)> {
+    let (out, replies) = ctl_json_output_url(url, &["--timeout", "2s", "members"]);
+    if out.code != 0 || replies.is_empty() {
+        return vec![];
+    }
+    replies[0]["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                    (s("name"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs `ctl --json ARGS...` and returns one JSON value per stdout line, each checked
 /// against its command's reply schema. The exit code is not checked (error replies are
 /// printed too); see [`ctl_ok`].

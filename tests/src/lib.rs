@@ -17,7 +17,7 @@ pub mod wait;
 pub use agent::Agent;
 pub use bins::{
     bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
-    nodeagent, CtlOutput,
+    member_states, nodeagent, CtlOutput,
 };
 pub use nats::{free_port, NatsServer};
 pub use netns::NetNs;
