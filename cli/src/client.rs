@@ -56,31 +56,35 @@ pub async fn request_one(
     request(client, subject, who, req, timeout, None).await
 }
 
-/// How long a read-only query to a queue group waits before asking again.
+/// How long a read-only query to a queue group waits before asking every agent.
 const HEDGE_AFTER: Duration = Duration::from_millis(200);
 
-/// Sends a read-only request to a queue group and takes the first reply. When no reply
-/// comes within [`HEDGE_AFTER`] the request is sent again, so that the server picks a
-/// member again: a stopped or hung member of the group never fails the call as long as
-/// another one answers within `timeout`. Only for requests that may run twice.
+/// Sends a read-only request to a queue group and takes the first reply. When none
+/// comes within [`HEDGE_AFTER`] the request goes to every agent on `broadcast` (again
+/// each [`HEDGE_AFTER`]), and the first answer wins: a stopped or hung member that the
+/// server picked never fails the call while another one is alive. Only for requests
+/// that may run more than once.
 pub async fn request_any(
     client: &Client,
     subject: String,
+    broadcast: String,
     who: &str,
     req: &Request,
     timeout: Duration,
 ) -> Outcome {
-    request(client, subject, who, req, timeout, Some(HEDGE_AFTER)).await
+    let then = Some((HEDGE_AFTER, broadcast));
+    request(client, subject, who, req, timeout, then).await
 }
 
-/// Sends `req` (again every `resend`, if set) until one reply comes or `timeout` ends.
+/// Sends `req` on `subject` and, while no reply has come, on `then`'s subject after
+/// each of its intervals, until one reply comes or `timeout` ends.
 async fn request(
     client: &Client,
     subject: String,
     who: &str,
     req: &Request,
     timeout: Duration,
-    resend: Option<Duration>,
+    then: Option<(Duration, String)>,
 ) -> Outcome {
     let payload: bytes::Bytes = serde_json::to_vec(req)
         .expect("a request serializes")
@@ -90,18 +94,22 @@ async fn request(
     let inbox = client.new_inbox();
     let sent = async {
         let mut sub = client.subscribe(inbox.clone()).await?;
+        let mut to = subject;
         loop {
             client
-                .publish_with_reply(subject.clone(), inbox.clone(), payload.clone())
+                .publish_with_reply(to.clone(), inbox.clone(), payload.clone())
                 .await?;
             client.flush().await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let wait = resend.map_or(left, |r| r.min(left));
+            let wait = then.as_ref().map_or(left, |(every, _)| left.min(*every));
             if let Ok(msg) = tokio::time::timeout(wait, sub.next()).await {
                 return Ok::<_, async_nats::Error>(msg);
             }
             if Instant::now() >= deadline {
                 return Ok(None);
+            }
+            if let Some((_, next)) = &then {
+                to.clone_from(next);
             }
         }
     };

@@ -22,8 +22,9 @@ pub async fn members(
     timeout: Duration,
 ) -> Result<(Reply, Vec<MemberInfo>), String> {
     let req = Request::new(Command::Members(filter));
-    // Read-only, so it may be asked again of another agent if the first one is hung.
-    let out = client::request_any(client, subjects.members(), "members", &req, timeout).await;
+    // Read-only: if the agent the queue group picked is hung, every agent is asked.
+    let (queue, all) = (subjects.members(), subjects.all_cmd());
+    let out = client::request_any(client, queue, all, "members", &req, timeout).await;
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
             let data: MembersData = r

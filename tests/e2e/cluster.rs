@@ -321,8 +321,8 @@ fn a_target_that_does_not_answer_is_named_with_exit_3() {
     let stopped = Cont(b.pid());
     kill(Pid::from_raw(b.pid() as i32), Signal::SIGSTOP).expect("SIGSTOP b");
     // `--all` first asks one agent (queue group `cluster.members`) for the alive
-    // members; when the server hands that to the stopped b, ctl asks again, so every
-    // run names b, and only b.
+    // members; when the server hands that to the stopped b, ctl asks every agent on
+    // `cluster.all.cmd` after 200 ms, so every run names b, and only b.
     for _ in 0..6 {
         let out = ctl(&nats, &["--all", "--timeout", "1s", "status"]);
         out.expect_code(3, "--all status with b stopped");
