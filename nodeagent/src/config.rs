@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -83,6 +84,7 @@ struct RawAgent {
     stats_interval: Option<String>,
     state_dir: Option<String>,
     log_dir: Option<String>,
+    output_dirs: Option<Vec<String>>,
     #[serde(default)]
     allow_remote_exec: bool,
     suspect_after: Option<String>,
@@ -117,6 +119,9 @@ pub struct AgentConfig {
     pub stats_interval: Duration,
     pub state_dir: Option<PathBuf>,
     pub log_dir: PathBuf,
+    /// Directories, besides the log dir, that `stdout`/`stderr` files may be in
+    /// (canonical).
+    pub output_dirs: Vec<PathBuf>,
     pub allow_remote_exec: bool,
     pub suspect_after: Option<Duration>,
     pub failed_after: Duration,
@@ -153,13 +158,14 @@ pub enum Output {
 }
 
 impl Output {
-    fn parse(s: &str) -> Output {
-        match s {
+    /// Reads an output option; a file must be beneath one of `roots` (canonical dirs).
+    fn parse(s: &str, roots: &[PathBuf]) -> Result<Output, String> {
+        Ok(match s {
             "capture" => Output::Capture,
             "discard" | "null" | "/dev/null" => Output::Discard,
             "inherit" => Output::Inherit,
-            path => Output::File(PathBuf::from(path)),
-        }
+            path => Output::File(file_output(path, roots)?),
+        })
     }
 
     fn as_option(&self) -> String {
@@ -169,6 +175,120 @@ impl Output {
             Output::Inherit => "inherit".into(),
             Output::File(p) => p.display().to_string(),
         }
+    }
+}
+
+/// The directories file outputs may be in, for watcher options that do not come from
+/// the config file (`set`, `add`, the state file). Empty until the agent sets them:
+/// until then every file output is refused.
+static OUTPUT_ROOTS: RwLock<Vec<PathBuf>> = RwLock::new(Vec::new());
+
+/// Makes `roots` (see [`AgentConfig::output_roots`]) the directories that watcher
+/// options set at runtime or restored from the state file may send output to. The
+/// agent calls it at start, before it reads its state.
+pub fn set_output_roots(roots: Vec<PathBuf>) {
+    *OUTPUT_ROOTS.write().unwrap_or_else(|e| e.into_inner()) = roots;
+}
+
+fn output_roots() -> Vec<PathBuf> {
+    OUTPUT_ROOTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// True when `value`, given for `stdout` or `stderr`, names a file (and so says where
+/// the agent writes): such a change needs `allow_remote_exec`.
+pub fn is_file_output(value: &serde_json::Value) -> bool {
+    match value.as_str() {
+        Some(s) => !matches!(s, "capture" | "discard" | "null" | "/dev/null" | "inherit"),
+        None => false,
+    }
+}
+
+/// `path` made absolute with every symbolic link of its existing part resolved; the part
+/// that does not exist yet is appended as written. `None` when that part holds `..`.
+fn resolve_lenient(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                match part {
+                    Component::Normal(p) => out.push(p),
+                    Component::CurDir => {}
+                    _ => return None,
+                }
+            }
+            return Some(out);
+        }
+        rest.push(existing.components().next_back()?);
+        existing = existing.parent()?;
+    }
+}
+
+/// Checks a file output: an absolute path without `..`, in a directory beneath one of
+/// `roots`. Returns it with its directory resolved (symbolic links followed), which is
+/// what the process will open.
+fn file_output(path: &str, roots: &[PathBuf]) -> Result<PathBuf, String> {
+    let hint = "write \"capture\", \"discard\", \"inherit\" or a file under the log dir or an [agent] output_dirs directory";
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("{path:?} is not an absolute path; {hint}"));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("{path:?} holds '..'; {hint}"));
+    }
+    let (Some(dir), Some(file)) = (p.parent(), p.file_name()) else {
+        return Err(format!("{path:?} names no file; {hint}"));
+    };
+    let Some(full) = resolve_lenient(dir).map(|d| d.join(file)) else {
+        return Err(format!("{path:?} cannot be resolved; {hint}"));
+    };
+    if roots.iter().any(|r| full.starts_with(r) && full != *r) {
+        return Ok(full);
+    }
+    let allowed = if roots.is_empty() {
+        "none".to_owned()
+    } else {
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "{path:?} is outside the directories output files may go to ({allowed}); \
+         put it under one of them or add its directory to [agent] output_dirs"
+    ))
+}
+
+/// Where an agent keeps its files when the config names no dir:
+/// `/var/lib/nodeagent/<name>` as root, else `$XDG_STATE_HOME/nodeagent/<name>` or
+/// `~/.local/state/nodeagent/<name>`. Never a shared, world-writable dir such as /tmp.
+pub fn default_home(name: &str) -> Option<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Some(Path::new("/var/lib/nodeagent").join(name));
+    }
+    let env_dir = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base =
+        env_dir("XDG_STATE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".local/state")))?;
+    Some(base.join("nodeagent").join(name))
+}
+
+impl AgentConfig {
+    /// The directories `stdout`/`stderr` files may be in: the log dir and `output_dirs`,
+    /// resolved.
+    pub fn output_roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = resolve_lenient(&self.log_dir).into_iter().collect();
+        roots.extend(self.output_dirs.iter().cloned());
+        roots
     }
 }
 
@@ -249,8 +369,9 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
     let agent = validate_agent(raw_agent, &mut problems);
     let nats = validate_nats(raw.nats, &mut problems);
     let mut watchers = BTreeMap::new();
+    let roots = agent.output_roots();
     for (name, opts) in &raw.watcher {
-        match WatcherConfig::from_options(name, opts) {
+        match WatcherConfig::from_options_in(name, opts, &roots) {
             Ok(w) => {
                 watchers.insert(name.clone(), w);
             }
@@ -368,15 +489,47 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
             ));
         }
     }
-    let log_dir = raw
-        .log_dir
-        .map(PathBuf::from)
-        .or_else(|| raw.state_dir.as_ref().map(|s| Path::new(s).join("logs")))
-        .unwrap_or_else(|| {
-            std::env::temp_dir()
-                .join(format!("nodeagent-{name}"))
-                .join("logs")
-        });
+    let log_dir = match (raw.log_dir, &raw.state_dir) {
+        (Some(l), _) => PathBuf::from(l),
+        (None, Some(s)) => Path::new(s).join("logs"),
+        (None, None) => match default_home(&name) {
+            Some(home) => home.join("logs"),
+            None => {
+                problems.push(Problem::at(
+                    loc,
+                    "log_dir",
+                    "missing, and neither HOME nor XDG_STATE_HOME is set to place it; \
+                     set log_dir (or state_dir) to a directory only this user can write",
+                ));
+                PathBuf::new()
+            }
+        },
+    };
+    let mut output_dirs = Vec::new();
+    for d in raw.output_dirs.unwrap_or_default() {
+        let p = Path::new(&d);
+        if !p.is_absolute() {
+            problems.push(Problem::at(
+                loc,
+                "output_dirs",
+                format!("{d:?} is not an absolute path"),
+            ));
+            continue;
+        }
+        match p.canonicalize() {
+            Ok(c) if c.is_dir() => output_dirs.push(c),
+            Ok(_) => problems.push(Problem::at(
+                loc,
+                "output_dirs",
+                format!("{d:?} is not a directory"),
+            )),
+            Err(e) => problems.push(Problem::at(
+                loc,
+                "output_dirs",
+                format!("{d:?} cannot be used ({e}); create the directory first"),
+            )),
+        }
+    }
     AgentConfig {
         name,
         tags: raw.tags,
@@ -384,6 +537,7 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         stats_interval,
         state_dir: raw.state_dir.map(PathBuf::from),
         log_dir,
+        output_dirs,
         allow_remote_exec: raw.allow_remote_exec,
         suspect_after,
         failed_after,
@@ -495,8 +649,19 @@ fn resolve_group(id: &IdSpec) -> Result<u32, String> {
 }
 
 impl WatcherConfig {
-    /// Validates options for watcher `name`, filling in defaults.
+    /// Validates options for watcher `name`, filling in defaults. File outputs must be in
+    /// the directories given to [`set_output_roots`].
     pub fn from_options(name: &str, o: &WatcherOptions) -> Result<WatcherConfig, Vec<Problem>> {
+        Self::from_options_in(name, o, &output_roots())
+    }
+
+    /// Like [`from_options`](Self::from_options), with file outputs allowed beneath
+    /// `roots`.
+    fn from_options_in(
+        name: &str,
+        o: &WatcherOptions,
+        roots: &[PathBuf],
+    ) -> Result<WatcherConfig, Vec<Problem>> {
         let loc = format!("[watcher.{name}]");
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| {
@@ -571,6 +736,14 @@ impl WatcherConfig {
                 bad("working_dir", format!("{dir:?} is not a directory"));
             }
         }
+        let mut output = |key: &str, v: &Option<String>| {
+            Output::parse(v.as_deref().unwrap_or("capture"), roots).unwrap_or_else(|m| {
+                bad(key, m);
+                Output::Capture
+            })
+        };
+        let stdout = output("stdout", &o.stdout);
+        let stderr = output("stderr", &o.stderr);
         let log_backups = o.log_backups.unwrap_or(5);
         let log_max_bytes = o.log_max_bytes.unwrap_or(10 * 1024 * 1024);
         if log_max_bytes < 1024 {
@@ -633,8 +806,8 @@ impl WatcherConfig {
             warmup_delay,
             autostart: o.autostart.unwrap_or(true),
             priority: o.priority.unwrap_or(0),
-            stdout: Output::parse(o.stdout.as_deref().unwrap_or("capture")),
-            stderr: Output::parse(o.stderr.as_deref().unwrap_or("capture")),
+            stdout,
+            stderr,
             service,
             health_cmd: o.health_cmd.clone(),
             health_timeout,
@@ -801,6 +974,83 @@ mod tests {
         assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn file_outputs_stay_under_the_log_dir_or_output_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let logs = base.join("logs");
+        let extra = base.join("extra");
+        std::fs::create_dir_all(&extra).unwrap();
+        let config = |out: &str| {
+            parse_str(&format!(
+                "[agent]\nname = \"a\"\nlog_dir = \"{}\"\noutput_dirs = [\"{}\"]\n\
+                 [watcher.w]\ncmd = \"x\"\nstderr = \"{out}\"\n",
+                logs.display(),
+                extra.display()
+            ))
+        };
+        // The log dir need not exist yet; a file in it or in an output dir is fine.
+        let c = config(&format!("{}/w.err", logs.display())).unwrap();
+        assert_eq!(c.watchers["w"].stderr, Output::File(logs.join("w.err")));
+        assert_eq!(c.agent.output_dirs, vec![extra.clone()]);
+        let c = config(&format!("{}/./w.err", extra.display())).unwrap();
+        assert_eq!(c.watchers["w"].stderr, Output::File(extra.join("w.err")));
+        // A symbolic link to a dir elsewhere is resolved, then refused.
+        std::os::unix::fs::symlink("/etc", extra.join("etc")).unwrap();
+        for (out, want) in [
+            ("/etc/ld.so.preload", "is outside the directories"),
+            (&format!("{}/etc/cron.d/x", extra.display()), "is outside"),
+            (&format!("{}/../x", extra.display()), "holds '..'"),
+            ("relative.log", "is not an absolute path"),
+            (&extra.display().to_string(), "is outside"),
+        ] {
+            let e = config(out).unwrap_err().to_string();
+            assert!(
+                e.contains("[watcher.w] stderr: ") && e.contains(want),
+                "{out}: {e}"
+            );
+        }
+        let e = parse_str("[agent]\nname = \"a\"\noutput_dirs = [\"rel\", \"/nonexistent/dir\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[agent] output_dirs: \"rel\" is not an absolute path"),
+            "{e}"
+        );
+        assert!(e.contains("\"/nonexistent/dir\" cannot be used"), "{e}");
+    }
+
+    #[test]
+    fn runtime_file_outputs_need_known_roots() {
+        let o = |out: &str| WatcherOptions {
+            cmd: Some("x".into()),
+            stdout: Some(out.into()),
+            ..Default::default()
+        };
+        let e = WatcherConfig::from_options_in("w", &o("/var/log/x.log"), &[]).unwrap_err();
+        assert!(e[0].message.contains("(none)"), "{}", e[0]);
+        let ok = WatcherConfig::from_options_in("w", &o("discard"), &[]).unwrap();
+        assert_eq!(ok.stdout, Output::Discard);
+        assert!(is_file_output(&serde_json::json!("/tmp/x")));
+        assert!(!is_file_output(&serde_json::json!("capture")));
+        assert!(!is_file_output(&serde_json::json!("/dev/null")));
+        assert!(!is_file_output(&serde_json::json!(3)));
+    }
+
+    #[test]
+    fn default_dirs_are_private() {
+        let c = parse_str("[agent]\nname = \"n1\"\n").unwrap();
+        assert!(!c.agent.log_dir.starts_with(std::env::temp_dir()));
+        assert!(
+            c.agent.log_dir.ends_with("nodeagent/n1/logs"),
+            "{:?}",
+            c.agent.log_dir
+        );
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(c.agent.log_dir, Path::new("/var/lib/nodeagent/n1/logs"));
+        }
     }
 
     #[test]

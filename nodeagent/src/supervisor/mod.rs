@@ -927,15 +927,34 @@ impl Actor {
                 ),
             ));
         }
+        // What runs, as whom, with what environment, and where it writes.
         const EXEC_KEYS: &[&str] = &[
             "cmd",
             "args",
             "env",
+            "copy_env",
             "uid",
             "gid",
             "health_cmd",
             "working_dir",
         ];
+        let file_key = |(k, v): &(&String, &Value)| {
+            matches!(k.as_str(), "stdout" | "stderr") && crate::config::is_file_output(v)
+        };
+        if let Some((k, _)) = p.options.iter().find(file_key) {
+            if !self.settings.allow_remote_exec {
+                return Err(CmdError::new(
+                    Errno::Forbidden,
+                    format!(
+                        "setting '{k}' to a file would let a remote client choose where \
+                         node '{}' writes, and it does not allow remote exec; use capture, \
+                         discard or inherit, or set allow_remote_exec = true in its [agent] \
+                         config to permit it",
+                        self.settings.node
+                    ),
+                ));
+            }
+        }
         if let Some(k) = p.options.keys().find(|k| EXEC_KEYS.contains(&k.as_str())) {
             if let Some(e) = self.remote_exec_refused(&format!("setting '{k}'")) {
                 return Err(e);
