@@ -7,19 +7,26 @@
 //! The file is a header line then one line per change, appended (cheap at any spawn
 //! rate) and rewritten compactly when it grows:
 //! ```text
-//! boot <kernel boot id> agent <pid> <start time>
+//! boot <kernel boot id> agent <pid> <start time> sid <session id>
 //! + <pgid> <leader start time>
 //! - <pgid>
 //! ```
 //! Start times are in clock ticks since boot (/proc/<pid>/stat). A group is ended only
 //! when the machine has not rebooted since, the old agent is gone, and the group's
-//! leader (if still alive) is the same process; its members must have started no
-//! earlier than the leader. A group id cannot be reused while any member lives, so
-//! what is found is what the old agent started.
+//! leader (if still alive) is the same process (same start time); its members must have
+//! started no earlier than the leader and be in the old agent's session (a process
+//! group never leaves the session it was made in). A pid, and so a group id, is not
+//! reused while any member of the group lives; once the whole group is gone, its id may
+//! lead a stranger's group, which the start time and the session tell apart.
+//!
+//! The file is private (0600) and rewritten atomically and durably. Appends are not
+//! fsynced: the ledger only matters after a crash of the agent on the same boot, and
+//! the kernel keeps what was written then.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -44,12 +51,21 @@ fn start_time(pid: u32) -> Option<u64> {
     p.stat().ok().map(|s| s.starttime)
 }
 
+/// The session of this agent, which its groups belong to.
+fn session_id() -> u32 {
+    nix::unistd::getsid(None)
+        .map(|p| p.as_raw() as u32)
+        .unwrap_or(0)
+}
+
 /// What a previous run wrote.
 #[derive(Debug, Default, PartialEq)]
 struct Record {
     boot_id: String,
     agent_pid: u32,
     agent_start: u64,
+    /// The old agent's session; 0 when unknown (a ledger of an older version).
+    session: u32,
     /// pgid -> the leader's start time.
     groups: BTreeMap<u32, u64>,
 }
@@ -59,10 +75,14 @@ fn parse(text: &str) -> Record {
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
-            ["boot", boot, "agent", pid, start] => {
+            ["boot", boot, "agent", pid, start, rest @ ..] => {
                 r.boot_id = (*boot).to_owned();
                 r.agent_pid = pid.parse().unwrap_or(0);
                 r.agent_start = start.parse().unwrap_or(0);
+                r.session = match rest {
+                    ["sid", sid] => sid.parse().unwrap_or(0),
+                    _ => 0,
+                };
             }
             ["+", pgid, start] => {
                 if let (Ok(g), Ok(s)) = (pgid.parse(), start.parse()) {
@@ -81,9 +101,10 @@ fn parse(text: &str) -> Record {
     r
 }
 
-/// The live processes of group `pgid` that started no earlier than `leader_start`, or
-/// nothing when the group's id now belongs to another leader.
-fn members_of(pgid: u32, leader_start: u64) -> Vec<u32> {
+/// The live processes of group `pgid` that started no earlier than `leader_start`, in
+/// session `session` (any session when 0), or nothing when the group's id now belongs
+/// to another leader.
+fn members_of(pgid: u32, leader_start: u64, session: u32) -> Vec<u32> {
     if let Some(now) = start_time(pgid) {
         if now != leader_start {
             return vec![];
@@ -94,7 +115,12 @@ fn members_of(pgid: u32, leader_start: u64) -> Vec<u32> {
     };
     all.flatten()
         .filter_map(|p| p.stat().ok())
-        .filter(|s| s.pgrp == pgid as i32 && s.starttime >= leader_start && s.state != 'Z')
+        .filter(|s| {
+            s.pgrp == pgid as i32
+                && s.starttime >= leader_start
+                && (session == 0 || s.session == session as i32)
+                && s.state != 'Z'
+        })
         .map(|s| s.pid as u32)
         .collect()
 }
@@ -118,7 +144,10 @@ impl Groups {
     /// Ends what a crashed previous run left in `dir`, then starts this run's ledger
     /// there. Returns the ledger and how many leftover processes were killed.
     pub fn open(dir: &Path) -> io::Result<(Groups, usize)> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let path = dir.join(FILE);
         let killed = match std::fs::read_to_string(&path) {
             Ok(text) => end_leftovers(&parse(&text)),
@@ -127,9 +156,10 @@ impl Groups {
         };
         let me = std::process::id();
         let header = format!(
-            "boot {} agent {me} {}\n",
+            "boot {} agent {me} {} sid {}\n",
             kernel_boot_id(),
-            start_time(me).unwrap_or(0)
+            start_time(me).unwrap_or(0),
+            session_id()
         );
         let groups = Groups {
             path,
@@ -150,14 +180,17 @@ impl Groups {
 
     /// Writes the header and the live groups to a new file and appends from there on.
     fn rewrite(&self, inner: &mut Inner) -> io::Result<()> {
-        let tmp = self.path.with_extension("log.tmp");
         let mut text = inner.header.clone();
         for (g, s) in &inner.live {
             text.push_str(&format!("+ {g} {s}\n"));
         }
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)?;
-        inner.file = Some(OpenOptions::new().append(true).open(&self.path)?);
+        crate::state::write_durably(&self.path, text.as_bytes(), None)?;
+        inner.file = Some(
+            OpenOptions::new()
+                .append(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&self.path)?,
+        );
         inner.lines = inner.live.len();
         Ok(())
     }
@@ -215,7 +248,7 @@ fn end_leftovers(old: &Record) -> usize {
     }
     let mut killed = 0;
     for (&pgid, &start) in &old.groups {
-        let members = members_of(pgid, start);
+        let members = members_of(pgid, start, old.session);
         if members.is_empty() {
             continue;
         }
@@ -239,12 +272,13 @@ mod tests {
 
     #[test]
     fn replays_additions_and_removals_and_skips_a_torn_line() {
-        let r = parse("boot abc agent 10 99\n+ 5 100\n+ 6 101\n- 5\n+ 7 1");
+        let r = parse("boot abc agent 10 99 sid 9\n+ 5 100\n+ 6 101\n- 5\n+ 7 1");
         assert_eq!(r.boot_id, "abc");
-        assert_eq!((r.agent_pid, r.agent_start), (10, 99));
+        assert_eq!((r.agent_pid, r.agent_start, r.session), (10, 99, 9));
         assert_eq!(r.groups, BTreeMap::from([(6, 101), (7, 1)]));
         let torn = parse("boot abc agent 10 99\n+ 5 100\n+ 6");
         assert_eq!(torn.groups, BTreeMap::from([(5, 100)]));
+        assert_eq!(torn.session, 0, "a ledger without a session");
     }
 
     #[test]
@@ -263,7 +297,13 @@ mod tests {
         let r = parse(&text);
         assert_eq!(r.boot_id, kernel_boot_id());
         assert_eq!(r.agent_pid, me);
+        assert_eq!(r.session, session_id());
         assert_eq!(r.groups.keys().copied().collect::<Vec<_>>(), vec![me]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -274,6 +314,7 @@ mod tests {
             boot_id: kernel_boot_id(),
             agent_pid: me,
             agent_start: start,
+            session: session_id(),
             groups: BTreeMap::from([(me, start)]),
         };
         assert_eq!(end_leftovers(&old), 0, "the writer is alive");
@@ -281,6 +322,120 @@ mod tests {
         old.boot_id = "another-boot".into();
         assert_eq!(end_leftovers(&old), 0, "another boot");
         // A group id whose leader is another process now.
-        assert!(members_of(me, start + 1).is_empty());
+        assert!(members_of(me, start + 1, 0).is_empty());
+    }
+
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    /// Alive and not a zombie.
+    fn alive(pid: u32) -> bool {
+        procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.state != 'Z')
+    }
+
+    /// A crashed run's record of `groups`, on this boot, in this session.
+    fn crashed(groups: &[(u32, u64)]) -> Record {
+        Record {
+            boot_id: kernel_boot_id(),
+            agent_pid: 0,
+            agent_start: 0,
+            session: session_id(),
+            groups: groups.iter().copied().collect(),
+        }
+    }
+
+    /// Runs `script` with sh and returns it and the pid it prints first.
+    fn sh_printing_a_pid(
+        script: &str,
+        setup: impl FnOnce(&mut Command),
+    ) -> (std::process::Child, u32) {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]).stdout(Stdio::piped());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().parse().unwrap())
+    }
+
+    struct KillOnDrop(Vec<u32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                let _ = process::signal_pid(p, Signal::SIGKILL);
+            }
+        }
+    }
+
+    #[test]
+    fn a_recycled_leader_pid_is_never_killed() {
+        // A process older than the recorded leader holds the group's id: it is not the
+        // leader the old agent started.
+        let mut older = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let _k = KillOnDrop(vec![older.id()]);
+        let start = start_time(older.id()).unwrap();
+        assert_eq!(end_leftovers(&crashed(&[(older.id(), start + 100)])), 0);
+        assert!(alive(older.id()));
+        // A process started after the recorded leader, in no group of that id.
+        let mut later = Command::new("sleep").arg("1000").spawn().unwrap();
+        let _k2 = KillOnDrop(vec![later.id()]);
+        let start = start_time(later.id()).unwrap();
+        assert_eq!(end_leftovers(&crashed(&[(later.id(), start - 1)])), 0);
+        // Even with the very start time noted, it leads no group: nothing to end.
+        assert_eq!(end_leftovers(&crashed(&[(later.id(), start)])), 0);
+        assert!(alive(later.id()) && alive(older.id()));
+        let _ = (older.kill(), older.wait(), later.kill(), later.wait());
+    }
+
+    #[test]
+    fn a_stranger_group_with_a_recycled_id_and_no_leader_survives() {
+        // A group the old agent's id was recycled for, in another session, whose
+        // leader is gone: its member is younger than the noted leader, as a real
+        // leftover would be, and only the session tells it apart.
+        let (mut leader, member) = sh_printing_a_pid("sleep 1000 >/dev/null & echo $!", |c| {
+            c.process_group(0);
+        });
+        let _k = KillOnDrop(vec![member]);
+        let pgid = leader.id();
+        assert!(leader.wait().unwrap().success());
+        // The stranger: a session (and group) of its own, its leader gone.
+        let (mut sleader, smember) =
+            sh_printing_a_pid("setsid sh -c 'sleep 1000 >/dev/null & echo $!'", |_| {});
+        let _k2 = KillOnDrop(vec![smember]);
+        let _ = sleader.wait();
+        let spgid = procfs::process::Process::new(smember as i32)
+            .unwrap()
+            .stat()
+            .unwrap()
+            .pgrp as u32;
+        let noted = start_time(smember).unwrap().saturating_sub(1);
+        assert_eq!(
+            members_of(spgid, noted, 0),
+            vec![smember],
+            "the id alone would kill it"
+        );
+        assert_eq!(end_leftovers(&crashed(&[(spgid, noted)])), 0);
+        assert!(alive(smember));
+        // The same shape in the old agent's session is a leftover, and is ended.
+        let noted = start_time(member).unwrap().saturating_sub(1);
+        assert_eq!(end_leftovers(&crashed(&[(pgid, noted)])), 1);
+        let t = std::time::Instant::now();
+        while alive(member) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "{member} lives on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(alive(smember));
     }
 }

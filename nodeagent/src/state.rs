@@ -1,11 +1,20 @@
 //! The desired state that survives an agent restart: every watcher's options and whether
 //! it should run, plus the config file's options as last seen, so that an edit of the
-//! file made while the agent was down wins over older runtime changes. Written
-//! atomically (temporary file, then rename) to `state_dir/state.json`.
+//! file made while the agent was down wins over older runtime changes. Kept in
+//! `state_dir/state.json`, mode 0600 (env values can be secrets), written atomically and
+//! durably; the copy before the last write is kept as `state.json.prev`, and a
+//! `state.json` that cannot be read is set aside for it.
+//!
+//! Also the rules for the agent's own directories: private to its user
+//! ([`private_dir`]), and one agent per state dir ([`lock_dir`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use protocol::WatcherOptions;
 use serde::{Deserialize, Serialize};
 
@@ -32,18 +41,175 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "state file {path} is not valid ({source}); move it away to start from the config alone"
-    )]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
     #[error("cannot write state file {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot use directory {path}: {source}; check that its parent exists and is writable")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing directory {path}: {reason}; {hint}")]
+    UnsafeDir {
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+    #[error(
+        "state dir {path} is in use by another agent ({}); stop that agent, \
+         or give this one a state_dir of its own",
+        .pid.map_or("pid unknown".to_owned(), |p| format!("pid {p}"))
+    )]
+    Locked { path: PathBuf, pid: Option<u32> },
+}
+
+/// Makes sure `dir` is private to this user: created (mode 0700, missing parents too)
+/// when missing; refused when owned by another user or writable by group or others,
+/// where anyone else could plant files or links for the agent to write through.
+pub fn private_dir(dir: &Path) -> Result<(), StateError> {
+    let err = |source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?,
+        Err(e) => return Err(err(e)),
+    }
+    let m = std::fs::metadata(dir).map_err(err)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_dir = |reason: String, hint: String| StateError::UnsafeDir {
+        path: dir.to_owned(),
+        reason,
+        hint,
+    };
+    if !m.is_dir() {
+        return Err(unsafe_dir(
+            "it is not a directory".into(),
+            "point state_dir or log_dir at a directory".into(),
+        ));
+    }
+    if m.uid() != me {
+        return Err(unsafe_dir(
+            format!(
+                "it belongs to uid {}, not to this agent's uid {me}",
+                m.uid()
+            ),
+            format!("chown it to uid {me} or use another directory"),
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(
+            format!(
+                "it is writable by {} (mode {:o})",
+                if m.mode() & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+                m.mode() & 0o7777
+            ),
+            format!(
+                "run `chmod go-w {}` or use another directory",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An exclusive lock on an agent's state dir, held while this value lives.
+#[derive(Debug)]
+pub struct DirLock {
+    _lock: Flock<File>,
+}
+
+/// Locks `dir` for this agent (flock on `dir/agent.lock`, which holds the pid), so that
+/// two agents never share a state dir: the second gets [`StateError::Locked`] with the
+/// first one's pid.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, StateError> {
+    let path = dir.join("agent.lock");
+    let err = |source| StateError::Dir {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(err)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let me = std::process::id();
+            lock.set_len(0)
+                .and_then(|()| lock.write_all(format!("{me}\n").as_bytes()))
+                .map_err(err)?;
+            Ok(DirLock { _lock: lock })
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Err(StateError::Locked {
+                path: dir.to_owned(),
+                pid: text.trim().parse().ok(),
+            })
+        }
+        Err((_, e)) => Err(err(e.into())),
+    }
+}
+
+/// Fsyncs a directory, so that a rename in it survives a power loss.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file (mode 0600) is
+/// written and fsynced, renamed over `path`, and the directory fsynced. With `keep`, the
+/// file being replaced stays there (as a hard link) as the last good copy.
+pub fn write_durably(path: &Path, bytes: &[u8], keep: Option<&Path>) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    if let Some(keep) = keep {
+        let mut link_name = keep.file_name().unwrap_or_default().to_owned();
+        link_name.push(".tmp");
+        let link = dir.join(link_name);
+        let _ = std::fs::remove_file(&link);
+        match std::fs::hard_link(path, &link) {
+            Ok(()) => {
+                std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o600))?;
+                std::fs::rename(&link, keep)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
 }
 
 /// Reads and writes `state.json` in a state dir.
@@ -65,23 +231,57 @@ impl StateStore {
         &self.path
     }
 
-    /// The saved state, or `None` when there is none yet.
+    /// The last good copy, kept by each save.
+    pub fn prev_path(&self) -> PathBuf {
+        self.path.with_extension("json.prev")
+    }
+
+    /// The saved state, or `None` when there is none yet. A file that is not valid (cut
+    /// short, damaged) is renamed `<name>.corrupt-<unix time>` and the last good copy is
+    /// used instead; when that is not valid either, the agent starts from its config.
     pub fn load(&self) -> Result<Option<SavedState>, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Parse {
-                        path: self.path.clone(),
+        let prev = self.prev_path();
+        for path in [&self.path, &prev] {
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                // No state.json: a first start, or removed on purpose to start afresh.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && *path == self.path => {
+                    return Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(source) => {
+                    return Err(StateError::Read {
+                        path: path.clone(),
                         source,
                     })
+                }
+            };
+            match serde_json::from_slice::<SavedState>(&bytes) {
+                Ok(state) => {
+                    if *path != self.path {
+                        tracing::warn!(
+                            "starting from the last good state {}, which may lack the \
+                             last runtime change",
+                            path.display()
+                        );
+                    }
+                    return Ok(Some(state));
+                }
+                Err(e) => {
+                    let aside = set_aside(path);
+                    tracing::error!(
+                        "state file {} is not valid ({e}); {}",
+                        path.display(),
+                        match &aside {
+                            Ok(to) => format!("moved it to {}", to.display()),
+                            Err(e) => format!("cannot move it away: {e}"),
+                        }
+                    );
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Read {
-                path: self.path.clone(),
-                source,
-            }),
         }
+        tracing::warn!("no valid saved state is left: starting from the config alone");
+        Ok(None)
     }
 
     /// Remembers the config file's watchers as the base of later saves.
@@ -92,7 +292,7 @@ impl StateStore {
             .collect();
     }
 
-    /// Writes the state atomically.
+    /// Writes the state atomically and durably, keeping the one it replaces.
     pub fn save(
         &self,
         watchers: &BTreeMap<String, (WatcherOptions, bool)>,
@@ -113,19 +313,27 @@ impl StateStore {
             base: self.base.clone(),
         };
         let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = self.path.with_extension("json.tmp");
             let bytes = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &self.path)
+            write_durably(&self.path, &bytes, Some(&self.prev_path()))
         };
         write().map_err(|source| StateError::Write {
             path: self.path.clone(),
             source,
         })
     }
+}
+
+/// Renames a damaged file `<name>.corrupt-<unix time>` and returns the new path.
+fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    let to = path.with_file_name(name);
+    std::fs::rename(path, &to)?;
+    Ok(to)
 }
 
 /// The watchers to run at start, and the ones that should stay stopped: the config,
@@ -248,8 +456,107 @@ mod tests {
         assert_eq!(ws, config);
         assert!(stopped.is_empty());
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("state.json"), "{oops").unwrap();
-        let e = StateStore::new(dir.path()).load().unwrap_err().to_string();
-        assert!(e.contains("move it away"), "{e}");
+        assert_eq!(StateStore::new(dir.path()).load().unwrap(), None);
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn saves_are_private_and_keep_the_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let one = |n| BTreeMap::from([("a".to_string(), (w("a", "sleep", n).to_options(), true))]);
+        store.save(&one(1)).unwrap();
+        assert_eq!(files(dir.path()), ["state.json"]);
+        store.save(&one(2)).unwrap();
+        assert_eq!(files(dir.path()), ["state.json", "state.json.prev"]);
+        for f in ["state.json", "state.json.prev"] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let n = |s: Option<SavedState>| s.unwrap().watchers["a"].options.numprocesses;
+        assert_eq!(n(store.load().unwrap()), Some(2));
+
+        // Torn: set aside, and the copy before the last save is used.
+        let full = std::fs::read(store.path()).unwrap();
+        std::fs::write(store.path(), &full[..full.len() / 2]).unwrap();
+        assert_eq!(n(store.load().unwrap()), Some(1));
+        let names = files(dir.path());
+        assert!(!names.contains(&"state.json".to_string()), "{names:?}");
+        assert!(
+            names.iter().any(|f| f.starts_with("state.json.corrupt-")),
+            "{names:?}"
+        );
+
+        // Both damaged: the config alone, nothing fails.
+        std::fs::write(store.path(), "{oops").unwrap();
+        std::fs::write(store.prev_path(), "").unwrap();
+        assert_eq!(store.load().unwrap(), None);
+        assert!(!store.path().exists() && !store.prev_path().exists());
+    }
+
+    #[test]
+    fn saves_take_milliseconds() {
+        // Figures for the docs: each runtime change costs one durable save.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let many: BTreeMap<_, _> = (0..100)
+            .map(|i| (format!("w{i}"), (w("w", "sleep", 1).to_options(), true)))
+            .collect();
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            store.save(&many).unwrap();
+        }
+        let each = t.elapsed() / 20;
+        eprintln!("save of 100 watchers: {each:?}");
+        assert!(each < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn dirs_must_be_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a/b");
+        private_dir(&fresh).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!((mode(&fresh), mode(&tmp.path().join("a"))), (0o700, 0o700));
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o757)).unwrap();
+        let e = private_dir(&fresh).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by others (mode 757)") && e.contains("chmod go-w"),
+            "{e}"
+        );
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let e = private_dir(&fresh).unwrap_err().to_string();
+        assert!(e.contains("writable by its group"), "{e}");
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&fresh).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&fresh, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = private_dir(&fresh).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+    }
+
+    #[test]
+    fn one_agent_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, StateError::Locked { pid: Some(p), .. } if p == std::process::id()),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .contains(&format!("pid {}", std::process::id())));
+        drop(held);
+        lock_dir(dir.path()).unwrap();
     }
 }
