@@ -312,6 +312,22 @@ pub async fn run(
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
+    // The agent's own dirs: private to its user, and one agent per state dir (the lock
+    // is held until this function returns). Output files may go only beneath them.
+    let home = config
+        .agent
+        .state_dir
+        .as_ref()
+        .unwrap_or(&config.agent.log_dir);
+    for dir in [config.agent.state_dir.as_ref(), Some(&config.agent.log_dir)]
+        .into_iter()
+        .flatten()
+    {
+        state::private_dir(dir)?;
+    }
+    let _lock = state::lock_dir(home)?;
+    config::set_output_roots(config.agent.output_roots());
+
     // The name check runs on a connection of its own, named so that it can never be
     // taken for a member: a refused duplicate's disconnect must not mark the real
     // node failed.
@@ -348,11 +364,7 @@ pub async fn run(
             },
         ) as Box<dyn FnMut(&_) + Send>
     });
-    let groups_dir = config
-        .agent
-        .state_dir
-        .as_ref()
-        .unwrap_or(&config.agent.log_dir);
+    let groups_dir = home;
     let groups = match crate::groups::Groups::open(groups_dir) {
         Ok((groups, 0)) => Some(Arc::new(groups)),
         Ok((groups, killed)) => {

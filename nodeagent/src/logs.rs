@@ -3,9 +3,10 @@
 //! broadcast feed. Must not spawn, wait for or signal processes, and must not touch NATS.
 //!
 //! # Files
-//! One file per watcher and stream: `<log_dir>/<watcher>.<stream>.log`, rotated by size to
-//! `.log.1` (newest) ... `.log.<backups>` (oldest). Every process (wid) of a watcher writes
-//! to the same file. Each line is
+//! One file per watcher and stream: `<log_dir>/<watcher>.<stream>.log` (mode 0600, never
+//! opened through a symbolic link), rotated by size to `.log.1` (newest) ...
+//! `.log.<backups>` (oldest). Every process (wid) of a watcher writes to the same file.
+//! Each line is
 //!
 //! ```text
 //! 2026-11-23T15:04:05.123Z 2 | the text the process wrote
@@ -68,6 +69,9 @@ const BATCH_LINES: usize = 1024;
 
 /// Bytes read per step, by the pumps and by `tail` reading backwards.
 const CHUNK: usize = 64 * 1024;
+
+/// The most `tail` reads of one stream's files for one request.
+pub const TAIL_BUDGET: u64 = 4 * 1024 * 1024;
 
 /// Errors of the log room.
 #[derive(Debug, thiserror::Error)]
@@ -419,9 +423,12 @@ impl FileWriter {
         let file = match &mut self.file {
             Some(f) => f,
             None => {
+                use std::os::unix::fs::OpenOptionsExt;
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(self.path(0))?;
                 self.size = f.metadata()?.len();
                 self.file.insert(f)
@@ -572,10 +579,15 @@ impl LogManager {
     /// Creates the log dir if needed. `node` names the node in the live lines.
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Result<Self, LogError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| LogError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| LogError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
         Ok(LogManager {
             dir,
             node: node.into(),
@@ -703,15 +715,17 @@ impl LogManager {
     }
 }
 
-/// The last `n` lines of a file, in file order, reading backwards `chunk` bytes at a time.
-fn last_lines(path: &Path, n: usize, chunk: usize) -> io::Result<Vec<Vec<u8>>> {
+/// The last `n` lines of a file, in file order, reading backwards `chunk` bytes at a time
+/// and at most `budget` bytes in all (taken off it). A line the budget cuts is left out.
+fn last_lines(path: &Path, n: usize, chunk: usize, budget: &mut u64) -> io::Result<Vec<Vec<u8>>> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut lines = Vec::new();
     let mut pos = len;
     let mut carry: Vec<u8> = Vec::new();
-    while pos > 0 && lines.len() < n {
-        let step = (chunk as u64).min(pos);
+    while pos > 0 && lines.len() < n && *budget > 0 {
+        let step = (chunk as u64).min(pos).min(*budget);
+        *budget -= step;
         pos -= step;
         let mut buf = vec![0; step as usize];
         file.seek(SeekFrom::Start(pos))?;
@@ -740,20 +754,23 @@ fn last_lines(path: &Path, n: usize, chunk: usize) -> io::Result<Vec<Vec<u8>>> {
     Ok(lines)
 }
 
-/// The last `n` lines of one stream, across the current and the rotated files.
+/// The last `n` lines of one stream, from the current file back through the rotated
+/// ones, reading at most `budget` bytes.
 fn tail_stream(
     dir: &Path,
     node: &str,
     watcher: &str,
     stream: Stream,
     n: usize,
+    budget: u64,
 ) -> Result<Vec<LogLine>, LogError> {
     let mut files = Vec::new();
     let mut need = n;
     let mut index = 0;
-    while need > 0 {
+    let mut budget = budget;
+    while need > 0 && budget > 0 {
         let path = log_path(dir, watcher, stream, index);
-        let raw = match last_lines(&path, need, CHUNK) {
+        let raw = match last_lines(&path, need, CHUNK, &mut budget) {
             Ok(raw) => raw,
             // Right after a rotation the current file does not exist yet.
             Err(e) if e.kind() == io::ErrorKind::NotFound && index == 0 => vec![],
@@ -806,7 +823,9 @@ fn merge_by_time(a: Vec<LogLine>, b: Vec<LogLine>) -> Vec<LogLine> {
 
 /// The last `n` lines `watcher`'s processes wrote, oldest first, from the current and
 /// the rotated files: of one stream, or of both merged by time. No files: no lines.
-/// Blocking file I/O: call it in `spawn_blocking`.
+/// Reads backwards, at most [`TAIL_BUDGET`] bytes per stream, so that a huge `n` or
+/// huge files cost bounded time and memory. Blocking file I/O: call it in
+/// `spawn_blocking`.
 pub fn tail(
     dir: &Path,
     node: &str,
@@ -816,10 +835,10 @@ pub fn tail(
 ) -> Result<Vec<LogLine>, LogError> {
     check_name(watcher)?;
     match stream {
-        Some(s) => tail_stream(dir, node, watcher, s, n),
+        Some(s) => tail_stream(dir, node, watcher, s, n, TAIL_BUDGET),
         None => {
-            let out = tail_stream(dir, node, watcher, Stream::Stdout, n)?;
-            let err = tail_stream(dir, node, watcher, Stream::Stderr, n)?;
+            let out = tail_stream(dir, node, watcher, Stream::Stdout, n, TAIL_BUDGET)?;
+            let err = tail_stream(dir, node, watcher, Stream::Stderr, n, TAIL_BUDGET)?;
             let mut all = merge_by_time(out, err);
             all.drain(..all.len().saturating_sub(n));
             Ok(all)
@@ -1095,12 +1114,95 @@ mod tests {
             for n in 0..5 {
                 let want: Vec<&str> = all[all.len().saturating_sub(n)..].to_vec();
                 for chunk in 1..6 {
-                    let got = last_lines(&path, n, chunk).unwrap();
+                    let got = last_lines(&path, n, chunk, &mut u64::MAX.clone()).unwrap();
                     let got: Vec<String> = got.into_iter().map(lossy).collect();
                     assert_eq!(got, want, "{input:?} n={n} chunk={chunk}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_budget_bounds_what_tail_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, "aaaa\nbbbb\ncccc\ndd").unwrap();
+        // 7 bytes: "cccc\ndd" holds one whole line and the cut "cccc" start is left out.
+        let mut budget = 7;
+        let got = last_lines(&path, 10, 3, &mut budget).unwrap();
+        assert_eq!(got, [b"dd".to_vec()]);
+        assert_eq!(budget, 0);
+        // Enough budget: every line, the unterminated last one included.
+        let mut budget = 100;
+        let got = last_lines(&path, 10, 3, &mut budget).unwrap();
+        assert_eq!(got.len(), 4);
+        assert_eq!(budget, 100 - 17);
+        // One huge line without a newline: bounded, and no partial line.
+        fs::write(&path, vec![b'x'; 3 * CHUNK]).unwrap();
+        let mut budget = CHUNK as u64;
+        assert!(last_lines(&path, 10, CHUNK, &mut budget)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn tail_reads_rotated_files_backwards_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |i: usize| format!("2026-01-01T00:00:00.000Z 1 | line {i:07}\n");
+        let per = line(0).len();
+        // Oldest first: .3 .2 .1 then the current file, 1000 lines each; the current
+        // file's last line has no newline.
+        let mut i = 0;
+        for index in [3, 2, 1, 0] {
+            let mut text = String::new();
+            for _ in 0..1000 {
+                text.push_str(&line(i));
+                i += 1;
+            }
+            if index == 0 {
+                text.pop();
+            }
+            fs::write(log_path(dir.path(), "w", Stream::Stdout, index), text).unwrap();
+        }
+        let got = tail_stream(dir.path(), "n", "w", Stream::Stdout, 2500, u64::MAX).unwrap();
+        assert_eq!(got.len(), 2500);
+        assert_eq!(got[0].line, "line 0001500");
+        assert_eq!(got[2499].line, "line 0003999");
+        // A budget of 1500 lines' bytes: the newest 1500, across two files.
+        let budget = (1500 * per) as u64;
+        let got = tail_stream(dir.path(), "n", "w", Stream::Stdout, 4000, budget).unwrap();
+        assert!((1499..=1500).contains(&got.len()), "{}", got.len());
+        assert_eq!(got.last().unwrap().line, "line 0003999");
+        let first: usize = got[0].line[5..].parse().unwrap();
+        assert_eq!(first + got.len(), 4000);
+    }
+
+    #[test]
+    fn tail_of_a_huge_file_reads_only_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_path(dir.path(), "w", Stream::Stdout, 0);
+        // 64 MiB of 128-byte lines.
+        let line = format!("2026-01-01T00:00:00.000Z 1 | {}\n", "x".repeat(98));
+        assert_eq!(line.len(), 128);
+        let block = line.repeat(8192);
+        let mut f = File::create(&path).unwrap();
+        for _ in 0..64 {
+            f.write_all(block.as_bytes()).unwrap();
+        }
+        drop(f);
+        let t = std::time::Instant::now();
+        let got = tail(dir.path(), "n", "w", Some(Stream::Stdout), usize::MAX).unwrap();
+        let took = t.elapsed();
+        eprintln!(
+            "tail of a 64 MiB file, no line limit: {} lines in {took:?}",
+            got.len()
+        );
+        let most = TAIL_BUDGET / 128;
+        assert!(
+            (most - 1..=most).contains(&(got.len() as u64)),
+            "{}",
+            got.len()
+        );
     }
 
     #[test]
