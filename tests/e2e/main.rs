@@ -4,6 +4,7 @@
 
 mod auth;
 mod cluster;
+mod files;
 mod foundation;
 mod membership;
 mod nats_outage;
