@@ -357,9 +357,19 @@ pub async fn run(
     let persist = store.clone().map(|store| {
         Box::new(
             move |w: &BTreeMap<String, (protocol::WatcherOptions, bool)>| {
-                let store = store.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = store.save(w) {
-                    tracing::error!("{e}");
+                let save = || {
+                    let store = store.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = store.save(w) {
+                        tracing::error!("{e}");
+                    }
+                };
+                // A durable save waits for the disk (two fsyncs): let the runtime move
+                // its other tasks off this thread meanwhile.
+                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(save)
+                    }
+                    _ => save(),
                 }
             },
         ) as Box<dyn FnMut(&_) + Send>
