@@ -171,6 +171,17 @@ fn file_outputs_are_never_written_through_a_link_and_belong_to_the_watcher() {
     });
     let m = std::fs::metadata(out_dir.join("u.out")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
+    // Under the log dir too, where the operator gave that user a dir it can reach.
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let own = logs.join("nobody");
+    std::fs::create_dir(&own).unwrap();
+    nix::unistd::chown(&own, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    agent.ctl_ok(&["set", "u", "stdout", own.join("u.out").to_str().unwrap()]);
+    wait_until(T, "u's line in logs/nobody/u.out", || {
+        read(&own.join("u.out")) == "nobody-1\n"
+    });
+    let m = std::fs::metadata(own.join("u.out")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
 
     // A link planted at the target path: not followed, the target untouched.
     let secret = agent.dir().join("secret.txt");
