@@ -362,3 +362,31 @@ fn shared_or_foreign_dirs_are_refused() {
         .collect();
     assert!(entries.is_empty(), "{entries:?}");
 }
+
+#[test]
+fn a_config_file_output_outside_the_allowed_dirs_is_a_config_error() {
+    let base = tempfile::tempdir().unwrap();
+    let cfg = base.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nname = \"cfg\"\nstate_dir = \"{dir}/state\"\n\n\
+             [watcher.w]\ncmd = \"sleep\"\nargs = [\"1\"]\nstderr = \"/etc/cron.d/evil\"\n",
+            dir = base.path().display()
+        ),
+    )
+    .unwrap();
+    let out = nodeagent(&["--check", "-c", cfg.to_str().unwrap()], T);
+    out.expect_code(2, "a file output outside the log dir");
+    assert!(
+        out.stderr
+            .contains("[watcher.w] stderr: \"/etc/cron.d/evil\" is outside")
+            && out.stderr.contains("output_dirs"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !base.path().join("state").exists(),
+        "--check creates nothing"
+    );
+}
