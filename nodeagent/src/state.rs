@@ -82,13 +82,21 @@ pub fn private_dir(dir: &Path) -> Result<(), StateError> {
             .map_err(err)?,
         Err(e) => return Err(err(e)),
     }
-    let m = std::fs::metadata(dir).map_err(err)?;
     let me = nix::unistd::geteuid().as_raw();
     let unsafe_dir = |reason: String, hint: String| StateError::UnsafeDir {
         path: dir.to_owned(),
         reason,
         hint,
     };
+    // A link someone else planted would send the agent's files where they chose.
+    let link = std::fs::symlink_metadata(dir).map_err(err)?;
+    if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
+        return Err(unsafe_dir(
+            format!("it is a symbolic link owned by uid {}", link.uid()),
+            "point state_dir or log_dir at the real directory".into(),
+        ));
+    }
+    let m = std::fs::metadata(dir).map_err(err)?;
     if !m.is_dir() {
         return Err(unsafe_dir(
             "it is not a directory".into(),
@@ -538,7 +546,21 @@ mod tests {
         std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&fresh).unwrap();
         if nix::unistd::geteuid().is_root() {
-            nix::unistd::chown(&fresh, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let link = tmp.path().join("link");
+            std::os::unix::fs::symlink(&fresh, &link).unwrap();
+            private_dir(&link).unwrap();
+            let nobody = nix::unistd::Uid::from_raw(65534);
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &link,
+                Some(nobody),
+                None,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+            let e = private_dir(&link).unwrap_err().to_string();
+            assert!(e.contains("symbolic link owned by uid 65534"), "{e}");
+            nix::unistd::chown(&fresh, Some(nobody), None).unwrap();
             let e = private_dir(&fresh).unwrap_err().to_string();
             assert!(e.contains("belongs to uid 65534"), "{e}");
         }
