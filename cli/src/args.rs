@@ -14,8 +14,12 @@ use protocol::Command;
 /// match) or --service S (one member of the service acts), then a command, as with
 /// circusctl: `ctl --node second incr dummy`.
 ///
+/// Each command travels on its own subject (cluster.NODE.cmd.COMMAND), so a NATS user
+/// may be allowed the reads (status, list, stats, ...) and not the writes.
+///
 /// Exit codes: 0 success; 1 an agent replied with an error; 2 bad usage; 3 a target
-/// did not answer (down, misnamed, or NATS unreachable).
+/// did not answer (down, misnamed, or NATS unreachable); 4 not permitted: the NATS
+/// server refused this user the command's subject.
 #[derive(Parser, Debug)]
 #[command(name = "ctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

@@ -275,7 +275,8 @@ mod tests {
         let s = Subjects::new("p.c");
         let node = |n: &str| CmdTarget::Node(n.into());
         let svc = |n: &str| CmdTarget::Service(n.into());
-        let cases: &[(&str, Option<(CmdTarget, Option<&str>)>)] = &[
+        type Want<'a> = Option<(CmdTarget, Option<&'a str>)>;
+        let cases: &[(&str, Want)] = &[
             ("p.c.n1.cmd", Some((node("n1"), None))),
             ("p.c.n1.cmd.stop", Some((node("n1"), Some("stop")))),
             ("p.c.all.cmd", Some((CmdTarget::All, None))),
