@@ -812,3 +812,56 @@ pub async fn publish_agent_event(
     let event = Event::agent(&identity.node, kind).with_boot_id(identity.boot_id.clone());
     publish_json(client, event.subject(subjects), &event).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_loopback_from_the_network() {
+        for (host, want) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("localhost", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("10.0.0.5", false),
+            ("nats.example.org", false),
+            ("0.0.0.0", false),
+        ] {
+            assert_eq!(is_loopback(host), want, "{host}");
+        }
+    }
+
+    fn ann(node: &str, boot: &str, started_at: f64, seq: u64, client_id: u64) -> Announcement {
+        serde_json::from_value(serde_json::json!({
+            "node": node, "kind": "alive", "boot_id": boot, "seq": seq,
+            "started_at": started_at, "time": 0.0, "heartbeat_ms": 1000, "version": "v",
+            "hostname": "h", "pid": 1, "server_id": "S", "client_id": client_id
+        }))
+        .expect("an announcement")
+    }
+
+    #[test]
+    fn keeps_each_members_newest_connection() {
+        let mut c = Connections::default();
+        let id = |c: &Connections| c.0.get("b").and_then(|c| c.client_id);
+        // (announcement, client id kept afterwards)
+        let steps = [
+            (ann("b", "b1", 100.0, 1, 10), Some(10)),
+            (ann("b", "b1", 100.0, 3, 11), Some(11)),
+            // a late heartbeat of the same boot carries stale ids
+            (ann("b", "b1", 100.0, 2, 10), Some(11)),
+            // a new boot, started later
+            (ann("b", "b2", 200.0, 1, 20), Some(20)),
+            // a late heartbeat of the old boot
+            (ann("b", "b1", 100.0, 9, 11), Some(20)),
+        ];
+        for (i, (a, want)) in steps.iter().enumerate() {
+            c.note(a);
+            assert_eq!(id(&c), *want, "step {i}");
+        }
+        c.retain(|n| n != "b");
+        assert_eq!(id(&c), None);
+    }
+}
