@@ -52,7 +52,8 @@ pub struct Global {
     /// Nodes whose tag KEY has VALUE (repeat: all must match).
     #[arg(short, long = "tag", value_name = "KEY=VALUE", global = true, conflicts_with_all = ["nodes", "service"], value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// One member of this service acts (NATS queue group).
+    /// One member of this service acts (NATS queue group); only on a watcher of that
+    /// service, named in the command.
     #[arg(long, value_name = "SERVICE", global = true, conflicts_with = "nodes")]
     pub service: Option<String>,
     /// How long to wait for replies, e.g. 500ms, 5s, 2m [default: 5s for queries,

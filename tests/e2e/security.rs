@@ -356,8 +356,8 @@ async fn shipped_roles_let_a_monitor_look_and_keep_agents_to_their_own_subjects(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_disconnect_fails_nobody_and_a_real_one_fails_its_member() {
-    let nats = NatsServer::start_with_config(example("nats-sysevents.conf"));
+async fn a_forged_disconnect_fails_nobody_and_a_real_one_fails_its_member_after_a_reconnect() {
+    let mut nats = NatsServer::start_with_config(example("nats-sysevents.conf"));
     // Heartbeats so slow that only a disconnect advisory can fail b within the test.
     let node = |name: &str| {
         format!(
@@ -404,13 +404,50 @@ async fn a_forged_disconnect_fails_nobody_and_a_real_one_fails_its_member() {
     })
     .await
     .expect("the server announced the forger's disconnect");
-    // a got the same advisory before this request (one connection, in order).
-    assert_eq!(
-        state_of_b().await.as_deref(),
-        Some("alive"),
-        "a forged disconnect failed b"
-    );
+    // a got the same advisory before these requests (one connection, in order); the
+    // second asks after a has surely handled it.
+    for _ in 0..2 {
+        assert_eq!(
+            state_of_b().await.as_deref(),
+            Some("alive"),
+            "a forged disconnect failed b"
+        );
+    }
     expect_healthy(&a, &procs);
+    drop(client);
+
+    // After a server restart b announces its new connection (a new server id) with its
+    // next heartbeat.
+    nats.kill();
+    nats.restart();
+    let client = nats.client().await;
+    let server_id = client.server_info().server_id;
+    let mut registry = client
+        .subscribe("cluster.registry.b")
+        .await
+        .expect("subscribe to b's announcements");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(m) = registry.next().await {
+            let ann: Value = serde_json::from_slice(&m.payload).expect("JSON");
+            validate("registry.schema.json", &ann);
+            if ann["server_id"] == server_id.as_str() && ann["client_id"].as_u64().is_some() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("b announces its connection to the restarted server");
+    let state_of_b = || async {
+        member_views(&client, &["a"]).await[0]
+            .1
+            .iter()
+            .find(|(n, _)| n == "b")
+            .map(|(_, s)| s.clone())
+    };
+    wait_until_async(T, "a to see b alive after the restart", || async {
+        state_of_b().await.as_deref() == Some("alive")
+    })
+    .await;
 
     // b's own connection closing does fail it, long before a missed heartbeat could.
     let t0 = Instant::now();
@@ -420,6 +457,7 @@ async fn a_forged_disconnect_fails_nobody_and_a_real_one_fails_its_member() {
     })
     .await;
     println!("b failed {:?} after its connection closed", t0.elapsed());
+    expect_healthy(&a, &procs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
