@@ -580,7 +580,6 @@ async fn membership_loop(
                 if settings.subjects.node_of_registry(&msg.subject) != Some(ann.node.as_str()) {
                     continue;
                 }
-                connections.note(&ann);
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
                 }
@@ -589,6 +588,7 @@ async fn membership_loop(
                 if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
                     answer_at.get_or_insert_with(|| Instant::now() + answer_window);
                 }
+                connections.note(&ann, |n| table.state(n).is_some());
             }
             _ = sleep_until(answer_at) => {
                 answer_at = None;
@@ -666,7 +666,7 @@ fn stamp_connection(client: &Client, ann: &mut Announcement) {
 
 /// Each member's NATS connection as its newest announcement gives it.
 #[derive(Default)]
-struct Connections(HashMap<String, Connection>);
+struct Connections(HashMap<String, Connection>, usize);
 
 struct Connection {
     boot_id: String,
@@ -678,8 +678,13 @@ struct Connection {
 
 impl Connections {
     /// Keeps the ids of `ann` unless an announcement of the same boot with a higher
-    /// sequence was seen (a late, buffered heartbeat carries stale ids).
-    fn note(&mut self, ann: &Announcement) {
+    /// sequence was seen (a late, buffered heartbeat carries stale ids). Whenever the
+    /// map has doubled, members for which `known` is false are forgotten.
+    fn note(&mut self, ann: &Announcement, known: impl Fn(&str) -> bool) {
+        if self.0.len() >= self.1 {
+            self.retain(known);
+            self.1 = self.0.len().saturating_mul(2).max(64);
+        }
         let newer = match self.0.get(&ann.node) {
             Some(c) if c.boot_id == ann.boot_id => c.seq < ann.seq,
             Some(c) => c.started_at <= ann.started_at,
@@ -858,7 +863,7 @@ mod tests {
             (ann("b", "b1", 100.0, 9, 11), Some(20)),
         ];
         for (i, (a, want)) in steps.iter().enumerate() {
-            c.note(a);
+            c.note(a, |_| true);
             assert_eq!(id(&c), *want, "step {i}");
         }
         c.retain(|n| n != "b");
