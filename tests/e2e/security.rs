@@ -526,3 +526,26 @@ async fn past_256_requests_in_flight_the_agent_answers_busy() {
     assert_eq!(left, keep);
     expect_healthy(&a, &keep);
 }
+
+#[test]
+fn an_agent_without_credentials_off_loopback_warns_once() {
+    let net = NetNs::create();
+    let nats = NatsServer::start_on(&net.host_ip, None);
+    let a = Agent::start(&nats, "a", "");
+    let warning = "without credentials on a non-loopback address";
+    wait_until(T, "the warning", || a.stderr_log().contains(warning));
+    // The start-up check and the agent's own connection: one warning.
+    a.ctl(&["ping"]).expect_code(0, "ping");
+    assert_eq!(
+        a.stderr_log().matches(warning).count(),
+        1,
+        "{}",
+        a.stderr_log()
+    );
+
+    // On loopback, no warning.
+    let local = NatsServer::start();
+    let b = Agent::start(&local, "b", "");
+    b.ctl(&["ping"]).expect_code(0, "ping");
+    assert!(!b.stderr_log().contains(warning), "{}", b.stderr_log());
+}
