@@ -14,8 +14,12 @@ use protocol::Command;
 /// match) or --service S (one member of the service acts), then a command, as with
 /// circusctl: `ctl --node second incr dummy`.
 ///
+/// Each command travels on its own subject (cluster.NODE.cmd.COMMAND), so a NATS user
+/// may be allowed the reads (status, list, stats, ...) and not the writes.
+///
 /// Exit codes: 0 success; 1 an agent replied with an error; 2 bad usage; 3 a target
-/// did not answer (down, misnamed, or NATS unreachable).
+/// did not answer (down, misnamed, or NATS unreachable); 4 not permitted: the NATS
+/// server refused this user the command's subject.
 #[derive(Parser, Debug)]
 #[command(name = "ctl", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -48,7 +52,8 @@ pub struct Global {
     /// Nodes whose tag KEY has VALUE (repeat: all must match).
     #[arg(short, long = "tag", value_name = "KEY=VALUE", global = true, conflicts_with_all = ["nodes", "service"], value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// One member of this service acts (NATS queue group).
+    /// One member of this service acts (NATS queue group); only on a watcher of that
+    /// service, named in the command.
     #[arg(long, value_name = "SERVICE", global = true, conflicts_with = "nodes")]
     pub service: Option<String>,
     /// How long to wait for replies, e.g. 500ms, 5s, 2m [default: 5s for queries,

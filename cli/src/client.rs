@@ -1,14 +1,111 @@
 //! Sending a command to its targets and collecting the replies: one node, several
 //! nodes (one broadcast with a node filter), every alive node or the tagged ones (one
 //! broadcast, waiting for exactly the alive members), or one member of a service.
-//! It returns as soon as every expected target answered; never a fixed wait.
+//! Each command goes on its own subject (`cluster.<node>.cmd.<token>`), so that NATS
+//! permissions can allow reads and deny writes; a publish the server refuses ends the
+//! wait at once with a [`Denial`]. It returns as soon as every expected target
+//! answered; never a fixed wait.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
+use protocol::subjects::CmdTarget;
 use protocol::{Reply, Request, Subjects};
+use tokio::sync::watch;
+
+/// What the server refused this connection: a publish or a subscription, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// "publish to" or "subscribe to".
+    pub action: &'static str,
+    pub subject: String,
+    /// The server's own words.
+    pub message: String,
+}
+
+impl Denial {
+    /// Reads a server error such as `Permissions Violation for Publish to "x.y"`.
+    pub fn parse(message: &str) -> Option<Denial> {
+        let rest = message.strip_prefix("Permissions Violation for ")?;
+        let (action, rest) = if let Some(r) = rest.strip_prefix("Publish to ") {
+            ("publish to", r)
+        } else if let Some(r) = rest.strip_prefix("Publish with Reply of ") {
+            ("publish with a reply to", r)
+        } else if let Some(r) = rest.strip_prefix("Subscription to ") {
+            ("subscribe to", r)
+        } else {
+            return None;
+        };
+        // The subject may be followed by more words (`using queue "q"`).
+        let subject = rest.split_whitespace().next()?.trim_matches('"').to_owned();
+        Some(Denial {
+            action,
+            subject,
+            message: message.to_owned(),
+        })
+    }
+
+    /// What to tell the user.
+    pub fn explain(&self) -> String {
+        format!(
+            "this NATS user may not {} {} (the server said: {}); \
+             ask for a user with write permission, or one allowed this subject \
+             (see examples/nats-secure.conf)",
+            self.action, self.subject, self.message
+        )
+    }
+}
+
+/// A connection to NATS and what the server refused on it so far.
+#[derive(Clone)]
+pub struct Conn {
+    pub client: Client,
+    denials: watch::Receiver<Vec<Denial>>,
+}
+
+/// Where the connection's event callback reports refusals; see [`Conn::new`].
+pub type DenialSender = watch::Sender<Vec<Denial>>;
+
+impl Conn {
+    /// The sender goes to the connection's event callback ([`note_server_error`]).
+    pub fn channel() -> (DenialSender, watch::Receiver<Vec<Denial>>) {
+        watch::channel(Vec::new())
+    }
+
+    pub fn new(client: Client, denials: watch::Receiver<Vec<Denial>>) -> Conn {
+        Conn { client, denials }
+    }
+
+    /// Resolves when the server refuses a publish to, or a subscription to, one of
+    /// `subjects`; never otherwise.
+    pub async fn denied(&self, subjects: &[&str]) -> Denial {
+        let mut rx = self.denials.clone();
+        loop {
+            let found = rx
+                .borrow_and_update()
+                .iter()
+                .find(|d| subjects.contains(&d.subject.as_str()))
+                .cloned();
+            if let Some(d) = found {
+                return d;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Records a permissions violation the server reported (for the event callback).
+pub fn note_server_error(tx: &DenialSender, event: &async_nats::Event) {
+    if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = event {
+        if let Some(d) = Denial::parse(message) {
+            tx.send_modify(|all| all.push(d));
+        }
+    }
+}
 
 /// Broadcast header naming the nodes that should act (comma separated).
 pub const HEADER_NODES: &str = "Cluster-Nodes";
@@ -29,6 +126,8 @@ pub enum Target {
 pub struct Outcome {
     pub replies: Vec<Reply>,
     pub missing: Vec<(String, String)>,
+    /// What the server did not let this user do.
+    pub denied: Vec<Denial>,
     /// Said last, after the errors (for example where a rolling restart stopped).
     pub epilogue: Vec<String>,
 }
@@ -47,7 +146,7 @@ fn decode(payload: &[u8], from: &str) -> Reply {
 
 /// Sends one request and waits for one reply.
 pub async fn request_one(
-    client: &Client,
+    client: &Conn,
     subject: String,
     who: &str,
     req: &Request,
@@ -65,7 +164,7 @@ const HEDGE_AFTER: Duration = Duration::from_millis(200);
 /// server picked never fails the call while another one is alive. Only for requests
 /// that may run more than once.
 pub async fn request_any(
-    client: &Client,
+    client: &Conn,
     subject: String,
     broadcast: String,
     who: &str,
@@ -79,13 +178,14 @@ pub async fn request_any(
 /// Sends `req` on `subject` and, while no reply has come, on `then`'s subject after
 /// each of its intervals, until one reply comes or `timeout` ends.
 async fn request(
-    client: &Client,
+    conn: &Conn,
     subject: String,
     who: &str,
     req: &Request,
     timeout: Duration,
     then: Option<(Duration, String)>,
 ) -> Outcome {
+    let client = &conn.client;
     let payload: bytes::Bytes = serde_json::to_vec(req)
         .expect("a request serializes")
         .into();
@@ -102,11 +202,17 @@ async fn request(
             client.flush().await?;
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = then.as_ref().map_or(left, |(every, _)| left.min(*every));
-            if let Ok(msg) = tokio::time::timeout(wait, sub.next()).await {
-                return Ok::<_, async_nats::Error>(msg);
+            let watched = [to.as_str(), inbox.as_str()];
+            tokio::select! {
+                r = tokio::time::timeout(wait, sub.next()) => {
+                    if let Ok(msg) = r {
+                        return Ok::<_, async_nats::Error>(Ok(msg));
+                    }
+                }
+                d = conn.denied(&watched) => return Ok(Err(d)),
             }
             if Instant::now() >= deadline {
-                return Ok(None);
+                return Ok(Ok(None));
             }
             if let Some((_, next)) = &then {
                 to.clone_from(next);
@@ -114,11 +220,12 @@ async fn request(
         }
     };
     match sent.await {
-        Ok(Some(msg)) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+        Ok(Err(denial)) => out.denied.push(denial),
+        Ok(Ok(Some(msg))) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
             out.missing.push((who.to_owned(), NO_LISTENER.into()))
         }
-        Ok(Some(msg)) => out.replies.push(decode(&msg.payload, who)),
-        Ok(None) => out
+        Ok(Ok(Some(msg))) => out.replies.push(decode(&msg.payload, who)),
+        Ok(Ok(None)) => out
             .missing
             .push((who.to_owned(), no_answer_within(timeout))),
         Err(e) => out
@@ -138,35 +245,44 @@ fn no_answer_within(timeout: Duration) -> String {
     )
 }
 
-/// Broadcasts one request on `cluster.all.cmd` with target headers and collects the
-/// replies of `expected`, returning as soon as all of them answered.
+/// Broadcasts one request on `cluster.all.cmd.<token>` with target headers and
+/// collects the replies of `expected`, returning as soon as all of them answered.
 pub async fn broadcast(
-    client: &Client,
+    conn: &Conn,
     subjects: &Subjects,
     headers: HeaderMap,
     expected: BTreeSet<String>,
     req: &Request,
     timeout: Duration,
 ) -> Result<Outcome, async_nats::Error> {
+    let client = &conn.client;
     let payload = serde_json::to_vec(req).expect("a request serializes");
+    let subject = subjects.command(&CmdTarget::All, &req.command);
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await?;
     client
-        .publish_with_reply_and_headers(subjects.all_cmd(), inbox, headers, payload.into())
+        .publish_with_reply_and_headers(subject.clone(), inbox.clone(), headers, payload.into())
         .await?;
     client.flush().await?;
     let mut out = Outcome::default();
     let mut waiting = expected;
     let deadline = Instant::now() + timeout;
+    let watched = [subject.as_str(), inbox.as_str()];
     while !waiting.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, sub.next()).await {
-            Ok(Some(msg)) => {
-                let reply = decode(&msg.payload, "?");
-                waiting.remove(&reply.node);
-                out.replies.push(reply);
+        tokio::select! {
+            r = tokio::time::timeout(left, sub.next()) => match r {
+                Ok(Some(msg)) => {
+                    let reply = decode(&msg.payload, "?");
+                    waiting.remove(&reply.node);
+                    out.replies.push(reply);
+                }
+                _ => break,
+            },
+            d = conn.denied(&watched) => {
+                out.denied.push(d);
+                return Ok(out);
             }
-            _ => break,
         }
     }
     for node in waiting {
@@ -197,4 +313,47 @@ pub fn tags_header(tags: &[(String, String)]) -> HeaderMap {
         h.insert(HEADER_TAGS, v.join(",").as_str());
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_permission_violations() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            (
+                r#"Permissions Violation for Publish to "cluster.n.cmd.stop""#,
+                Some(("publish to", "cluster.n.cmd.stop")),
+            ),
+            (
+                r#"Permissions Violation for Subscription to "cluster.*.logs.w""#,
+                Some(("subscribe to", "cluster.*.logs.w")),
+            ),
+            (
+                r#"Permissions Violation for Subscription to "x.y" using queue "q""#,
+                Some(("subscribe to", "x.y")),
+            ),
+            (
+                r#"Permissions Violation for Publish with Reply of "_INBOX.a""#,
+                Some(("publish with a reply to", "_INBOX.a")),
+            ),
+            ("Maximum Payload Violation", None),
+            ("authorization violation", None),
+        ];
+        for (message, want) in cases {
+            let got = Denial::parse(message);
+            assert_eq!(
+                got.as_ref().map(|d| (d.action, d.subject.as_str())),
+                *want,
+                "{message}"
+            );
+        }
+        let d = Denial::parse(r#"Permissions Violation for Publish to "c.n.cmd.stop""#).unwrap();
+        let e = d.explain();
+        assert!(
+            e.contains("may not publish to c.n.cmd.stop") && e.contains("write permission"),
+            "{e}"
+        );
+    }
 }

@@ -6,25 +6,53 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use async_nats::Client;
 use protocol::command::{Command, Numprocesses, Restart};
 use protocol::registry::{MemberInfo, MemberState, MembersData, MembersRequest, StatusFilter};
+use protocol::subjects::CmdTarget;
 use protocol::{Reply, Request, Subjects};
 
-use crate::client::{self, Outcome};
+use crate::client::{self, Conn, Denial, Outcome};
+
+/// Why no member list came back.
+#[derive(Debug)]
+pub enum MembersError {
+    /// The server did not let this user ask.
+    Denied(Denial),
+    /// No agent answered, or the answer was unusable.
+    Other(String),
+}
+
+impl std::fmt::Display for MembersError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersError::Denied(d) => f.write_str(&d.explain()),
+            MembersError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<String> for MembersError {
+    fn from(s: String) -> Self {
+        MembersError::Other(s)
+    }
+}
 use crate::output::{age, Table};
 
 /// Asks any one agent for its member view. `Err` says why none answered.
 pub async fn members(
-    client: &Client,
+    client: &Conn,
     subjects: &Subjects,
     filter: MembersRequest,
     timeout: Duration,
-) -> Result<(Reply, Vec<MemberInfo>), String> {
+) -> Result<(Reply, Vec<MemberInfo>), MembersError> {
     let req = Request::new(Command::Members(filter));
     // Read-only: if the agent the queue group picked is hung, every agent is asked.
-    let (queue, all) = (subjects.members(), subjects.all_cmd());
+    let queue = subjects.command(&CmdTarget::Members, &req.command);
+    let all = subjects.command(&CmdTarget::All, &req.command);
     let out = client::request_any(client, queue, all, "members", &req, timeout).await;
+    if let Some(d) = out.denied.into_iter().next() {
+        return Err(MembersError::Denied(d));
+    }
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
             let data: MembersData = r
@@ -32,21 +60,21 @@ pub async fn members(
                 .map_err(|e| format!("unreadable members reply: {e}"))?;
             Ok((r, data.members))
         }
-        Some(r) => Err(r.reason.unwrap_or_default()),
-        None => Err(format!(
+        Some(r) => Err(r.reason.unwrap_or_default().into()),
+        None => Err(MembersError::Other(format!(
             "no agent answered on {}: is any nodeagent running and connected to this NATS server?",
             subjects.members()
-        )),
+        ))),
     }
 }
 
 /// The alive (or suspect) members with all these tags.
 pub async fn alive_members(
-    client: &Client,
+    client: &Conn,
     subjects: &Subjects,
     tags: &[(String, String)],
     timeout: Duration,
-) -> Result<Vec<MemberInfo>, String> {
+) -> Result<Vec<MemberInfo>, MembersError> {
     let filter = MembersRequest {
         status: Some(StatusFilter::Many(vec![
             MemberState::Alive,
@@ -106,7 +134,7 @@ pub fn render_members(members: &[MemberInfo]) -> String {
 /// Restarts `watcher` node by node (`batch` nodes at a time), each node restarting its
 /// processes one by one. Stops at the first failure. Prints progress as it goes.
 pub async fn rolling_restart(
-    client: &Client,
+    client: &Conn,
     subjects: &Subjects,
     nodes: &[String],
     restart: &Restart,
@@ -127,7 +155,8 @@ pub async fn rolling_restart(
             let req = &req;
             async move {
                 let t = Instant::now();
-                let out = client::request_one(client, subjects.node_cmd(n), n, req, timeout).await;
+                let subject = subjects.command(&CmdTarget::Node(n.clone()), &req.command);
+                let out = client::request_one(client, subject, n, req, timeout).await;
                 (n, t.elapsed(), out)
             }
         });
@@ -149,8 +178,9 @@ pub async fn rolling_restart(
                     );
                 }
             }
-            failed |= !out.missing.is_empty();
+            failed |= !out.missing.is_empty() || !out.denied.is_empty();
             all.missing.extend(out.missing);
+            all.denied.extend(out.denied);
         }
         let _ = std::io::stdout().flush();
         if failed {
@@ -205,38 +235,39 @@ pub fn spread(members: &[MemberInfo], total: u32) -> Vec<(String, u32)> {
 /// Sets the process count of `watcher` on each member of `service` so that they add up
 /// to `total`.
 pub async fn resize_service(
-    client: &Client,
+    client: &Conn,
     subjects: &Subjects,
     service: &str,
     watcher: &str,
     total: u32,
     timeout: Duration,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, MembersError> {
     let members: Vec<MemberInfo> = alive_members(client, subjects, &[], timeout)
         .await?
         .into_iter()
         .filter(|m| m.services.iter().any(|s| s == service))
         .collect();
     if members.is_empty() {
-        return Err(format!(
+        return Err(MembersError::Other(format!(
             "no alive node runs service '{service}' (`ctl members` shows what runs where)"
-        ));
+        )));
     }
     let plan = spread(&members, total);
-    let sends =
-        plan.iter().map(|(node, n)| {
-            let req = Request::new(Command::Numprocesses(Numprocesses {
-                name: watcher.to_owned(),
-                nb: Some(*n),
-            }));
-            async move {
-                client::request_one(client, subjects.node_cmd(node), node, &req, timeout).await
-            }
-        });
+    let sends = plan.iter().map(|(node, n)| {
+        let req = Request::new(Command::Numprocesses(Numprocesses {
+            name: watcher.to_owned(),
+            nb: Some(*n),
+        }));
+        async move {
+            let subject = subjects.command(&CmdTarget::Node(node.clone()), &req.command);
+            client::request_one(client, subject, node, &req, timeout).await
+        }
+    });
     let mut all = Outcome::default();
     for out in futures::future::join_all(sends).await {
         all.replies.extend(out.replies);
         all.missing.extend(out.missing);
+        all.denied.extend(out.denied);
     }
     all.replies.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(all)

@@ -15,18 +15,36 @@ use std::time::Duration;
 
 use protocol::{Command, Request, Subjects};
 
+use protocol::subjects::CmdTarget;
+
 use crate::args::{Cli, Global, Sub};
-use crate::client::{Outcome, Target};
+use crate::client::{Conn, Denial, Outcome, Target};
+use crate::cluster::MembersError;
 
 /// Exit codes, for scripts.
 const EXIT_ERROR_REPLY: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_NO_ANSWER: u8 = 3;
+const EXIT_NOT_PERMITTED: u8 = 4;
 
 /// Says why no target could be reached; exit code 3.
 fn no_answer(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("ctl: {e}");
     ExitCode::from(EXIT_NO_ANSWER)
+}
+
+/// Says what the server did not let this user do; exit code 4.
+fn not_permitted(d: &Denial) -> ExitCode {
+    eprintln!("ctl: {}", d.explain());
+    ExitCode::from(EXIT_NOT_PERMITTED)
+}
+
+/// The member list could not be had: not permitted (4) or no answer (3).
+fn members_failed(e: MembersError) -> ExitCode {
+    match e {
+        MembersError::Denied(d) => not_permitted(&d),
+        MembersError::Other(e) => no_answer(e),
+    }
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -92,10 +110,17 @@ fn target(g: &Global) -> Result<Target, String> {
     )
 }
 
-async fn connect(g: &Global) -> Result<async_nats::Client, String> {
+async fn connect(g: &Global) -> Result<Conn, String> {
+    // The server answers a publish or subscription this user may not make with an
+    // error on the side; the event callback hands it to whoever waits.
+    let (denied_tx, denied_rx) = Conn::channel();
     let mut opts = async_nats::ConnectOptions::new()
         .name("ctl")
-        .connection_timeout(std::time::Duration::from_secs(3));
+        .connection_timeout(std::time::Duration::from_secs(3))
+        .event_callback(move |event| {
+            client::note_server_error(&denied_tx, &event);
+            async {}
+        });
     if let (Some(u), Some(p)) = (&g.user, &g.password) {
         opts = opts.user_and_password(u.clone(), p.clone());
     }
@@ -141,7 +166,7 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
         .iter()
         .map(|a| format!("{}://{}:{}", a.scheme(), a.host(), a.port()))
         .collect();
-    opts.connect(servers).await.map_err(|e| {
+    let client = opts.connect(servers).await.map_err(|e| {
         let hint = match e.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation
             | async_nats::ConnectErrorKind::Authentication => {
@@ -160,7 +185,8 @@ async fn connect(g: &Global) -> Result<async_nats::Client, String> {
             "cannot connect to NATS at {}: {e} ({hint})",
             shown.join(",")
         )
-    })
+    })?;
+    Ok(Conn::new(client, denied_rx))
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -209,7 +235,7 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_NO_ANSWER);
                 }
                 Ok(ms) => Some(ms.into_iter().map(|m| m.name).collect()),
-                Err(e) => return no_answer(e),
+                Err(e) => return members_failed(e),
             },
             _ => None,
         };
@@ -227,7 +253,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .await
             {
                 Ok(out) => report(name, out, g.json, true),
-                Err(e) => no_answer(e),
+                Err(e) => members_failed(e),
             };
         }
     }
@@ -242,19 +268,19 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             let (renew_subject, headers, nodes, listen) = match &target {
                 Target::Nodes(n) if n.len() == 1 => (
-                    subjects.node_cmd(&n[0]),
+                    subjects.command(&CmdTarget::Node(n[0].clone()), &command),
                     async_nats::HeaderMap::new(),
                     n.clone(),
                     subjects.logs(&n[0], watcher),
                 ),
                 Target::Nodes(n) => (
-                    subjects.all_cmd(),
+                    subjects.command(&CmdTarget::All, &command),
                     client::nodes_header(n),
                     n.clone(),
                     subjects.logs("*", watcher),
                 ),
                 Target::Members(tags) => (
-                    subjects.all_cmd(),
+                    subjects.command(&CmdTarget::All, &command),
                     client::tags_header(tags),
                     vec![],
                     subjects.logs("*", watcher),
@@ -263,8 +289,9 @@ async fn run(cli: Cli) -> ExitCode {
                     return usage("logs -f follows nodes: use --node, --all or --tag");
                 }
             };
-            match client.subscribe(listen).await {
+            match client.client.subscribe(listen.clone()).await {
                 Ok(sub) => Some(Follow {
+                    listen,
                     sub,
                     nodes,
                     renew_subject,
@@ -283,7 +310,7 @@ async fn run(cli: Cli) -> ExitCode {
         Target::Nodes(nodes) if nodes.len() == 1 => {
             client::request_one(
                 &client,
-                subjects.node_cmd(&nodes[0]),
+                subjects.command(&CmdTarget::Node(nodes[0].clone()), &req.command),
                 &nodes[0],
                 &req,
                 timeout,
@@ -301,7 +328,7 @@ async fn run(cli: Cli) -> ExitCode {
         Target::Service(s) => {
             client::request_one(
                 &client,
-                subjects.service_cmd(s),
+                subjects.command(&CmdTarget::Service(s.clone()), &req.command),
                 &format!("service {s}"),
                 &req,
                 timeout,
@@ -319,7 +346,7 @@ async fn run(cli: Cli) -> ExitCode {
             .await
             {
                 Ok(m) => m,
-                Err(e) => return no_answer(e),
+                Err(e) => return members_failed(e),
             };
             if members.is_empty() {
                 eprintln!("ctl: no alive node matches the target (`ctl members` lists the nodes)");
@@ -380,7 +407,7 @@ async fn members(
             let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
             ExitCode::SUCCESS
         }
-        Err(e) => no_answer(e),
+        Err(e) => members_failed(e),
     }
 }
 
@@ -402,7 +429,7 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
     };
     let nodes = (!g.nodes.is_empty()).then(|| g.nodes.clone());
     if let Sub::Top = cli.command {
-        return match top::run(client, subjects.clone(), nodes).await {
+        return match top::run(client.client.clone(), subjects.clone(), nodes).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ctl: {e:#}");
@@ -416,21 +443,26 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
     let w = watcher.as_deref().unwrap_or("*");
     let targets = nodes.unwrap_or_else(|| vec!["*".into()]);
     let mut subs = vec![];
+    let mut listening = vec![];
     for n in &targets {
-        match client.subscribe(subjects.events_filter(n, w)).await {
+        let subject = subjects.events_filter(n, w);
+        match client.client.subscribe(subject.clone()).await {
             Ok(s) => subs.push(s),
             Err(e) => {
                 eprintln!("ctl: cannot subscribe to events: {e}");
                 return ExitCode::from(EXIT_NO_ANSWER);
             }
         }
+        listening.push(subject);
     }
     // The subscriptions are in place once the server has seen them.
-    let _ = client.flush().await;
+    let _ = client.client.flush().await;
+    let listening: Vec<&str> = listening.iter().map(String::as_str).collect();
     let mut all = futures::stream::select_all(subs);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            d = client.denied(&listening) => return not_permitted(&d),
             msg = all.next() => {
                 let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
                 let text = if g.json {
@@ -454,6 +486,8 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
 /// lease is renewed.
 struct Follow {
     sub: async_nats::Subscriber,
+    /// The subject of `sub`.
+    listen: String,
     /// The nodes asked for (empty: all that match).
     nodes: Vec<String>,
     renew_subject: String,
@@ -462,7 +496,7 @@ struct Follow {
 
 /// Prints live log lines until Ctrl-C, renewing the agents' follow lease with `req`.
 async fn follow_logs(
-    client: &async_nats::Client,
+    conn: &Conn,
     mut f: Follow,
     req: &Request,
     json: bool,
@@ -479,11 +513,15 @@ async fn follow_logs(
             .expect("a request serializes")
             .into()
     };
+    let client = &conn.client;
     let every = Duration::from_secs(u64::from(args::FOLLOW_LEASE_SECS) / 3);
+    let watched = [f.listen.clone(), f.renew_subject.clone()];
+    let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            d = conn.denied(&watched) => return not_permitted(&d),
             _ = tick.tick() => {
                 // The replies go to an inbox nobody reads; a node that missed one renewal
                 // gets the next.
@@ -546,8 +584,12 @@ fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode 
         }
     }
     for (node, why) in &outcome.missing {
-        code = EXIT_NO_ANSWER;
+        code = code.max(EXIT_NO_ANSWER);
         eprintln!("ctl: node {node} did not answer: {why}");
+    }
+    for d in &outcome.denied {
+        code = code.max(EXIT_NOT_PERMITTED);
+        eprintln!("ctl: {}", d.explain());
     }
     for line in &outcome.epilogue {
         eprintln!("ctl: {line}");

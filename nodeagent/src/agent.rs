@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use protocol::command::Command;
+use protocol::command::{accepted, check_token, Acceptance, Command};
 use protocol::events::EventKind;
 use protocol::reply::{DstatsData, PingData};
+use protocol::subjects::CmdTarget;
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,14 +120,19 @@ fn cmd_reply(
 }
 
 impl Node {
-    /// Reads a request and answers it. Never panics on input.
-    pub async fn handle(&self, payload: &[u8]) -> Reply {
+    /// Reads a request that came on `subject` and answers it, refusing a command the
+    /// subject does not accept. Never panics on input.
+    pub async fn handle(&self, subject: &str, payload: &[u8]) -> Reply {
         let node = &self.identity.node;
         let req = match parse_request(payload) {
             Ok(r) => r,
             Err(e) => return Reply::error(e.id, node, unix_time(), e.errno, e.reason),
         };
         let id = req.id;
+        if let Err((errno, reason)) = self.check_subject(subject, &req.command).await {
+            tracing::debug!(%subject, command = req.command.name(), "refused: {reason}");
+            return Reply::error(id, node, unix_time(), errno, reason);
+        }
         match req.command {
             Command::Ping(_) => Reply::ok(id, node, unix_time(), self.ping()),
             Command::Dstats(_) => {
@@ -162,6 +168,46 @@ impl Node {
             other => {
                 let outcome = self.supervisor.exec(other).await;
                 cmd_reply(id, node, outcome)
+            }
+        }
+    }
+
+    /// Checks that `subject` accepts `command` (see [`protocol::command::accepted`]).
+    async fn check_subject(&self, subject: &str, command: &Command) -> Result<(), (Errno, String)> {
+        let forbidden = |reason: String| (Errno::Forbidden, reason);
+        let Some(on) = self.subjects.parse_cmd(subject) else {
+            return Err(forbidden(format!("'{subject}' is not a command subject")));
+        };
+        if let CmdTarget::Node(n) = &on.target {
+            if *n != self.identity.node {
+                return Err(forbidden(format!(
+                    "'{subject}' addresses node '{n}', not '{}'",
+                    self.identity.node
+                )));
+            }
+        }
+        check_token(on.token.as_deref(), command).map_err(forbidden)?;
+        match accepted(&on.target, command) {
+            Acceptance::Accepted => Ok(()),
+            Acceptance::Refused(reason) => Err(forbidden(reason)),
+            Acceptance::IfWatcherOf { watcher, service } => {
+                let watchers = self.supervisor.snapshot().await.unwrap_or_default();
+                match watchers.iter().find(|w| w.name == watcher) {
+                    Some(w) if w.service == service => Ok(()),
+                    Some(w) => Err(forbidden(format!(
+                        "watcher '{watcher}' belongs to service '{}', not '{service}'; \
+                         send it with --service {} or --node {}",
+                        w.service, w.service, self.identity.node
+                    ))),
+                    None => Err((
+                        Errno::UnknownWatcher,
+                        format!(
+                            "no watcher '{watcher}' of service '{service}' on node '{}'; \
+                             `ctl members` shows which watchers each node runs",
+                            self.identity.node
+                        ),
+                    )),
+                }
             }
         }
     }

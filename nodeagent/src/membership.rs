@@ -470,6 +470,8 @@ mod tests {
             address: None,
             watchers: vec![],
             services: vec![],
+            server_id: None,
+            client_id: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Fast failure detection from the NATS server's own client-disconnect advisories
 //! (`$SYS.ACCOUNT.<account>.DISCONNECT`): subscribes and parses them into
-//! [`DisconnectedClient`]s. It must not touch the member table; the caller maps a
-//! client's connection name to a member and calls `Membership::mark_failed`.
+//! [`DisconnectedClient`]s. It must not touch the member table; the caller matches a
+//! closed connection (server id and client id, never the name alone: any client may
+//! call itself after a member) to a member and calls `Membership::mark_failed`.
 //!
 //! The server publishes these advisories only in its system account. An agent sees
 //! them when the system account exports them to the agents' account and that account
@@ -28,6 +29,20 @@ pub struct DisconnectedClient {
     pub reason: Option<String>,
     /// The name of the server the client was connected to.
     pub server: Option<String>,
+    /// The id of that server (`server_id` in its INFO).
+    pub server_id: Option<String>,
+}
+
+impl DisconnectedClient {
+    /// True when this is the connection a member announced as its own (`server_id`,
+    /// `client_id` from its announcement). A member that announced no connection never
+    /// matches.
+    pub fn is_connection(&self, server_id: Option<&str>, client_id: Option<u64>) -> bool {
+        match (server_id, client_id, self.server_id.as_deref()) {
+            (Some(s), Some(c), Some(mine)) => s == mine && c == self.cid,
+            _ => false,
+        }
+    }
 }
 
 /// Why the disconnect advisories cannot be watched.
@@ -122,6 +137,8 @@ pub fn parse_disconnect(payload: &[u8]) -> Option<DisconnectedClient> {
     struct ServerInfo {
         #[serde(default)]
         name: Option<String>,
+        #[serde(default)]
+        id: Option<String>,
     }
     let a: Advisory = serde_json::from_slice(payload).ok()?;
     if a.kind != DISCONNECT_ADVISORY {
@@ -131,6 +148,11 @@ pub fn parse_disconnect(payload: &[u8]) -> Option<DisconnectedClient> {
         name: a.client.name.filter(|n| !n.is_empty()),
         cid: a.client.id,
         reason: a.reason.filter(|r| !r.is_empty()),
+        server_id: a
+            .server
+            .as_ref()
+            .and_then(|s| s.id.clone())
+            .filter(|i| !i.is_empty()),
         server: a.server.and_then(|s| s.name),
     })
 }
@@ -157,8 +179,26 @@ mod tests {
                 cid: 6,
                 reason: Some("Client Closed".into()),
                 server: Some("NDPDRUQ".into()),
+                server_id: Some("NDPDRUQ".into()),
             })
         );
+        let d = parse_disconnect(SAMPLE.as_bytes()).unwrap();
+        // Matched by connection, never by name.
+        let cases: &[(Option<&str>, Option<u64>, bool)] = &[
+            (Some("NDPDRUQ"), Some(6), true),
+            (Some("NDPDRUQ"), Some(7), false),
+            (Some("OTHER"), Some(6), false),
+            (None, Some(6), false),
+            (Some("NDPDRUQ"), None, false),
+            (None, None, false),
+        ];
+        for (server, client, want) in cases {
+            assert_eq!(
+                d.is_connection(*server, *client),
+                *want,
+                "{server:?} {client:?}"
+            );
+        }
         let unnamed = SAMPLE.replace(r#""name":"n1","#, r#""name":"","#);
         assert_eq!(parse_disconnect(unnamed.as_bytes()).unwrap().name, None);
         let connect = SAMPLE.replace("client_disconnect", "client_connect");

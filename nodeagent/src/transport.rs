@@ -1,6 +1,8 @@
 //! The only code that touches `async_nats`: the connection, the command subscriptions
-//! (per node, broadcast, per service in its queue group), and replies. Requests are
-//! handled concurrently, each in its own task, so a slow stop never holds up a status.
+//! (per node, broadcast, per service in its queue group; each plain and per command),
+//! and replies. Requests are handled concurrently, each in its own task, so a slow stop
+//! never holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request
+//! gets a `busy` error at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -118,6 +120,7 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, TransportEr
     }
     let servers: Vec<async_nats::ServerAddr> =
         cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    warn_if_open(cfg, &servers);
     let client = opts
         .connect(servers)
         .await
@@ -147,15 +150,58 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, TransportEr
     Ok(client)
 }
 
+/// True when the config gives the agent any NATS credentials.
+fn has_credentials(cfg: &NatsConfig) -> bool {
+    cfg.user.is_some()
+        || cfg.token.is_some()
+        || cfg.nkey_seed.is_some()
+        || cfg.creds_file.is_some()
+        || cfg.tls_cert_file.is_some()
+}
+
+/// True for a host name or address that stays on this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Warns, once per process, when the agent connects without credentials to a server
+/// that is not on this machine: anyone who reaches that server can command the agent.
+fn warn_if_open(cfg: &NatsConfig, servers: &[async_nats::ServerAddr]) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if has_credentials(cfg) || servers.iter().any(|s| s.has_user_pass()) {
+        return;
+    }
+    let remote: Vec<String> = servers
+        .iter()
+        .filter(|s| !is_loopback(s.host()))
+        .map(|s| format!("{}:{}", s.host(), s.port()))
+        .collect();
+    if remote.is_empty() {
+        return;
+    }
+    WARNED.call_once(|| {
+        tracing::warn!(
+            servers = %remote.join(", "),
+            "connecting to NATS without credentials on a non-loopback address: any client of \
+             that server may command this agent; give [nats] user/password (or token, \
+             nkey_seed, creds_file) for a user limited as in examples/nats-secure.conf"
+        );
+    });
+}
+
 /// Asks whether an agent already answers for `name`; returns who it is if so.
 pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Option<PingData> {
     if client.connection_state() != async_nats::connection::State::Connected {
         tracing::warn!("cannot check that node name '{name}' is unique while NATS is unreachable");
         return None;
     }
-    let ping =
-        serde_json::to_vec(&Request::new(protocol::Command::Ping(Default::default()))).ok()?;
-    let req = client.request(subjects.node_cmd(name), ping.into());
+    let ping = Request::new(protocol::Command::Ping(Default::default()));
+    let subject = subjects.node_cmd_for(name, ping.command.subject_token());
+    let req = client.request(subject, serde_json::to_vec(&ping).ok()?.into());
     match tokio::time::timeout(Duration::from_millis(1500), req).await {
         Ok(Ok(msg)) => {
             let reply: protocol::Reply = serde_json::from_slice(&msg.payload).ok()?;
@@ -197,21 +243,52 @@ fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
     true
 }
 
-fn spawn_handler(tracker: &TaskTracker, client: &Client, node: &Arc<Node>, msg: Message) {
+/// The most requests handled at once; past it, a request gets a `busy` error reply
+/// without being read, so a flood cannot exhaust the agent's memory or tasks.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+async fn spawn_handler(
+    tracker: &TaskTracker,
+    client: &Client,
+    node: &Arc<Node>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    msg: Message,
+) {
     let (client, node) = (client.clone(), node.clone());
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        tracing::debug!(subject = %msg.subject, "busy: {MAX_IN_FLIGHT} requests in flight");
+        let reply = protocol::Reply::error(
+            None,
+            &node.identity.node,
+            protocol::unix_time(),
+            protocol::Errno::Busy,
+            format!(
+                "the agent has {MAX_IN_FLIGHT} requests in flight, its limit; try again shortly"
+            ),
+        );
+        // Answered inline: while the agent is this busy, reading more requests waits.
+        send_reply(client, msg.reply, reply).await;
+        return;
+    };
     tracker.spawn(async move {
-        let reply = node.handle(&msg.payload).await;
-        if let Some(to) = msg.reply {
-            match serde_json::to_vec(&reply) {
-                Ok(bytes) => {
-                    if let Err(e) = client.publish(to, bytes.into()).await {
-                        tracing::warn!("cannot send reply: {e}");
-                    }
-                }
-                Err(e) => tracing::error!("cannot encode reply: {e}"),
+        let reply = node.handle(&msg.subject, &msg.payload).await;
+        drop(permit);
+        send_reply(client, msg.reply, reply).await;
+    });
+}
+
+async fn send_reply(client: Client, to: Option<async_nats::Subject>, reply: protocol::Reply) {
+    let Some(to) = to else {
+        return;
+    };
+    match serde_json::to_vec(&reply) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(to, bytes.into()).await {
+                tracing::warn!("cannot send reply: {e}");
             }
         }
-    });
+        Err(e) => tracing::error!("cannot encode reply: {e}"),
+    }
 }
 
 async fn subscribe(
@@ -226,6 +303,17 @@ async fn subscribe(
     r.map_err(|source| TransportError::Subscribe { subject, source })
 }
 
+/// Subscribes to `subject` and to its per-command form `subject.*`, merged.
+async fn subscribe_both(
+    client: &Client,
+    subject: String,
+    queue: Option<String>,
+) -> Result<futures::stream::SelectAll<async_nats::Subscriber>, TransportError> {
+    let plain = subscribe(client, subject.clone(), queue.clone()).await?;
+    let each = subscribe(client, format!("{subject}.*"), queue).await?;
+    Ok(futures::stream::select_all([plain, each]))
+}
+
 /// Serves commands until `shutdown` is cancelled.
 pub async fn serve(
     client: Client,
@@ -235,8 +323,9 @@ pub async fn serve(
 ) -> Result<(), TransportError> {
     let subjects = node.subjects.clone();
     let tracker = TaskTracker::new();
-    let mut own = subscribe(&client, subjects.node_cmd(&node.identity.node), None).await?;
-    let mut all = subscribe(&client, subjects.all_cmd(), None).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut own = subscribe_both(&client, subjects.node_cmd(&node.identity.node), None).await?;
+    let mut all = subscribe_both(&client, subjects.all_cmd(), None).await?;
     let mut members =
         subscribe(&client, subjects.members(), Some(subjects.members_queue())).await?;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
@@ -264,7 +353,7 @@ pub async fn serve(
             services.insert(
                 name.clone(),
                 tokio::spawn(async move {
-                    match subscribe(&client, subject, Some(queue)).await {
+                    match subscribe_both(&client, subject, Some(queue)).await {
                         Ok(mut sub) => {
                             while let Some(msg) = sub.next().await {
                                 if tx.send(msg).await.is_err() {
@@ -283,14 +372,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = own.next() => spawn_handler(&tracker, &client, &node, msg),
+            Some(msg) = own.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
             Some(msg) = all.next() => {
                 if selected(msg.headers.as_ref(), &node) {
-                    spawn_handler(&tracker, &client, &node, msg);
+                    spawn_handler(&tracker, &client, &node, &slots, msg).await;
                 }
             }
-            Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, msg),
-            Some(msg) = members.next() => spawn_handler(&tracker, &client, &node, msg),
+            Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
+            Some(msg) = members.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services);
@@ -300,8 +389,9 @@ pub async fn serve(
     for (_, task) in services.drain() {
         task.abort();
     }
-    let _ = own.unsubscribe().await;
-    let _ = all.unsubscribe().await;
+    for sub in own.iter_mut().chain(all.iter_mut()) {
+        let _ = sub.unsubscribe().await;
+    }
     let _ = members.unsubscribe().await;
     tracker.close();
     // Requests in flight finish (a quit's own reply among them).
@@ -366,17 +456,15 @@ pub async fn start_membership(
     supervisor: SupervisorHandle,
 ) -> Result<(MembershipHandle, JoinHandle<()>), TransportError> {
     let registry = subscribe(&client, settings.subjects.registry_all(), None).await?;
-    let (dtx, drx) = mpsc::channel::<String>(64);
+    let (dtx, drx) = mpsc::channel::<crate::sysevents::DisconnectedClient>(64);
     if let Some(account) = settings.system_events_account.clone() {
         let c = client.clone();
         tokio::spawn(async move {
             match crate::sysevents::watch_disconnects(c, &account).await {
                 Ok(mut stream) => {
                     while let Some(d) = stream.next().await {
-                        if let Some(name) = d.name {
-                            if dtx.send(name).await.is_err() {
-                                break;
-                            }
+                        if dtx.send(d).await.is_err() {
+                            break;
                         }
                     }
                 }
@@ -429,6 +517,8 @@ async fn announcement(
         address: None,
         watchers,
         services,
+        server_id: None,
+        client_id: None,
     }
 }
 
@@ -437,17 +527,19 @@ async fn membership_loop(
     settings: MembershipSettings,
     supervisor: SupervisorHandle,
     mut registry: async_nats::Subscriber,
-    mut disconnects: mpsc::Receiver<String>,
+    mut disconnects: mpsc::Receiver<crate::sysevents::DisconnectedClient>,
     mut cmds: mpsc::Receiver<MemberCmd>,
 ) {
     let mut table = Membership::new(settings.config);
+    let mut connections = Connections::default();
     let subject = settings.subjects.registry(&settings.identity.node);
     let mut seq = 0u64;
     let mut kind = AnnounceKind::Join;
-    let publish = |ann: Announcement| {
+    let publish = |mut ann: Announcement| {
         let client = client.clone();
         let subject = subject.clone();
         async move {
+            stamp_connection(&client, &mut ann);
             if let Ok(bytes) = serde_json::to_vec(&ann) {
                 if let Err(e) = client.publish(subject, bytes.into()).await {
                     tracing::debug!("cannot announce: {e}");
@@ -496,6 +588,7 @@ async fn membership_loop(
                 if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
                     answer_at.get_or_insert_with(|| Instant::now() + answer_window);
                 }
+                connections.note(&ann, |n| table.state(n).is_some());
             }
             _ = sleep_until(answer_at) => {
                 answer_at = None;
@@ -504,12 +597,27 @@ async fn membership_loop(
                 table.observe(&me, Instant::now());
                 publish(me).await;
             }
-            Some(name) = disconnects.recv() => {
-                if name != settings.identity.node {
-                    if let Some(c) = table.mark_failed(&name, Instant::now()) {
-                        log(&c);
+            Some(d) = disconnects.recv() => {
+                // Only the member's own connection counts: any client may take a
+                // member's name as its connection name.
+                let owner = connections
+                    .iter()
+                    .find(|(_, c)| d.is_connection(c.server_id.as_deref(), c.client_id))
+                    .map(|(name, _)| name.clone());
+                match owner {
+                    Some(name) if name != settings.identity.node => {
+                        if let Some(c) = table.mark_failed(&name, Instant::now()) {
+                            log(&c);
+                        }
                     }
+                    Some(_) => {}
+                    None => tracing::debug!(
+                        name = d.name.as_deref().unwrap_or("-"),
+                        cid = d.cid,
+                        "a connection closed that no member announced as its own"
+                    ),
                 }
+                connections.retain(|n| table.state(n).is_some());
             }
             _ = sleep_until(deadline) => {
                 table.tick(Instant::now()).iter().for_each(log);
@@ -542,6 +650,67 @@ async fn membership_loop(
                 return;
             }
         }
+    }
+}
+
+/// Puts this agent's connection identity (server id, client id) into an
+/// announcement, so that a disconnect advisory can be matched to it. After a reconnect
+/// the next announcement carries the new ids.
+fn stamp_connection(client: &Client, ann: &mut Announcement) {
+    let info = client.server_info();
+    if !info.server_id.is_empty() {
+        ann.server_id = Some(info.server_id);
+        ann.client_id = Some(info.client_id);
+    }
+}
+
+/// Each member's NATS connection as its newest announcement gives it.
+#[derive(Default)]
+struct Connections(HashMap<String, Connection>, usize);
+
+struct Connection {
+    boot_id: String,
+    started_at: f64,
+    seq: u64,
+    server_id: Option<String>,
+    client_id: Option<u64>,
+}
+
+impl Connections {
+    /// Keeps the ids of `ann` unless an announcement of the same boot with a higher
+    /// sequence was seen (a late, buffered heartbeat carries stale ids). Whenever the
+    /// map has doubled, members for which `known` is false are forgotten.
+    fn note(&mut self, ann: &Announcement, known: impl Fn(&str) -> bool) {
+        if self.0.len() >= self.1 {
+            self.retain(known);
+            self.1 = self.0.len().saturating_mul(2).max(64);
+        }
+        let newer = match self.0.get(&ann.node) {
+            Some(c) if c.boot_id == ann.boot_id => c.seq < ann.seq,
+            Some(c) => c.started_at <= ann.started_at,
+            None => true,
+        };
+        if newer {
+            self.0.insert(
+                ann.node.clone(),
+                Connection {
+                    boot_id: ann.boot_id.clone(),
+                    started_at: ann.started_at,
+                    seq: ann.seq,
+                    server_id: ann.server_id.clone(),
+                    client_id: ann.client_id,
+                },
+            );
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Connection)> {
+        self.0.iter()
+    }
+
+    /// Forgets the members the table no longer knows.
+    fn retain(&mut self, known: impl Fn(&str) -> bool) {
+        self.0.retain(|name, _| known(name));
     }
 }
 
@@ -647,4 +816,57 @@ pub async fn publish_agent_event(
 ) {
     let event = Event::agent(&identity.node, kind).with_boot_id(identity.boot_id.clone());
     publish_json(client, event.subject(subjects), &event).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_loopback_from_the_network() {
+        for (host, want) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("localhost", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("10.0.0.5", false),
+            ("nats.example.org", false),
+            ("0.0.0.0", false),
+        ] {
+            assert_eq!(is_loopback(host), want, "{host}");
+        }
+    }
+
+    fn ann(node: &str, boot: &str, started_at: f64, seq: u64, client_id: u64) -> Announcement {
+        serde_json::from_value(serde_json::json!({
+            "node": node, "kind": "alive", "boot_id": boot, "seq": seq,
+            "started_at": started_at, "time": 0.0, "heartbeat_ms": 1000, "version": "v",
+            "hostname": "h", "pid": 1, "server_id": "S", "client_id": client_id
+        }))
+        .expect("an announcement")
+    }
+
+    #[test]
+    fn keeps_each_members_newest_connection() {
+        let mut c = Connections::default();
+        let id = |c: &Connections| c.0.get("b").and_then(|c| c.client_id);
+        // (announcement, client id kept afterwards)
+        let steps = [
+            (ann("b", "b1", 100.0, 1, 10), Some(10)),
+            (ann("b", "b1", 100.0, 3, 11), Some(11)),
+            // a late heartbeat of the same boot carries stale ids
+            (ann("b", "b1", 100.0, 2, 10), Some(11)),
+            // a new boot, started later
+            (ann("b", "b2", 200.0, 1, 20), Some(20)),
+            // a late heartbeat of the old boot
+            (ann("b", "b1", 100.0, 9, 11), Some(20)),
+        ];
+        for (i, (a, want)) in steps.iter().enumerate() {
+            c.note(a, |_| true);
+            assert_eq!(id(&c), *want, "step {i}");
+        }
+        c.retain(|n| n != "b");
+        assert_eq!(id(&c), None);
+    }
 }

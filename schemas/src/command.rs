@@ -1,5 +1,7 @@
-//! Requests sent on `cluster.<node>.cmd`, `cluster.all.cmd` and `cluster.svc.<s>.cmd`,
-//! and the strict parser that turns bytes into a typed [`Request`] or an error reply.
+//! Requests sent on `cluster.<node>.cmd(.<token>)`, `cluster.all.cmd(.<token>)` and
+//! `cluster.svc.<s>.cmd(.<token>)`, each command's class (read or write) and subject
+//! token, which commands each kind of subject accepts, and the strict parser that
+//! turns bytes into a typed [`Request`] or an error reply.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,7 @@ use serde_json::Value;
 
 use crate::options::WatcherOptions;
 use crate::reply::Errno;
+use crate::subjects::CmdTarget;
 
 /// The largest request the agent reads; larger ones get an error reply.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -109,6 +112,154 @@ impl Command {
             Command::Members(_) => "members",
             Command::Logs(_) => "logs",
         }
+    }
+}
+
+/// Whether a command changes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Changes nothing: safe to allow a user who may only look.
+    Read,
+    /// Changes processes, watchers or the agent itself.
+    Write,
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Class::Read => "read",
+            Class::Write => "write",
+        })
+    }
+}
+
+/// The subject token of `numprocesses` with a count (a write), so that a permission
+/// can tell it from `numprocesses` without one (a read).
+pub const RESIZE_TOKEN: &str = "resize";
+
+impl Command {
+    /// Whether the command only reads.
+    pub fn class(&self) -> Class {
+        match self {
+            Command::Status(_)
+            | Command::List(_)
+            | Command::Numwatchers(_)
+            | Command::Options(_)
+            | Command::Get(_)
+            | Command::Dstats(_)
+            | Command::Ping(_)
+            | Command::Members(_)
+            | Command::Stats(_)
+            | Command::Logs(_) => Class::Read,
+            Command::Numprocesses(p) => match p.nb {
+                None => Class::Read,
+                Some(_) => Class::Write,
+            },
+            Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Reload(_)
+            | Command::Incr(_)
+            | Command::Decr(_)
+            | Command::Signal(_)
+            | Command::Set(_)
+            | Command::Add(_)
+            | Command::Rm(_)
+            | Command::Reloadconfig(_)
+            | Command::Quit(_) => Class::Write,
+        }
+    }
+
+    /// The last token of the command's own subject (`cluster.<node>.cmd.<token>`): its
+    /// wire name, except [`RESIZE_TOKEN`] for `numprocesses` with a count.
+    pub fn subject_token(&self) -> &'static str {
+        match self {
+            Command::Numprocesses(Numprocesses { nb: Some(_), .. }) => RESIZE_TOKEN,
+            other => other.name(),
+        }
+    }
+
+    /// The watcher the command acts on or reads, when it names one.
+    pub fn watcher(&self) -> Option<&str> {
+        match self {
+            Command::Status(p) | Command::List(p) | Command::Stats(p) => p.name.as_deref(),
+            Command::Start(p) | Command::Stop(p) => p.name.as_deref(),
+            Command::Restart(p) | Command::Reload(p) => p.name.as_deref(),
+            Command::Incr(p) | Command::Decr(p) => Some(&p.name),
+            Command::Numprocesses(p) => Some(&p.name),
+            Command::Signal(p) => Some(&p.name),
+            Command::Options(p) => Some(&p.name),
+            Command::Get(p) => Some(&p.name),
+            Command::Set(p) => Some(&p.name),
+            Command::Add(p) => Some(&p.name),
+            Command::Rm(p) => Some(&p.name),
+            Command::Logs(p) => Some(&p.name),
+            Command::Numwatchers(_)
+            | Command::Reloadconfig(_)
+            | Command::Dstats(_)
+            | Command::Quit(_)
+            | Command::Ping(_)
+            | Command::Members(_) => None,
+        }
+    }
+}
+
+/// What a kind of subject accepts of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance<'a> {
+    /// Accepted as it is.
+    Accepted,
+    /// Accepted only if this watcher belongs to the subject's service (the agent
+    /// knows which watchers do).
+    IfWatcherOf { watcher: &'a str, service: &'a str },
+    /// Refused, with the reason.
+    Refused(String),
+}
+
+/// The one place that says which commands each kind of subject takes:
+/// - `cluster.<node>.cmd` and `cluster.all.cmd`: every command;
+/// - `cluster.members`: `members` only;
+/// - `cluster.svc.<S>.cmd`: only commands that name a watcher, and only a watcher of
+///   service S (checked by the agent).
+///
+/// The per-command forms (`... .cmd.<token>`) take the same, and only the command
+/// whose [`Command::subject_token`] is the token (see [`check_token`]).
+pub fn accepted<'a>(target: &'a CmdTarget, command: &'a Command) -> Acceptance<'a> {
+    match target {
+        CmdTarget::Node(_) | CmdTarget::All => Acceptance::Accepted,
+        CmdTarget::Members => match command {
+            Command::Members(_) => Acceptance::Accepted,
+            other => Acceptance::Refused(format!(
+                "'{}' is not accepted on the members subject, which takes 'members' only; \
+                 send it to a node (ctl --node NAME {})",
+                other.name(),
+                other.name()
+            )),
+        },
+        CmdTarget::Service(service) => match command.watcher() {
+            Some(watcher) => Acceptance::IfWatcherOf { watcher, service },
+            None => Acceptance::Refused(format!(
+                "'{}' names no watcher, and a service subject takes only commands on a \
+                 watcher of service '{service}'; send it to a node (ctl --node NAME {})",
+                command.name(),
+                command.name()
+            )),
+        },
+    }
+}
+
+/// Checks that a command came on its own per-command subject: `token` is the last
+/// token of a `... .cmd.<token>` subject, `None` for the plain `... .cmd`.
+pub fn check_token(token: Option<&str>, command: &Command) -> Result<(), String> {
+    match token {
+        None => Ok(()),
+        Some(t) if t == command.subject_token() => Ok(()),
+        Some(t) => Err(format!(
+            "the request says '{}' but came on the subject for '{t}'; send each command on \
+             its own subject (... .cmd.{})",
+            command.name(),
+            command.subject_token()
+        )),
     }
 }
 
@@ -555,5 +706,175 @@ mod tests {
                 Err(e) => assert_eq!(e.errno, Errno::BadOption, "{name}: {}", e.reason),
             }
         }
+    }
+
+    fn cmd(json: &str) -> Command {
+        parse_request(json.as_bytes())
+            .unwrap_or_else(|e| panic!("{json}: {}", e.reason))
+            .command
+    }
+
+    #[test]
+    fn every_command_has_a_class_and_a_token() {
+        use Class::*;
+        let cases: &[(&str, Class, &str)] = &[
+            (r#"{"command":"status"}"#, Read, "status"),
+            (r#"{"command":"list"}"#, Read, "list"),
+            (r#"{"command":"start"}"#, Write, "start"),
+            (r#"{"command":"stop"}"#, Write, "stop"),
+            (r#"{"command":"restart"}"#, Write, "restart"),
+            (r#"{"command":"reload"}"#, Write, "reload"),
+            (
+                r#"{"command":"incr","properties":{"name":"w"}}"#,
+                Write,
+                "incr",
+            ),
+            (
+                r#"{"command":"decr","properties":{"name":"w"}}"#,
+                Write,
+                "decr",
+            ),
+            (
+                r#"{"command":"numprocesses","properties":{"name":"w"}}"#,
+                Read,
+                "numprocesses",
+            ),
+            (
+                r#"{"command":"numprocesses","properties":{"name":"w","nb":3}}"#,
+                Write,
+                "resize",
+            ),
+            (r#"{"command":"numwatchers"}"#, Read, "numwatchers"),
+            (
+                r#"{"command":"signal","properties":{"name":"w","signum":"HUP"}}"#,
+                Write,
+                "signal",
+            ),
+            (
+                r#"{"command":"options","properties":{"name":"w"}}"#,
+                Read,
+                "options",
+            ),
+            (
+                r#"{"command":"get","properties":{"name":"w","keys":[]}}"#,
+                Read,
+                "get",
+            ),
+            (
+                r#"{"command":"set","properties":{"name":"w","options":{}}}"#,
+                Write,
+                "set",
+            ),
+            (
+                r#"{"command":"add","properties":{"name":"w","cmd":"true"}}"#,
+                Write,
+                "add",
+            ),
+            (r#"{"command":"rm","properties":{"name":"w"}}"#, Write, "rm"),
+            (r#"{"command":"reloadconfig"}"#, Write, "reloadconfig"),
+            (r#"{"command":"dstats"}"#, Read, "dstats"),
+            (r#"{"command":"quit"}"#, Write, "quit"),
+            (r#"{"command":"ping"}"#, Read, "ping"),
+            (r#"{"command":"stats"}"#, Read, "stats"),
+            (r#"{"command":"members"}"#, Read, "members"),
+            (
+                r#"{"command":"logs","properties":{"name":"w"}}"#,
+                Read,
+                "logs",
+            ),
+        ];
+        let mut seen: Vec<&str> = vec![];
+        for (json, class, token) in cases {
+            let c = cmd(json);
+            assert_eq!(c.class(), *class, "{json}");
+            assert_eq!(c.subject_token(), *token, "{json}");
+            seen.push(c.name());
+        }
+        for name in COMMAND_NAMES {
+            assert!(seen.contains(name), "{name} has no case");
+        }
+        // A token is never a command's name unless it is that command.
+        assert!(!COMMAND_NAMES.contains(&RESIZE_TOKEN));
+    }
+
+    #[test]
+    fn each_kind_of_subject_accepts_its_declared_commands() {
+        use crate::subjects::CmdTarget;
+        let node = CmdTarget::Node("n".into());
+        let svc = CmdTarget::Service("web".into());
+        // (target, request, Some(watcher to check) / None accepted as is / Err(needle))
+        type Want = Result<Option<&'static str>, &'static str>;
+        let cases: &[(&CmdTarget, &str, Want)] = &[
+            (&node, r#"{"command":"quit"}"#, Ok(None)),
+            (
+                &CmdTarget::All,
+                r#"{"command":"rm","properties":{"name":"w"}}"#,
+                Ok(None),
+            ),
+            (&CmdTarget::Members, r#"{"command":"members"}"#, Ok(None)),
+            (
+                &CmdTarget::Members,
+                r#"{"command":"quit"}"#,
+                Err("takes 'members' only"),
+            ),
+            (
+                &CmdTarget::Members,
+                r#"{"command":"rm","properties":{"name":"w"}}"#,
+                Err("takes 'members' only"),
+            ),
+            (
+                &CmdTarget::Members,
+                r#"{"command":"status"}"#,
+                Err("takes 'members' only"),
+            ),
+            (
+                &svc,
+                r#"{"command":"incr","properties":{"name":"w"}}"#,
+                Ok(Some("w")),
+            ),
+            (
+                &svc,
+                r#"{"command":"status","properties":{"name":"w"}}"#,
+                Ok(Some("w")),
+            ),
+            (&svc, r#"{"command":"status"}"#, Err("names no watcher")),
+            (&svc, r#"{"command":"stop"}"#, Err("names no watcher")),
+            (&svc, r#"{"command":"quit"}"#, Err("names no watcher")),
+            (
+                &svc,
+                r#"{"command":"reloadconfig"}"#,
+                Err("names no watcher"),
+            ),
+            (&svc, r#"{"command":"members"}"#, Err("names no watcher")),
+        ];
+        for (target, json, want) in cases {
+            let c = cmd(json);
+            let got = accepted(target, &c);
+            match (want, &got) {
+                (Ok(None), Acceptance::Accepted) => {}
+                (Ok(Some(w)), Acceptance::IfWatcherOf { watcher, service }) => {
+                    assert_eq!((watcher, service), (w, &"web"), "{json}");
+                }
+                (Err(needle), Acceptance::Refused(reason)) => {
+                    assert!(reason.contains(needle), "{json}: {reason}");
+                }
+                _ => panic!("{target:?} {json}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_must_match_its_subject_token() {
+        let stop = cmd(r#"{"command":"stop"}"#);
+        assert!(check_token(None, &stop).is_ok());
+        assert!(check_token(Some("stop"), &stop).is_ok());
+        let e = check_token(Some("status"), &stop).unwrap_err();
+        assert!(e.contains("says 'stop'") && e.contains("'status'"), "{e}");
+        let resize = cmd(r#"{"command":"numprocesses","properties":{"name":"w","nb":1}}"#);
+        assert!(check_token(Some("resize"), &resize).is_ok());
+        assert!(check_token(Some("numprocesses"), &resize).is_err());
+        let read = cmd(r#"{"command":"numprocesses","properties":{"name":"w"}}"#);
+        assert!(check_token(Some("numprocesses"), &read).is_ok());
+        assert!(check_token(Some("resize"), &read).is_err());
     }
 }

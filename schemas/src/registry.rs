@@ -88,6 +88,13 @@ pub struct Announcement {
     /// The services the node answers for (queue groups on `cluster.svc.<service>.cmd`).
     #[serde(default)]
     pub services: Vec<String>,
+    /// The id of the NATS server the agent is connected to (its `server_id`), so that
+    /// a disconnect advisory can be matched to this member's own connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// The agent's client id on that server (`client_id` of the server's INFO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<u64>,
 }
 
 /// A member's state as one agent sees it (Serf's states).

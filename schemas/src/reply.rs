@@ -20,7 +20,9 @@ pub enum Errno {
     UnknownCommand = 3,
     /// No such watcher.
     UnknownWatcher = 4,
-    /// The agent's config does not allow it (remote exec).
+    /// Not allowed: by the agent's config (remote exec), or on the subject it came on
+    /// (a command that disagrees with its per-command subject, anything but `members`
+    /// on `cluster.members`, a watcher of another service on `cluster.svc.<S>.cmd`).
     Forbidden = 5,
     /// A watcher with that name already exists.
     AlreadyExists = 6,
@@ -28,6 +30,8 @@ pub enum Errno {
     CommandFailed = 7,
     /// The agent is shutting down.
     ShuttingDown = 8,
+    /// The agent has too many requests in flight; try again shortly.
+    Busy = 9,
 }
 
 impl Errno {
@@ -46,6 +50,7 @@ impl Errno {
             AlreadyExists,
             CommandFailed,
             ShuttingDown,
+            Busy,
         ]
         .into_iter()
         .find(|e| e.code() == code)
@@ -158,7 +163,7 @@ pub struct ErrorReply {
     /// What went wrong, and what to do about it.
     pub reason: String,
     /// 1 bad message, 2 bad option, 3 unknown command, 4 unknown watcher, 5 forbidden,
-    /// 6 already exists, 7 command failed, 8 shutting down.
+    /// 6 already exists, 7 command failed, 8 shutting down, 9 busy.
     pub errno: u32,
 }
 

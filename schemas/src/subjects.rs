@@ -116,6 +116,59 @@ impl Subjects {
         format!("{}.svc.{service}.cmd", self.prefix)
     }
 
+    /// `cluster.<node>.cmd.<token>`: one command for one node, on its own subject
+    /// (`token` is [`Command::subject_token`](crate::Command::subject_token), or `*`
+    /// in a subscription).
+    pub fn node_cmd_for(&self, node: &str, token: &str) -> String {
+        format!("{}.{node}.cmd.{token}", self.prefix)
+    }
+
+    /// `cluster.all.cmd.<token>`: one command for every node, on its own subject.
+    pub fn all_cmd_for(&self, token: &str) -> String {
+        format!("{}.all.cmd.{token}", self.prefix)
+    }
+
+    /// `cluster.svc.<service>.cmd.<token>`: one command for one member of a service, on
+    /// its own subject.
+    pub fn service_cmd_for(&self, service: &str, token: &str) -> String {
+        format!("{}.svc.{service}.cmd.{token}", self.prefix)
+    }
+
+    /// The per-command subject of `command` for `target`; `cluster.members` for
+    /// [`CmdTarget::Members`], which has no per-command form.
+    pub fn command(&self, target: &CmdTarget, command: &crate::Command) -> String {
+        let token = command.subject_token();
+        match target {
+            CmdTarget::Node(n) => self.node_cmd_for(n, token),
+            CmdTarget::All => self.all_cmd_for(token),
+            CmdTarget::Service(s) => self.service_cmd_for(s, token),
+            CmdTarget::Members => self.members(),
+        }
+    }
+
+    /// What a command subject addresses, and its command token if it is a
+    /// per-command subject; `None` when `subject` is no command subject.
+    pub fn parse_cmd(&self, subject: &str) -> Option<CmdSubject> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let parts: Vec<&str> = rest.split('.').collect();
+        let token = |t: &str| validate_token(t).ok().map(|_| t.to_owned());
+        let (target, tok) = match parts.as_slice() {
+            ["members"] => (CmdTarget::Members, None),
+            ["svc", s, "cmd"] => (CmdTarget::Service(token(s)?), None),
+            ["svc", s, "cmd", t] => (CmdTarget::Service(token(s)?), Some(token(t)?)),
+            ["all", "cmd"] => (CmdTarget::All, None),
+            ["all", "cmd", t] => (CmdTarget::All, Some(token(t)?)),
+            [n, "cmd"] if validate_node_name(n).is_ok() => (CmdTarget::Node((*n).into()), None),
+            [n, "cmd", t] if validate_node_name(n).is_ok() => {
+                (CmdTarget::Node((*n).into()), Some(token(t)?))
+            }
+            _ => return None,
+        };
+        Some(CmdSubject { target, token: tok })
+    }
+
     /// `cluster.<node>.stats`.
     pub fn stats(&self, node: &str) -> String {
         format!("{}.{node}.stats", self.prefix)
@@ -172,6 +225,27 @@ impl Subjects {
     }
 }
 
+/// Who a command subject addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdTarget {
+    /// `cluster.<node>.cmd`.
+    Node(String),
+    /// `cluster.all.cmd`.
+    All,
+    /// `cluster.svc.<service>.cmd`.
+    Service(String),
+    /// `cluster.members`.
+    Members,
+}
+
+/// A command subject read back: whom it addresses, and the command token of a
+/// per-command subject (`None` for the plain `... .cmd` and for `cluster.members`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdSubject {
+    pub target: CmdTarget,
+    pub token: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +262,44 @@ mod tests {
         assert_eq!(s.members(), "prod.cluster.members");
         assert_eq!(s.node_of_registry("prod.cluster.registry.n1"), Some("n1"));
         assert_eq!(s.node_of_registry("prod.cluster.n1.cmd"), None);
+        assert_eq!(s.node_cmd_for("n", "stop"), "prod.cluster.n.cmd.stop");
+        assert_eq!(s.all_cmd_for("*"), "prod.cluster.all.cmd.*");
+        assert_eq!(
+            s.service_cmd_for("web", "incr"),
+            "prod.cluster.svc.web.cmd.incr"
+        );
+    }
+
+    #[test]
+    fn reads_command_subjects_back() {
+        let s = Subjects::new("p.c");
+        let node = |n: &str| CmdTarget::Node(n.into());
+        let svc = |n: &str| CmdTarget::Service(n.into());
+        type Want<'a> = Option<(CmdTarget, Option<&'a str>)>;
+        let cases: &[(&str, Want)] = &[
+            ("p.c.n1.cmd", Some((node("n1"), None))),
+            ("p.c.n1.cmd.stop", Some((node("n1"), Some("stop")))),
+            ("p.c.all.cmd", Some((CmdTarget::All, None))),
+            ("p.c.all.cmd.resize", Some((CmdTarget::All, Some("resize")))),
+            ("p.c.svc.web.cmd", Some((svc("web"), None))),
+            ("p.c.svc.web.cmd.incr", Some((svc("web"), Some("incr")))),
+            ("p.c.members", Some((CmdTarget::Members, None))),
+            ("p.c.n1.stats", None),
+            ("p.c.registry.n1", None),
+            ("p.c.n1.cmd.a.b", None),
+            ("p.c.svc.cmd", None),
+            ("p.c.registry.cmd", None),
+            ("q.c.n1.cmd", None),
+            ("p.cx.n1.cmd", None),
+            ("p.c", None),
+        ];
+        for (subject, want) in cases {
+            let got = s
+                .parse_cmd(subject)
+                .map(|c| (c.target, c.token.as_deref().map(str::to_owned)));
+            let want = want.clone().map(|(t, tok)| (t, tok.map(str::to_owned)));
+            assert_eq!(got, want, "{subject}");
+        }
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod security;
