@@ -327,21 +327,32 @@ impl MembershipHandle {
     /// The members this agent knows, filtered.
     pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(MemberCmd::Query(req, tx)).await.is_err() {
+        let asked = self.tx.send(MemberCmd::Query(req, tx));
+        if tokio::time::timeout(QUERY_TIMEOUT, asked).await.is_err() {
             return vec![];
         }
-        rx.await.unwrap_or_default()
+        tokio::time::timeout(QUERY_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
-    /// Announces that this agent is leaving (it is stopping its processes).
+    /// Announces that this agent is leaving (it is stopping its processes). Waits at
+    /// most [`PUBLISH_TIMEOUT`] for the membership task to take it.
     pub async fn leaving(&self) {
-        let _ = self.tx.send(MemberCmd::Leaving).await;
+        let _ = self
+            .tx
+            .send_timeout(MemberCmd::Leaving, PUBLISH_TIMEOUT)
+            .await;
     }
 
-    /// Announces that this agent left, and ends the membership task.
+    /// Announces that this agent left, and ends the membership task. Bounded: with
+    /// NATS gone the announcement may be lost.
     pub async fn left(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(MemberCmd::Left(tx)).await.is_ok() {
+        let sent = self.tx.send_timeout(MemberCmd::Left(tx), PUBLISH_TIMEOUT);
+        if sent.await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
     }
@@ -421,7 +432,7 @@ async fn announcement(
         seq,
         started_at: id.started_at,
         time: protocol::unix_time(),
-        heartbeat_ms: settings.heartbeat.as_millis() as u64,
+        heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
         tags: id.tags.clone(),
         version: id.version.clone(),
         hostname: id.hostname.clone(),
@@ -447,13 +458,7 @@ async fn membership_loop(
     let publish = |ann: Announcement| {
         let client = client.clone();
         let subject = subject.clone();
-        async move {
-            if let Ok(bytes) = serde_json::to_vec(&ann) {
-                if let Err(e) = client.publish(subject, bytes.into()).await {
-                    tracing::debug!("cannot announce: {e}");
-                }
-            }
-        }
+        async move { publish_json(&client, subject, &ann).await }
     };
     let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
@@ -467,6 +472,7 @@ async fn membership_loop(
         let deadline = table.next_deadline();
         tokio::select! {
             _ = heartbeat.tick() => {
+                crate::fatal::inject("membership");
                 answer_at = None;
                 seq += 1;
                 let ann = announcement(&settings, &supervisor, kind, seq).await;
@@ -481,6 +487,10 @@ async fn membership_loop(
                 table.tick(Instant::now()).iter().for_each(log);
             }
             Some(msg) = registry.next() => {
+                if msg.payload.len() > crate::membership::MAX_ANNOUNCEMENT_BYTES {
+                    tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
+                    continue;
+                }
                 let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
                     tracing::debug!(subject = %msg.subject, "unreadable announcement");
                     continue;
@@ -535,7 +545,7 @@ async fn membership_loop(
                 let ann = announcement(&settings, &supervisor, AnnounceKind::Left, seq).await;
                 publish(ann).await;
                 // With NATS down a flush never completes; the agent must still exit.
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+                flush(&client, Duration::from_secs(2)).await;
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -574,9 +584,8 @@ pub async fn publish_logs(
                     continue;
                 }
                 if let Ok(bytes) = serde_json::to_vec(&*line) {
-                    let _ = client
-                        .publish(subjects.logs(&line.node, &line.watcher), bytes.into())
-                        .await;
+                    let subject = subjects.logs(&line.node, &line.watcher);
+                    publish_bytes(&client, subject, bytes.into()).await;
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -626,16 +635,51 @@ pub async fn publish_events(
     }
 }
 
-/// Publishes one message as JSON; a failure is logged, never fatal.
+/// The longest one publish waits. While NATS is unreachable, async-nats buffers a
+/// limited number of messages and then makes `publish` wait for room; past this
+/// deadline the message is dropped, so that no task stalls on a dead connection.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The longest a query of the membership task waits.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Publishes `bytes`, waiting at most [`PUBLISH_TIMEOUT`]; false when it was not
+/// handed to the client (an error, or the client's buffer stayed full).
+pub async fn publish_bytes(client: &Client, subject: String, bytes: bytes::Bytes) -> bool {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject.clone(), bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(%subject, "cannot publish: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::debug!(%subject, "not published: NATS is unreachable and the buffer is full");
+            false
+        }
+    }
+}
+
+/// Publishes one message as JSON, waiting at most [`PUBLISH_TIMEOUT`]; a failure is
+/// logged, never fatal.
 pub async fn publish_json(client: &Client, subject: String, msg: &impl serde::Serialize) {
     match serde_json::to_vec(msg) {
         Ok(bytes) => {
-            if let Err(e) = client.publish(subject, bytes.into()).await {
-                tracing::debug!("cannot publish: {e}");
-            }
+            publish_bytes(client, subject, bytes.into()).await;
         }
         Err(e) => tracing::error!("cannot encode a message: {e}"),
     }
+}
+
+/// Waits until the server has every message sent so far, at most `timeout`; false
+/// when it could not (at once when NATS is unreachable).
+pub async fn flush(client: &Client, timeout: Duration) -> bool {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(timeout, client.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Publishes an agent-level event (join, leave).
