@@ -646,14 +646,28 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publishes `bytes`, waiting at most [`PUBLISH_TIMEOUT`]; false when it was not
 /// handed to the client (an error, or the client's buffer stayed full).
 pub async fn publish_bytes(client: &Client, subject: String, bytes: bytes::Bytes) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Set while messages are being dropped, so that this is said once per outage.
+    static DROPPING: AtomicBool = AtomicBool::new(false);
     match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject.clone(), bytes)).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => {
+            if DROPPING.swap(false, Ordering::Relaxed) {
+                tracing::info!("NATS takes messages again");
+            }
+            true
+        }
         Ok(Err(e)) => {
             tracing::debug!(%subject, "cannot publish: {e}");
             false
         }
         Err(_) => {
-            tracing::debug!(%subject, "not published: NATS is unreachable and the buffer is full");
+            if !DROPPING.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "NATS is unreachable and the client's send buffer is full: stats, events \
+                     and announcements are dropped until it is back"
+                );
+            }
+            tracing::debug!(%subject, "not published: the send buffer is full");
             false
         }
     }

@@ -9,3 +9,4 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod robust;
