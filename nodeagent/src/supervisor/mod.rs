@@ -1876,3 +1876,27 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wait_has_a_bounded_budget() {
+        let mut cfg = WatcherConfig::from_options(
+            "w",
+            &WatcherOptions {
+                cmd: Some("sleep".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // 30s graceful, 5s SIGKILL grace, no warmup, 60s margin.
+        assert_eq!(settle_budget(&cfg), Duration::from_secs(95));
+        cfg.warmup_delay = Duration::from_secs(3600);
+        cfg.numprocesses = 100_000;
+        assert_eq!(settle_budget(&cfg), MAX_WAIT);
+        cfg.graceful_timeout = Duration::MAX;
+        assert_eq!(settle_budget(&cfg), MAX_WAIT);
+    }
+}
