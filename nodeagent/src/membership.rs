@@ -442,6 +442,24 @@ impl Membership {
     }
 }
 
+/// Shortens an announcement of this agent until it fits in `max` bytes of JSON, so that
+/// other agents never ignore it for its size: the list of watchers first, then the
+/// services, are cut in halves (a node with hundreds of watchers still shows as alive,
+/// with part of its detail). Returns whether anything was cut.
+pub fn fit_announcement(ann: &mut Announcement, max: usize) -> bool {
+    let size = |a: &Announcement| serde_json::to_vec(a).map(|b| b.len()).unwrap_or(usize::MAX);
+    let mut cut = false;
+    while size(ann) > max && !(ann.watchers.is_empty() && ann.services.is_empty()) {
+        if ann.watchers.is_empty() {
+            ann.services.truncate(ann.services.len() / 2);
+        } else {
+            ann.watchers.truncate(ann.watchers.len() / 2);
+        }
+        cut = true;
+    }
+    cut
+}
+
 fn member(ann: &Announcement, state: MemberState, now: Instant) -> Member {
     Member {
         ann: ann.clone(),
@@ -483,6 +501,27 @@ fn suspect_after(config: &MembershipConfig, ann: &Announcement) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_own_announcement_is_cut_to_fit() {
+        let mut a = ann("a", AnnounceKind::Alive, "b1", 1);
+        let brief = |i: usize| WatcherBrief {
+            name: format!("watcher-{i}"),
+            service: format!("service-{i}"),
+            state: WatcherState::Active,
+            numprocesses: 1,
+            running: 1,
+        };
+        a.watchers = (0..5000).map(brief).collect();
+        a.services = (0..5000).map(|i| format!("service-{i}")).collect();
+        assert!(fit_announcement(&mut a, MAX_ANNOUNCEMENT_BYTES));
+        let len = serde_json::to_vec(&a).unwrap().len();
+        assert!(len <= MAX_ANNOUNCEMENT_BYTES, "{len}");
+        let mut small = ann("a", AnnounceKind::Alive, "b1", 1);
+        small.watchers = vec![brief(1)];
+        assert!(!fit_announcement(&mut small, MAX_ANNOUNCEMENT_BYTES));
+        assert_eq!(small.watchers.len(), 1);
+    }
 
     #[test]
     fn the_table_has_a_cap_and_hostile_counts_saturate() {

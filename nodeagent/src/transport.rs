@@ -425,7 +425,7 @@ async fn announcement(
     let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
     services.sort();
     services.dedup();
-    Announcement {
+    let mut ann = Announcement {
         node: id.node.clone(),
         boot_id: id.boot_id.clone(),
         kind,
@@ -440,7 +440,11 @@ async fn announcement(
         address: None,
         watchers,
         services,
+    };
+    if crate::membership::fit_announcement(&mut ann, crate::membership::MAX_ANNOUNCEMENT_BYTES) {
+        tracing::debug!("announcement cut to fit in 64 KiB: not every watcher is listed");
     }
+    ann
 }
 
 async fn membership_loop(

@@ -352,3 +352,8 @@ fn all_processes_count() -> u32 {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn a_panic_in_the_stats_task_stops_every_process_gracefully_and_exits_70() {
+    panic_stops_everything("stats");
+}
