@@ -689,6 +689,9 @@ impl Actor {
                 }
                 self.exec(command, reply);
             }
+            Cmd::RestartSlot { reply, .. } if self.shutdown.is_some() => {
+                let _ = reply.send(Err(gone()));
+            }
             Cmd::RestartSlot { name, wid, reply } => self.restart_slot(&name, wid, reply),
             Cmd::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -874,14 +877,17 @@ impl Actor {
     }
 
     fn resize(&mut self, name: &str, f: impl FnOnce(u32) -> u32) -> Result<Outcome, CmdError> {
-        let n = f(self.watcher(name)?.cfg.numprocesses);
+        let old = self.watcher(name)?.cfg.numprocesses;
+        let n = f(old);
         if let Err(m) = crate::config::check_count("numprocesses", n.into()) {
             return Err(CmdError::new(
                 Errno::BadOption,
                 format!("option 'numprocesses': {m}"),
             ));
         }
-        self.check_node_limit(name, n)?;
+        if n > old {
+            self.check_node_limit(name, n)?;
+        }
         let w = self.watchers.get_mut(name).expect("checked above");
         w.cfg.numprocesses = n;
         self.ensure(name);
@@ -1049,7 +1055,9 @@ impl Actor {
         let options: WatcherOptions = serde_json::from_value(Value::Object(merged))
             .map_err(|e| CmdError::new(Errno::BadOption, format!("bad option value: {e}")))?;
         let new = watcher_config(&p.name, &options)?;
-        self.check_node_limit(&p.name, new.numprocesses)?;
+        if new.numprocesses > w.cfg.numprocesses {
+            self.check_node_limit(&p.name, new.numprocesses)?;
+        }
         let name = p.name.clone();
         let w = self.watchers.get_mut(&name).expect("checked above");
         let restart = w.cfg.spawn_differs(&new) && w.run;
