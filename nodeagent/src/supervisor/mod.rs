@@ -301,6 +301,17 @@ pub fn start(
         actor.watchers.insert(name, Watcher::new(cfg, run));
     }
     actor.services_changed();
+    let total = actor
+        .watchers
+        .values()
+        .fold(0u64, |n, w| n.saturating_add(w.cfg.numprocesses.into()));
+    if total > u64::from(actor.settings.max_processes) {
+        tracing::warn!(
+            "the watchers ask for {total} processes together (saved state included), more \
+             than max_processes = {}; they run, but none may grow until they are below it",
+            actor.settings.max_processes
+        );
+    }
     let handle = SupervisorHandle {
         tx,
         events,
