@@ -249,8 +249,14 @@ fn a_scale_up_to_5000_processes_never_makes_the_node_suspect() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(32768);
     let running_now = all_processes_count();
-    if pid_max < running_now + 2 * N {
-        eprintln!("pid_max {pid_max} leaves no room for {N} more processes; skipped");
+    let nproc = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC)
+        .map(|(soft, _)| soft)
+        .unwrap_or(u64::MAX);
+    if pid_max < running_now + 2 * N || nproc < u64::from(running_now + 2 * N) {
+        eprintln!(
+            "pid_max {pid_max} or the process limit {nproc} leaves no room for {N} more \
+             processes; skipped"
+        );
         return;
     }
     let nats = NatsServer::start();
