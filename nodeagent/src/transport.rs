@@ -402,26 +402,35 @@ pub async fn start_membership(
     Ok((MembershipHandle { tx }, task))
 }
 
+/// The longest a heartbeat waits for the supervisor's snapshot; past it, the watchers
+/// last seen are announced, so that a busy supervisor never delays a heartbeat.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
+
 async fn announcement(
     settings: &MembershipSettings,
     supervisor: &SupervisorHandle,
+    last: &mut Vec<WatcherBrief>,
     kind: AnnounceKind,
     seq: u64,
 ) -> Announcement {
     let id = &settings.identity;
-    let watchers: Vec<WatcherBrief> = supervisor
-        .snapshot()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| WatcherBrief {
-            name: w.name,
-            service: w.service,
-            state: w.state,
-            numprocesses: w.numprocesses,
-            running: w.running,
-        })
-        .collect();
+    match tokio::time::timeout(SNAPSHOT_TIMEOUT, supervisor.snapshot()).await {
+        Ok(snapshot) => {
+            *last = snapshot
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| WatcherBrief {
+                    name: w.name,
+                    service: w.service,
+                    state: w.state,
+                    numprocesses: w.numprocesses,
+                    running: w.running,
+                })
+                .collect();
+        }
+        Err(_) => tracing::debug!("the supervisor is busy: announcing its watchers as last seen"),
+    }
+    let watchers = last.clone();
     let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
     services.sort();
     services.dedup();
@@ -459,6 +468,7 @@ async fn membership_loop(
     let subject = settings.subjects.registry(&settings.identity.node);
     let mut seq = 0u64;
     let mut kind = AnnounceKind::Join;
+    let mut last: Vec<WatcherBrief> = vec![];
     let publish = |ann: Announcement| {
         let client = client.clone();
         let subject = subject.clone();
@@ -479,7 +489,7 @@ async fn membership_loop(
                 crate::fatal::inject("membership");
                 answer_at = None;
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, kind, seq).await;
+                let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                 // Our own view of ourselves needs no round trip.
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
@@ -514,7 +524,7 @@ async fn membership_loop(
             _ = sleep_until(answer_at) => {
                 answer_at = None;
                 seq += 1;
-                let me = announcement(&settings, &supervisor, kind, seq).await;
+                let me = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                 table.observe(&me, Instant::now());
                 publish(me).await;
             }
@@ -537,7 +547,7 @@ async fn membership_loop(
                     Some(MemberCmd::Leaving) => {
                         kind = AnnounceKind::Leaving;
                         seq += 1;
-                        let ann = announcement(&settings, &supervisor, kind, seq).await;
+                        let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                         table.observe(&ann, Instant::now());
                         publish(ann).await;
                         continue;
@@ -546,7 +556,7 @@ async fn membership_loop(
                     None => None,
                 };
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, AnnounceKind::Left, seq).await;
+                let ann = announcement(&settings, &supervisor, &mut last, AnnounceKind::Left, seq).await;
                 publish(ann).await;
                 // With NATS down a flush never completes; the agent must still exit.
                 flush(&client, Duration::from_secs(2)).await;
