@@ -67,6 +67,8 @@ pub enum AgentError {
     Transport(#[from] transport::TransportError),
     #[error("cannot use the log dir: {0}")]
     Logs(crate::logs::LogError),
+    #[error("stopped after an internal error: {0}")]
+    Panicked(String),
 }
 
 /// Hands captured output to the rotating log files.
@@ -348,8 +350,18 @@ impl Node {
 /// How long a stopping agent waits for its last messages to reach NATS.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a stopping agent waits for the requests in flight and the membership task,
+/// on top of stopping its processes.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs the agent until `shutdown` is cancelled (or a `quit` command arrives), then stops
 /// every process gracefully. `reload` asks for a config reload (SIGHUP).
+///
+/// When any task panics ([`crate::fatal`]), it stops every process the same way and
+/// returns [`AgentError::Panicked`]. Stopping never waits on NATS: the processes are
+/// asked to stop first, and every publish and flush after that has a deadline, so the
+/// agent exits within the longest `graceful_timeout` plus a few seconds even when NATS
+/// has been gone for hours.
 pub async fn run(
     config: ValidatedConfig,
     shutdown: CancellationToken,
@@ -389,6 +401,13 @@ pub async fn run(
         });
     }
     let client = transport::connect(&config.nats, &identity.node).await?;
+    crate::fatal::arm_faults(
+        config
+            .agent
+            .state_dir
+            .as_ref()
+            .unwrap_or(&config.agent.log_dir),
+    );
 
     let (watchers, stopped, store) = match &config.agent.state_dir {
         Some(dir) => {
@@ -447,6 +466,7 @@ pub async fn run(
             allow_remote_exec: config.agent.allow_remote_exec,
             persist,
             groups,
+            max_processes: config.agent.max_processes,
         },
         output,
     );
@@ -513,9 +533,19 @@ pub async fn run(
         log_feed,
         node.follow.clone(),
     ));
+    let panicked = crate::fatal::panicked();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = panicked.cancelled() => {
+                tracing::error!(
+                    "a task panicked ({}); stopping every process, then exiting with code {}",
+                    crate::fatal::reason().unwrap_or_default(),
+                    crate::fatal::EXIT_PANIC
+                );
+                shutdown.cancel();
+                break;
+            }
             Some(()) = reload.recv() => {
                 let reply = node.reload_config().await;
                 match reply {
@@ -526,21 +556,54 @@ pub async fn run(
         }
     }
     tracing::info!("leaving the cluster: stopping every process");
+    // The processes are asked to stop before anything is published: with NATS gone,
+    // a publish may wait (each below has a deadline), and they must not wait for it.
+    let stopped = supervisor.begin_shutdown().await;
+    let drain_until = tokio::time::Instant::now() + DRAIN;
     membership.leaving().await;
     transport::publish_agent_event(&client, &node.subjects, &node.identity, EventKind::Leave).await;
-    supervisor.shutdown().await;
-    let _ = sup_task.await;
+    let budget = crate::supervisor::live::LIVE
+        .longest_graceful()
+        .saturating_add(crate::supervisor::live::KILL_GRACE)
+        .saturating_add(std::time::Duration::from_secs(1));
+    if tokio::time::timeout(budget, stopped).await.is_err() {
+        tracing::error!("the supervisor did not stop its processes in {budget:?}");
+    }
+    // What the supervisor could not stop (it panicked, or gave up) is stopped from the
+    // record of live process groups, just as gracefully.
+    if !crate::supervisor::live::LIVE.is_empty() {
+        let n = crate::supervisor::live::LIVE.stop_all().await;
+        tracing::warn!("stopped {n} process group(s) from the record of live groups");
+    }
+    if sup_task.is_finished() {
+        let _ = sup_task.await;
+    } else {
+        sup_task.abort();
+    }
     membership.left().await;
-    let _ = member_task.await;
-    // The transport announces that this node left, then ends.
-    let _ = serve.await;
-    // A flush waits for the server's answer; with NATS down that never comes, and the
-    // agent must still exit.
-    if tokio::time::timeout(FINAL_FLUSH, client.flush())
+    let mut member_task = member_task;
+    let member_until = drain_until.max(tokio::time::Instant::now() + FINAL_FLUSH);
+    if tokio::time::timeout_at(member_until, &mut member_task)
         .await
         .is_err()
     {
+        member_task.abort();
+    }
+    // The transport stops serving; requests in flight finish (a quit's own reply among
+    // them), unless NATS is gone.
+    let mut serve = serve;
+    if tokio::time::timeout_at(drain_until, &mut serve)
+        .await
+        .is_err()
+    {
+        serve.abort();
+        tracing::warn!("requests still in flight were dropped");
+    }
+    if !transport::flush(&client, FINAL_FLUSH).await {
         tracing::warn!("NATS unreachable: the last messages may not have been sent");
+    }
+    if let Some(reason) = crate::fatal::reason() {
+        return Err(AgentError::Panicked(reason));
     }
     tracing::info!("agent stopped");
     Ok(())

@@ -90,6 +90,7 @@ struct RawAgent {
     suspect_after: Option<String>,
     failed_after: Option<String>,
     reap_after: Option<String>,
+    max_processes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +127,8 @@ pub struct AgentConfig {
     pub suspect_after: Option<Duration>,
     pub failed_after: Duration,
     pub reap_after: Duration,
+    /// The most processes all watchers of this node may ask for together.
+    pub max_processes: u32,
 }
 
 /// The `[nats]` table, validated.
@@ -335,8 +338,164 @@ pub struct ValidatedConfig {
     pub watchers: BTreeMap<String, WatcherConfig>,
 }
 
-/// The largest process count a watcher may ask for.
-pub const MAX_PROCESSES: u32 = 10_000;
+/// The largest process count one watcher may ask for, whatever the node's
+/// `max_processes`.
+pub const MAX_PROCESSES: u32 = 100_000;
+
+/// The default of `[agent] max_processes`: processes of all watchers together.
+pub const DEFAULT_MAX_PROCESSES: u32 = 10_000;
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// An inclusive range of values a key may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range<T> {
+    pub key: &'static str,
+    pub min: T,
+    pub max: T,
+}
+
+/// The range of every watcher duration, in config, `add` and `set` alike.
+pub const WATCHER_DURATIONS: &[Range<Duration>] = &[
+    Range {
+        key: "graceful_timeout",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "min_uptime",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "restart_delay",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "max_restart_delay",
+        min: Duration::ZERO,
+        max: secs(24 * 3600),
+    },
+    Range {
+        key: "warmup_delay",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "health_timeout",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+];
+
+/// The range of every `[agent]` and `[nats]` duration. `stats_interval` may also be
+/// 0s (no stats stream).
+pub const AGENT_DURATIONS: &[Range<Duration>] = &[
+    Range {
+        key: "heartbeat",
+        min: millis(50),
+        max: secs(3600),
+    },
+    Range {
+        key: "stats_interval",
+        min: millis(50),
+        max: secs(3600),
+    },
+    Range {
+        key: "suspect_after",
+        min: millis(50),
+        max: secs(24 * 3600),
+    },
+    Range {
+        key: "failed_after",
+        min: millis(50),
+        max: secs(24 * 3600),
+    },
+    Range {
+        key: "reap_after",
+        min: millis(100),
+        max: secs(30 * 24 * 3600),
+    },
+    Range {
+        key: "ping_interval",
+        min: millis(100),
+        max: secs(600),
+    },
+];
+
+/// The range of every count and size, in config, `add` and `set` alike.
+pub const COUNTS: &[Range<i64>] = &[
+    Range {
+        key: "numprocesses",
+        min: 0,
+        max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "max_processes",
+        min: 1,
+        max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "log_max_bytes",
+        min: 1024,
+        max: 1 << 40,
+    },
+    Range {
+        key: "log_backups",
+        min: 0,
+        max: 1000,
+    },
+    Range {
+        key: "max_retry",
+        min: -1,
+        max: 1_000_000,
+    },
+    Range {
+        key: "priority",
+        min: -1_000_000,
+        max: 1_000_000,
+    },
+];
+
+fn duration_range(key: &str) -> Option<&'static Range<Duration>> {
+    WATCHER_DURATIONS
+        .iter()
+        .chain(AGENT_DURATIONS)
+        .find(|r| r.key == key)
+}
+
+/// Checks a count or size against its range in [`COUNTS`].
+pub fn check_count(key: &str, value: i64) -> Result<(), String> {
+    match COUNTS.iter().find(|r| r.key == key) {
+        Some(r) if value < r.min || value > r.max => Err(format!(
+            "{value} is out of range; use {} to {}",
+            r.min, r.max
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a duration and checks it against its range (see [`WATCHER_DURATIONS`] and
+/// [`AGENT_DURATIONS`]); the error names the range.
+pub fn parse_duration_in_range(key: &str, s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    match duration_range(key) {
+        Some(r) if d < r.min || d > r.max => Err(format!(
+            "{} is out of range; use {} to {}",
+            s.trim(),
+            format_duration(r.min),
+            format_duration(r.max)
+        )),
+        _ => Ok(d),
+    }
+}
 
 /// Reads and validates the config at `path`.
 pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
@@ -378,6 +537,20 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             Err(mut p) => problems.append(&mut p),
         }
     }
+    let total = watchers
+        .values()
+        .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
+    if total > u64::from(agent.max_processes) {
+        problems.push(Problem::at(
+            "[agent]",
+            "max_processes",
+            format!(
+                "the watchers ask for {total} processes together, more than max_processes = {}; \
+                 raise max_processes or lower their numprocesses",
+                agent.max_processes
+            ),
+        ));
+    }
     if problems.is_empty() {
         Ok(ValidatedConfig {
             path: path.to_owned(),
@@ -413,7 +586,7 @@ fn duration(
 ) -> Duration {
     match value {
         None => default,
-        Some(s) => parse_duration(s).unwrap_or_else(|message| {
+        Some(s) => parse_duration_in_range(key, s).unwrap_or_else(|message| {
             problems.push(Problem {
                 location: format!("{location} {key}"),
                 message,
@@ -452,16 +625,17 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         Duration::from_secs(1),
         problems,
     );
-    if heartbeat < Duration::from_millis(50) {
-        problems.push(Problem::at(loc, "heartbeat", "must be at least 50ms"));
-    }
-    let stats_interval = duration(
-        loc,
-        "stats_interval",
-        raw.stats_interval.as_ref(),
-        Duration::from_secs(1),
-        problems,
-    );
+    // 0s turns the stats stream off; any other value has a range.
+    let stats_interval = match raw.stats_interval.as_deref().map(parse_duration) {
+        Some(Ok(d)) if d.is_zero() => Duration::ZERO,
+        _ => duration(
+            loc,
+            "stats_interval",
+            raw.stats_interval.as_ref(),
+            Duration::from_secs(1),
+            problems,
+        ),
+    };
     let suspect_after = raw
         .suspect_after
         .as_ref()
@@ -480,6 +654,10 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         Duration::from_secs(24 * 3600),
         problems,
     );
+    let max_processes = raw.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES);
+    if let Err(m) = check_count("max_processes", max_processes.into()) {
+        problems.push(Problem::at(loc, "max_processes", m));
+    }
     for k in raw.tags.keys() {
         if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
             problems.push(Problem::at(
@@ -542,6 +720,7 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         suspect_after,
         failed_after,
         reap_after,
+        max_processes,
     }
 }
 
@@ -686,11 +865,23 @@ impl WatcherConfig {
             );
         }
         let numprocesses = o.numprocesses.unwrap_or(1);
-        if numprocesses > MAX_PROCESSES {
-            bad(
-                "numprocesses",
-                format!("{numprocesses} is more than the limit of {MAX_PROCESSES}"),
-            );
+        let max_retry = o.max_retry.unwrap_or(5);
+        let priority = o.priority.unwrap_or(0);
+        let log_backups = o.log_backups.unwrap_or(5);
+        let log_max_bytes = o.log_max_bytes.unwrap_or(10 * 1024 * 1024);
+        for (key, value) in [
+            ("numprocesses", i64::from(numprocesses)),
+            ("max_retry", i64::from(max_retry)),
+            ("priority", i64::from(priority)),
+            ("log_backups", i64::from(log_backups)),
+            (
+                "log_max_bytes",
+                i64::try_from(log_max_bytes).unwrap_or(i64::MAX),
+            ),
+        ] {
+            if let Err(m) = check_count(key, value) {
+                bad(key, m);
+            }
         }
         let stop_signal = match &o.stop_signal {
             None => Signal::SIGTERM,
@@ -712,13 +903,6 @@ impl WatcherConfig {
             (None, Some(false)) => RestartPolicy::Never,
             (None, _) => RestartPolicy::Always,
         };
-        let max_retry = o.max_retry.unwrap_or(5);
-        if max_retry < -1 {
-            bad(
-                "max_retry",
-                format!("{max_retry} is not allowed; use -1 for no limit or a count >= 0"),
-            );
-        }
         let service = o.service.clone().unwrap_or_else(|| name.to_owned());
         if let Err(e) = validate_token(&service) {
             bad(
@@ -744,17 +928,9 @@ impl WatcherConfig {
         };
         let stdout = output("stdout", &o.stdout);
         let stderr = output("stderr", &o.stderr);
-        let log_backups = o.log_backups.unwrap_or(5);
-        let log_max_bytes = o.log_max_bytes.unwrap_or(10 * 1024 * 1024);
-        if log_max_bytes < 1024 {
-            bad(
-                "log_max_bytes",
-                format!("{log_max_bytes} is too small; use at least 1024"),
-            );
-        }
         let mut dur = |key: &str, v: &Option<String>, default: Duration| match v {
             None => default,
-            Some(s) => parse_duration(s).unwrap_or_else(|m| {
+            Some(s) => parse_duration_in_range(key, s).unwrap_or_else(|m| {
                 problems.push(Problem {
                     location: format!("{loc} {key}"),
                     message: m,
@@ -805,7 +981,7 @@ impl WatcherConfig {
             max_restart_delay: max_restart_delay.max(restart_delay),
             warmup_delay,
             autostart: o.autostart.unwrap_or(true),
-            priority: o.priority.unwrap_or(0),
+            priority,
             stdout,
             stderr,
             service,
@@ -938,7 +1114,7 @@ mod tests {
             "[watcher.web] cmd: missing",
             "[watcher.web] graceful_timeout: \"abc\" is not a duration",
             "[watcher.web] stop_signal: \"NOPE\" is not a signal",
-            "[watcher.web] max_retry: -4",
+            "[watcher.web] max_retry: -4 is out of range; use -1 to 1000000",
         ] {
             assert!(err.contains(needle), "{err}\n--- lacks: {needle}");
         }
@@ -959,6 +1135,121 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[agent]: missing"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_count_and_size_has_a_range() {
+        let w = |extra: &str| {
+            parse_str(&format!(
+                "[agent]\nname = \"a\"\n[watcher.w]\ncmd = \"x\"\n{extra}\n"
+            ))
+        };
+        let cases = [
+            (
+                "graceful_timeout = \"300000000000y\"",
+                "[watcher.w] graceful_timeout: 300000000000y is out of range; use 0s to 1h",
+            ),
+            (
+                "min_uptime = \"2h\"",
+                "min_uptime: 2h is out of range; use 0s to 1h",
+            ),
+            (
+                "restart_delay = \"2h\"",
+                "restart_delay: 2h is out of range",
+            ),
+            (
+                "max_restart_delay = \"2d\"",
+                "max_restart_delay: 2d is out of range; use 0s to 1day",
+            ),
+            ("warmup_delay = \"2h\"", "warmup_delay: 2h is out of range"),
+            (
+                "health_timeout = \"2h\"",
+                "health_timeout: 2h is out of range",
+            ),
+            (
+                "numprocesses = 100001",
+                "numprocesses: 100001 is out of range; use 0 to 100000",
+            ),
+            (
+                "log_max_bytes = 10",
+                "log_max_bytes: 10 is out of range; use 1024 to",
+            ),
+            (
+                "log_backups = 1001",
+                "log_backups: 1001 is out of range; use 0 to 1000",
+            ),
+            (
+                "max_retry = -2",
+                "max_retry: -2 is out of range; use -1 to 1000000",
+            ),
+            (
+                "priority = -2147483648",
+                "priority: -2147483648 is out of range",
+            ),
+        ];
+        for (line, needle) in cases {
+            let err = w(line).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+        }
+        assert!(w("graceful_timeout = \"1h\"\nnumprocesses = 0\nmax_retry = -1").is_ok());
+        let agent = |extra: &str| parse_str(&format!("[agent]\nname = \"a\"\n{extra}\n"));
+        for (line, needle) in [
+            (
+                "heartbeat = \"10ms\"",
+                "[agent] heartbeat: 10ms is out of range; use 50ms to 1h",
+            ),
+            (
+                "stats_interval = \"2h\"",
+                "stats_interval: 2h is out of range",
+            ),
+            (
+                "suspect_after = \"2d\"",
+                "suspect_after: 2d is out of range",
+            ),
+            (
+                "failed_after = \"1ms\"",
+                "failed_after: 1ms is out of range",
+            ),
+            (
+                "reap_after = \"31d\"",
+                "reap_after: 31d is out of range; use 100ms to 30days",
+            ),
+            (
+                "max_processes = 0",
+                "max_processes: 0 is out of range; use 1 to 100000",
+            ),
+        ] {
+            let err = agent(line).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+        }
+        let err = parse_str("[agent]\nname = \"a\"\n[nats]\nping_interval = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[nats] ping_interval: 1h is out of range"),
+            "{err}"
+        );
+        assert_eq!(
+            agent("stats_interval = \"0s\"")
+                .unwrap()
+                .agent
+                .stats_interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            agent("").unwrap().agent.max_processes,
+            DEFAULT_MAX_PROCESSES
+        );
+    }
+
+    #[test]
+    fn the_watchers_together_stay_within_max_processes() {
+        let err = parse_str(
+            "[agent]\nname = \"a\"\nmax_processes = 5\n[watcher.w]\ncmd = \"x\"\nnumprocesses = 3\n[watcher.v]\ncmd = \"x\"\nnumprocesses = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[agent] max_processes: the watchers ask for 6 processes together, more than max_processes = 5"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nodeagent::{agent, config};
+use nodeagent::agent::AgentError;
+use nodeagent::supervisor::live::LIVE;
+use nodeagent::{agent, config, fatal};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Exit codes: 0 after a graceful stop (SIGTERM, SIGINT or `ctl quit`), 1 when the agent
 /// cannot run (NATS credentials, state file, name already taken), 2 for an invalid config
-/// or bad arguments.
+/// or bad arguments, 70 after an internal error (a panic), once every process was
+/// stopped gracefully.
 #[derive(Parser, Debug)]
 #[command(name = "nodeagent", version)]
 struct Args {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_open_files_limit();
+    fatal::install_hook();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -96,14 +100,35 @@ fn main() -> ExitCode {
                 }
             }
         });
-        match agent::run(cfg, shutdown, reload_rx).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+        // In a task of its own, so that a panic of `run` itself is caught too.
+        match tokio::spawn(agent::run(cfg, shutdown, reload_rx)).await {
+            Ok(Ok(())) if fatal::reason().is_none() => ExitCode::SUCCESS,
+            Ok(Ok(())) => ExitCode::from(fatal::EXIT_PANIC),
+            Ok(Err(e @ AgentError::Panicked(_))) => {
+                eprintln!("nodeagent: {e}");
+                ExitCode::from(fatal::EXIT_PANIC)
+            }
+            Ok(Err(e)) => {
+                // Processes started before the failure are stopped, not orphaned.
+                LIVE.stop_all().await;
                 eprintln!("nodeagent: {e}");
                 ExitCode::from(1)
             }
+            Err(e) => {
+                // Nothing else will stop the processes now: the record of live groups
+                // does, gracefully.
+                let n = LIVE.stop_all().await;
+                eprintln!(
+                    "nodeagent: stopped after an internal error ({e}); {n} process group(s) \
+                     stopped"
+                );
+                ExitCode::from(fatal::EXIT_PANIC)
+            }
         }
-    })
+    });
+    // Blocking work still running (a /proc sample) must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Stats keep one /proc file open per process; let the agent use its hard limit.

@@ -45,6 +45,13 @@ pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// The longest heartbeat interval taken from an announcement.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 
+/// The most members a table holds; announcements of further new names are ignored
+/// (with one warning) until members are reaped.
+pub const MAX_MEMBERS: usize = 100_000;
+
+/// The largest announcement payload taken, in bytes; larger ones are ignored.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 64 * 1024;
+
 /// When an alive member that went silent becomes suspect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SuspectAfter {
@@ -173,6 +180,10 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
     /// An instant and the Unix time it stands for, to print instants as Unix times.
     anchor: (Instant, f64),
+    /// The most members held ([`MAX_MEMBERS`]).
+    max_members: usize,
+    /// A new name was refused since the table was last below its cap.
+    full: bool,
 }
 
 impl Membership {
@@ -187,7 +198,15 @@ impl Membership {
             config,
             members: BTreeMap::new(),
             anchor: (instant, unix),
+            max_members: MAX_MEMBERS,
+            full: false,
         }
+    }
+
+    /// Caps the table at `n` members instead of [`MAX_MEMBERS`].
+    pub fn with_max_members(mut self, n: usize) -> Self {
+        self.max_members = n;
+        self
     }
 
     pub fn config(&self) -> &MembershipConfig {
@@ -202,7 +221,20 @@ impl Membership {
             return None;
         }
         let node = ann.node.clone();
+        if self.members.len() < self.max_members {
+            self.full = false;
+        }
         let Some(m) = self.members.get_mut(&ann.node) else {
+            if self.members.len() >= self.max_members {
+                if !std::mem::replace(&mut self.full, true) {
+                    tracing::warn!(
+                        "the member table is full ({} members); new members are ignored \
+                         until failed or left ones are forgotten (reap_after)",
+                        self.max_members
+                    );
+                }
+                return None;
+            }
             let state = state_of_new_boot(ann.kind);
             self.members.insert(node.clone(), member(ann, state, now));
             return Some(match state {
@@ -361,11 +393,12 @@ impl Membership {
             .map(|m| {
                 let suspect_after = suspect_after(&self.config, &m.ann);
                 let failed_after = self.config.failed_after.max(suspect_after);
-                match m.state {
-                    MemberState::Alive => m.last_seen + suspect_after,
-                    MemberState::Suspect | MemberState::Leaving => m.last_seen + failed_after,
-                    MemberState::Failed | MemberState::Left => m.since + self.config.reap_after,
-                }
+                let (from, after) = match m.state {
+                    MemberState::Alive => (m.last_seen, suspect_after),
+                    MemberState::Suspect | MemberState::Leaving => (m.last_seen, failed_after),
+                    MemberState::Failed | MemberState::Left => (m.since, self.config.reap_after),
+                };
+                from.checked_add(after).unwrap_or(from + MAX_HEARTBEAT)
             })
             .min()
     }
@@ -396,10 +429,35 @@ impl Membership {
             heartbeat_ms: a.heartbeat_ms,
             watchers: a.watchers.clone(),
             services: a.services.clone(),
-            numprocesses: a.watchers.iter().map(|w| w.numprocesses).sum(),
-            running: a.watchers.iter().map(|w| w.running).sum(),
+            // Hostile counts must not overflow.
+            numprocesses: a
+                .watchers
+                .iter()
+                .fold(0u32, |n, w| n.saturating_add(w.numprocesses)),
+            running: a
+                .watchers
+                .iter()
+                .fold(0u32, |n, w| n.saturating_add(w.running)),
         }
     }
+}
+
+/// Shortens an announcement of this agent until it fits in `max` bytes of JSON, so that
+/// other agents never ignore it for its size: the list of watchers first, then the
+/// services, are cut in halves (a node with hundreds of watchers still shows as alive,
+/// with part of its detail). Returns whether anything was cut.
+pub fn fit_announcement(ann: &mut Announcement, max: usize) -> bool {
+    let size = |a: &Announcement| serde_json::to_vec(a).map(|b| b.len()).unwrap_or(usize::MAX);
+    let mut cut = false;
+    while size(ann) > max && !(ann.watchers.is_empty() && ann.services.is_empty()) {
+        if ann.watchers.is_empty() {
+            ann.services.truncate(ann.services.len() / 2);
+        } else {
+            ann.watchers.truncate(ann.watchers.len() / 2);
+        }
+        cut = true;
+    }
+    cut
 }
 
 fn member(ann: &Announcement, state: MemberState, now: Instant) -> Member {
@@ -443,6 +501,63 @@ fn suspect_after(config: &MembershipConfig, ann: &Announcement) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_own_announcement_is_cut_to_fit() {
+        let mut a = ann("a", AnnounceKind::Alive, "b1", 1);
+        let brief = |i: usize| WatcherBrief {
+            name: format!("watcher-{i}"),
+            service: format!("service-{i}"),
+            state: WatcherState::Active,
+            numprocesses: 1,
+            running: 1,
+        };
+        a.watchers = (0..5000).map(brief).collect();
+        a.services = (0..5000).map(|i| format!("service-{i}")).collect();
+        assert!(fit_announcement(&mut a, MAX_ANNOUNCEMENT_BYTES));
+        let len = serde_json::to_vec(&a).unwrap().len();
+        assert!(len <= MAX_ANNOUNCEMENT_BYTES, "{len}");
+        let mut small = ann("a", AnnounceKind::Alive, "b1", 1);
+        small.watchers = vec![brief(1)];
+        assert!(!fit_announcement(&mut small, MAX_ANNOUNCEMENT_BYTES));
+        assert_eq!(small.watchers.len(), 1);
+    }
+
+    #[test]
+    fn the_table_has_a_cap_and_hostile_counts_saturate() {
+        let t0 = Instant::now();
+        let mut t =
+            Membership::with_anchor(MembershipConfig::default(), t0, 0.0).with_max_members(2);
+        assert!(t
+            .observe(&ann("a", AnnounceKind::Join, "b1", 1), t0)
+            .is_some());
+        assert!(t
+            .observe(&ann("b", AnnounceKind::Join, "b1", 1), t0)
+            .is_some());
+        assert_eq!(t.observe(&ann("c", AnnounceKind::Join, "b1", 1), t0), None);
+        assert_eq!(t.len(), 2);
+        // Known members still move.
+        assert!(t
+            .observe(&ann("a", AnnounceKind::Leaving, "b1", 2), t0)
+            .is_some());
+        let mut big = ann("a", AnnounceKind::Alive, "b1", 3);
+        big.watchers = vec![
+            WatcherBrief {
+                name: "w".into(),
+                service: "w".into(),
+                state: WatcherState::Active,
+                numprocesses: u32::MAX,
+                running: u32::MAX,
+            };
+            2
+        ];
+        big.heartbeat_ms = u64::MAX;
+        t.observe(&big, t0);
+        let info = t.get("a").unwrap();
+        assert_eq!((info.numprocesses, info.running), (u32::MAX, u32::MAX));
+        assert!(t.next_deadline().is_some());
+        t.tick(t0 + Duration::from_secs(3600 * 24 * 400));
+    }
     use protocol::registry::{StatusFilter, WatcherBrief};
     use protocol::reply::WatcherState;
 

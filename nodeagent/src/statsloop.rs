@@ -86,6 +86,7 @@ pub fn start(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick(), if !interval.is_zero() => {
+                    crate::fatal::inject("stats");
                     if let Some(data) = sample(&mut sampler, &supervisor).await {
                         let msg = StatsMessage::new(&identity.node, &identity.boot_id, interval.as_secs_f64(), data.clone());
                         crate::transport::publish_json(&client, subjects.stats(&identity.node), &msg).await;
@@ -95,7 +96,7 @@ pub fn start(
                 Some(reply) = rx.recv() => {
                     let fresh = last
                         .as_ref()
-                        .filter(|(_, t)| !interval.is_zero() && t.elapsed() <= interval * 2)
+                        .filter(|(_, t)| !interval.is_zero() && t.elapsed() <= interval.saturating_mul(2))
                         .map(|(d, _)| d.clone());
                     let data = match fresh {
                         Some(d) => Some(d),

@@ -281,14 +281,9 @@ async fn send_reply(client: Client, to: Option<async_nats::Subject>, reply: prot
     let Some(to) = to else {
         return;
     };
-    match serde_json::to_vec(&reply) {
-        Ok(bytes) => {
-            if let Err(e) = client.publish(to, bytes.into()).await {
-                tracing::warn!("cannot send reply: {e}");
-            }
-        }
-        Err(e) => tracing::error!("cannot encode reply: {e}"),
-    }
+    // Bounded like every other publish: a full send buffer never holds a handler (or,
+    // for a busy answer, the loop that reads requests).
+    publish_json(&client, to.to_string(), &reply).await;
 }
 
 async fn subscribe(
@@ -417,21 +412,32 @@ impl MembershipHandle {
     /// The members this agent knows, filtered.
     pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(MemberCmd::Query(req, tx)).await.is_err() {
+        let asked = self.tx.send(MemberCmd::Query(req, tx));
+        if tokio::time::timeout(QUERY_TIMEOUT, asked).await.is_err() {
             return vec![];
         }
-        rx.await.unwrap_or_default()
+        tokio::time::timeout(QUERY_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
     }
 
-    /// Announces that this agent is leaving (it is stopping its processes).
+    /// Announces that this agent is leaving (it is stopping its processes). Waits at
+    /// most [`PUBLISH_TIMEOUT`] for the membership task to take it.
     pub async fn leaving(&self) {
-        let _ = self.tx.send(MemberCmd::Leaving).await;
+        let _ = self
+            .tx
+            .send_timeout(MemberCmd::Leaving, PUBLISH_TIMEOUT)
+            .await;
     }
 
-    /// Announces that this agent left, and ends the membership task.
+    /// Announces that this agent left, and ends the membership task. Bounded: with
+    /// NATS gone the announcement may be lost.
     pub async fn left(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(MemberCmd::Left(tx)).await.is_ok() {
+        let sent = self.tx.send_timeout(MemberCmd::Left(tx), PUBLISH_TIMEOUT);
+        if sent.await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
     }
@@ -479,37 +485,46 @@ pub async fn start_membership(
     Ok((MembershipHandle { tx }, task))
 }
 
+/// The longest a heartbeat waits for the supervisor's snapshot; past it, the watchers
+/// last seen are announced, so that a busy supervisor never delays a heartbeat.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
+
 async fn announcement(
     settings: &MembershipSettings,
     supervisor: &SupervisorHandle,
+    last: &mut Vec<WatcherBrief>,
     kind: AnnounceKind,
     seq: u64,
 ) -> Announcement {
     let id = &settings.identity;
-    let watchers: Vec<WatcherBrief> = supervisor
-        .snapshot()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|w| WatcherBrief {
-            name: w.name,
-            service: w.service,
-            state: w.state,
-            numprocesses: w.numprocesses,
-            running: w.running,
-        })
-        .collect();
+    match tokio::time::timeout(SNAPSHOT_TIMEOUT, supervisor.snapshot()).await {
+        Ok(snapshot) => {
+            *last = snapshot
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| WatcherBrief {
+                    name: w.name,
+                    service: w.service,
+                    state: w.state,
+                    numprocesses: w.numprocesses,
+                    running: w.running,
+                })
+                .collect();
+        }
+        Err(_) => tracing::debug!("the supervisor is busy: announcing its watchers as last seen"),
+    }
+    let watchers = last.clone();
     let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
     services.sort();
     services.dedup();
-    Announcement {
+    let mut ann = Announcement {
         node: id.node.clone(),
         boot_id: id.boot_id.clone(),
         kind,
         seq,
         started_at: id.started_at,
         time: protocol::unix_time(),
-        heartbeat_ms: settings.heartbeat.as_millis() as u64,
+        heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
         tags: id.tags.clone(),
         version: id.version.clone(),
         hostname: id.hostname.clone(),
@@ -519,7 +534,11 @@ async fn announcement(
         services,
         server_id: None,
         client_id: None,
+    };
+    if crate::membership::fit_announcement(&mut ann, crate::membership::MAX_ANNOUNCEMENT_BYTES) {
+        tracing::debug!("announcement cut to fit in 64 KiB: not every watcher is listed");
     }
+    ann
 }
 
 async fn membership_loop(
@@ -535,16 +554,13 @@ async fn membership_loop(
     let subject = settings.subjects.registry(&settings.identity.node);
     let mut seq = 0u64;
     let mut kind = AnnounceKind::Join;
+    let mut last: Vec<WatcherBrief> = vec![];
     let publish = |mut ann: Announcement| {
         let client = client.clone();
         let subject = subject.clone();
         async move {
             stamp_connection(&client, &mut ann);
-            if let Ok(bytes) = serde_json::to_vec(&ann) {
-                if let Err(e) = client.publish(subject, bytes.into()).await {
-                    tracing::debug!("cannot announce: {e}");
-                }
-            }
+            publish_json(&client, subject, &ann).await
         }
     };
     let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
@@ -559,9 +575,10 @@ async fn membership_loop(
         let deadline = table.next_deadline();
         tokio::select! {
             _ = heartbeat.tick() => {
+                crate::fatal::inject("membership");
                 answer_at = None;
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, kind, seq).await;
+                let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                 // Our own view of ourselves needs no round trip.
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
@@ -573,6 +590,10 @@ async fn membership_loop(
                 table.tick(Instant::now()).iter().for_each(log);
             }
             Some(msg) = registry.next() => {
+                if msg.payload.len() > crate::membership::MAX_ANNOUNCEMENT_BYTES {
+                    tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
+                    continue;
+                }
                 let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
                     tracing::debug!(subject = %msg.subject, "unreadable announcement");
                     continue;
@@ -593,7 +614,7 @@ async fn membership_loop(
             _ = sleep_until(answer_at) => {
                 answer_at = None;
                 seq += 1;
-                let me = announcement(&settings, &supervisor, kind, seq).await;
+                let me = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                 table.observe(&me, Instant::now());
                 publish(me).await;
             }
@@ -631,7 +652,7 @@ async fn membership_loop(
                     Some(MemberCmd::Leaving) => {
                         kind = AnnounceKind::Leaving;
                         seq += 1;
-                        let ann = announcement(&settings, &supervisor, kind, seq).await;
+                        let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
                         table.observe(&ann, Instant::now());
                         publish(ann).await;
                         continue;
@@ -640,10 +661,10 @@ async fn membership_loop(
                     None => None,
                 };
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, AnnounceKind::Left, seq).await;
+                let ann = announcement(&settings, &supervisor, &mut last, AnnounceKind::Left, seq).await;
                 publish(ann).await;
                 // With NATS down a flush never completes; the agent must still exit.
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+                flush(&client, Duration::from_secs(2)).await;
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -743,9 +764,8 @@ pub async fn publish_logs(
                     continue;
                 }
                 if let Ok(bytes) = serde_json::to_vec(&*line) {
-                    let _ = client
-                        .publish(subjects.logs(&line.node, &line.watcher), bytes.into())
-                        .await;
+                    let subject = subjects.logs(&line.node, &line.watcher);
+                    publish_bytes(&client, subject, bytes.into()).await;
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -795,16 +815,65 @@ pub async fn publish_events(
     }
 }
 
-/// Publishes one message as JSON; a failure is logged, never fatal.
+/// The longest one publish waits. While NATS is unreachable, async-nats buffers a
+/// limited number of messages and then makes `publish` wait for room; past this
+/// deadline the message is dropped, so that no task stalls on a dead connection.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The longest a query of the membership task waits.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Publishes `bytes`, waiting at most [`PUBLISH_TIMEOUT`]; false when it was not
+/// handed to the client (an error, or the client's buffer stayed full).
+pub async fn publish_bytes(client: &Client, subject: String, bytes: bytes::Bytes) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Set while messages are being dropped, so that this is said once per outage.
+    static DROPPING: AtomicBool = AtomicBool::new(false);
+    match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject.clone(), bytes)).await {
+        Ok(Ok(())) => {
+            if DROPPING.swap(false, Ordering::Relaxed) {
+                tracing::info!("NATS takes messages again");
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%subject, "cannot publish: {e}");
+            false
+        }
+        Err(_) => {
+            if !DROPPING.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "NATS is unreachable and the client's send buffer is full: stats, events \
+                     and announcements are dropped until it is back"
+                );
+            }
+            tracing::debug!(%subject, "not published: the send buffer is full");
+            false
+        }
+    }
+}
+
+/// Publishes one message as JSON, waiting at most [`PUBLISH_TIMEOUT`]; a failure is
+/// logged, never fatal.
 pub async fn publish_json(client: &Client, subject: String, msg: &impl serde::Serialize) {
     match serde_json::to_vec(msg) {
         Ok(bytes) => {
-            if let Err(e) = client.publish(subject, bytes.into()).await {
-                tracing::debug!("cannot publish: {e}");
-            }
+            publish_bytes(client, subject, bytes.into()).await;
         }
         Err(e) => tracing::error!("cannot encode a message: {e}"),
     }
+}
+
+/// Waits until the server has every message sent so far, at most `timeout`; false
+/// when it could not (at once when NATS is unreachable).
+pub async fn flush(client: &Client, timeout: Duration) -> bool {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(timeout, client.flush()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Publishes an agent-level event (join, leave).

@@ -83,15 +83,16 @@ pub struct LogLine {
 pub struct LogsProps {
     /// A watcher's name.
     pub name: String,
-    /// How many lines, newest last (default 50, at most 10000).
+    /// How many lines, newest last (default 50; 0 to 10000, larger values are taken as
+    /// 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<u32>,
     /// Only this stream; both, merged by time, when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
     /// Publish the watcher's new lines live on `cluster.<node>.logs.<watcher>` for this
-    /// many seconds from now (at most 300); a follower sends it again before it runs
-    /// out. Lines nobody follows are not published.
+    /// many seconds from now (0 to 300, larger values are taken as 300); a follower
+    /// sends it again before it runs out. Lines nobody follows are not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_secs: Option<u32>,
 }

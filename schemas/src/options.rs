@@ -37,8 +37,10 @@ pub struct WatcherOptions {
     /// Its arguments. `$(wid)` and `$(name)` expand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
-    /// How many copies run (default 1).
+    /// How many copies run (default 1; 0 to 100000, and all watchers of a node together
+    /// at most its `max_processes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
     pub numprocesses: Option<u32>,
     /// Extra environment variables. `$(wid)` and `$(name)` expand in values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +60,8 @@ pub struct WatcherOptions {
     /// The signal that asks a process to stop (default "TERM").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
-    /// How long a stopping process may take before it is killed (default "30s").
+    /// How long a stopping process may take before it is killed (default "30s"; 0s to
+    /// 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_timeout: Option<String>,
     /// Circus's switch: false is the same as restart = "never" (default true).
@@ -70,27 +73,31 @@ pub struct WatcherOptions {
     /// Exit codes that count as expected under "on-failure" (default [0]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_codes: Option<Vec<i32>>,
-    /// Failed starts in a row before the watcher turns fatal; -1 never (default 5).
+    /// Failed starts in a row before the watcher turns fatal; -1 never (default 5; -1
+    /// to 1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1, max = 1000000))]
     pub max_retry: Option<i32>,
-    /// How long a process must run for its start to count as successful (default "1s").
+    /// How long a process must run for its start to count as successful (default "1s";
+    /// 0s to 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_uptime: Option<String>,
     /// The first delay before restarting after a failed start; it doubles each time
-    /// (default "100ms").
+    /// (default "100ms"; 0s to 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_delay: Option<String>,
-    /// The cap on that delay (default "15s").
+    /// The cap on that delay (default "15s"; 0s to 1day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restart_delay: Option<String>,
-    /// The pause between starting one process and the next (default "0s").
+    /// The pause between starting one process and the next (default "0s"; 0s to 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_delay: Option<String>,
     /// Start when the agent starts (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autostart: Option<bool>,
-    /// Start order: higher first, as in Circus (default 0).
+    /// Start order: higher first, as in Circus (default 0; -1000000 to 1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1000000, max = 1000000))]
     pub priority: Option<i32>,
     /// Where stdout goes: "capture" (default: rotating files under the agent's log dir,
     /// read with `ctl logs`), "discard", "inherit" (the agent's own), or a file path
@@ -108,14 +115,17 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_cmd: Option<Vec<String>>,
     /// How long the health check may keep failing before the start counts as failed
-    /// (default "30s").
+    /// (default "30s"; 0s to 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<String>,
-    /// Rotate a captured log file when it reaches this many bytes (default 10 MiB).
+    /// Rotate a captured log file when it reaches this many bytes (default 10 MiB; 1024
+    /// to 1 TiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1_099_511_627_776_u64))]
     pub log_max_bytes: Option<u64>,
-    /// How many rotated files to keep (default 5).
+    /// How many rotated files to keep (default 5; 0 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
     pub log_backups: Option<u32>,
 }
 
@@ -130,7 +140,8 @@ pub const DURATION_OPTIONS: &[&str] = &[
 ];
 
 /// Checks one option's value on its own, so that an error names the option and, for a
-/// duration, shows how one is written.
+/// duration, shows how one is written. This checks the type only; the agent checks each
+/// value against its range (see the field docs) before it applies any.
 pub fn check_option(key: &str, value: &serde_json::Value) -> Result<(), String> {
     let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
     serde_json::from_value::<WatcherOptions>(serde_json::Value::Object(one))

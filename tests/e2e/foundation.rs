@@ -433,7 +433,7 @@ fn bad_input_gets_an_error_reply_and_changes_nothing() {
         (
             br#"{"command":"numprocesses","properties":{"name":"dummy","nb":1000000}}"#.to_vec(),
             Errno::BadOption,
-            "limit",
+            "is out of range; use 0 to 100000",
             Some("numprocesses"),
         ),
         (

@@ -10,4 +10,5 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod robust;
 mod security;

@@ -4,6 +4,7 @@
 //! [`policy::after_exit`]. It publishes nothing itself: lifecycle events go out on a
 //! broadcast channel that never blocks supervision.
 
+pub mod live;
 pub mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::{expand, parse_signal, Output, WatcherConfig};
 use crate::process::{self, SpawnSpec};
+use live::{later, KILL_GRACE, LIVE};
 
 /// A command's error: its number and a reason that says what to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +141,8 @@ pub struct Settings {
     pub persist: Option<PersistFn>,
     /// Where every process group started is noted, for the next start after a crash.
     pub groups: Option<std::sync::Arc<crate::groups::Groups>>,
+    /// The most processes all watchers together may ask for (`[agent] max_processes`).
+    pub max_processes: u32,
 }
 
 enum Cmd {
@@ -241,9 +245,18 @@ impl SupervisorHandle {
 
     /// Stops every process gracefully and ends the actor.
     pub async fn shutdown(&self) {
+        self.begin_shutdown().await.await;
+    }
+
+    /// Asks the actor to stop every process gracefully and end; the returned future
+    /// completes once it has (at once if the actor is gone).
+    pub async fn begin_shutdown(&self) -> impl std::future::Future<Output = ()> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        let sent = self.tx.send(Cmd::Shutdown(tx)).await.is_ok();
+        async move {
+            if sent {
+                let _ = rx.await;
+            }
         }
     }
 
@@ -281,12 +294,24 @@ pub fn start(
         output,
         services: services_tx,
         shutdown: None,
+        spawned_batch: false,
     };
     for (name, cfg) in watchers {
         let run = cfg.autostart && !stopped.contains(&name);
         actor.watchers.insert(name, Watcher::new(cfg, run));
     }
     actor.services_changed();
+    let total = actor
+        .watchers
+        .values()
+        .fold(0u64, |n, w| n.saturating_add(w.cfg.numprocesses.into()));
+    if total > u64::from(actor.settings.max_processes) {
+        tracing::warn!(
+            "the watchers ask for {total} processes together (saved state included), more \
+             than max_processes = {}; they run, but none may grow until they are below it",
+            actor.settings.max_processes
+        );
+    }
     let handle = SupervisorHandle {
         tx,
         events,
@@ -299,7 +324,13 @@ pub fn start(
 /// A watcher's config from options sent over NATS; every problem in one error.
 fn watcher_config(name: &str, options: &WatcherOptions) -> Result<WatcherConfig, CmdError> {
     WatcherConfig::from_options(name, options).map_err(|problems| {
-        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let all: Vec<String> = problems
+            .iter()
+            .map(|p| match p.location.rsplit_once(' ') {
+                Some((_, key)) if !key.is_empty() => format!("option '{key}': {}", p.message),
+                _ => p.to_string(),
+            })
+            .collect();
         CmdError::new(Errno::BadOption, all.join("; "))
     })
 }
@@ -492,6 +523,8 @@ enum WaitFor {
 
 struct Waiter {
     what: WaitFor,
+    /// When it answers with an error if the watchers have not settled by then.
+    deadline: Instant,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -515,9 +548,32 @@ struct Actor {
     output: Box<dyn OutputSink>,
     services: watch::Sender<BTreeSet<String>>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// A batch of spawns ran this turn.
+    spawned_batch: bool,
 }
 
 const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// The most processes started in one turn of the actor; more wait for the next turn,
+/// so that commands, snapshots (heartbeats, stats) and exits are served in between.
+const SPAWN_BATCH: usize = 25;
+
+/// What a wait for watchers to settle allows on top of stopping and warming up.
+const SETTLE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest any wait of a command lasts.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest a watcher may take to settle after a command: stopping (its graceful
+/// timeout, then the SIGKILL grace), then starting every process (`warmup_delay`
+/// apart), plus a margin for spawning; at most [`MAX_WAIT`].
+fn settle_budget(cfg: &WatcherConfig) -> Duration {
+    cfg.graceful_timeout
+        .saturating_add(KILL_GRACE)
+        .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
+        .saturating_add(SETTLE_MARGIN)
+        .min(MAX_WAIT)
+}
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -532,27 +588,37 @@ impl Actor {
         mut cmds: mpsc::Receiver<Cmd>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
-        let mut order: Vec<(i32, String)> = self
+        let mut order: Vec<(std::cmp::Reverse<i32>, String)> = self
             .watchers
             .iter()
-            .map(|(n, w)| (-w.cfg.priority, n.clone()))
+            .map(|(n, w)| (std::cmp::Reverse(w.cfg.priority), n.clone()))
             .collect();
         order.sort();
         for (_, name) in order {
             self.ensure(&name);
         }
         loop {
-            let deadline = self.slot_waiters.iter().map(|w| w.deadline).min();
+            let deadline = self
+                .slot_waiters
+                .iter()
+                .map(|w| w.deadline)
+                .chain(self.waiters.iter().map(|w| w.deadline))
+                .min();
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => self.on_cmd(cmd),
                     None => self.begin_shutdown(None),
                 },
                 Some(ev) = internal.recv() => self.on_internal(ev),
-                // A restart of one slot has a deadline even when nothing else happens.
+                // A wait has a deadline even when nothing else happens.
                 _ = sleep_until(deadline) => {}
             }
+            crate::fatal::inject("supervisor");
             self.check_waiters();
+            if std::mem::take(&mut self.spawned_batch) {
+                // Let heartbeats, stats and replies run between batches of spawns.
+                tokio::task::yield_now().await;
+            }
             if self.shutdown.is_some() && self.watchers.values().all(|w| w.slots.is_empty()) {
                 if let Some(tx) = self.shutdown.take() {
                     let _ = tx.send(());
@@ -634,6 +700,9 @@ impl Actor {
                 }
                 self.exec(command, reply);
             }
+            Cmd::RestartSlot { reply, .. } if self.shutdown.is_some() => {
+                let _ = reply.send(Err(gone()));
+            }
             Cmd::RestartSlot { name, wid, reply } => self.restart_slot(&name, wid, reply),
             Cmd::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -651,11 +720,11 @@ impl Actor {
             Some(n) if self.watchers.contains_key(n) => Ok(vec![n.clone()]),
             Some(n) => Err(unknown_watcher(n)),
             None => {
-                let mut v: Vec<(i32, String)> = self
+                let mut v: Vec<(std::cmp::Reverse<i32>, String)> = self
                     .watchers
                     .iter()
                     .filter(|(_, w)| !w.removing)
-                    .map(|(n, w)| (-w.cfg.priority, n.clone()))
+                    .map(|(n, w)| (std::cmp::Reverse(w.cfg.priority), n.clone()))
                     .collect();
                 v.sort();
                 Ok(v.into_iter().map(|(_, n)| n).collect())
@@ -679,10 +748,7 @@ impl Actor {
 
     fn exec(&mut self, command: Command, reply: oneshot::Sender<Outcome>) {
         let waiting = |names: Vec<String>, this: &mut Actor, reply: oneshot::Sender<Outcome>| {
-            this.waiters.push(Waiter {
-                what: WaitFor::Settled(names),
-                reply,
-            });
+            this.wait_settled(names, reply);
         };
         let outcome = match command {
             Command::Status(p) => self.targets(&p.name).map(|names| {
@@ -776,6 +842,21 @@ impl Actor {
         let _ = reply.send(outcome);
     }
 
+    /// Replies once `names` have settled, or with an error at their deadline.
+    fn wait_settled(&mut self, names: Vec<String>, reply: oneshot::Sender<Outcome>) {
+        let budget = names
+            .iter()
+            .filter_map(|n| self.watchers.get(n))
+            .map(|w| settle_budget(&w.cfg))
+            .max()
+            .unwrap_or(SETTLE_MARGIN);
+        self.waiters.push(Waiter {
+            what: WaitFor::Settled(names),
+            deadline: later(Instant::now(), budget),
+            reply,
+        });
+    }
+
     /// Applies `op` to the named watcher (or all, by priority), persists, and replies
     /// at once or, with `wait`, once the watchers have settled.
     fn act(
@@ -797,10 +878,7 @@ impl Actor {
         }
         self.persist();
         if wait {
-            self.waiters.push(Waiter {
-                what: WaitFor::Settled(names),
-                reply,
-            });
+            self.wait_settled(names, reply);
         } else {
             let _ = reply.send(data(ActionData {
                 statuses: self.statuses(&names),
@@ -810,22 +888,48 @@ impl Actor {
     }
 
     fn resize(&mut self, name: &str, f: impl FnOnce(u32) -> u32) -> Result<Outcome, CmdError> {
-        self.watcher(name)?;
-        let w = self.watchers.get_mut(name).expect("checked above");
-        let n = f(w.cfg.numprocesses);
-        if n > crate::config::MAX_PROCESSES {
+        let old = self.watcher(name)?.cfg.numprocesses;
+        let n = f(old);
+        if let Err(m) = crate::config::check_count("numprocesses", n.into()) {
             return Err(CmdError::new(
                 Errno::BadOption,
-                format!(
-                    "{n} processes is more than the limit of {}",
-                    crate::config::MAX_PROCESSES
-                ),
+                format!("option 'numprocesses': {m}"),
             ));
         }
+        if n > old {
+            self.check_node_limit(name, n)?;
+        }
+        let w = self.watchers.get_mut(name).expect("checked above");
         w.cfg.numprocesses = n;
         self.ensure(name);
         self.persist();
         Ok(data(NumprocessesData { numprocesses: n }))
+    }
+
+    /// Refuses a watcher `name` asking for `n` processes when all watchers together
+    /// would ask for more than the node's `max_processes`.
+    fn check_node_limit(&self, name: &str, n: u32) -> Result<(), CmdError> {
+        let others = self
+            .watchers
+            .iter()
+            .filter(|(other, w)| other.as_str() != name && !w.removing)
+            .fold(0u64, |sum, (_, w)| {
+                sum.saturating_add(w.cfg.numprocesses.into())
+            });
+        let total = others.saturating_add(n.into());
+        let max = self.settings.max_processes;
+        if total > u64::from(max) {
+            return Err(CmdError::new(
+                Errno::BadOption,
+                format!(
+                    "node '{}' allows at most {max} processes (max_processes), and its watchers \
+                     would ask for {total}; lower numprocesses somewhere or raise [agent] \
+                     max_processes in the node's config",
+                    self.settings.node
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn signal(&mut self, p: SignalProps) -> Result<Outcome, CmdError> {
@@ -981,10 +1085,14 @@ impl Actor {
         let options: WatcherOptions = serde_json::from_value(Value::Object(merged))
             .map_err(|e| CmdError::new(Errno::BadOption, format!("bad option value: {e}")))?;
         let new = watcher_config(&p.name, &options)?;
+        if new.numprocesses > w.cfg.numprocesses {
+            self.check_node_limit(&p.name, new.numprocesses)?;
+        }
         let name = p.name.clone();
         let w = self.watchers.get_mut(&name).expect("checked above");
         let restart = w.cfg.spawn_differs(&new) && w.run;
         let service_changed = w.cfg.service != new.service;
+        LIVE.configure(&name, new.stop_signal, new.graceful_timeout);
         w.cfg = new;
         if restart {
             self.restart_watcher(&name);
@@ -1016,6 +1124,7 @@ impl Actor {
         options.cmd = Some(p.cmd);
         options.args = Some(p.args);
         let cfg = watcher_config(&p.name, &options)?;
+        self.check_node_limit(&p.name, cfg.numprocesses)?;
         let name = p.name.clone();
         self.watchers
             .insert(name.clone(), Watcher::new(cfg, p.start));
@@ -1051,6 +1160,7 @@ impl Actor {
                         continue;
                     }
                     let restart = w.cfg.spawn_differs(&cfg) && w.run;
+                    LIVE.configure(&name, cfg.stop_signal, cfg.graceful_timeout);
                     w.cfg = cfg;
                     result.changed.push(name.clone());
                     self.emit(&name, "reload", None);
@@ -1187,6 +1297,17 @@ impl Actor {
             self.stop_slot(name, wid, false);
         }
         for (i, wid) in missing.iter().enumerate() {
+            if i >= SPAWN_BATCH {
+                // The rest at the next turn, after whatever else is waiting.
+                if let Some(w) = self.watchers.get_mut(name) {
+                    w.warmup_pending = true;
+                }
+                self.spawned_batch = true;
+                let _ = self.internal.send(Internal::Warmup {
+                    name: name.to_owned(),
+                });
+                return;
+            }
             if i > 0 && !warmup.is_zero() {
                 if let Some(w) = self.watchers.get_mut(name) {
                     w.warmup_pending = true;
@@ -1241,6 +1362,7 @@ impl Actor {
             stderr: cfg.stderr.clone(),
         };
         let min_uptime = cfg.min_uptime;
+        let cfg_stop = (cfg.stop_signal, cfg.graceful_timeout);
         let health = cfg.health_cmd.clone();
         let health_timeout = cfg.health_timeout;
         let (max_bytes, backups) = (cfg.log_max_bytes, cfg.log_backups);
@@ -1266,6 +1388,8 @@ impl Actor {
                 if let Some(g) = &groups {
                     g.started(pid);
                 }
+                LIVE.configure(name, cfg_stop.0, cfg_stop.1);
+                LIVE.started(pid, name);
                 tokio::spawn(async move {
                     let status = spawned.child.wait().await;
                     if let Some(g) = &groups {
@@ -1329,7 +1453,7 @@ impl Actor {
             .map(|a| expand(a, &name, wid).replace("$(pid)", &pid.to_string()))
             .collect();
         tokio::spawn(async move {
-            let deadline = Instant::now() + timeout;
+            let deadline = later(Instant::now(), timeout);
             let ok = loop {
                 let status = tokio::process::Command::new(&argv[0])
                     .args(&argv[1..])
@@ -1365,7 +1489,7 @@ impl Actor {
         match slot.pid {
             Some(pid) => {
                 slot.state = ProcessState::Stopping;
-                let kill_at = Instant::now() + graceful;
+                let kill_at = later(Instant::now(), graceful);
                 slot.kill_at = Some(kill_at);
                 let sig = if graceful.is_zero() {
                     Signal::SIGKILL
@@ -1400,7 +1524,9 @@ impl Actor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
-        slot.pid = None;
+        if let Some(pid) = slot.pid.take() {
+            LIVE.ended(pid);
+        }
         slot.kill_at = None;
         slot.leader_gone = false;
         let respawn =
@@ -1441,10 +1567,14 @@ impl Actor {
             let _ = reply.send(Err(unknown_watcher(name)));
             return;
         };
-        let timeout = w.cfg.graceful_timeout
-            + w.cfg.min_uptime
-            + w.cfg.health_timeout
-            + Duration::from_secs(5);
+        let timeout = w
+            .cfg
+            .graceful_timeout
+            .saturating_add(KILL_GRACE)
+            .saturating_add(w.cfg.min_uptime)
+            .saturating_add(w.cfg.health_timeout)
+            .saturating_add(Duration::from_secs(5))
+            .min(MAX_WAIT);
         let Some(slot) = w.slots.get(&wid) else {
             let _ = reply.send(Ok(()));
             return;
@@ -1462,7 +1592,7 @@ impl Actor {
             name: name.to_owned(),
             wid,
             old_gen,
-            deadline: Instant::now() + timeout,
+            deadline: later(Instant::now(), timeout),
             reply,
         });
     }
@@ -1556,6 +1686,20 @@ impl Actor {
             }
             return;
         }
+        if slot
+            .kill_at
+            .is_some_and(|t| Instant::now() >= later(t, KILL_GRACE))
+        {
+            tracing::error!(
+                watcher = name,
+                wid,
+                pid,
+                "the process group survived SIGKILL for {KILL_GRACE:?} (uninterruptible \
+                 sleep?); giving up on it"
+            );
+            self.finish_stop(name, wid);
+            return;
+        }
         if slot.kill_at.is_some_and(|t| Instant::now() >= t) {
             tracing::info!(
                 watcher = name,
@@ -1618,6 +1762,7 @@ impl Actor {
         // The main process died on its own: whatever it left in its group goes too.
         if let Some(pid) = pid {
             let _ = process::signal_group(pid, Signal::SIGKILL);
+            LIVE.ended(pid);
         }
         let slot = self.slot_mut(name, wid, gen).expect("present");
         slot.pid = None;
@@ -1689,6 +1834,22 @@ impl Actor {
                     statuses: self.statuses(names),
                     pids: None,
                 }));
+            } else if Instant::now() >= self.waiters[i].deadline {
+                let w = self.waiters.swap_remove(i);
+                let WaitFor::Settled(names) = &w.what;
+                let states: Vec<String> = self
+                    .statuses(names)
+                    .iter()
+                    .map(|(n, st)| format!("'{n}' is {st}"))
+                    .collect();
+                let _ = w.reply.send(Err(CmdError::new(
+                    Errno::CommandFailed,
+                    format!(
+                        "gave up waiting: {} did not settle in time; `ctl status` shows \
+                         where they are",
+                        states.join(", ")
+                    ),
+                )));
             } else {
                 i += 1;
             }
@@ -1751,5 +1912,29 @@ impl Actor {
                 None => i += 1,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wait_has_a_bounded_budget() {
+        let mut cfg = WatcherConfig::from_options(
+            "w",
+            &WatcherOptions {
+                cmd: Some("sleep".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // 30s graceful, 5s SIGKILL grace, no warmup, 60s margin.
+        assert_eq!(settle_budget(&cfg), Duration::from_secs(95));
+        cfg.warmup_delay = Duration::from_secs(3600);
+        cfg.numprocesses = 100_000;
+        assert_eq!(settle_budget(&cfg), MAX_WAIT);
+        cfg.graceful_timeout = Duration::MAX;
+        assert_eq!(settle_budget(&cfg), MAX_WAIT);
     }
 }

@@ -190,6 +190,26 @@ mod tests {
     }
 
     #[test]
+    fn backoff_saturates_at_the_largest_values() {
+        let mut r = rules(RestartPolicy::Always, -1);
+        r.restart_delay = Duration::from_secs(3600);
+        r.max_restart_delay = Duration::MAX;
+        assert_eq!(backoff(&r, u32::MAX), Duration::from_secs(3600 << 30));
+        r.restart_delay = Duration::MAX;
+        assert_eq!(backoff(&r, 40), Duration::MAX);
+        let (d, n) = after_exit(&r, Some(&code(1)), SHORT, u32::MAX);
+        assert_eq!(
+            (d, n),
+            (
+                Decision::Respawn {
+                    delay: Duration::MAX
+                },
+                u32::MAX
+            )
+        );
+    }
+
+    #[test]
     fn gives_up_after_max_retry() {
         let r = rules(RestartPolicy::Always, 2);
         let (d, n) = after_exit(&r, Some(&code(1)), SHORT, 1);
