@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 /// Supervises the processes of this machine and answers `ctl` over NATS.
 ///
 /// Exit codes: 0 after a graceful stop (SIGTERM, SIGINT or `ctl quit`), 1 when the agent
-/// cannot run (NATS credentials, state file, name already taken), 2 for an invalid config
-/// or bad arguments, 70 after an internal error (a panic), once every process was
-/// stopped gracefully.
+/// cannot run (NATS credentials, an unsafe or locked state or log dir, name already
+/// taken), 2 for an invalid config or bad arguments, 70 after an internal error (a
+/// panic), once every process was stopped gracefully.
 #[derive(Parser, Debug)]
 #[command(name = "nodeagent", version)]
 struct Args {

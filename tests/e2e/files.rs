@@ -107,7 +107,7 @@ fn a_remote_file_write_is_refused_and_the_agent_stays_healthy() {
         "relative.txt".to_owned(),
     ] {
         let reason = refused(&open, &["set", "w", "stderr", &path], Errno::BadOption);
-        assert!(reason.contains("[watcher.w] stderr: "), "{reason}");
+        assert!(reason.contains("option 'stderr': "), "{reason}");
         assert!(
             reason.contains("output_dirs"),
             "{path}: the reason should name the way out: {reason}"
