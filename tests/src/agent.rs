@@ -305,7 +305,11 @@ impl Agent {
     fn remember_reply(&self, r: &Value) {
         let mut pids: Vec<u32> = vec![];
         if let Some(ps) = r["processes"].as_array() {
-            pids.extend(ps.iter().filter_map(|p| p["pid"].as_u64()).map(|p| p as u32));
+            pids.extend(
+                ps.iter()
+                    .filter_map(|p| p["pid"].as_u64())
+                    .map(|p| p as u32),
+            );
         }
         if let Some(ps) = r["pids"].as_array() {
             pids.extend(ps.iter().filter_map(Value::as_u64).map(|p| p as u32));
@@ -318,15 +322,17 @@ impl Agent {
     /// then every process still marked.
     fn kill_leftovers(&self) {
         let own = procs::pgrp_of(std::process::id());
-        let mut groups = std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut groups =
+            std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()));
         for dir in [self.state_dir(), self.dir.path().join("logs")] {
             let text = std::fs::read_to_string(dir.join("groups.log")).unwrap_or_default();
             for line in text.lines() {
                 let mut f = line.split_whitespace();
                 if f.next() == Some("+") {
-                    if let (Some(Ok(g)), Some(Ok(t))) =
-                        (f.next().map(str::parse::<u32>), f.next().map(str::parse::<u64>))
-                    {
+                    if let (Some(Ok(g)), Some(Ok(t))) = (
+                        f.next().map(str::parse::<u32>),
+                        f.next().map(str::parse::<u64>),
+                    ) {
                         groups.entry(g).or_insert(Some(t));
                     }
                 }
@@ -338,7 +344,10 @@ impl Agent {
             }
             let members = procs::group_members(g);
             let same_leader = leader.is_some()
-                && procs::stat(g).filter(|s| !s.is_dead()).map(|s| s.start_ticks) == leader;
+                && procs::stat(g)
+                    .filter(|s| !s.is_dead())
+                    .map(|s| s.start_ticks)
+                    == leader;
             let ours = same_leader
                 || members
                     .iter()

@@ -149,7 +149,10 @@ pub fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
             cols.iter()
                 .enumerate()
                 .map(|(k, (start, name))| {
-                    let end = cols.get(k + 1).map_or(row.len(), |(s, _)| *s).min(row.len());
+                    let end = cols
+                        .get(k + 1)
+                        .map_or(row.len(), |(s, _)| *s)
+                        .min(row.len());
                     let cell: String = row.get(*start..end).unwrap_or_default().iter().collect();
                     (name.clone(), cell.trim().to_owned())
                 })
@@ -182,6 +185,50 @@ impl Drop for KillOnDrop {
             let _ = self.0.kill();
         }
         let _ = self.0.wait();
+    }
+}
+
+/// A long-running `ctl` (events, logs -f) whose stdout lines arrive on a channel;
+/// killed on drop.
+pub struct CtlLines {
+    pub child: KillOnDrop,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl CtlLines {
+    /// Spawns `ctl -s URL ARGS...` and reads its stdout line by line.
+    pub fn spawn(url: &str, args: &[&str]) -> CtlLines {
+        use std::io::BufRead;
+        let mut child = spawn_ctl(url, args);
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        CtlLines { child, rx }
+    }
+
+    /// The next line matching `f` within `timeout` (scaled by the slack); the lines read
+    /// on the way are returned too, in `skipped`.
+    pub fn find(
+        &self,
+        timeout: Duration,
+        skipped: &mut Vec<String>,
+        f: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + crate::wait::bound(timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) if f(&l) => return Some(l),
+                Ok(l) => skipped.push(l),
+                Err(_) => return None,
+            }
+        }
     }
 }
 

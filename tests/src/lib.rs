@@ -19,7 +19,7 @@ pub mod wait;
 pub use agent::Agent;
 pub use bins::{
     bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
-    member_states, nodeagent, parse_table, spawn_ctl, CtlOutput, KillOnDrop,
+    member_states, nodeagent, parse_table, spawn_ctl, CtlLines, CtlOutput, KillOnDrop,
 };
 pub use mark::MarkGuard;
 pub use nats::{free_port, NatsServer};
@@ -29,6 +29,6 @@ pub use procs::{
     ids, is_alive, pgrp_of, pids_with_cmdline, pids_with_environ, start_secs, unique_secs,
     KillGroupOnDrop,
 };
-pub use sniff::Sniffer;
 pub use schema::{validate, validate_reply};
+pub use sniff::{Sniffer, Subscription};
 pub use wait::{bound, slack, timed, wait_for, wait_until, wait_until_async};

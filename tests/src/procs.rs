@@ -31,8 +31,8 @@ pub fn stat(pid: u32) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    // Fields 6..=21 lie between the group and the start time.
-    let start_ticks = fields.nth(17)?.parse().ok()?;
+    // Fields 6..=21 lie between the group and the start time (field 22).
+    let start_ticks = fields.nth(16)?.parse().ok()?;
     Some(Stat {
         pid,
         state,
@@ -219,6 +219,16 @@ mod tests {
         assert!(is_alive(me));
         assert_eq!(pgrp_of(me), Some(s.pgrp));
         assert!(cmdline(me).is_some());
+        // Started after boot, before now.
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let started = start_secs(me).unwrap();
+        assert!(started > 0.0 && started <= up, "{started} vs uptime {up}");
         assert_ne!(unique_secs(), unique_secs());
     }
 }

@@ -141,12 +141,16 @@ impl Sniffer {
             }
         });
         let seen = self.seen.clone();
-        crate::wait::wait_until(Duration::from_secs(10), "the sniffer to see its sentinel", || {
-            seen.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .ends
-                .contains(&n)
-        });
+        crate::wait::wait_until(
+            Duration::from_secs(10),
+            "the sniffer to see its sentinel",
+            || {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ends
+                    .contains(&n)
+            },
+        );
         let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         s.clone()
     }
@@ -169,7 +173,8 @@ fn bump(seen: &mut Seen, kind: &str) {
 
 fn check(seen: &mut Seen, subject: &str, schema: &str, v: &Value) {
     for e in violations(schema, v) {
-        seen.violations.push(format!("{subject} vs {schema}: {e}\n    {v}"));
+        seen.violations
+            .push(format!("{subject} vs {schema}: {e}\n    {v}"));
     }
 }
 
@@ -212,8 +217,10 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
     let tokens: Vec<&str> = rest.split('.').collect();
     let body: Result<Value, _> = serde_json::from_slice(&msg.payload);
     let Ok(v) = body else {
-        seen.violations
-            .push(format!("{subject}: the body is not JSON: {:?}", msg.payload));
+        seen.violations.push(format!(
+            "{subject}: the body is not JSON: {:?}",
+            msg.payload
+        ));
         return;
     };
     let cmd_at = tokens.iter().position(|t| *t == "cmd");
@@ -282,5 +289,105 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
         _ => seen
             .violations
             .push(format!("{subject}: a subject the protocol does not name")),
+    }
+}
+
+/// A plain subscription read from synchronous test code: messages arrive on a channel
+/// from a thread of its own; in place (the server has it) once [`Subscription::new`]
+/// returns.
+pub struct Subscription {
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Subscription {
+    /// Subscribes to `subject` on the server at `url`.
+    pub fn new(url: &str, subject: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (url_owned, subject_owned) = (url.to_owned(), subject.to_owned());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async move {
+                let client = match async_nats::connect(&url_owned).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot connect: {e}")));
+                        return;
+                    }
+                };
+                let mut sub = match client.subscribe(subject_owned).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot subscribe: {e}")));
+                        return;
+                    }
+                };
+                let _ = client.flush().await;
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => break,
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { break };
+                            if tx.send((msg.subject.to_string(), msg.payload.to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        match ready_rx.recv_timeout(crate::wait::bound(Duration::from_secs(10))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("subscription to {subject} on {url}: {e}"),
+            Err(_) => panic!("subscription to {subject} on {url} not in place within 10 s"),
+        }
+        Subscription {
+            rx,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The next message within `timeout` (scaled by the slack): its subject and body.
+    pub fn next(&self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        self.rx.recv_timeout(crate::wait::bound(timeout)).ok()
+    }
+
+    /// The next message whose body parses as JSON and satisfies `f`, within `timeout`;
+    /// the others are dropped.
+    pub fn find(&self, timeout: Duration, f: impl Fn(&str, &Value) -> bool) -> Option<Value> {
+        let deadline = std::time::Instant::now() + crate::wait::bound(timeout);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (s, body) = self.rx.recv_timeout(left).ok()?;
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                if f(&s, &v) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    /// Every message received so far, without waiting.
+    pub fn drain(&self) -> Vec<(String, Vec<u8>)> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
