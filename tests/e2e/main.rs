@@ -4,6 +4,7 @@
 
 mod auth;
 mod cluster;
+mod flags;
 mod foundation;
 mod keys;
 mod membership;

@@ -224,11 +224,10 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
         return;
     };
     let cmd_at = tokens.iter().position(|t| *t == "cmd");
-    let is_cmd = match (cmd_at, tokens.as_slice()) {
-        (Some(1), [_, "cmd"] | [_, "cmd", _]) => true,
-        (Some(2), ["svc", _, "cmd"] | ["svc", _, "cmd", _]) => true,
-        _ => false,
-    };
+    let is_cmd = matches!(
+        (cmd_at, tokens.as_slice()),
+        (Some(1), [_, "cmd"] | [_, "cmd", _]) | (Some(2), ["svc", _, "cmd"] | ["svc", _, "cmd", _])
+    );
     if is_cmd {
         bump(seen, "request");
         check(seen, subject, "request.schema.json", &v);
