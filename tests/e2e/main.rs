@@ -7,6 +7,7 @@ mod cluster;
 mod flags;
 mod foundation;
 mod keys;
+mod logins;
 mod membership;
 mod nats_outage;
 mod observe;
