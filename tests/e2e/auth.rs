@@ -38,7 +38,13 @@ fn agents_and_ctl_log_in_and_a_refusal_is_said_plainly() {
         &["--user", "ops", "--password", "opspass", "--all", "status"],
     );
     out.expect_code(0, "ctl --user --password --all status");
-    assert!(out.stdout.contains("active"), "{}", out.stdout);
+    let rows = out.table();
+    assert!(!rows.is_empty(), "{}", out.stdout);
+    assert!(
+        rows.iter().all(|r| r["STATE"] == "active"),
+        "{}",
+        out.stdout
+    );
 
     // No credentials: exit 3, and what to give.
     let out = ctl_url(&nats.url(), &["--node", "a", "ping"]);
