@@ -573,3 +573,52 @@ fn the_traffic_of_a_session_matches_the_schemas() {
         );
     }
 }
+
+#[test]
+fn info_is_ping_and_add_no_start_adds_a_stopped_watcher() {
+    let nats = NatsServer::start();
+    let agent = Agent::start_config(
+        &nats,
+        &node(
+            "n1",
+            "allow_remote_exec = true",
+            &sleeper("w", &unique_secs(), ""),
+        ),
+    );
+    // info is ping.
+    let info = agent.ctl_ok(&["info"]);
+    assert_eq!(info["pid"], agent.pid(), "{info}");
+    let out = agent.ctl(&["info"]);
+    out.expect_code(0, "ctl info");
+    let rows = out.table();
+    assert_eq!(rows.len(), 1, "{}", out.stdout);
+    assert_eq!(rows[0]["NODE"], "n1");
+    assert_eq!(rows[0]["PID"], agent.pid().to_string());
+    // add --no-start: the watcher exists, stopped, and nothing runs until start.
+    let secs = unique_secs();
+    agent.ctl_ok(&["add", "later", "--no-start", "--", "sleep", &secs]);
+    let st = agent.ctl_ok(&["status", "later"]);
+    assert_eq!(st["statuses"]["later"], "stopped", "{st}");
+    assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 0);
+    agent.ctl_ok(&["start", "later"]);
+    wait_until(T, "later to run after start", || {
+        count_processes_with_cmdline(&format!("sleep {secs}")) == 1
+    });
+}
+
+#[test]
+#[ignore = "product bug: `ctl -v`/`-vv` (\"more log output on stderr\") prints nothing \
+            more: ctl itself logs nothing through tracing and async_nats is turned off"]
+fn verbose_logs_more_on_stderr() {
+    let nats = NatsServer::start();
+    let agent = Agent::start(&nats, "n1", &sleeper("w", &unique_secs(), ""));
+    let quiet = agent.ctl(&["ping"]);
+    let loud = agent.ctl(&["-vv", "ping"]);
+    loud.expect_code(0, "ctl -vv ping");
+    assert_eq!(quiet.table()[0]["NODE"], loud.table()[0]["NODE"]);
+    assert!(
+        loud.stderr.len() > quiet.stderr.len(),
+        "-vv logged nothing more: {:?}",
+        loud.stderr
+    );
+}

@@ -616,3 +616,44 @@ fn stats_interval_0_publishes_no_stats_at_all() {
     assert_eq!(r["watchers"][0]["name"], "w", "{r}");
     drop(chatty);
 }
+
+#[test]
+fn suspect_after_failed_after_and_reap_after_from_the_agents_log() {
+    let nats = NatsServer::start();
+    let timing = "heartbeat = \"100ms\"\nsuspect_after = \"400ms\"\nfailed_after = \"1200ms\"\nreap_after = \"1s\"";
+    let conf = |name: &str| {
+        format!(
+            "[agent]\nname = \"{name}\"\n{timing}\nstate_dir = \"{{dir}}/state\"\n\n\
+             [nats]\nservers = [\"{{nats_url}}\"]\n"
+        )
+    };
+    let obs = Agent::start_config(&nats, &conf("obs"));
+    let mut victim = Agent::start_config(&nats, &conf("victim"));
+    obs.wait_log(T, &["member joined", "victim"]);
+    // A SIGKILL without system events: only the missed heartbeats tell.
+    let killed = protocol::unix_time();
+    victim.kill();
+    let said = |what: &str| obs.wait_log(T, &[&format!("member {what}"), "victim"]) - killed;
+    let (suspect, failed, reaped) = (said("suspect"), said("failed"), said("reaped"));
+    eprintln!("after the SIGKILL: suspect {suspect:.3}s, failed {failed:.3}s, reaped {reaped:.3}s");
+    // The last heartbeat was at most one interval (100 ms) before the kill.
+    let late = bound(Duration::from_millis(1000)).as_secs_f64();
+    assert!(
+        suspect >= 0.3 && suspect < 0.4 + late,
+        "suspect after {suspect:.3}s"
+    );
+    assert!(
+        failed >= 1.1 && failed < 1.2 + late,
+        "failed after {failed:.3}s"
+    );
+    assert!(
+        reaped - failed >= 0.99 && reaped - failed < 1.0 + late,
+        "reaped {:.3}s after failed",
+        reaped - failed
+    );
+    let names: Vec<String> = member_states(&nats.url())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["obs"], "a reaped member is forgotten");
+}

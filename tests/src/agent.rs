@@ -257,6 +257,26 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The agent's own log lines that contain every one of `needles`, each with its
+    /// timestamp as Unix time (the agent logs in RFC 3339, UTC). For state changes,
+    /// read them here rather than catch them with ctl polls in a narrow window.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<(f64, String)> {
+        self.stderr_log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| Some((rfc3339_unix(l.split_whitespace().next()?)?, l.to_owned())))
+            .collect()
+    }
+
+    /// Waits (bounded) for a log line containing every one of `needles`; its time.
+    pub fn wait_log(&self, timeout: Duration, needles: &[&str]) -> f64 {
+        crate::wait::wait_for(
+            timeout,
+            &format!("agent {} to log {needles:?}", self.name),
+            || self.log_lines(needles).first().map(|(t, _)| *t),
+        )
+    }
+
     /// Replaces the config file with the harness's `[agent]` and `[nats]` tables and
     /// `watchers_toml` (`{dir}` expanded), e.g. before `reloadconfig`.
     pub fn write_watchers(&self, watchers_toml: &str) {
@@ -527,6 +547,28 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// `2026-11-30T12:56:24.019768Z` as Unix time.
+pub fn rfc3339_unix(t: &str) -> Option<f64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut h = time.split(':');
+    let (hh, mm) = (
+        h.next()?.parse::<i64>().ok()?,
+        h.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = h.next()?.parse().ok()?;
+    // Days from the civil date (proleptic Gregorian), after H. Hinnant.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
 }
 
 /// The `name = "..."` of a whole config.

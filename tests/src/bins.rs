@@ -317,7 +317,12 @@ pub fn command_of<'a>(args: &[&'a str]) -> Option<&'a str> {
         if TAKES_VALUE.contains(a) {
             it.next();
         } else if !a.starts_with('-') {
-            return Some(if *a == "resize" { "numprocesses" } else { a });
+            // Aliases travel as the command they stand for.
+            return Some(match *a {
+                "resize" => "numprocesses",
+                "info" => "ping",
+                other => other,
+            });
         }
     }
     None
