@@ -153,29 +153,41 @@ fn sigkill_is_suspect_then_failed_sigterm_is_left_and_a_restart_is_alive() {
 
     b.kill();
     let killed = Instant::now();
-    let mut suspect: Option<(Duration, Value)> = None;
-    let (failed_at, failed) = wait_for(T, "b to be failed", || {
-        let row = members(&nats).remove("b")?;
-        match row["state"].as_str() {
-            Some("suspect") if suspect.is_none() => suspect = Some((killed.elapsed(), row)),
-            Some("failed") => return Some((killed.elapsed(), row)),
-            _ => {}
-        }
-        None
+    let killed_unix = protocol::unix_time();
+    // The failed row, from whichever agent answers `members` (a or c); the suspect
+    // moment from that agent's own log, not from a poll that must land in the window
+    // between suspect_after and failed_after.
+    let (failed_at, answering, failed) = wait_for(T, "b to be failed", || {
+        let (_, replies) = ctl_json_output(&nats, &["--timeout", "3s", "members"]);
+        let r = replies.first()?;
+        let row = r["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == "b")?
+            .clone();
+        (row["state"] == "failed").then(|| {
+            (
+                killed.elapsed(),
+                r["node"].as_str().unwrap_or("").to_owned(),
+                row,
+            )
+        })
     });
-    let (suspect_at, suspect) = suspect
-        .unwrap_or_else(|| panic!("b went failed after {failed_at:?} without being seen suspect"));
+    let observer = if answering == "c" { &c } else { &_a };
+    let suspect_unix = observer.wait_log(T, &["member suspect", "member=\"b\""]);
+    let last_seen = failed["last_seen"].as_f64().unwrap_or(0.0);
+    let secs = |t: f64| Duration::from_secs_f64((t - last_seen).max(0.0));
     // How long after the last heartbeat it saw did the answering agent change b's
     // state? That is what the settings promise, whatever the load did to the
     // heartbeats before the kill.
-    let silent = |row: &Value| {
-        let secs = row["since"].as_f64().unwrap_or(0.0) - row["last_seen"].as_f64().unwrap_or(0.0);
-        Duration::from_secs_f64(secs.max(0.0))
-    };
-    let (to_suspect, to_failed) = (silent(&suspect), silent(&failed));
+    let (to_suspect, to_failed) = (
+        secs(suspect_unix),
+        secs(failed["since"].as_f64().unwrap_or(0.0)),
+    );
+    let suspect_at = Duration::from_secs_f64((suspect_unix - killed_unix).max(0.0));
     eprintln!(
-        "SIGKILL of b: seen suspect {suspect_at:?} and failed {failed_at:?} after the kill; \
-         {to_suspect:?} and {to_failed:?} after its last heartbeat"
+        "SIGKILL of b: {answering} logged suspect {suspect_at:?} and showed failed {failed_at:?} \
+         after the kill; {to_suspect:?} and {to_failed:?} after its last heartbeat"
     );
     // Never early (a few ms for the float round trip of the times)...
     let eps = Duration::from_millis(5);
