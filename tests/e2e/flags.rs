@@ -40,6 +40,27 @@ fn ctl_env(env: &[(&str, &str)], args: &[&str]) -> CtlOutput {
     e2e::bins::run(cmd, e2e::bins::CTL_DEADLINE)
 }
 
+/// Waits until every agent has logged every other one as a member (joined, alive or
+/// rejoined): then any of them answers `members` with all of them, whichever the
+/// queue group picks.
+fn wait_all_know_each_other(agents: &[Agent]) {
+    for a in agents {
+        for b in agents {
+            if a.name() == b.name() {
+                continue;
+            }
+            let who = format!("member=\"{}\"", b.name());
+            wait_until(T, &format!("{} to know {}", a.name(), b.name()), || {
+                a.log_lines(&[&who]).iter().any(|(_, l)| {
+                    ["member joined", "member alive", "member rejoined"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+            });
+        }
+    }
+}
+
 #[test]
 fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
     let nats = NatsServer::start();
@@ -54,13 +75,20 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
             )
         })
         .collect();
-    wait_alive(&nats.url(), &names);
+    wait_all_know_each_other(&agents);
     let events = Subscription::new(&nats.url(), "cluster.*.events.w.*");
     let out = ctl(
         &nats,
         &["--all", "restart", "w", "--rolling", "--batch", "2"],
     );
     out.expect_code(0, "ctl --all restart w --rolling --batch 2");
+    for n in names {
+        assert!(
+            out.stdout.contains(&format!("/4] {n}: restarted in")),
+            "no progress line for {n}:\n{}",
+            out.stdout
+        );
+    }
     // Per node, from the agents' own clocks: when its old process exited, and when its
     // new one had been up for min_uptime (then the node's roll is done).
     let mut exit_at: BTreeMap<String, f64> = BTreeMap::new();
@@ -99,13 +127,8 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
         most, 2,
         "with --batch 2 at most 2 nodes restart at once, and 2 do: {windows:?}"
     );
-    for (i, n) in names.iter().enumerate() {
-        assert!(
-            out.stdout.contains(&format!("/4] {n}: restarted in")),
-            "no progress line for {n}:\n{}",
-            out.stdout
-        );
-        assert_eq!(agents[i].children().len(), 1);
+    for a in &agents {
+        assert_eq!(a.children().len(), 1, "{}", a.name());
     }
 }
 
