@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod flags;
 mod foundation;
+mod harness;
 mod keys;
 mod logins;
 mod membership;
