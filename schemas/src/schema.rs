@@ -148,6 +148,30 @@ pub fn all() -> Vec<(String, Value)> {
         "events.schema.json".to_owned(),
         root::<crate::events::Event>("Event"),
     ));
+    // `properties` may be left out of a request whose properties are all optional (the
+    // agent's parser takes `{"command": "status"}`): the root file says what the
+    // per-command files say.
+    let required: std::collections::BTreeMap<String, Value> = files
+        .iter()
+        .filter_map(|(path, v)| {
+            let name = path
+                .strip_prefix("commands/")?
+                .strip_suffix(".request.schema.json")?;
+            Some((name.to_owned(), v["required"].clone()))
+        })
+        .collect();
+    if let Some((_, root)) = files.iter_mut().find(|(p, _)| p == "request.schema.json") {
+        if let Some(Value::Array(branches)) = root.get_mut("oneOf") {
+            for b in branches {
+                let name = b["properties"]["command"]["const"]
+                    .as_str()
+                    .map(str::to_owned);
+                if let Some(r) = name.and_then(|n| required.get(&n)) {
+                    b["required"] = r.clone();
+                }
+            }
+        }
+    }
     // What the agents send is closed: a field the types do not name is a drift.
     // Requests keep what the types say (their inputs deny unknown fields themselves).
     for (path, schema) in &mut files {
@@ -344,6 +368,32 @@ mod tests {
             .unwrap();
         assert_eq!(status["$defs"]["OkReply"]["additionalProperties"], false);
         assert_eq!(status["$defs"]["ErrorReply"]["additionalProperties"], false);
+    }
+
+    /// The root request file takes what the parser takes: `properties` is optional
+    /// where every property is.
+    #[test]
+    fn the_root_request_schema_agrees_with_the_parser() {
+        let root = all()
+            .into_iter()
+            .find(|(p, _)| p == "request.schema.json")
+            .map(|(_, v)| v)
+            .unwrap();
+        let validator = jsonschema_like_required(&root, "status");
+        assert_eq!(validator, vec![json!("command")]);
+        assert!(crate::command::parse_request(br#"{"command":"status"}"#).is_ok());
+        let incr = jsonschema_like_required(&root, "incr");
+        assert!(incr.contains(&json!("properties")), "{incr:?}");
+    }
+
+    fn jsonschema_like_required(root: &Value, command: &str) -> Vec<Value> {
+        root["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["properties"]["command"]["const"] == command)
+            .and_then(|b| b["required"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl Sniffer {
                         msg = sub.next() => {
                             let Some(msg) = msg else { break };
                             let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
-                            observe(&mut s, &prefix, &msg);
+                            let reply = msg.reply.as_ref().map(|r| r.as_str());
+                            observe(&mut s, &prefix, msg.subject.as_str(), reply, &msg.payload);
                         }
                     }
                 }
@@ -179,8 +180,7 @@ fn check(seen: &mut Seen, subject: &str, schema: &str, v: &Value) {
 }
 
 /// Classifies one message by its subject and checks it.
-fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
-    let subject = msg.subject.as_str();
+fn observe(seen: &mut Seen, prefix: &str, subject: &str, reply: Option<&str>, payload: &[u8]) {
     if let Some(n) = subject.strip_prefix(&format!("{END}.")) {
         if let Ok(n) = n.parse() {
             seen.ends.insert(n);
@@ -191,11 +191,11 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
         let Some(command) = seen.inboxes.get(subject).cloned() else {
             return;
         };
-        if msg.payload.is_empty() {
+        if payload.is_empty() {
             return; // a no-responders status
         }
         bump(seen, "reply");
-        match serde_json::from_slice::<Value>(&msg.payload) {
+        match serde_json::from_slice::<Value>(&payload) {
             Ok(v) => {
                 check(seen, subject, "reply.schema.json", &v);
                 check(
@@ -215,12 +215,10 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
         return;
     };
     let tokens: Vec<&str> = rest.split('.').collect();
-    let body: Result<Value, _> = serde_json::from_slice(&msg.payload);
+    let body: Result<Value, _> = serde_json::from_slice(&payload);
     let Ok(v) = body else {
-        seen.violations.push(format!(
-            "{subject}: the body is not JSON: {:?}",
-            msg.payload
-        ));
+        seen.violations
+            .push(format!("{subject}: the body is not JSON: {:?}", payload));
         return;
     };
     let cmd_at = tokens.iter().position(|t| *t == "cmd");
@@ -255,8 +253,8 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
                 seen.commands.insert(command.clone());
             }
         }
-        if let Some(reply) = &msg.reply {
-            seen.inboxes.insert(reply.to_string(), command);
+        if let Some(reply) = reply {
+            seen.inboxes.insert(reply.to_owned(), command);
         }
         return;
     }
@@ -265,8 +263,8 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
             bump(seen, "members");
             check(seen, subject, "commands/members.request.schema.json", &v);
             seen.commands.insert("members".into());
-            if let Some(reply) = &msg.reply {
-                seen.inboxes.insert(reply.to_string(), "members".into());
+            if let Some(reply) = reply {
+                seen.inboxes.insert(reply.to_owned(), "members".into());
             }
         }
         ["registry", _] => {
@@ -288,6 +286,53 @@ fn observe(seen: &mut Seen, prefix: &str, msg: &async_nats::Message) {
         _ => seen
             .violations
             .push(format!("{subject}: a subject the protocol does not name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_plain_and_per_command_subjects() {
+        let mut s = Seen::default();
+        let status = br#"{"command":"status"}"#;
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.n1.cmd",
+            Some("_INBOX.a"),
+            status,
+        );
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.n1.cmd.status",
+            Some("_INBOX.b"),
+            status,
+        );
+        observe(&mut s, "cluster", "cluster.all.cmd.status", None, status);
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.svc.web.cmd.status",
+            None,
+            status,
+        );
+        assert_eq!(s.count("request"), 4);
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert!(s.commands.contains("status (per-command subject)"));
+        // The body must name the subject's command.
+        observe(&mut s, "cluster", "cluster.n1.cmd.stop", None, status);
+        assert!(s.violations[0].contains("names stop but the body status"));
+        // A reply to a request seen is checked against that command's reply schema.
+        let bad = br#"{"node":"n1","status":"ok","time":1.0}"#;
+        observe(&mut s, "cluster", "_INBOX.b", None, bad);
+        assert_eq!(s.count("reply"), 1);
+        assert!(s.violations.len() > 1, "{:?}", s.violations);
+        // An unknown subject under the prefix is a violation too.
+        observe(&mut s, "cluster", "cluster.n1.what", None, b"{}");
+        assert!(s.violations.last().unwrap().contains("does not name"));
     }
 }
 
