@@ -195,7 +195,7 @@ fn observe(seen: &mut Seen, prefix: &str, subject: &str, reply: Option<&str>, pa
             return; // a no-responders status
         }
         bump(seen, "reply");
-        match serde_json::from_slice::<Value>(&payload) {
+        match serde_json::from_slice::<Value>(payload) {
             Ok(v) => {
                 check(seen, subject, "reply.schema.json", &v);
                 check(
@@ -215,7 +215,7 @@ fn observe(seen: &mut Seen, prefix: &str, subject: &str, reply: Option<&str>, pa
         return;
     };
     let tokens: Vec<&str> = rest.split('.').collect();
-    let body: Result<Value, _> = serde_json::from_slice(&payload);
+    let body: Result<Value, _> = serde_json::from_slice(payload);
     let Ok(v) = body else {
         seen.violations
             .push(format!("{subject}: the body is not JSON: {:?}", payload));
