@@ -289,53 +289,6 @@ fn observe(seen: &mut Seen, prefix: &str, subject: &str, reply: Option<&str>, pa
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_plain_and_per_command_subjects() {
-        let mut s = Seen::default();
-        let status = br#"{"command":"status"}"#;
-        observe(
-            &mut s,
-            "cluster",
-            "cluster.n1.cmd",
-            Some("_INBOX.a"),
-            status,
-        );
-        observe(
-            &mut s,
-            "cluster",
-            "cluster.n1.cmd.status",
-            Some("_INBOX.b"),
-            status,
-        );
-        observe(&mut s, "cluster", "cluster.all.cmd.status", None, status);
-        observe(
-            &mut s,
-            "cluster",
-            "cluster.svc.web.cmd.status",
-            None,
-            status,
-        );
-        assert_eq!(s.count("request"), 4);
-        assert!(s.violations.is_empty(), "{:?}", s.violations);
-        assert!(s.commands.contains("status (per-command subject)"));
-        // The body must name the subject's command.
-        observe(&mut s, "cluster", "cluster.n1.cmd.stop", None, status);
-        assert!(s.violations[0].contains("names stop but the body status"));
-        // A reply to a request seen is checked against that command's reply schema.
-        let bad = br#"{"node":"n1","status":"ok","time":1.0}"#;
-        observe(&mut s, "cluster", "_INBOX.b", None, bad);
-        assert_eq!(s.count("reply"), 1);
-        assert!(s.violations.len() > 1, "{:?}", s.violations);
-        // An unknown subject under the prefix is a violation too.
-        observe(&mut s, "cluster", "cluster.n1.what", None, b"{}");
-        assert!(s.violations.last().unwrap().contains("does not name"));
-    }
-}
-
 /// A plain subscription read from synchronous test code: messages arrive on a channel
 /// from a thread of its own; in place (the server has it) once [`Subscription::new`]
 /// returns.
@@ -433,5 +386,52 @@ impl Drop for Subscription {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_plain_and_per_command_subjects() {
+        let mut s = Seen::default();
+        let status = br#"{"command":"status"}"#;
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.n1.cmd",
+            Some("_INBOX.a"),
+            status,
+        );
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.n1.cmd.status",
+            Some("_INBOX.b"),
+            status,
+        );
+        observe(&mut s, "cluster", "cluster.all.cmd.status", None, status);
+        observe(
+            &mut s,
+            "cluster",
+            "cluster.svc.web.cmd.status",
+            None,
+            status,
+        );
+        assert_eq!(s.count("request"), 4);
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert!(s.commands.contains("status (per-command subject)"));
+        // The body must name the subject's command.
+        observe(&mut s, "cluster", "cluster.n1.cmd.stop", None, status);
+        assert!(s.violations[0].contains("names stop but the body status"));
+        // A reply to a request seen is checked against that command's reply schema.
+        let bad = br#"{"node":"n1","status":"ok","time":1.0}"#;
+        observe(&mut s, "cluster", "_INBOX.b", None, bad);
+        assert_eq!(s.count("reply"), 1);
+        assert!(s.violations.len() > 1, "{:?}", s.violations);
+        // An unknown subject under the prefix is a violation too.
+        observe(&mut s, "cluster", "cluster.n1.what", None, b"{}");
+        assert!(s.violations.last().unwrap().contains("does not name"));
     }
 }
