@@ -76,6 +76,7 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
         })
         .collect();
     wait_all_know_each_other(&agents);
+    let mut sniff = Sniffer::start(&nats.url(), "cluster");
     let events = Subscription::new(&nats.url(), "cluster.*.events.w.*");
     let out = ctl(
         &nats,
@@ -130,6 +131,9 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
     for a in &agents {
         assert_eq!(a.children().len(), 1, "{}", a.name());
     }
+    // The rolling restarts and their replies, as they went on the wire.
+    let seen = sniff.check();
+    assert!(seen.commands.iter().any(|c| c.starts_with("restart")), "{seen:?}");
 }
 
 const STUBBORN: &str = "[watcher.stubborn]\ncmd = \"sh\"\n\
