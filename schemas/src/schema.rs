@@ -148,7 +148,73 @@ pub fn all() -> Vec<(String, Value)> {
         "events.schema.json".to_owned(),
         root::<crate::events::Event>("Event"),
     ));
+    // `properties` may be left out of a request whose properties are all optional (the
+    // agent's parser takes `{"command": "status"}`): the root file says what the
+    // per-command files say.
+    let required: std::collections::BTreeMap<String, Value> = files
+        .iter()
+        .filter_map(|(path, v)| {
+            let name = path
+                .strip_prefix("commands/")?
+                .strip_suffix(".request.schema.json")?;
+            Some((name.to_owned(), v["required"].clone()))
+        })
+        .collect();
+    if let Some((_, root)) = files.iter_mut().find(|(p, _)| p == "request.schema.json") {
+        if let Some(Value::Array(branches)) = root.get_mut("oneOf") {
+            for b in branches {
+                let name = b["properties"]["command"]["const"]
+                    .as_str()
+                    .map(str::to_owned);
+                if let Some(r) = name.and_then(|n| required.get(&n)) {
+                    b["required"] = r.clone();
+                }
+            }
+        }
+    }
+    // What the agents send is closed: a field the types do not name is a drift.
+    // Requests keep what the types say (their inputs deny unknown fields themselves).
+    for (path, schema) in &mut files {
+        if !path.ends_with("request.schema.json") {
+            close_structs(schema);
+        }
+    }
     files
+}
+
+/// Sets `additionalProperties: false` on every struct-like object schema (one that lists
+/// `properties` and says nothing of other fields, with no `allOf`/`oneOf`/`anyOf` whose
+/// branches could add fields), walking only the keywords that hold schemas. Maps
+/// (`additionalProperties` with a schema) and open envelopes (`true`) stay as they are.
+fn close_structs(schema: &mut Value) {
+    let Value::Object(m) = schema else {
+        return;
+    };
+    let composed = ["allOf", "oneOf", "anyOf"]
+        .iter()
+        .any(|k| m.contains_key(*k));
+    if m.contains_key("properties")
+        && !m.contains_key("additionalProperties")
+        && !m.contains_key("patternProperties")
+        && !composed
+    {
+        m.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for key in ["properties", "$defs", "definitions", "patternProperties"] {
+        if let Some(Value::Object(children)) = m.get_mut(key) {
+            children.values_mut().for_each(close_structs);
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf", "prefixItems"] {
+        if let Some(Value::Array(children)) = m.get_mut(key) {
+            children.iter_mut().for_each(close_structs);
+        }
+    }
+    for key in ["items", "additionalProperties", "not", "if", "then", "else"] {
+        if let Some(child) = m.get_mut(key) {
+            close_structs(child);
+        }
+    }
 }
 
 /// The whole schema of one type, as its own file.
@@ -255,6 +321,79 @@ mod tests {
             "schema files differ from the types: {stale:?}; \
              run `UPDATE_SCHEMAS=1 cargo test -p cluster-protocol` and commit them"
         );
+    }
+
+    /// Replies, events, stats, registry messages and log lines name every field: an
+    /// object with properties either forbids others or is a declared map or envelope.
+    #[test]
+    fn what_agents_send_is_closed() {
+        fn open_structs(v: &Value, at: &str, found: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    let composed = ["allOf", "oneOf", "anyOf"]
+                        .iter()
+                        .any(|k| m.contains_key(*k));
+                    if m.contains_key("properties")
+                        && !m.contains_key("additionalProperties")
+                        && !composed
+                    {
+                        found.push(at.to_owned());
+                    }
+                    for (k, c) in m {
+                        if k != "properties" || c.is_object() {
+                            open_structs(c, &format!("{at}/{k}"), found);
+                        }
+                    }
+                }
+                Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, c)| open_structs(c, &format!("{at}/{i}"), found)),
+                _ => {}
+            }
+        }
+        let mut found = vec![];
+        for (path, value) in all() {
+            if !path.ends_with("request.schema.json") {
+                open_structs(&value, &path, &mut found);
+            }
+        }
+        // A property named "properties" would look like a schema keyword here; none is.
+        found.retain(|p| !p.ends_with("/properties/properties"));
+        assert!(found.is_empty(), "open objects: {found:?}");
+        let status = all()
+            .into_iter()
+            .find(|(p, _)| p == "commands/status.reply.schema.json")
+            .map(|(_, v)| v)
+            .unwrap();
+        assert_eq!(status["$defs"]["OkReply"]["additionalProperties"], false);
+        assert_eq!(status["$defs"]["ErrorReply"]["additionalProperties"], false);
+    }
+
+    /// The root request file takes what the parser takes: `properties` is optional
+    /// where every property is.
+    #[test]
+    fn the_root_request_schema_agrees_with_the_parser() {
+        let root = all()
+            .into_iter()
+            .find(|(p, _)| p == "request.schema.json")
+            .map(|(_, v)| v)
+            .unwrap();
+        let validator = jsonschema_like_required(&root, "status");
+        assert_eq!(validator, vec![json!("command")]);
+        assert!(crate::command::parse_request(br#"{"command":"status"}"#).is_ok());
+        let incr = jsonschema_like_required(&root, "incr");
+        assert!(incr.contains(&json!("properties")), "{incr:?}");
+    }
+
+    fn jsonschema_like_required(root: &Value, command: &str) -> Vec<Value> {
+        root["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["properties"]["command"]["const"] == command)
+            .and_then(|b| b["required"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     #[test]

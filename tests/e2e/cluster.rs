@@ -123,10 +123,24 @@ fn three_agents_join_and_members_lists_them_alive_with_tags() {
     // The human table names them too.
     let human = ctl(&nats, &["members"]);
     human.expect_code(0, "ctl members");
-    for n in ["a", "b", "c"] {
-        assert!(human.stdout.contains(n), "{}", human.stdout);
-    }
-    assert!(human.stdout.contains("alive"), "{}", human.stdout);
+    let mut rows: Vec<(String, String, String)> = human
+        .table()
+        .into_iter()
+        .map(|r| {
+            (
+                r["NAME"].clone(),
+                r["STATE"].clone(),
+                r["PROCESSES"].clone(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        ["a", "b", "c"].map(|n| (n.to_owned(), "alive".to_owned(), "0/0".to_owned())),
+        "{}",
+        human.stdout
+    );
 }
 
 #[test]
@@ -139,29 +153,41 @@ fn sigkill_is_suspect_then_failed_sigterm_is_left_and_a_restart_is_alive() {
 
     b.kill();
     let killed = Instant::now();
-    let mut suspect: Option<(Duration, Value)> = None;
-    let (failed_at, failed) = wait_for(T, "b to be failed", || {
-        let row = members(&nats).remove("b")?;
-        match row["state"].as_str() {
-            Some("suspect") if suspect.is_none() => suspect = Some((killed.elapsed(), row)),
-            Some("failed") => return Some((killed.elapsed(), row)),
-            _ => {}
-        }
-        None
+    let killed_unix = protocol::unix_time();
+    // The failed row, from whichever agent answers `members` (a or c); the suspect
+    // moment from that agent's own log, not from a poll that must land in the window
+    // between suspect_after and failed_after.
+    let (failed_at, answering, failed) = wait_for(T, "b to be failed", || {
+        let (_, replies) = ctl_json_output(&nats, &["--timeout", "3s", "members"]);
+        let r = replies.first()?;
+        let row = r["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == "b")?
+            .clone();
+        (row["state"] == "failed").then(|| {
+            (
+                killed.elapsed(),
+                r["node"].as_str().unwrap_or("").to_owned(),
+                row,
+            )
+        })
     });
-    let (suspect_at, suspect) = suspect
-        .unwrap_or_else(|| panic!("b went failed after {failed_at:?} without being seen suspect"));
+    let observer = if answering == "c" { &c } else { &_a };
+    let suspect_unix = observer.wait_log(T, &["member suspect", "member=\"b\""]);
+    let last_seen = failed["last_seen"].as_f64().unwrap_or(0.0);
+    let secs = |t: f64| Duration::from_secs_f64((t - last_seen).max(0.0));
     // How long after the last heartbeat it saw did the answering agent change b's
     // state? That is what the settings promise, whatever the load did to the
     // heartbeats before the kill.
-    let silent = |row: &Value| {
-        let secs = row["since"].as_f64().unwrap_or(0.0) - row["last_seen"].as_f64().unwrap_or(0.0);
-        Duration::from_secs_f64(secs.max(0.0))
-    };
-    let (to_suspect, to_failed) = (silent(&suspect), silent(&failed));
+    let (to_suspect, to_failed) = (
+        secs(suspect_unix),
+        secs(failed["since"].as_f64().unwrap_or(0.0)),
+    );
+    let suspect_at = Duration::from_secs_f64((suspect_unix - killed_unix).max(0.0));
     eprintln!(
-        "SIGKILL of b: seen suspect {suspect_at:?} and failed {failed_at:?} after the kill; \
-         {to_suspect:?} and {to_failed:?} after its last heartbeat"
+        "SIGKILL of b: {answering} logged suspect {suspect_at:?} and showed failed {failed_at:?} \
+         after the kill; {to_suspect:?} and {to_failed:?} after its last heartbeat"
     );
     // Never early (a few ms for the float round trip of the times)...
     let eps = Duration::from_millis(5);
@@ -174,7 +200,7 @@ fn sigkill_is_suspect_then_failed_sigterm_is_left_and_a_restart_is_alive() {
         "failed too early: {to_failed:?}"
     );
     // ...and on time, with room for a loaded machine.
-    let late = Duration::from_millis(1500);
+    let late = bound(Duration::from_millis(1500));
     assert!(
         to_suspect < SUSPECT_AFTER + late,
         "suspect too late: {to_suspect:?}"
@@ -223,7 +249,7 @@ fn a_second_agent_with_an_alive_name_is_refused() {
         &["-c", &config.display().to_string()],
         Duration::from_secs(30),
     );
-    assert_ne!(out.code, 0, "the duplicate ran: {out:?}");
+    out.expect_code(1, "an agent under a name that is alive");
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
         said.contains("node name 'a' is already taken"),
@@ -369,7 +395,7 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().expect("run ctl");
+    let mut child = KillOnDrop(cmd.spawn().expect("run ctl"));
     // Per node: the fewest live processes seen, when the first old pid went, and when
     // the last one did.
     let mut lowest = [usize::MAX; 3];
@@ -380,7 +406,10 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
         if let Some(s) = child.try_wait().expect("wait for ctl") {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "ctl hangs");
+        assert!(
+            started.elapsed() < bound(Duration::from_secs(90)),
+            "ctl hangs"
+        );
         for (i, agent) in all.iter().enumerate() {
             let now: BTreeSet<u32> = agent.children().into_iter().collect();
             lowest[i] = lowest[i].min(now.len());
@@ -393,11 +422,19 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
             }
         }
         samples += 1;
+        // A few ms per turn: enough samples, without starving the agents of CPU.
+        std::thread::sleep(Duration::from_millis(3));
     };
     let took = started.elapsed();
-    let out = child.wait_with_output().expect("ctl output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let read = |r: Option<&mut dyn std::io::Read>| {
+        let mut text = String::new();
+        if let Some(r) = r {
+            let _ = r.read_to_string(&mut text);
+        }
+        text
+    };
+    let stdout = read(child.stdout.as_mut().map(|r| r as &mut dyn std::io::Read));
+    let stderr = read(child.stderr.as_mut().map(|r| r as &mut dyn std::io::Read));
     eprintln!(
         "rolling restart of 3 nodes x 3 processes took {took:?}, {samples} samples; \
          lowest {lowest:?}; first old pid gone {first_gone:?}; all gone {all_gone:?}"
@@ -524,7 +561,7 @@ fn a_rolling_restart_stops_where_a_health_check_fails_and_says_where() {
         "stopped roll took {took:?}:\n{}\n{}",
         out.stdout, out.stderr
     );
-    assert_ne!(out.code, 0, "a failed roll exits non-zero: {out:?}");
+    out.expect_code(1, "a roll stopped by a failed health check");
     assert!(
         out.stdout.contains("[1/3] a: restarted in"),
         "{}",
@@ -542,7 +579,7 @@ fn a_rolling_restart_stops_where_a_health_check_fails_and_says_where() {
         out.stderr
     );
     // The failed check ends the wait at once, not at the restart's deadline.
-    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(took < bound(Duration::from_secs(15)), "{took:?}");
     let now: Vec<BTreeSet<u32>> = all
         .iter()
         .map(|x| x.children().into_iter().collect())

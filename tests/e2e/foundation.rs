@@ -297,8 +297,17 @@ fn a_crash_loop_backs_off_then_ends_fatal_and_start_revives_it() {
     // The human table says it too.
     let out = agent.ctl(&["status"]);
     out.expect_code(0, "ctl status");
-    assert!(out.stdout.contains("fatal"), "{}", out.stdout);
-    assert!(out.stdout.contains("gave up after"), "{}", out.stdout);
+    let rows = out.table();
+    assert_eq!(rows.len(), 1, "{}", out.stdout);
+    assert_eq!(rows[0]["WATCHER"], "crash", "{}", out.stdout);
+    assert_eq!(rows[0]["STATE"], "fatal", "{}", out.stdout);
+    assert_eq!(rows[0]["PROCESSES"], "0/1", "{}", out.stdout);
+    assert_eq!(rows[0]["RESTARTS"], "3", "{}", out.stdout);
+    assert!(
+        rows[0]["REASON"].starts_with("gave up after 4 failed starts"),
+        "{}",
+        out.stdout
+    );
 
     agent.ctl_ok(&["start", "crash"]);
     let path = agent.dir().join("starts");

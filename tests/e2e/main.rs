@@ -5,7 +5,11 @@
 mod auth;
 mod cluster;
 mod files;
+mod flags;
 mod foundation;
+mod harness;
+mod keys;
+mod logins;
 mod membership;
 mod nats_outage;
 mod observe;

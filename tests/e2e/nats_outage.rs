@@ -59,39 +59,10 @@ fn sigterm_while_nats_is_down_still_stops_everything_and_exits_0() {
     assert_eq!(count_processes_with_cmdline(&format!("sleep {secs}")), 0);
 }
 
-/// `GET path` on a server's monitoring port; the body.
-fn monitor(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_nats_server_fail_over_keeps_every_member_and_process() {
     // Two servers routed into one NATS cluster, each with a monitoring port.
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let (routes, http) = ([free_port(), free_port()], [free_port(), free_port()]);
-    let servers: Vec<NatsServer> = (0..2)
-        .map(|i| {
-            let path = dir.path().join(format!("s{i}.conf"));
-            let text = format!(
-                "server_name: s{i}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: c\n  \
-                 listen: 127.0.0.1:{}\n  routes: [nats://127.0.0.1:{}]\n}}\n",
-                http[i],
-                routes[i],
-                routes[1 - i]
-            );
-            std::fs::write(&path, text).expect("write a server config");
-            NatsServer::start_with_config(&path)
-        })
-        .collect();
+    let servers = NatsServer::start_routed(2, "");
     let urls = format!("\"{}\", \"{}\"", servers[0].url(), servers[1].url());
     let secs = unique_secs();
     let node = |name: &str| {
@@ -125,12 +96,16 @@ fn a_nats_server_fail_over_keeps_every_member_and_process() {
         .collect();
 
     // Kill the server that agent a is on; its agents move to the other one.
-    let on = |i: usize| monitor(http[i], "/connz").contains("\"name\": \"a\"");
+    let on = |i: usize| servers[i].monitor("/connz").contains("\"name\": \"a\"");
     let victim = wait_for(T, "the server agent a is on", || (0..2).find(|&i| on(i)));
     let (mut servers, survivor) = (servers, 1 - victim);
     let moved = ["a", "b", "c"]
         .iter()
-        .filter(|n| monitor(http[victim], "/connz").contains(&format!("\"name\": \"{n}\"")))
+        .filter(|n| {
+            servers[victim]
+                .monitor("/connz")
+                .contains(&format!("\"name\": \"{n}\""))
+        })
         .count();
     servers[victim].kill();
     let url = servers[survivor].url();

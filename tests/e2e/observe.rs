@@ -200,7 +200,14 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
         "{}",
         human.stdout
     );
-    assert!(human.stdout.contains("busy"), "{}", human.stdout);
+    let rows = human.table();
+    let busy_row = rows
+        .iter()
+        .find(|r| r["WATCHER"] == "busy")
+        .unwrap_or_else(|| panic!("no row for busy:\n{}", human.stdout));
+    assert_eq!(busy_row["NODE"], "a", "{}", human.stdout);
+    let pid = busy_pid.map(|p| p.to_string()).unwrap_or_default();
+    assert_eq!(busy_row["PID"], pid, "{}", human.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,18 @@
 //! A real `nodeagent` process per test: its config, state and logs in a temporary dir,
 //! its stderr captured to a file (printed when the test fails), stopped on drop with
 //! SIGTERM, then SIGKILL after 10 s, so that it never outlives the test.
+//!
+//! Nothing it started outlives it either: each agent runs with a marker of its own in
+//! its environment ([`crate::mark`]), which its processes inherit through `PATH`; it
+//! remembers every process group it has seen (in `list` replies, as its children, in
+//! its `groups.log`); on drop, also after [`Agent::terminate`], [`Agent::kill`] or
+//! [`Agent::wait_exit`], it kills those groups and then every process still marked.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -36,6 +44,10 @@ pub struct Agent {
     config: PathBuf,
     stderr: PathBuf,
     child: Option<Child>,
+    /// In the environment of the agent and of everything it starts.
+    marker: crate::mark::MarkGuard,
+    /// Every process group seen: group id to the leader's start time, when known.
+    groups: Mutex<BTreeMap<u32, Option<u64>>>,
 }
 
 /// The `[agent]` and `[nats]` tables the harness writes for `name`, with state and logs
@@ -137,6 +149,8 @@ impl Agent {
             dir,
             config,
             child: None,
+            marker: crate::mark::MarkGuard::new(),
+            groups: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -168,6 +182,7 @@ impl Agent {
             }
             None => hermetic(bin("nodeagent")),
         };
+        crate::mark::apply(&mut cmd, self.marker.marker());
         cmd.arg("-c")
             .arg(&self.config)
             .stdout(Stdio::from(out))
@@ -199,7 +214,7 @@ impl Agent {
             if self.ctl(&["--timeout", "2s", "ping"]).code == 0 {
                 return;
             }
-            if start.elapsed() > READY_TIMEOUT {
+            if start.elapsed() > crate::wait::bound(READY_TIMEOUT) {
                 panic!(
                     "agent {} did not answer a ping within {READY_TIMEOUT:?}; its stderr:\n{}",
                     self.name,
@@ -242,6 +257,26 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The agent's own log lines that contain every one of `needles`, each with its
+    /// timestamp as Unix time (the agent logs in RFC 3339, UTC). For state changes,
+    /// read them here rather than catch them with ctl polls in a narrow window.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<(f64, String)> {
+        self.stderr_log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| Some((rfc3339_unix(l.split_whitespace().next()?)?, l.to_owned())))
+            .collect()
+    }
+
+    /// Waits (bounded) for a log line containing every one of `needles`; its time.
+    pub fn wait_log(&self, timeout: Duration, needles: &[&str]) -> f64 {
+        crate::wait::wait_for(
+            timeout,
+            &format!("agent {} to log {needles:?}", self.name),
+            || self.log_lines(needles).first().map(|(t, _)| *t),
+        )
+    }
+
     /// Replaces the config file with the harness's `[agent]` and `[nats]` tables and
     /// `watchers_toml` (`{dir}` expanded), e.g. before `reloadconfig`.
     pub fn write_watchers(&self, watchers_toml: &str) {
@@ -261,7 +296,87 @@ impl Agent {
 
     /// The live processes the agent supervises (its direct children).
     pub fn children(&self) -> Vec<u32> {
-        procs::children_pids(self.pid())
+        let kids = procs::children_pids(self.pid());
+        self.remember(&kids);
+        kids
+    }
+
+    /// The marker in the environment of the agent and of what it starts.
+    pub fn marker(&self) -> &str {
+        self.marker.marker()
+    }
+
+    /// Notes the process groups of `pids` (alive ones) to kill on drop.
+    pub fn remember(&self, pids: &[u32]) {
+        let own = procs::pgrp_of(std::process::id());
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in pids {
+            let Some(st) = procs::stat(*pid).filter(|s| !s.is_dead()) else {
+                continue;
+            };
+            if st.pgrp > 1 && Some(st.pgrp) != own {
+                let leader = procs::stat(st.pgrp).map(|l| l.start_ticks);
+                groups.entry(st.pgrp).or_insert(leader);
+            }
+        }
+    }
+
+    /// Notes the processes a reply names (`processes[].pid`, `pids`).
+    fn remember_reply(&self, r: &Value) {
+        let mut pids: Vec<u32> = vec![];
+        if let Some(ps) = r["processes"].as_array() {
+            pids.extend(
+                ps.iter()
+                    .filter_map(|p| p["pid"].as_u64())
+                    .map(|p| p as u32),
+            );
+        }
+        if let Some(ps) = r["pids"].as_array() {
+            pids.extend(ps.iter().filter_map(Value::as_u64).map(|p| p as u32));
+        }
+        self.remember(&pids);
+    }
+
+    /// Kills every remembered group that is still ours (a member carries the marker, or
+    /// its leader is the very process seen), the groups in the agent's `groups.log`,
+    /// then every process still marked.
+    fn kill_leftovers(&self) {
+        let own = procs::pgrp_of(std::process::id());
+        let mut groups =
+            std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()));
+        for dir in [self.state_dir(), self.dir.path().join("logs")] {
+            let text = std::fs::read_to_string(dir.join("groups.log")).unwrap_or_default();
+            for line in text.lines() {
+                let mut f = line.split_whitespace();
+                if f.next() == Some("+") {
+                    if let (Some(Ok(g)), Some(Ok(t))) = (
+                        f.next().map(str::parse::<u32>),
+                        f.next().map(str::parse::<u64>),
+                    ) {
+                        groups.entry(g).or_insert(Some(t));
+                    }
+                }
+            }
+        }
+        for (g, leader) in groups {
+            if g <= 1 || Some(g) == own {
+                continue;
+            }
+            let members = procs::group_members(g);
+            let same_leader = leader.is_some()
+                && procs::stat(g)
+                    .filter(|s| !s.is_dead())
+                    .map(|s| s.start_ticks)
+                    == leader;
+            let ours = same_leader
+                || members
+                    .iter()
+                    .any(|p| procs::environ_contains(*p, self.marker.marker()));
+            if ours && !members.is_empty() {
+                let _ = killpg(Pid::from_raw(g as i32), Signal::SIGKILL);
+            }
+        }
+        crate::mark::kill_marked(self.marker.marker());
     }
 
     /// Runs `ctl --node NAME ARGS...`.
@@ -277,7 +392,9 @@ impl Agent {
         let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
         all.extend(["--node", &self.name]);
         all.extend_from_slice(args);
-        ctl_json_output_url(&self.ctl_url, &all)
+        let (out, replies) = ctl_json_output_url(&self.ctl_url, &all);
+        replies.iter().for_each(|r| self.remember_reply(r));
+        (out, replies)
     }
 
     /// Runs `ctl --node NAME --json ARGS...` and returns its one `ok` reply; see
@@ -286,7 +403,9 @@ impl Agent {
         let mut all: Vec<&str> = self.ctl_flags.iter().map(String::as_str).collect();
         all.extend(["--node", &self.name]);
         all.extend_from_slice(args);
-        ctl_ok_url(&self.ctl_url, &all)
+        let r = ctl_ok_url(&self.ctl_url, &all);
+        self.remember_reply(&r);
+        r
     }
 
     /// The live pids of a watcher as (wid, pid), from `ctl list WATCHER`.
@@ -315,6 +434,10 @@ impl Agent {
 
     /// Waits (bounded) for an agent that was told to quit some other way, e.g. `ctl quit`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = crate::wait::bound(timeout);
+        if let Some(c) = &self.child {
+            self.remember(&procs::children_pids(c.id()));
+        }
         let mut child = self
             .child
             .take()
@@ -338,6 +461,9 @@ impl Agent {
     }
 
     fn stop(&mut self, sig: Signal) -> ExitStatus {
+        if let Some(c) = &self.child {
+            self.remember(&procs::children_pids(c.id()));
+        }
         let mut child = self
             .child
             .take()
@@ -376,7 +502,9 @@ fn stop_child(child: &mut Child, sig: Signal, cleanup: bool) -> Option<ExitStatu
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if start.elapsed() < TERM_TIMEOUT => std::thread::sleep(POLL),
+            Ok(None) if start.elapsed() < crate::wait::bound(TERM_TIMEOUT) => {
+                std::thread::sleep(POLL)
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -405,8 +533,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
         if let Some(mut child) = self.child.take() {
+            self.remember(&procs::children_pids(child.id()));
             let _ = stop_child(&mut child, Signal::SIGTERM, true);
         }
+        self.kill_leftovers();
         if failed {
             eprintln!(
                 "----- agent {} ({}) stderr -----\n{}----- end of agent {} stderr -----",
@@ -417,6 +547,28 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// `2026-11-30T12:56:24.019768Z` as Unix time.
+pub fn rfc3339_unix(t: &str) -> Option<f64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut h = time.split(':');
+    let (hh, mm) = (
+        h.next()?.parse::<i64>().ok()?,
+        h.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = h.next()?.parse().ok()?;
+    // Days from the civil date (proleptic Gregorian), after H. Hinnant.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
 }
 
 /// The `name = "..."` of a whole config.

@@ -1,7 +1,9 @@
 //! Running the workspace's real binaries (`ctl`, `nodeagent`) as separate processes,
 //! each bounded in time, with their exit code and output.
 
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,9 +39,11 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A command with an environment that cannot leak into the test: no NATS settings or
-/// prefix from the caller's shell.
+/// prefix from the caller's shell. It carries the run's shared marker
+/// ([`crate::mark`]), so that it is found and counted should it outlive the test.
 pub fn hermetic(program: impl Into<PathBuf>) -> Command {
     let mut cmd = Command::new(program.into());
+    crate::mark::apply(&mut cmd, &crate::mark::shared_marker());
     for var in [
         "NATS_URL",
         "NATS_USER",
@@ -78,6 +82,11 @@ impl CtlOutput {
         self
     }
 
+    /// The human table on stdout, parsed; see [`parse_table`].
+    pub fn table(&self) -> Vec<BTreeMap<String, String>> {
+        parse_table(&self.stdout)
+    }
+
     /// Each stdout line parsed as JSON.
     pub fn json_lines(&self) -> Vec<Value> {
         self.stdout
@@ -103,22 +112,158 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// Runs `cmd` to the end, killing it after `deadline`.
-pub fn run(mut cmd: Command, deadline: Duration) -> CtlOutput {
-    let start = Instant::now();
-    let mut child: Child = cmd
+/// Parses an aligned table as ctl prints it: a header line of upper-case column names,
+/// then one line per row, each cell starting where its column's name starts (the last
+/// column may be empty and is then trimmed). Each row maps column name to cell; lines
+/// before the header are skipped.
+pub fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines().skip_while(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        words.is_empty()
+            || !words
+                .iter()
+                .all(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '%'))
+    });
+    let Some(header) = lines.next() else {
+        return vec![];
+    };
+    // Column names are separated by two spaces or more ("LAST EXIT" is one name).
+    let chars: Vec<char> = header.chars().collect();
+    let mut cols: Vec<(usize, String)> = vec![];
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == ' ' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && !(chars[i] == ' ' && chars.get(i + 1).is_none_or(|c| *c == ' ')) {
+            i += 1;
+        }
+        cols.push((start, chars[start..i].iter().collect()));
+    }
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let row: Vec<char> = l.chars().collect();
+            cols.iter()
+                .enumerate()
+                .map(|(k, (start, name))| {
+                    let end = cols
+                        .get(k + 1)
+                        .map_or(row.len(), |(s, _)| *s)
+                        .min(row.len());
+                    let cell: String = row.get(*start..end).unwrap_or_default().iter().collect();
+                    (name.clone(), cell.trim().to_owned())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A child process killed (and reaped) when dropped, also when the test panics: every
+/// `ctl` a test spawns itself goes in one.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A long-running `ctl` (events, logs -f) whose stdout lines arrive on a channel;
+/// killed on drop.
+pub struct CtlLines {
+    pub child: KillOnDrop,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl CtlLines {
+    /// Spawns `ctl -s URL ARGS...` and reads its stdout line by line.
+    pub fn spawn(url: &str, args: &[&str]) -> CtlLines {
+        use std::io::BufRead;
+        let mut child = spawn_ctl(url, args);
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        CtlLines { child, rx }
+    }
+
+    /// The next line matching `f` within `timeout` (scaled by the slack); the lines read
+    /// on the way are returned too, in `skipped`.
+    pub fn find(
+        &self,
+        timeout: Duration,
+        skipped: &mut Vec<String>,
+        f: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + crate::wait::bound(timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) if f(&l) => return Some(l),
+                Ok(l) => skipped.push(l),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Spawns `ctl -s URL ARGS...` with piped stdout and stderr, guarded.
+pub fn spawn_ctl(url: &str, args: &[&str]) -> KillOnDrop {
+    let mut cmd = hermetic(bin("ctl"));
+    cmd.arg("-s")
+        .arg(url)
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .stderr(Stdio::piped());
+    KillOnDrop(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot run ctl: {e}")),
+    )
+}
+
+/// Runs `cmd` to the end, killing it after `deadline` (scaled by
+/// [`crate::wait::slack`]).
+pub fn run(mut cmd: Command, deadline: Duration) -> CtlOutput {
+    let deadline = crate::wait::bound(deadline);
+    let start = Instant::now();
+    let mut child = KillOnDrop(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
+    );
     let out = drain(child.stdout.take().expect("piped"));
     let err = drain(child.stderr.take().expect("piped"));
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if start.elapsed() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
+                drop(child);
                 panic!("{cmd:?} did not finish within {deadline:?}");
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
@@ -172,7 +317,12 @@ pub fn command_of<'a>(args: &[&'a str]) -> Option<&'a str> {
         if TAKES_VALUE.contains(a) {
             it.next();
         } else if !a.starts_with('-') {
-            return Some(if *a == "resize" { "numprocesses" } else { a });
+            // Aliases travel as the command they stand for.
+            return Some(match *a {
+                "resize" => "numprocesses",
+                "info" => "ping",
+                other => other,
+            });
         }
     }
     None
@@ -251,6 +401,21 @@ pub fn nodeagent(args: &[&str], deadline: Duration) -> CtlOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_a_table_by_column() {
+        let text = "WID  PID   STATE    AGE  RESTARTS  LAST EXIT\n\
+                    1    4242  running  3s   0\n\
+                    2    -     stopped  -    12        code 1\n";
+        let t = parse_table(text);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["PID"], "4242");
+        assert_eq!(t[0]["LAST EXIT"], "");
+        assert_eq!(t[1]["STATE"], "stopped");
+        assert_eq!(t[1]["RESTARTS"], "12");
+        assert_eq!(t[1]["LAST EXIT"], "code 1");
+        assert!(parse_table("no processes\n").is_empty());
+    }
 
     #[test]
     fn finds_the_command_among_options() {

@@ -7,23 +7,28 @@
 
 pub mod agent;
 pub mod bins;
+pub mod mark;
 pub mod nats;
 pub mod netns;
 pub mod procs;
 pub mod schema;
+pub mod sniff;
 pub mod tmux;
 pub mod wait;
 
 pub use agent::Agent;
 pub use bins::{
     bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
-    member_states, nodeagent, CtlOutput,
+    member_states, nodeagent, parse_table, spawn_ctl, CtlLines, CtlOutput, KillOnDrop,
 };
+pub use mark::MarkGuard;
 pub use nats::{free_port, NatsServer};
 pub use netns::NetNs;
 pub use procs::{
-    children_pids, cmdline, count_processes_with_cmdline, group_members, is_alive, pgrp_of,
-    pids_with_cmdline, unique_secs, KillGroupOnDrop,
+    children_pids, cmdline, count_processes_with_cmdline, cwd, env_var, environ, group_members,
+    ids, is_alive, pgrp_of, pids_with_cmdline, pids_with_environ, start_secs, unique_secs,
+    KillGroupOnDrop,
 };
 pub use schema::{validate, validate_reply};
-pub use wait::{timed, wait_for, wait_until, wait_until_async};
+pub use sniff::{Sniffer, Subscription};
+pub use wait::{bound, slack, timed, wait_for, wait_until, wait_until_async};

@@ -57,6 +57,8 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     config: Option<PathBuf>,
+    /// The monitoring port, for servers started by [`NatsServer::start_routed`].
+    http: Option<u16>,
 }
 
 /// Runs `nats-server` on `port`, logging into `dir`; `None` when it did not become
@@ -68,6 +70,7 @@ fn spawn_server(config: Option<&Path>, dir: &Path, addr: &str, port: u16) -> Opt
     let stderr = std::fs::File::create(dir.join("nats-server.stderr"))
         .unwrap_or_else(|e| panic!("cannot create a file in {}: {e}", dir.display()));
     let mut cmd = Command::new(&bin);
+    crate::mark::apply(&mut cmd, &crate::mark::shared_marker());
     if let Some(c) = config {
         cmd.arg("-c").arg(c);
     }
@@ -86,6 +89,13 @@ fn spawn_server(config: Option<&Path>, dir: &Path, addr: &str, port: u16) -> Opt
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+fn new_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("e2e-nats-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary dir: {e}"))
 }
 
 fn output(dir: &Path) -> String {
@@ -113,27 +123,102 @@ impl NatsServer {
     }
 
     fn launch(config: Option<&Path>, addr: &str) -> NatsServer {
-        let dir = tempfile::Builder::new()
-            .prefix("e2e-nats-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("cannot create a temporary dir: {e}"));
+        let mut dir = new_dir();
         // The port may be taken between picking and binding it; try a few.
         for _ in 0..5 {
-            let port = free_port();
-            if let Some(child) = spawn_server(config, dir.path(), addr, port) {
-                return NatsServer {
-                    child,
-                    addr: addr.to_owned(),
-                    port,
-                    dir,
-                    config: config.map(Path::to_owned),
-                };
+            match Self::try_launch(config, addr, dir, None) {
+                Ok(s) => return s,
+                Err(d) => dir = d,
             }
         }
         panic!(
             "nats-server did not start on a free port after 5 tries; its output:\n{}",
             output(dir.path())
         );
+    }
+
+    /// One try on a free port; on failure the dir is given back for the next try.
+    fn try_launch(
+        config: Option<&Path>,
+        addr: &str,
+        dir: tempfile::TempDir,
+        http: Option<u16>,
+    ) -> Result<Self, tempfile::TempDir> {
+        let port = free_port();
+        match spawn_server(config, dir.path(), addr, port) {
+            Some(child) => Ok(NatsServer {
+                child,
+                addr: addr.to_owned(),
+                port,
+                dir,
+                config: config.map(Path::to_owned),
+                http,
+            }),
+            None => Err(dir),
+        }
+    }
+
+    /// Starts `n` servers on 127.0.0.1 routed into one NATS cluster, each with a
+    /// monitoring port ([`http_port`](Self::http_port)) and `extra` config text. The
+    /// client, route and monitoring ports are picked free and picked again, for the
+    /// whole cluster, when any server cannot bind one.
+    pub fn start_routed(n: usize, extra: &str) -> Vec<NatsServer> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let https: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let mut up = vec![];
+            for i in 0..n {
+                let dir = new_dir();
+                let others: Vec<String> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect();
+                let path = dir.path().join("server.conf");
+                let text = format!(
+                    "server_name: s{i}\nhttp: 127.0.0.1:{}\ncluster {{\n  name: c\n  \
+                     listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{extra}\n",
+                    https[i],
+                    routes[i],
+                    others.join(", ")
+                );
+                std::fs::write(&path, text).expect("write a server config");
+                match Self::try_launch(Some(&path), "127.0.0.1", dir, Some(https[i])) {
+                    Ok(s) => up.push(s),
+                    Err(dir) => {
+                        last = output(dir.path());
+                        break;
+                    }
+                }
+            }
+            if up.len() == n {
+                return up;
+            }
+        }
+        panic!("a routed nats-server did not start after 5 tries; its output:\n{last}");
+    }
+
+    /// The monitoring port, for servers started by [`start_routed`](Self::start_routed).
+    pub fn http_port(&self) -> Option<u16> {
+        self.http
+    }
+
+    /// `GET path` on the monitoring port (e.g. `/connz`, `/routez`); the body, empty
+    /// when it cannot be read.
+    pub fn monitor(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Some(port) = self.http else {
+            return String::new();
+        };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
     }
 
     /// Kills the server (as if it crashed), keeping its port for [`restart`](Self::restart).

@@ -40,10 +40,44 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Deletes the `e2e-<pid>-<n>` namespaces whose test run (`<pid>`) is gone: a run
+/// killed before its drops ran leaves them behind. Done once per run, before the first
+/// namespace is made.
+pub fn remove_stale() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return vec![];
+    };
+    let mut removed = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("e2e-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let run_alive = crate::procs::cmdline(pid).is_some_and(|c| c.contains("e2e"));
+        if !run_alive && ip(&["netns", "del", name]).is_ok() {
+            removed.push(name.to_owned());
+        }
+    }
+    removed
+}
+
 impl NetNs {
     /// Creates the namespace and its link, both up. Panics with what failed (for
     /// example, not running as root).
     pub fn create() -> NetNs {
+        static STALE: std::sync::Once = std::sync::Once::new();
+        STALE.call_once(|| {
+            let gone = remove_stale();
+            if !gone.is_empty() {
+                eprintln!("harness: removed test networks of a run that is gone: {gone:?}");
+            }
+        });
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();

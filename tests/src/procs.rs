@@ -11,6 +11,8 @@ pub struct Stat {
     pub state: char,
     pub ppid: u32,
     pub pgrp: u32,
+    /// When it started, in clock ticks since boot (field 22).
+    pub start_ticks: u64,
 }
 
 impl Stat {
@@ -29,11 +31,14 @@ pub fn stat(pid: u32) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
+    // Fields 6..=21 lie between the group and the start time (field 22).
+    let start_ticks = fields.nth(16)?.parse().ok()?;
     Some(Stat {
         pid,
         state,
         ppid,
         pgrp,
+        start_ticks,
     })
 }
 
@@ -120,6 +125,72 @@ pub fn unique_secs() -> String {
     format!("9{:07}{n:03}", std::process::id() % 10_000_000)
 }
 
+/// The raw environment of `pid` (`KEY=VALUE` entries), empty when it is gone.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `key` in the environment of `pid`.
+pub fn env_var(pid: u32, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    environ(pid)
+        .into_iter()
+        .find_map(|e| e.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// True when the raw environment of `pid` contains `needle`.
+pub fn environ_contains(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|raw| raw.windows(needle.len()).any(|w| w == needle.as_bytes()))
+}
+
+/// The live processes (not this one) whose environment contains `needle`, sorted.
+pub fn pids_with_environ(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut v: Vec<u32> = all_processes()
+        .into_iter()
+        .filter(|s| s.pid != me && environ_contains(s.pid, needle))
+        .map(|s| s.pid)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// A field of `/proc/PID/status` (`Uid`, `Gid`, `State`, ...), its value trimmed.
+pub fn status_field(pid: u32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_owned())
+    })
+}
+
+/// The real, effective, saved and filesystem ids of a `Uid:` or `Gid:` status line.
+pub fn ids(pid: u32, key: &str) -> Option<Vec<u32>> {
+    status_field(pid, key)?
+        .split_whitespace()
+        .map(|x| x.parse().ok())
+        .collect()
+}
+
+/// The working directory of `pid`.
+pub fn cwd(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// When `pid` started, in seconds since boot (from its start time in clock ticks).
+pub fn start_secs(pid: u32) -> Option<f64> {
+    let ticks = stat(pid)?.start_ticks;
+    Some(ticks as f64 / procfs::ticks_per_second() as f64)
+}
+
 /// Kills a process group when dropped: for tests that may leave a group behind on
 /// purpose (or by a bug) and must not leak it.
 #[derive(Debug)]
@@ -148,6 +219,16 @@ mod tests {
         assert!(is_alive(me));
         assert_eq!(pgrp_of(me), Some(s.pgrp));
         assert!(cmdline(me).is_some());
+        // Started after boot, before now.
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let started = start_secs(me).unwrap();
+        assert!(started > 0.0 && started <= up, "{started} vs uptime {up}");
         assert_ne!(unique_secs(), unique_secs());
     }
 }

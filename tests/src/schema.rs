@@ -36,6 +36,15 @@ fn validator(rel: &str) -> Arc<jsonschema::Validator> {
     compiled
 }
 
+/// Every way `value` breaks the schema file at `schema_rel_path`; empty when it
+/// matches.
+pub fn violations(schema_rel_path: &str, value: &Value) -> Vec<String> {
+    validator(schema_rel_path)
+        .iter_errors(value)
+        .map(|e| format!("at '{}': {e}", e.instance_path()))
+        .collect()
+}
+
 /// Panics, listing every violation, unless `value` matches the schema file at
 /// `schema_rel_path` (relative to `schemas/`, e.g. `commands/status.reply.schema.json`).
 pub fn validate(schema_rel_path: &str, value: &Value) {

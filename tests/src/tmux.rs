@@ -72,6 +72,8 @@ impl Tmux {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new("tmux");
+        // The server it starts (and the program in its pane) can be found and counted.
+        crate::mark::apply(&mut cmd, &crate::mark::shared_marker());
         cmd.arg("-L").arg(&self.socket).arg("-f").arg(&self.config);
         cmd
     }
