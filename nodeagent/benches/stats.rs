@@ -253,6 +253,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
                 allow_remote_exec: false,
                 persist: None,
                 groups: None,
+                max_processes: config.agent.max_processes,
             },
             Box::new(DrainOutput),
         );

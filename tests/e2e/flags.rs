@@ -133,7 +133,10 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
     }
     // The rolling restarts and their replies, as they went on the wire.
     let seen = sniff.check();
-    assert!(seen.commands.iter().any(|c| c.starts_with("restart")), "{seen:?}");
+    assert!(
+        seen.commands.iter().any(|c| c.starts_with("restart")),
+        "{seen:?}"
+    );
 }
 
 const STUBBORN: &str = "[watcher.stubborn]\ncmd = \"sh\"\n\
