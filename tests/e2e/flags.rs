@@ -133,7 +133,10 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
     }
     // The rolling restarts and their replies, as they went on the wire.
     let seen = sniff.check();
-    assert!(seen.commands.iter().any(|c| c.starts_with("restart")), "{seen:?}");
+    assert!(
+        seen.commands.iter().any(|c| c.starts_with("restart")),
+        "{seen:?}"
+    );
 }
 
 const STUBBORN: &str = "[watcher.stubborn]\ncmd = \"sh\"\n\
@@ -192,9 +195,6 @@ fn no_wait_replies_before_the_processes_are_gone() {
 }
 
 #[test]
-#[ignore = "product bug: after `stop --no-wait` of a process that needs the SIGKILL after \
-            graceful_timeout, its slot stays `stopping` (pid -, last exit SIGKILL) and the \
-            next `start` replies active while no process runs; a second `start` starts it"]
 fn start_after_a_no_wait_stop_that_needed_sigkill_runs_the_process() {
     let nats = NatsServer::start();
     let agent = Agent::start(&nats, "n1", STUBBORN);
