@@ -634,8 +634,6 @@ fn info_is_ping_and_add_no_start_adds_a_stopped_watcher() {
 }
 
 #[test]
-#[ignore = "product bug: `ctl -v`/`-vv` (\"more log output on stderr\") prints nothing \
-            more: ctl itself logs nothing through tracing and async_nats is turned off"]
 fn verbose_logs_more_on_stderr() {
     let nats = NatsServer::start();
     let agent = Agent::start(&nats, "n1", &sleeper("w", &unique_secs(), ""));
