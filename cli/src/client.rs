@@ -190,11 +190,14 @@ async fn request(
         .expect("a request serializes")
         .into();
     let mut out = Outcome::default();
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let inbox = client.new_inbox();
+    let name = req.command.name();
     let sent = async {
         let mut sub = client.subscribe(inbox.clone()).await?;
         let mut to = subject;
+        tracing::info!("sending '{name}' to {who} on {to}, replies to {inbox}");
         loop {
             client
                 .publish_with_reply(to.clone(), inbox.clone(), payload.clone())
@@ -206,6 +209,9 @@ async fn request(
             tokio::select! {
                 r = tokio::time::timeout(wait, sub.next()) => {
                     if let Ok(msg) = r {
+                        if msg.as_ref().is_some_and(|m| m.status == Some(NO_RESPONDERS)) {
+                            tracing::info!("no responders on {to}");
+                        }
                         return Ok::<_, async_nats::Error>(Ok(msg));
                     }
                 }
@@ -214,26 +220,63 @@ async fn request(
             if Instant::now() >= deadline {
                 return Ok(Ok(None));
             }
-            if let Some((_, next)) = &then {
-                to.clone_from(next);
+            if let Some((every, next)) = &then {
+                if to == *next {
+                    tracing::debug!("still no reply; asking every agent on {next} again");
+                } else {
+                    tracing::info!(
+                        "no reply on {to} within {every:?}; asking every agent on {next}, \
+                         the first answer wins"
+                    );
+                    to.clone_from(next);
+                }
             }
         }
     };
-    match sent.await {
-        Ok(Err(denial)) => out.denied.push(denial),
-        Ok(Ok(Some(msg))) if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) => {
+    let result = sent.await;
+    let took = started.elapsed();
+    match result {
+        Ok(Err(denial)) => {
+            tracing::info!("the server refused after {took:.1?}: {}", denial.message);
+            out.denied.push(denial)
+        }
+        Ok(Ok(Some(msg))) if msg.status == Some(NO_RESPONDERS) => {
             out.missing.push((who.to_owned(), NO_LISTENER.into()))
         }
-        Ok(Ok(Some(msg))) => out.replies.push(decode(&msg.payload, who)),
-        Ok(Ok(None)) => out
-            .missing
-            .push((who.to_owned(), no_answer_within(timeout))),
+        Ok(Ok(Some(msg))) => {
+            let reply = decode(&msg.payload, who);
+            log_reply(&reply, took, msg.payload.len());
+            out.replies.push(reply)
+        }
+        Ok(Ok(None)) => {
+            tracing::info!("no reply from {who} within {took:.1?}");
+            out.missing
+                .push((who.to_owned(), no_answer_within(timeout)))
+        }
         Err(e) => out
             .missing
             .push((who.to_owned(), format!("could not send the request: {e}"))),
     }
     out
 }
+
+/// Logs who answered, how, and how long it took.
+fn log_reply(reply: &Reply, took: Duration, bytes: usize) {
+    let status = if reply.is_ok() {
+        "ok".to_owned()
+    } else {
+        format!(
+            "error: {}",
+            reply.reason.as_deref().unwrap_or("no reason given")
+        )
+    };
+    tracing::info!(
+        "reply from node {} in {took:.1?} ({bytes} bytes, {status})",
+        reply.node
+    );
+}
+
+const NO_RESPONDERS: async_nats::StatusCode = async_nats::StatusCode::NO_RESPONDERS;
 
 const NO_LISTENER: &str =
     "no agent is listening: it may be down or misnamed (`ctl members` lists the nodes)";
@@ -260,13 +303,21 @@ pub async fn broadcast(
     let subject = subjects.command(&CmdTarget::All, &req.command);
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await?;
+    let started = Instant::now();
+    let expects: Vec<&str> = expected.iter().map(String::as_str).collect();
+    tracing::info!(
+        "broadcasting '{}' on {subject} to {}, replies to {inbox}",
+        req.command.name(),
+        expects.join(", ")
+    );
+    tracing::debug!("broadcast headers: {headers:?}");
     client
         .publish_with_reply_and_headers(subject.clone(), inbox.clone(), headers, payload.into())
         .await?;
     client.flush().await?;
     let mut out = Outcome::default();
     let mut waiting = expected;
-    let deadline = Instant::now() + timeout;
+    let deadline = started + timeout;
     let watched = [subject.as_str(), inbox.as_str()];
     while !waiting.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -274,16 +325,26 @@ pub async fn broadcast(
             r = tokio::time::timeout(left, sub.next()) => match r {
                 Ok(Some(msg)) => {
                     let reply = decode(&msg.payload, "?");
+                    log_reply(&reply, started.elapsed(), msg.payload.len());
                     waiting.remove(&reply.node);
                     out.replies.push(reply);
                 }
                 _ => break,
             },
             d = conn.denied(&watched) => {
+                tracing::info!("the server refused after {:.1?}: {}", started.elapsed(), d.message);
                 out.denied.push(d);
                 return Ok(out);
             }
         }
+    }
+    if !waiting.is_empty() {
+        let left: Vec<&str> = waiting.iter().map(String::as_str).collect();
+        tracing::info!(
+            "no reply from {} within {:.1?}",
+            left.join(", "),
+            started.elapsed()
+        );
     }
     for node in waiting {
         out.missing.push((

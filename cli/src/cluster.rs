@@ -49,6 +49,9 @@ pub async fn members(
     // Read-only: if the agent the queue group picked is hung, every agent is asked.
     let queue = subjects.command(&CmdTarget::Members, &req.command);
     let all = subjects.command(&CmdTarget::All, &req.command);
+    tracing::info!(
+        "asking one agent for the member list on {queue} (every agent on {all} if it is slow)"
+    );
     let out = client::request_any(client, queue, all, "members", &req, timeout).await;
     if let Some(d) = out.denied.into_iter().next() {
         return Err(MembersError::Denied(d));
@@ -58,6 +61,11 @@ pub async fn members(
             let data: MembersData = r
                 .data()
                 .map_err(|e| format!("unreadable members reply: {e}"))?;
+            tracing::info!(
+                "node {} knows {} matching members",
+                r.node,
+                data.members.len()
+            );
             Ok((r, data.members))
         }
         Some(r) => Err(r.reason.unwrap_or_default().into()),
@@ -83,7 +91,10 @@ pub async fn alive_members(
         tags: tags.iter().cloned().collect(),
         name: None,
     };
-    Ok(members(client, subjects, filter, timeout).await?.1)
+    let alive = members(client, subjects, filter, timeout).await?.1;
+    let names: Vec<&str> = alive.iter().map(|m| m.name.as_str()).collect();
+    tracing::info!("alive members to ask: {}", names.join(", "));
+    Ok(alive)
 }
 
 /// Parses a member state for `--status`.
@@ -253,6 +264,7 @@ pub async fn resize_service(
         )));
     }
     let plan = spread(&members, total);
+    tracing::info!("spreading {total} processes of '{watcher}' over service '{service}': {plan:?}");
     let sends = plan.iter().map(|(node, n)| {
         let req = Request::new(Command::Numprocesses(Numprocesses {
             name: watcher.to_owned(),

@@ -52,21 +52,27 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
+/// What is logged on stderr for this many `-v`, unless RUST_LOG says otherwise.
+/// Without -v only warnings, and nothing of async-nats: it logs each failed connect as
+/// an error, and what matters of it is reported once, in words, by this program. -v
+/// adds what ctl does: the server it connected to, each request's subject, how long
+/// each reply took, the member queries; and async-nats's warnings and errors. -vv adds
+/// debug output, async-nats's own included.
+fn log_filter(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "warn,async_nats=off",
+        1 => "warn,ctl=info,async_nats=warn",
+        _ => "debug",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.global.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // async-nats logs each failed connect as an error; what matters of
-                // it is reported once, in words, by this program.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(format!("{level},async_nats=off"))
-                }),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(log_filter(cli.global.verbose))
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -108,6 +114,20 @@ fn target(g: &Global) -> Result<Target, String> {
         "say which nodes: --node NAME (repeatable), --all, --tag KEY=VALUE or --service NAME"
             .into(),
     )
+}
+
+/// Who the command goes to, for the log.
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Nodes(n) if n.len() == 1 => format!("node {}", n[0]),
+        Target::Nodes(n) => format!("nodes {}", n.join(", ")),
+        Target::Members(tags) if tags.is_empty() => "every alive node".to_owned(),
+        Target::Members(tags) => {
+            let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("the alive nodes tagged {}", tags.join(","))
+        }
+        Target::Service(s) => format!("one member of service {s}"),
+    }
 }
 
 async fn connect(g: &Global) -> Result<Conn, String> {
@@ -166,6 +186,20 @@ async fn connect(g: &Global) -> Result<Conn, String> {
         .iter()
         .map(|a| format!("{}://{}:{}", a.scheme(), a.host(), a.port()))
         .collect();
+    // How it authenticates, never with what.
+    let auth = match (&g.creds, &g.user, &g.password, &g.token) {
+        (Some(c), ..) => format!("credentials from {}", c.display()),
+        (None, Some(u), Some(_), _) => format!("user '{u}' with a password"),
+        (None, _, _, Some(_)) => "a token".to_owned(),
+        _ if servers.iter().any(|a| a.has_user_pass()) => "credentials in the URL".to_owned(),
+        _ => "no credentials".to_owned(),
+    };
+    tracing::info!(
+        "connecting to NATS at {} ({auth}{})",
+        shown.join(","),
+        if g.tlsca.is_some() { ", TLS" } else { "" }
+    );
+    let started = std::time::Instant::now();
     let client = opts.connect(servers).await.map_err(|e| {
         let hint = match e.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation
@@ -186,6 +220,20 @@ async fn connect(g: &Global) -> Result<Conn, String> {
             shown.join(",")
         )
     })?;
+    let info = client.server_info();
+    let named = if info.server_name == info.server_id {
+        String::new()
+    } else {
+        format!("'{}', ", info.server_name)
+    };
+    tracing::info!(
+        "connected in {:.1?} to NATS server {named}id {}, version {}, listening on {}:{}",
+        started.elapsed(),
+        info.server_id,
+        info.version,
+        info.host,
+        info.port
+    );
     Ok(Conn::new(client, denied_rx))
 }
 
@@ -216,6 +264,11 @@ async fn run(cli: Cli) -> ExitCode {
         Err(e) => return no_answer(e),
     };
     let name = command.name();
+    tracing::info!(
+        "command '{name}' to {}, waiting at most {}",
+        describe(&target),
+        humantime::format_duration(timeout)
+    );
     // A rolling restart of several nodes goes node by node.
     if let (Command::Restart(r) | Command::Reload(r), Sub::Restart(a) | Sub::Reload(a)) =
         (&command, &cli.command)
@@ -457,6 +510,7 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
     }
     // The subscriptions are in place once the server has seen them.
     let _ = client.client.flush().await;
+    tracing::info!("listening for events on {}", listening.join(", "));
     let listening: Vec<&str> = listening.iter().map(String::as_str).collect();
     let mut all = futures::stream::select_all(subs);
     loop {
@@ -518,6 +572,12 @@ async fn follow_logs(
     let watched = [f.listen.clone(), f.renew_subject.clone()];
     let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tracing::info!(
+        "following log lines on {}; renewing the lease on {} every {}",
+        f.listen,
+        f.renew_subject,
+        humantime::format_duration(every)
+    );
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
@@ -525,6 +585,7 @@ async fn follow_logs(
             _ = tick.tick() => {
                 // The replies go to an inbox nobody reads; a node that missed one renewal
                 // gets the next.
+                tracing::debug!("renewing the follow lease on {}", f.renew_subject);
                 let _ = client
                     .publish_with_reply_and_headers(
                         f.renew_subject.clone(),

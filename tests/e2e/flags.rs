@@ -195,9 +195,6 @@ fn no_wait_replies_before_the_processes_are_gone() {
 }
 
 #[test]
-#[ignore = "product bug: after `stop --no-wait` of a process that needs the SIGKILL after \
-            graceful_timeout, its slot stays `stopping` (pid -, last exit SIGKILL) and the \
-            next `start` replies active while no process runs; a second `start` starts it"]
 fn start_after_a_no_wait_stop_that_needed_sigkill_runs_the_process() {
     let nats = NatsServer::start();
     let agent = Agent::start(&nats, "n1", STUBBORN);
@@ -637,8 +634,6 @@ fn info_is_ping_and_add_no_start_adds_a_stopped_watcher() {
 }
 
 #[test]
-#[ignore = "product bug: `ctl -v`/`-vv` (\"more log output on stderr\") prints nothing \
-            more: ctl itself logs nothing through tracing and async_nats is turned off"]
 fn verbose_logs_more_on_stderr() {
     let nats = NatsServer::start();
     let agent = Agent::start(&nats, "n1", &sleeper("w", &unique_secs(), ""));

@@ -368,6 +368,17 @@ enum Internal {
     },
 }
 
+/// What becomes of a slot once its process group is gone after a stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AfterStop {
+    /// It goes: the watcher stops, shrinks, restarts as a whole or is removed.
+    Remove,
+    /// Its process starts again, counted as a restart (restart of one slot).
+    Respawn,
+    /// A fresh process starts: the watcher was started while this slot stopped.
+    Start,
+}
+
 #[derive(Debug)]
 struct Slot {
     wid: u32,
@@ -383,8 +394,8 @@ struct Slot {
     kill_at: Option<Instant>,
     /// While stopping: the leader has exited, the rest of its group may not have.
     leader_gone: bool,
-    /// Start it again once stopped (restart of one slot).
-    respawn_after_stop: bool,
+    /// What becomes of it once its process group is gone after a stop.
+    after_stop: AfterStop,
     /// Healthy since it started (or no health check).
     healthy: bool,
     /// Its health check gave up (health_timeout passed without a success).
@@ -406,7 +417,7 @@ impl Slot {
             reason: None,
             kill_at: None,
             leader_gone: false,
-            respawn_after_stop: false,
+            after_stop: AfterStop::Remove,
             healthy: false,
             health_failed: false,
             uptime_reached: false,
@@ -1223,6 +1234,13 @@ impl Actor {
         // A fatal or exited slot gets a fresh start.
         w.slots
             .retain(|_, s| !matches!(s.state, ProcessState::Fatal | ProcessState::Exited));
+        // A slot still stopping is not running: it starts afresh once its group is gone
+        // (`ensure` skips it, as its number is taken until then).
+        for s in w.slots.values_mut() {
+            if s.state == ProcessState::Stopping && s.after_stop == AfterStop::Remove {
+                s.after_stop = AfterStop::Start;
+            }
+        }
         self.emit(name, "start", None);
         self.ensure(name);
     }
@@ -1371,7 +1389,7 @@ impl Actor {
         slot.gen = gen;
         slot.kill_at = None;
         slot.leader_gone = false;
-        slot.respawn_after_stop = false;
+        slot.after_stop = AfterStop::Remove;
         slot.uptime_reached = false;
         match process::spawn(&spec) {
             Ok(mut spawned) => {
@@ -1482,7 +1500,11 @@ impl Actor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
-        slot.respawn_after_stop = respawn;
+        slot.after_stop = if respawn {
+            AfterStop::Respawn
+        } else {
+            AfterStop::Remove
+        };
         if slot.state == ProcessState::Stopping {
             return;
         }
@@ -1529,14 +1551,20 @@ impl Actor {
         }
         slot.kill_at = None;
         slot.leader_gone = false;
-        let respawn =
-            slot.respawn_after_stop && w.run && !w.restart_pending && wid <= w.cfg.numprocesses;
-        if respawn {
-            slot.restarts += 1;
-            slot.failures = 0;
-            self.spawn_slot(name, wid);
-        } else {
-            w.slots.remove(&wid);
+        let wanted = w.run && !w.restart_pending && !w.removing && wid <= w.cfg.numprocesses;
+        match (slot.after_stop, wanted) {
+            (AfterStop::Respawn, true) => {
+                slot.restarts += 1;
+                slot.failures = 0;
+                self.spawn_slot(name, wid);
+            }
+            (AfterStop::Start, true) => {
+                *slot = Slot::new(wid);
+                self.spawn_slot(name, wid);
+            }
+            (AfterStop::Remove, _) | (_, false) => {
+                w.slots.remove(&wid);
+            }
         }
         self.after_slot_change(name);
     }
@@ -1918,6 +1946,113 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stopped-or-stopping watcher "w" whose slot 1 is stopping a process group
+    /// (`pid` is out of range, so the group counts as gone), without real processes:
+    /// its command does not exist and it is never respawned, so any start shows as one
+    /// failed spawn.
+    fn stopping_actor() -> Actor {
+        let cfg = WatcherConfig::from_options(
+            "w",
+            &WatcherOptions {
+                cmd: Some("/nonexistent/never-runs".into()),
+                respawn: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (internal, _) = mpsc::unbounded_channel();
+        let (services, _) = watch::channel(BTreeSet::new());
+        let mut actor = Actor {
+            watchers: BTreeMap::new(),
+            next_gen: 10,
+            internal,
+            events: broadcast::channel(16).0,
+            waiters: Vec::new(),
+            slot_waiters: Vec::new(),
+            settings: Settings {
+                node: "n".into(),
+                allow_remote_exec: false,
+                persist: None,
+                groups: None,
+                max_processes: 10,
+            },
+            output: Box::new(DrainOutput),
+            services,
+            shutdown: None,
+            spawned_batch: false,
+        };
+        let mut w = Watcher::new(cfg, true);
+        let mut slot = Slot::new(1);
+        slot.gen = 1;
+        slot.state = ProcessState::Running;
+        slot.pid = Some(u32::MAX);
+        slot.restarts = 3;
+        w.slots.insert(1, slot);
+        actor.watchers.insert("w".into(), w);
+        actor
+    }
+
+    fn leader_killed(actor: &mut Actor) {
+        use std::os::unix::process::ExitStatusExt;
+        actor.on_internal(Internal::Exited {
+            name: "w".into(),
+            wid: 1,
+            gen: 1,
+            status: Ok(std::process::ExitStatus::from_raw(9)),
+        });
+    }
+
+    #[tokio::test]
+    async fn a_start_while_a_slot_stops_starts_it_once_its_group_is_gone() {
+        type Step = fn(&mut Actor);
+        let stop: Step = |a| a.stop_watcher("w");
+        let start: Step = |a| a.start_watcher("w");
+        let restart_one: Step = |a| a.stop_slot("w", 1, true);
+        // What happens while slot 1 stops, then the restarts of the new process started
+        // in slot 1 once the group is gone, or None when the slot goes.
+        let cases: &[(&str, &[Step], Option<u32>)] = &[
+            ("stop", &[stop], None),
+            ("stop, start", &[stop, start], Some(0)),
+            ("stop, start, stop", &[stop, start, stop], None),
+            ("stop, start, start", &[stop, start, start], Some(0)),
+            ("restart one", &[restart_one], Some(4)),
+            ("restart one, start", &[restart_one, start], Some(4)),
+            ("restart one, stop", &[restart_one, stop], None),
+        ];
+        for (what, steps, restarts) in cases {
+            let mut actor = stopping_actor();
+            for step in *steps {
+                step(&mut actor);
+            }
+            let w = &actor.watchers["w"];
+            // Until the group is gone, the watcher says it is stopping, not active.
+            assert_eq!(w.state(), WatcherState::Stopping, "{what}");
+            assert!(!w.settled(), "{what}");
+            leader_killed(&mut actor);
+            let w = &actor.watchers["w"];
+            assert!(w.settled(), "{what}");
+            match (w.slots.get(&1), restarts) {
+                (None, None) => {}
+                (Some(s), Some(restarts)) => {
+                    // A new process was spawned (here it cannot start, and stays exited).
+                    assert!(s.gen >= 10, "{what}: {s:?}");
+                    assert_eq!(s.restarts, *restarts, "{what}: {s:?}");
+                    assert!(
+                        s.reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("cannot start")),
+                        "{what}: {s:?}"
+                    );
+                    assert_eq!(s.state, ProcessState::Exited, "{what}: {s:?}");
+                }
+                (slot, _) => panic!("{what}: slot 1 is {slot:?}, expected {restarts:?}"),
+            }
+            // A watcher that should run has its process started; one that should not,
+            // none.
+            assert_eq!(w.run, restarts.is_some(), "{what}");
+        }
+    }
 
     #[test]
     fn every_wait_has_a_bounded_budget() {
