@@ -234,12 +234,23 @@ pub fn signal_pid(pid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
-/// True while any process of the group `pgid` is alive (zombies included).
+/// True while any process of the group `pgid` is alive. A zombie that its new parent
+/// has not reaped yet (an init that reaps orphans slowly) no longer runs and does not
+/// count.
 pub fn group_alive(pgid: u32) -> bool {
-    match as_pid(pgid) {
-        Ok(p) => !matches!(killpg(p, None), Err(Errno::ESRCH)),
-        Err(_) => false,
+    let Ok(p) = as_pid(pgid) else {
+        return false;
+    };
+    if matches!(killpg(p, None), Err(Errno::ESRCH)) {
+        return false;
     }
+    // Something of the group is there: look for a member that is not a zombie.
+    let Ok(all) = procfs::process::all_processes() else {
+        return true;
+    };
+    let pgid = i32::try_from(pgid).unwrap_or(i32::MAX);
+    all.filter_map(|p| p.ok()?.stat().ok())
+        .any(|s| s.pgrp == pgid && s.state != 'Z')
 }
 
 /// How a process ended, in the protocol's words.

@@ -394,6 +394,8 @@ struct Slot {
     kill_at: Option<Instant>,
     /// While stopping: the leader has exited, the rest of its group may not have.
     leader_gone: bool,
+    /// While stopping: SIGKILL was sent (said once in the log).
+    killed: bool,
     /// What becomes of it once its process group is gone after a stop.
     after_stop: AfterStop,
     /// Healthy since it started (or no health check).
@@ -417,6 +419,7 @@ impl Slot {
             reason: None,
             kill_at: None,
             leader_gone: false,
+            killed: false,
             after_stop: AfterStop::Remove,
             healthy: false,
             health_failed: false,
@@ -1729,13 +1732,16 @@ impl Actor {
             return;
         }
         if slot.kill_at.is_some_and(|t| Instant::now() >= t) {
-            tracing::info!(
-                watcher = name,
-                wid,
-                pid,
-                "graceful_timeout passed; sending SIGKILL to the process group"
-            );
+            if !slot.killed {
+                tracing::info!(
+                    watcher = name,
+                    wid,
+                    pid,
+                    "graceful_timeout passed; sending SIGKILL to the process group"
+                );
+            }
             let _ = process::signal_group(pid, Signal::SIGKILL);
+            slot.killed = true;
         }
         if slot.leader_gone || slot.kill_at.is_some_and(|t| Instant::now() >= t) {
             self.timer(
