@@ -5,6 +5,7 @@
 mod auth;
 mod cluster;
 mod foundation;
+mod hostile;
 mod membership;
 mod nats_outage;
 mod observe;
