@@ -5,22 +5,26 @@
 # then print a table: requests sent, lost replies (must be 0), error replies,
 # p50/p99/max latency, the agent's RSS at start and end and its CPU.
 #
-#   bench/load.sh [--secs 60] [--rate 1000] [--clients 4]
+#   bench/load.sh [--secs 60] [--rate 1000] [--clients 4] [--mix all|reads|writes|resize|set]
+#
+# --mix sends only one part of the mix (the writes are resize: incr and decr, and
+# set), to tell which one costs what.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=60 RATE=1000 CLIENTS=4
+SECS=60 RATE=1000 CLIENTS=4 MIX=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --secs) SECS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --clients) CLIENTS=$2; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --mix) MIX=$2; shift 2 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "load.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 source scripts/setup.sh
 cargo build --release -p nodeagent -p ctl --bins -q
-cargo bench -p nodeagent --bench load --no-run -q 2>/dev/null
+cargo bench -p nodeagent --bench load --no-run -q
 BIN="$PWD/target/release"
 WORK="$(mktemp -d)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -63,7 +67,7 @@ done
 
 status=0
 cargo bench -p nodeagent --bench load -q -- --url "$URL" --node load --pid "$agent" \
-    --rate "$RATE" --secs "$SECS" --clients "$CLIENTS" || status=$?
+    --rate "$RATE" --secs "$SECS" --clients "$CLIENTS" --mix "$MIX" || status=$?
 kill -0 "$agent" 2>/dev/null || { echo "load.sh: the agent died" >&2; cat "$WORK/agent.log" >&2; exit 1; }
 echo "processes of watcher load after the run: $("$BIN/ctl" -s "$URL" --node load numprocesses load)"
 exit $status

@@ -5,7 +5,8 @@
 //! the server and the agent; exits non-zero when a reply was lost.
 //!
 //! `cargo bench -p nodeagent --bench load -- --url URL --node NAME --pid PID
-//!  [--rate 1000] [--secs 60] [--clients 4] [--watcher load] [--prefix cluster]`
+//!  [--rate 1000] [--secs 60] [--clients 4] [--watcher load] [--prefix cluster]
+//!  [--mix all|reads|writes|resize|set]`
 //!
 //! The mix, per 20 requests: 6 status, 4 list, 4 numprocesses (reads), 3 incr or decr
 //! (each client alternates, so the count moves by at most one per client), 3 set of
@@ -30,6 +31,9 @@ struct Args {
     clients: u32,
     watcher: String,
     prefix: String,
+    /// Which requests of the mix are sent: all, reads, writes, or one kind of write
+    /// (resize: incr and decr; set).
+    mix: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         clients: 4,
         watcher: "load".into(),
         prefix: "cluster".into(),
+        mix: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +65,9 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => a.clients = num(&value)?.clamp(1, 1000) as u32,
             "--watcher" => a.watcher = value,
             "--prefix" => a.prefix = value,
+            "--mix" if ["all", "reads", "writes", "resize", "set"].contains(&value.as_str()) => {
+                a.mix = value
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -88,9 +96,16 @@ fn agent_usage(pid: i32) -> Option<(u64, f64)> {
     Some((stat.rss * procfs::page_size(), cpu))
 }
 
-fn request(i: u64, client_no: u32, watcher: &str) -> Request {
+fn request(i: u64, client_no: u32, watcher: &str, mix: &str) -> Request {
     let name = watcher.to_owned();
-    let command = match i % 20 {
+    let slot = match mix {
+        "reads" => i % 14,
+        "writes" => 14 + i % 6,
+        "resize" => 14 + i % 3,
+        "set" => 17 + i % 3,
+        _ => i % 20,
+    };
+    let command = match slot {
         0..=5 => Command::Status(protocol::command::MaybeName { name: Some(name) }),
         6..=9 => Command::List(protocol::command::MaybeName { name: Some(name) }),
         10..=13 => Command::Numprocesses(protocol::command::Numprocesses { name, nb: None }),
@@ -147,7 +162,7 @@ async fn run_client(a: Args, client_no: u32, tally: Arc<Mutex<Tally>>) -> Result
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         tick.tick().await;
-        let payload: bytes::Bytes = serde_json::to_vec(&request(i, client_no, &a.watcher))
+        let payload: bytes::Bytes = serde_json::to_vec(&request(i, client_no, &a.watcher, &a.mix))
             .expect("a request serializes")
             .into();
         let (client, subject, tally) = (client.clone(), subject.clone(), tally.clone());
@@ -198,17 +213,16 @@ async fn main() -> std::process::ExitCode {
     };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let before = a.pid.and_then(agent_usage);
-    // The agent's RSS once per second, for the peak.
-    let peak = Arc::new(Mutex::new(before.map(|b| b.0).unwrap_or(0)));
+    // The agent's RSS once per second: the peak, and the value once warmed up.
+    let samples = Arc::new(Mutex::new(Vec::<u64>::new()));
     let sampler = a.pid.map(|pid| {
-        let peak = peak.clone();
+        let samples = samples.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if let Some((rss, _)) = agent_usage(pid) {
-                    let mut p = peak.lock().expect("peak");
-                    *p = (*p).max(rss);
+                    samples.lock().expect("samples").push(rss);
                 }
             }
         })
@@ -240,16 +254,17 @@ async fn main() -> std::process::ExitCode {
     let mut t = tally.lock().expect("tally");
     t.latencies.sort();
     let lat = &t.latencies;
-    let row = |k: &str, v: String| println!("| {k:<34} | {v:>22} |");
-    println!(
-        "| {:<34} | {:>22} |",
-        format!(
-            "load: {} clients, {} req/s, {} s",
-            a.clients, a.rate, a.secs
-        ),
-        "value"
+    let row = |k: &str, v: String| println!("| {k:<38} | {v:>14} |");
+    let title = format!(
+        "load: {} clients, {} req/s, {} s",
+        a.clients, a.rate, a.secs
     );
-    println!("|{:-<36}|{:->24}|", "", "");
+    let title = match a.mix.as_str() {
+        "all" => title,
+        mix => format!("{title}, {mix}"),
+    };
+    println!("| {title:<38} | {:>14} |", "value");
+    println!("|{:-<40}|{:->16}|", "", "");
     row("requests sent", sent.to_string());
     row(
         "achieved rate",
@@ -262,12 +277,14 @@ async fn main() -> std::process::ExitCode {
     row("latency p99", ms(percentile(lat, 0.99)));
     row("latency max", ms(lat.last().copied().unwrap_or_default()));
     if let (Some((rss0, cpu0)), Some((rss1, cpu1))) = (before, after) {
+        let samples = samples.lock().expect("samples");
+        // Warm-up: the first sixth of the run (10 s of 60).
+        let warm = samples.get(samples.len() / 6).copied().unwrap_or(rss0);
+        let peak = samples.iter().copied().max().unwrap_or(rss1);
         row("agent RSS at start", mib(rss0));
+        row("agent RSS after warm-up (1/6 of run)", mib(warm));
         row("agent RSS at end", mib(rss1));
-        row(
-            "agent RSS peak (sampled 1/s)",
-            mib(*peak.lock().expect("peak")),
-        );
+        row("agent RSS peak (sampled 1/s)", mib(peak));
         row(
             "agent CPU (of one core)",
             format!("{:.1} %", (cpu1 - cpu0) / wall.as_secs_f64() * 100.0),
