@@ -373,6 +373,45 @@ proptest! {
     }
 
     #[test]
+    fn membership_timing_from_any_config_never_panics(
+        suspect_after in prop::option::of(duration_string()),
+        failed_after in prop::option::of(duration_string()),
+        reap_after in prop::option::of(duration_string()),
+        a in announcement(),
+        wait_ms in prop_oneof![0u64..10_000, any::<u32>().prop_map(u64::from)],
+    ) {
+        // The timing keys as an operator writes them; what the config accepts, the
+        // member table must live with.
+        let mut text = String::from("[agent]\nname = \"a\"\n");
+        for (k, v) in [("suspect_after", suspect_after), ("failed_after", failed_after), ("reap_after", reap_after)] {
+            if let Some(v) = v {
+                text.push_str(&format!("{k} = {}\n", toml::Value::String(v)));
+            }
+        }
+        let Ok(c) = config::parse(Path::new("node.toml"), &text) else {
+            return Ok(());
+        };
+        // As the agent builds it from its config.
+        let config = MembershipConfig {
+            suspect_after: match c.agent.suspect_after {
+                Some(d) => SuspectAfter::Fixed(d),
+                None => SuspectAfter::Heartbeats(3),
+            },
+            failed_after: c.agent.failed_after,
+            reap_after: c.agent.reap_after,
+        };
+        let now = Instant::now();
+        let mut table = Membership::new(config);
+        let _ = table.observe(&a, now);
+        let _ = table.next_deadline();
+        let later = now + Duration::from_millis(wait_ms);
+        let _ = table.tick(later);
+        let _ = table.mark_failed(&a.node, later);
+        let _ = table.next_deadline();
+        let _ = table.tick(later + Duration::from_millis(wait_ms));
+    }
+
+    #[test]
     fn announcements_from_json_never_panic(v in json_value()) {
         if let Ok(a) = serde_json::from_value::<Announcement>(v) {
             let mut table = Membership::new(MembershipConfig::default());
