@@ -1,5 +1,9 @@
 //! How replies look to a person: aligned tables and short sentences. `--json` bypasses
 //! this and prints each reply as one JSON line.
+//!
+//! Everything shown here came from a peer on the bus, so every string goes through
+//! [`sanitize`] (no escape sequence reaches the terminal) and every number is formatted
+//! by a total function (no NaN, infinity or 1e300 can panic or flood the screen).
 
 use std::fmt::Write as _;
 
@@ -20,8 +24,14 @@ impl Table {
         }
     }
 
+    /// Adds a row; its cells are sanitised, with tabs turned into spaces.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .iter()
+                .map(|c| sanitize(c).replace('\t', " "))
+                .collect(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,8 +63,98 @@ impl Table {
     }
 }
 
+/// Makes a string a peer sent safe to print on a terminal: removes ANSI escape
+/// sequences (CSI, OSC, DCS and the other string controls, in their 7-bit and 8-bit
+/// forms), every other C0 control but tab, DEL, C1 controls, and the Unicode controls
+/// that reorder text (bidi overrides and isolates). Newlines and carriage returns become
+/// spaces, so one message stays one line. Every renderer of peer data uses it.
+pub fn sanitize(s: &str) -> String {
+    if !s.chars().any(needs_care) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\t' => out.push('\t'),
+            '\n' | '\r' => out.push(' '),
+            '\u{1b}' => match chars.next() {
+                Some('[') => skip_csi(&mut chars),
+                Some(']' | 'P' | 'X' | '^' | '_') => skip_string(&mut chars),
+                // ESC, intermediates (0x20-0x2f), one final character.
+                Some(' '..='/') => {
+                    while chars.next_if(|c| matches!(c, ' '..='/')).is_some() {}
+                    chars.next();
+                }
+                _ => {}
+            },
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{90}' | '\u{98}' | '\u{9d}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
+            c if needs_care(c) => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `c` is a control character or reorders text.
+fn needs_care(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Skips a control sequence's parameters and intermediates, and its final character.
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    for c in chars.by_ref() {
+        if !matches!(c, '0'..='?' | ' '..='/') {
+            return;
+        }
+    }
+}
+
+/// Skips a control string (OSC, DCS, ...) up to its terminator: BEL, ESC \ or ST.
+fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{7}' | '\u{9c}' => return,
+            '\u{1b}' => {
+                chars.next_if_eq(&'\\');
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A Unix time as RFC 3339 in UTC with milliseconds; a time that is not one (NaN,
+/// negative, past the year 9999) is shown as such instead.
+pub fn timestamp(t: f64) -> String {
+    // 10000-01-01T00:00:00Z, which RFC 3339 cannot write.
+    const YEAR_10000: f64 = 253_402_300_800.0;
+    if !(0.0..YEAR_10000).contains(&t) {
+        return format!("(bad time {})", number(t));
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t);
+    let mut s = String::new();
+    match write!(s, "{}", humantime::format_rfc3339_millis(at)) {
+        Ok(()) => s,
+        Err(_) => format!("(bad time {})", number(t)),
+    }
+}
+
+/// A figure with one decimal, bounded in width: `12.5`, `3.1e12`, `NaN`, `inf`.
+pub fn number(v: f64) -> String {
+    if v.is_finite() && v.abs() < 1e9 {
+        format!("{v:.1}")
+    } else if v.is_finite() {
+        format!("{v:.1e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// "3s", "5m", "2h", "4d": a short age.
 pub fn age(secs: f64) -> String {
+    // `as` saturates: NaN is 0, 1e300 is u64::MAX.
     let s = secs.max(0.0) as u64;
     match s {
         0..=119 => format!("{s}s"),
@@ -78,6 +178,15 @@ pub fn bytes(b: u64) -> String {
     } else {
         format!("{v:.1}{}", UNITS[u])
     }
+}
+
+/// Appends one line of text, sanitised.
+macro_rules! push_line {
+    ($out:expr, $($arg:tt)*) => {{
+        let text = format!($($arg)*);
+        $out.push_str(&sanitize(&text));
+        $out.push('\n');
+    }};
 }
 
 fn opt_value(v: &Value) -> String {
@@ -184,14 +293,14 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
         "incr" | "decr" | "numprocesses" => {
             for r in replies {
                 if let Ok(d) = r.data::<NumprocessesData>() {
-                    let _ = writeln!(out, "{}{} processes", prefix(r), d.numprocesses);
+                    push_line!(out, "{}{} processes", prefix(r), d.numprocesses);
                 }
             }
         }
         "numwatchers" => {
             for r in replies {
                 if let Ok(d) = r.data::<NumwatchersData>() {
-                    let _ = writeln!(out, "{}{} watchers", prefix(r), d.numwatchers);
+                    push_line!(out, "{}{} watchers", prefix(r), d.numwatchers);
                 }
             }
         }
@@ -202,7 +311,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                 };
                 if let Some(pids) = &d.pids {
                     let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-                    let _ = writeln!(
+                    push_line!(
                         out,
                         "{}signalled {} processes ({})",
                         prefix(r),
@@ -212,10 +321,10 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                     continue;
                 }
                 if d.statuses.is_empty() {
-                    let _ = writeln!(out, "{}ok", prefix(r));
+                    push_line!(out, "{}ok", prefix(r));
                 }
                 for (w, s) in d.statuses {
-                    let _ = writeln!(out, "{}{w}: {s}", prefix(r));
+                    push_line!(out, "{}{w}: {s}", prefix(r));
                 }
             }
         }
@@ -225,11 +334,11 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                     continue;
                 };
                 if multi {
-                    let _ = writeln!(out, "[{}]", r.node);
+                    push_line!(out, "[{}]", r.node);
                 }
                 if let Ok(Value::Object(m)) = serde_json::to_value::<&WatcherOptions>(&d.options) {
                     for (k, v) in m {
-                        let _ = writeln!(out, "{k} = {}", opt_value(&v));
+                        push_line!(out, "{k} = {}", opt_value(&v));
                     }
                 }
             }
@@ -246,7 +355,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                         v.join(", ")
                     }
                 };
-                let _ = writeln!(
+                push_line!(
                     out,
                     "{}reloaded: added {}; removed {}; changed {}",
                     prefix(r),
@@ -265,7 +374,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                     t.row(vec![
                         r.node.clone(),
                         d.pid.to_string(),
-                        format!("{:.1}", d.cpu_percent),
+                        number(d.cpu_percent),
                         bytes(d.rss_bytes),
                         d.threads.to_string(),
                         d.children.to_string(),
@@ -309,7 +418,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                             w.name.clone(),
                             p.wid.to_string(),
                             p.pid.to_string(),
-                            format!("{:.1}", p.cpu_percent),
+                            number(p.cpu_percent),
                             bytes(p.rss_bytes),
                             age(p.age_secs),
                             p.restarts.to_string(),
@@ -329,7 +438,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
                     continue;
                 };
                 if d.truncated {
-                    let _ = writeln!(
+                    push_line!(
                         out,
                         "({}: older lines left out to fit one message; ask for fewer with -n)",
                         r.node
@@ -342,12 +451,12 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
         }
         "quit" => {
             for r in replies {
-                let _ = writeln!(out, "node {} is shutting down", r.node);
+                push_line!(out, "node {} is shutting down", r.node);
             }
         }
         _ => {
             for r in replies {
-                let _ = writeln!(out, "{}{}", prefix(r), Value::Object(r.data.clone()));
+                push_line!(out, "{}{}", prefix(r), Value::Object(r.data.clone()));
             }
         }
     }
@@ -356,9 +465,7 @@ pub fn render(command: &str, replies: &[&Reply], multi: bool) -> String {
 
 /// One event as a line: time, node, watcher, kind and what it carries.
 pub fn event_line(e: &protocol::events::Event) -> String {
-    let secs = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e.time.max(0.0));
-    let t = humantime::format_rfc3339_millis(secs).to_string();
-    let mut s = format!("{t} {} {} {}", e.node, e.watcher, e.kind);
+    let mut s = format!("{} {} {} {}", timestamp(e.time), e.node, e.watcher, e.kind);
     if let Some(w) = e.wid {
         s.push_str(&format!(" wid={w}"));
     }
@@ -371,6 +478,7 @@ pub fn event_line(e: &protocol::events::Event) -> String {
     if let Some(r) = &e.reason {
         s.push_str(&format!(": {r}"));
     }
+    let mut s = sanitize(&s);
     s.push('\n');
     s
 }
@@ -387,7 +495,226 @@ pub fn log_line(l: &protocol::logs::LogLine, multi: bool) -> String {
     } else {
         ""
     };
-    format!("[{node}{}.{}{err}] {}\n", l.watcher, l.wid, l.line)
+    let mut s = sanitize(&format!("[{node}{}.{}{err}] {}", l.watcher, l.wid, l.line));
+    s.push('\n');
+    s
+}
+
+/// Hostile replies, events and stats for the property tests of every renderer: real
+/// message shapes whose strings, numbers and lists are drawn at random.
+#[cfg(test)]
+pub mod wild {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    /// The random material one message is made of; used in turn, round and round.
+    #[derive(Debug, Clone)]
+    pub struct Seeds {
+        strings: Vec<String>,
+        floats: Vec<f64>,
+        ints: Vec<u64>,
+        counts: Vec<u8>,
+        at: usize,
+    }
+
+    impl Seeds {
+        fn next(&mut self) -> usize {
+            self.at += 1;
+            self.at
+        }
+        pub fn string(&mut self) -> String {
+            let i = self.next();
+            self.strings[i % self.strings.len()].clone()
+        }
+        fn float(&mut self) -> f64 {
+            let i = self.next();
+            self.floats[i % self.floats.len()]
+        }
+        fn int(&mut self) -> u64 {
+            let i = self.next();
+            self.ints[i % self.ints.len()]
+        }
+        fn count(&mut self) -> usize {
+            let i = self.next();
+            usize::from(self.counts[i % self.counts.len()] % 4)
+        }
+
+        /// A value shaped like `template`: same keys and kinds, wild contents. The
+        /// strings of enum fields (`state`, `stream`, `kind`, `status`) are kept.
+        pub fn like(&mut self, key: &str, template: &Value) -> Value {
+            match template {
+                Value::String(s) if matches!(key, "state" | "stream" | "kind" | "status") => {
+                    Value::String(s.clone())
+                }
+                Value::String(_) => Value::String(self.string()),
+                Value::Number(n) if n.is_f64() => json!(self.float()),
+                Value::Number(_) => json!(self.int()),
+                Value::Array(items) => {
+                    let n = self.count();
+                    let mut out = vec![];
+                    for _ in 0..n {
+                        for item in items {
+                            out.push(self.like(key, item));
+                        }
+                    }
+                    Value::Array(out)
+                }
+                Value::Object(m) if matches!(key, "statuses" | "tags" | "env") => {
+                    let n = self.count();
+                    let mut out = Map::new();
+                    for _ in 0..n {
+                        for v in m.values() {
+                            let v = self.like("state", v);
+                            out.insert(self.string(), v);
+                        }
+                    }
+                    Value::Object(out)
+                }
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), self.like(k, v)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+    }
+
+    /// Strings with escape sequences, controls and text-reordering characters.
+    pub fn hostile_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(?s).{0,24}",
+            "[\\x00-\\x1f\\x7f\u{80}-\u{9f}\u{202e}\u{2066}a\\[\\]0-9;]{0,16}",
+            Just("\x1b]0;pwned\x07\x1b[2J".to_owned()),
+            Just("\u{9b}31m\u{9d}0;x\u{9c}".to_owned()),
+            Just("\x1b[".to_owned()),
+            Just("\x1b".to_owned()),
+            "[a-z]{0,8}",
+        ]
+    }
+
+    pub fn seeds() -> impl Strategy<Value = Seeds> {
+        let floats = prop_oneof![
+            1 => any::<f64>(),
+            3 => -1e10f64..1e10,
+            2 => prop::sample::select(&[1e300, -1e300, f64::MAX, f64::MIN, 0.0, 2.6e11, 3e11][..]),
+        ];
+        let ints = prop_oneof![
+            4 => 0u64..100,
+            1 => any::<u64>(),
+            1 => prop::sample::select(vec![u64::from(u32::MAX), u64::MAX]),
+        ];
+        (
+            prop::collection::vec(hostile_string(), 1..12),
+            prop::collection::vec(floats, 1..8),
+            prop::collection::vec(ints, 1..8),
+            prop::collection::vec(any::<u8>(), 1..8),
+        )
+            .prop_map(|(strings, floats, ints, counts)| Seeds {
+                strings,
+                floats,
+                ints,
+                counts,
+                at: 0,
+            })
+    }
+
+    /// A command and the data of its reply, every optional field present.
+    pub fn templates() -> Vec<(&'static str, Value)> {
+        let exit_killed = json!({"signal": "KILL"});
+        let process = |exit: Value| {
+            json!({"wid": 1, "pid": 2, "state": "running", "started_at": 1.5, "restarts": 0,
+                   "last_exit": exit})
+        };
+        let stats = stats_data();
+        let action = json!({"statuses": {"w": "active"}});
+        vec![
+            (
+                "status",
+                json!({"statuses": {"w": "active"}, "watchers": [{"name": "w",
+                "state": "fatal", "numprocesses": 1, "running": 1, "restarts": 1,
+                "service": "s", "reason": "r"}]}),
+            ),
+            ("list", json!({"watchers": ["w"]})),
+            (
+                "list",
+                json!({"pids": [1], "processes": [process(exit_killed.clone())]}),
+            ),
+            ("list", json!({"processes": [process(json!({"code": 1}))]})),
+            ("numprocesses", json!({"numprocesses": 1})),
+            ("numwatchers", json!({"numwatchers": 1})),
+            ("stop", action.clone()),
+            ("signal", json!({"statuses": {"w": "active"}, "pids": [1]})),
+            (
+                "options",
+                json!({"options": {"cmd": "x", "args": ["a"], "numprocesses": 1,
+                "env": {"K": "V"}, "working_dir": "d", "uid": "u", "stop_signal": "TERM",
+                "graceful_timeout": "1s", "exit_codes": [0], "stdout": "capture",
+                "service": "s", "health_cmd": ["c"]}}),
+            ),
+            (
+                "reloadconfig",
+                json!({"added": ["a"], "removed": ["b"], "changed": ["c"]}),
+            ),
+            (
+                "dstats",
+                json!({"pid": 1, "cpu_percent": 1.5, "rss_bytes": 1,
+                "uptime_secs": 1.5, "threads": 1, "children": 1, "version": "v"}),
+            ),
+            (
+                "ping",
+                json!({"version": "v", "boot_id": "b", "pid": 1, "hostname": "h",
+                "tags": {"k": "v"}, "uptime_secs": 1.5}),
+            ),
+            ("stats", stats),
+            (
+                "logs",
+                json!({"lines": [{"node": "n", "watcher": "w", "wid": 1,
+                "stream": "stderr", "time": 1.5, "line": "l"}], "truncated": true}),
+            ),
+            ("quit", json!({})),
+            ("members", json!({"members": []})),
+        ]
+    }
+
+    /// The data of a `stats` reply and of a stats message.
+    pub fn stats_data() -> Value {
+        json!({"host": {"cpu_count": 1, "load1": 0.5, "load5": 0.5, "load15": 0.5,
+            "mem_total_bytes": 1, "mem_available_bytes": 1, "agent_pid": 1,
+            "agent_cpu_percent": 0.5, "agent_rss_bytes": 1},
+            "watchers": [{"name": "w", "service": "s", "state": "active", "numprocesses": 1,
+                "running": 1, "cpu_percent": 0.5, "rss_bytes": 1, "restarts": 1,
+                "processes": [{"wid": 1, "pid": 1, "cpu_percent": 0.5, "rss_bytes": 1,
+                    "age_secs": 0.5, "restarts": 1}]}]})
+    }
+
+    pub fn event_template() -> Value {
+        json!({"node": "n", "watcher": "w", "kind": "exit", "time": 1.5, "pid": 1, "wid": 1,
+               "exit": {"signal": "s"}, "reason": "r", "boot_id": "b"})
+    }
+
+    pub fn member_template() -> Value {
+        json!({"name": "n", "state": "alive", "since": 1.5, "boot_id": "b", "seq": 1,
+            "hostname": "h", "address": "a", "tags": {"k": "v"}, "version": "v", "pid": 1,
+            "started_at": 1.5, "last_seen": 1.5, "heartbeat_ms": 1,
+            "watchers": [{"name": "w", "service": "s", "state": "active", "numprocesses": 1,
+                "running": 1}],
+            "services": ["s"], "numprocesses": 1, "running": 1})
+    }
+
+    /// What a terminal must never be sent from peer data: escape sequences, controls
+    /// other than tab and newline, and text-reordering characters.
+    pub fn assert_printable(text: &str) {
+        for c in text.chars() {
+            assert!(
+                c == '\t'
+                    || c == '\n'
+                    || !(c.is_control()
+                        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')),
+                "{c:?} in {text:?}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +726,122 @@ mod tests {
         let mut t = Table::new(&["A", "LONGER"]);
         t.row(vec!["xyz".into(), "1".into()]);
         assert_eq!(t.render(), "A    LONGER\nxyz  1\n");
+    }
+
+    #[test]
+    fn sanitize_strips_escapes_and_controls() {
+        let cases = [
+            ("plain web-1", "plain web-1"),
+            ("tab\there", "tab\there"),
+            ("two\nlines\r", "two lines "),
+            ("\x1b]0;pwned\x07\x1b[2Jafter", "after"),
+            ("red \x1b[1;31mtext\x1b[0m", "red text"),
+            ("osc st \x1b]8;;http://x\x1b\\link", "osc st link"),
+            ("charset \x1b(Bok", "charset ok"),
+            ("keypad \x1b=ok", "keypad ok"),
+            ("8-bit \u{9b}2Jcsi", "8-bit csi"),
+            ("8-bit \u{9d}0;t\u{9c}osc", "8-bit osc"),
+            ("nul\0 bell\x07 del\x7f c1\u{85}", "nul bell del c1"),
+            ("bidi \u{202e}txt\u{2066}", "bidi txt"),
+            ("unterminated \x1b]0;title", "unterminated "),
+            ("trailing esc \x1b", "trailing esc "),
+            ("trailing csi \x1b[12", "trailing csi "),
+            ("h\u{e9}llo \u{65e5}\u{672c}", "h\u{e9}llo \u{65e5}\u{672c}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sanitize(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_times_are_total() {
+        assert_eq!(number(12.34), "12.3");
+        assert_eq!(number(1e300), "1.0e300");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(f64::NEG_INFINITY), "-inf");
+        assert_eq!(timestamp(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(1e300), "(bad time 1.0e300)");
+        assert_eq!(timestamp(-1.0), "(bad time -1.0)");
+        assert_eq!(timestamp(f64::NAN), "(bad time NaN)");
+        assert!(timestamp(253_402_300_799.9).starts_with("9999-12-31T23:59:59"));
+        assert!(timestamp(253_402_300_800.0).starts_with("(bad time"));
+        assert_eq!(age(f64::NAN), "0s");
+        assert_eq!(age(1e300), format!("{}d", u64::MAX / 86400));
+        assert_eq!(bytes(u64::MAX), "16777216.0T");
+    }
+
+    #[test]
+    fn an_event_from_far_in_time_is_printed() {
+        let mut e = protocol::events::Event::new(
+            "n1",
+            "w\x1b]0;pwned\x07\x1b[2J",
+            protocol::events::EventKind::Flapping,
+        );
+        e.reason = Some("bad\x1b[31m reason".into());
+        for t in [1e300, f64::INFINITY, f64::NAN, -5.0, 3e11, 1.5e9] {
+            e.time = t;
+            let line = event_line(&e);
+            wild::assert_printable(&line);
+            assert!(line.contains(" n1 w flapping: bad reason\n"), "{line}");
+        }
+    }
+
+    #[test]
+    fn hostile_replies_render_clean() {
+        let mut r = Reply::error(None, "n\x1b[2J1", 0.0, protocol::Errno::BadOption, "x");
+        r.status = protocol::ReplyStatus::Ok;
+        r.data = serde_json::json!({"statuses": {}, "watchers": [{"name": "w\x1b]0;t\x07", "state": "fatal",
+            "numprocesses": 1, "running": 0, "restarts": 1, "service": "s\u{9b}1m",
+            "reason": "why\nnot"}]})
+        .as_object()
+        .cloned()
+        .unwrap();
+        let out = render("status", &[&r], true);
+        wild::assert_printable(&out);
+        assert!(out.lines().nth(1).unwrap().starts_with("n1    w "), "{out}");
+        assert!(out.contains("why not"), "{out}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rendering_wild_replies_never_panics_nor_prints_controls(
+            mut seeds in wild::seeds(),
+            multi in proptest::prelude::any::<bool>(),
+        ) {
+            for (command, template) in wild::templates() {
+                let data = seeds.like("", &template);
+                let reply = Reply {
+                    id: None,
+                    node: seeds.string(),
+                    status: protocol::ReplyStatus::Ok,
+                    time: 0.0,
+                    reason: None,
+                    errno: None,
+                    data: data.as_object().cloned().unwrap_or_default(),
+                };
+                let out = render(command, &[&reply], multi);
+                wild::assert_printable(&out);
+            }
+            let event = seeds.like("", &wild::event_template());
+            if let Ok(e) = serde_json::from_value::<protocol::events::Event>(event) {
+                wild::assert_printable(&event_line(&e));
+            }
+            let members = seeds.like("members", &serde_json::json!([wild::member_template()]));
+            if let Ok(ms) = serde_json::from_value::<Vec<protocol::registry::MemberInfo>>(members) {
+                wild::assert_printable(&crate::cluster::render_members(&ms));
+            }
+        }
+
+        #[test]
+        fn sanitize_is_total_and_clean(s in "(?s).{0,64}", h in wild::hostile_string()) {
+            for text in [s, h] {
+                let clean = sanitize(&text);
+                wild::assert_printable(&clean);
+                proptest::prop_assert!(!clean.contains('\n'));
+                // Clean text is left as it is.
+                proptest::prop_assert_eq!(sanitize(&clean), clean.clone());
+            }
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::{Frame, Terminal};
 
+use crate::output::{number, sanitize};
+
 /// The keys, as shown on the last line.
 pub const KEYS_HELP: &str = "q quit  c cpu  m mem  n name  a age  arrows/PgUp/PgDn scroll";
 
@@ -45,6 +47,8 @@ const DROP_AFTER_INTERVALS: f64 = 10.0;
 const DROP_AFTER_MIN: Duration = Duration::from_secs(10);
 /// The shortest interval believed, so that a bogus 0 does not make every node stale.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest interval believed, so that a bogus 1e19 keeps every figure in range.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// How often the screen is redrawn at most while messages pour in.
 const REDRAW_EVERY: Duration = Duration::from_millis(250);
 
@@ -92,7 +96,7 @@ impl NodeEntry {
     fn interval(&self) -> Duration {
         Duration::try_from_secs_f64(self.msg.interval_secs)
             .unwrap_or(MIN_INTERVAL)
-            .max(MIN_INTERVAL)
+            .clamp(MIN_INTERVAL, MAX_INTERVAL)
     }
 
     fn silent_for(&self, now: Instant) -> Duration {
@@ -163,7 +167,7 @@ impl ProcessRow {
             self.watcher.clone(),
             self.wid.to_string(),
             self.pid.to_string(),
-            format!("{:.1}", self.cpu_percent),
+            number(self.cpu_percent),
             fmt_bytes(self.rss_bytes),
             fmt_age(self.age_secs),
             self.restarts.to_string(),
@@ -272,7 +276,10 @@ impl TopState {
             for w in &e.msg.watchers {
                 t.processes += w.processes.len();
                 t.cpu_percent += w.processes.iter().map(|p| p.cpu_percent).sum::<f64>();
-                t.rss_bytes += w.processes.iter().map(|p| p.rss_bytes).sum::<u64>();
+                t.rss_bytes = w
+                    .processes
+                    .iter()
+                    .fold(t.rss_bytes, |sum, p| sum.saturating_add(p.rss_bytes));
             }
         }
         t
@@ -286,14 +293,14 @@ impl TopState {
                 let h = &e.msg.host;
                 let stale = e.is_stale(now);
                 NodeRow {
-                    node: e.msg.node.clone(),
-                    load: format!("{:.2} {:.2} {:.2}", h.load1, h.load5, h.load15),
+                    node: sanitize(&e.msg.node),
+                    load: format!("{} {} {}", load(h.load1), load(h.load5), load(h.load15)),
                     mem: format!(
                         "{}/{}",
                         fmt_bytes(h.mem_total_bytes.saturating_sub(h.mem_available_bytes)),
                         fmt_bytes(h.mem_total_bytes)
                     ),
-                    agent_cpu: format!("{:.1}", h.agent_cpu_percent),
+                    agent_cpu: number(h.agent_cpu_percent),
                     agent_rss: fmt_bytes(h.agent_rss_bytes),
                     processes: e.msg.process_count().to_string(),
                     status: if stale {
@@ -317,8 +324,8 @@ impl TopState {
             for w in &e.msg.watchers {
                 for p in &w.processes {
                     rows.push(ProcessRow {
-                        node: e.msg.node.clone(),
-                        watcher: w.name.clone(),
+                        node: sanitize(&e.msg.node),
+                        watcher: sanitize(&w.name),
                         wid: p.wid,
                         pid: p.pid,
                         cpu_percent: p.cpu_percent,
@@ -405,6 +412,15 @@ pub fn fmt_bytes(bytes: u64) -> String {
     }
 }
 
+/// A load average with two decimals, bounded in width like [`number`].
+fn load(v: f64) -> String {
+    if v.is_finite() && v.abs() < 1e6 {
+        format!("{v:.2}")
+    } else {
+        number(v)
+    }
+}
+
 /// A duration in its two largest units: `42s`, `3m05s`, `2h07m`, `4d03h`.
 pub fn fmt_age(secs: f64) -> String {
     let s = if secs.is_finite() && secs > 0.0 {
@@ -431,9 +447,9 @@ pub fn header_line(t: &Totals, sort: SortKey, bad_messages: u64) -> String {
         line.push_str(&format!(" ({} stale)", t.stale));
     }
     line.push_str(&format!(
-        "  {} processes  cpu {:.1}%  mem {}  sort {}",
+        "  {} processes  cpu {}%  mem {}  sort {}",
         t.processes,
-        t.cpu_percent,
+        number(t.cpu_percent),
         fmt_bytes(t.rss_bytes),
         sort.label()
     ));
@@ -925,6 +941,63 @@ mod tests {
         ];
         for (s, want) in ages {
             assert_eq!(fmt_age(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn bogus_intervals_and_figures_are_total() {
+        let now = Instant::now();
+        let mut s = TopState::new("x");
+        let mut m = message("a\x1b[2J\u{9b}1m", vec![proc(1, 7, 1e300, u64::MAX, 1e300)]);
+        m.interval_secs = 1e19;
+        m.host.load1 = 1e300;
+        m.host.agent_cpu_percent = f64::NAN;
+        m.watchers.push(m.watchers[0].clone());
+        s.update(m, now);
+        let t = s.totals(now);
+        assert_eq!(t.rss_bytes, u64::MAX, "the sum saturates");
+        assert!(!s.expire(now + Duration::from_secs(3600)));
+        let rows = s.node_rows(now);
+        assert_eq!(rows[0].node, "a");
+        assert_eq!(rows[0].load, "1.0e300 0.50 1.00");
+        assert_eq!(rows[0].agent_cpu, "NaN");
+        assert_eq!(s.process_rows(now)[0].cells()[4], "1.0e300");
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|f| draw(f, &mut s, now)).unwrap();
+        crate::output::wild::assert_printable(&screen(&terminal));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn wild_stats_never_panic_nor_reach_the_screen_raw(
+            mut seeds in crate::output::wild::seeds(),
+            width in 1u16..200,
+            height in 1u16..60,
+            keys in proptest::collection::vec(proptest::sample::select(vec!['c', 'm', 'n', 'a', 'j', 'k']), 0..4),
+        ) {
+            let now = Instant::now();
+            let mut s = TopState::new("cluster.*.stats");
+            for _ in 0..3 {
+                let mut v = seeds.like("", &crate::output::wild::stats_data());
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("node".into(), seeds.string().into());
+                    m.insert("boot_id".into(), seeds.string().into());
+                    let time = seeds.like("", &serde_json::json!(1.5));
+                    m.insert("time".into(), time);
+                    let interval = seeds.like("", &serde_json::json!(1.5));
+                    m.insert("interval_secs".into(), interval);
+                }
+                s.update_from_payload(&serde_json::to_vec(&v).unwrap(), now);
+            }
+            for k in keys {
+                s.handle_key(key(KeyCode::Char(k)));
+            }
+            let later = now + Duration::from_secs(5);
+            let _ = s.totals(later);
+            let _ = s.expire(later);
+            let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+            terminal.draw(|f| draw(f, &mut s, later)).unwrap();
+            crate::output::wild::assert_printable(&screen(&terminal));
         }
     }
 

@@ -8,6 +8,7 @@ mod files;
 mod flags;
 mod foundation;
 mod harness;
+mod hostile;
 mod keys;
 mod logins;
 mod membership;
