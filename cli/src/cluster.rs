@@ -91,7 +91,19 @@ pub async fn alive_members(
         tags: tags.iter().cloned().collect(),
         name: None,
     };
-    let alive = members(client, subjects, filter, timeout).await?.1;
+    let mut alive = members(client, subjects, filter, timeout).await?.1;
+    // A member's name becomes a subject token: a name no agent could have (from a
+    // forged or broken reply) is never used.
+    alive.retain(|m| match protocol::subjects::validate_node_name(&m.name) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "ignoring member {:?} of the members reply: {e}",
+                crate::output::sanitize(&m.name)
+            );
+            false
+        }
+    });
     let names: Vec<&str> = alive.iter().map(|m| m.name.as_str()).collect();
     tracing::info!("alive members to ask: {}", names.join(", "));
     Ok(alive)

@@ -29,13 +29,14 @@ const EXIT_NOT_PERMITTED: u8 = 4;
 
 /// Says why no target could be reached; exit code 3.
 fn no_answer(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("ctl: {e}");
+    // The reason may quote what a peer sent.
+    eprintln!("ctl: {}", output::sanitize(&e.to_string()));
     ExitCode::from(EXIT_NO_ANSWER)
 }
 
 /// Says what the server did not let this user do; exit code 4.
 fn not_permitted(d: &Denial) -> ExitCode {
-    eprintln!("ctl: {}", d.explain());
+    eprintln!("ctl: {}", output::sanitize(&d.explain()));
     ExitCode::from(EXIT_NOT_PERMITTED)
 }
 
@@ -520,7 +521,11 @@ async fn watch(cli: &Cli, subjects: &Subjects) -> ExitCode {
             msg = all.next() => {
                 let Some(msg) = msg else { return ExitCode::from(EXIT_NO_ANSWER) };
                 let text = if g.json {
-                    format!("{}\n", String::from_utf8_lossy(&msg.payload))
+                    // One JSON object a line: what is not JSON is not passed on raw.
+                    match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
+                        Ok(v) => format!("{v}\n"),
+                        Err(_) => continue,
+                    }
                 } else {
                     match serde_json::from_slice::<protocol::events::Event>(&msg.payload) {
                         Ok(e) => output::event_line(&e),
@@ -602,7 +607,8 @@ async fn follow_logs(
                     continue;
                 }
                 let text = if json {
-                    format!("{}\n", String::from_utf8_lossy(&msg.payload))
+                    // Re-encoded: one line, control characters escaped.
+                    format!("{}\n", serde_json::to_string(&line).unwrap_or_default())
                 } else {
                     output::log_line(&line, multi)
                 };
@@ -624,8 +630,8 @@ fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode 
         code = code.max(EXIT_ERROR_REPLY);
         eprintln!(
             "ctl: error from node {}: {}",
-            r.node,
-            r.reason.as_deref().unwrap_or("no reason given")
+            output::sanitize(&r.node),
+            output::sanitize(r.reason.as_deref().unwrap_or("no reason given"))
         );
     }
     let written = if json {
@@ -646,14 +652,18 @@ fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode 
     }
     for (node, why) in &outcome.missing {
         code = code.max(EXIT_NO_ANSWER);
-        eprintln!("ctl: node {node} did not answer: {why}");
+        eprintln!(
+            "ctl: node {} did not answer: {}",
+            output::sanitize(node),
+            output::sanitize(why)
+        );
     }
     for d in &outcome.denied {
         code = code.max(EXIT_NOT_PERMITTED);
-        eprintln!("ctl: {}", d.explain());
+        eprintln!("ctl: {}", output::sanitize(&d.explain()));
     }
     for line in &outcome.epilogue {
-        eprintln!("ctl: {line}");
+        eprintln!("ctl: {}", output::sanitize(line));
     }
     ExitCode::from(code)
 }

@@ -237,6 +237,8 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                     address: None,
                     watchers,
                     services,
+                    server_id: None,
+                    client_id: None,
                 }
             },
         )
