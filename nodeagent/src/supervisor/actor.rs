@@ -504,3 +504,96 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use protocol::command::{AddProps, Command, StartStop};
+
+    use super::super::{start, DrainOutput, Settings};
+    use super::*;
+
+    /// A supervisor with no watcher whose saves are slow and noted.
+    fn slow_saves() -> (
+        super::super::SupervisorHandle,
+        Arc<Mutex<Vec<DesiredState>>>,
+    ) {
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let noted = saved.clone();
+        let persist: PersistFn = Box::new(move |state: &DesiredState| {
+            std::thread::sleep(Duration::from_millis(100));
+            noted.lock().unwrap().push(state.clone());
+        });
+        let (handle, _task) = start(
+            BTreeMap::new(),
+            BTreeSet::new(),
+            Settings {
+                node: "n".into(),
+                allow_remote_exec: true,
+                persist: Some(persist),
+                groups: None,
+                max_processes: 10,
+            },
+            Box::new(DrainOutput),
+        );
+        (handle, saved)
+    }
+
+    fn add(name: &str) -> Command {
+        Command::Add(Box::new(AddProps {
+            name: name.into(),
+            cmd: "sleep".into(),
+            args: vec!["1000".into()],
+            options: None,
+            start: false,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_reply_leaves_once_its_change_is_saved_and_in_the_snapshot() {
+        let (handle, saved) = slow_saves();
+        handle.exec(add("a")).await.unwrap();
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert!(last.contains_key("a"), "{last:?}");
+        let names: Vec<String> = handle
+            .snapshot()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn saves_coalesce_and_each_reply_waits_for_its_save() {
+        let (handle, saved) = slow_saves();
+        let names: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+        let all = names.iter().map(|n| {
+            let handle = handle.clone();
+            let n = n.clone();
+            async move { handle.exec(add(&n)).await }
+        });
+        let started = Instant::now();
+        for r in futures::future::join_all(all).await {
+            r.unwrap();
+        }
+        // Eight saves of 100ms each one after the other would take 800ms.
+        let took = started.elapsed();
+        let writes = saved.lock().unwrap().len();
+        assert!(writes < 8, "{writes} writes in {took:?}");
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert_eq!(last.keys().cloned().collect::<Vec<_>>(), names);
+        // A stop of a watcher that runs nothing is saved too, and its reply waits.
+        let stop = Command::Stop(StartStop {
+            name: Some("w0".into()),
+            waiting: false,
+        });
+        handle.exec(stop).await.unwrap();
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert!(last.get("w0").is_some_and(|(_, run)| !run), "{last:?}");
+        handle.shutdown().await;
+    }
+}
