@@ -163,9 +163,16 @@ impl Supervisor {
                     }
                 }
             },
-            other => Answer::Now(Err(CmdError::new(
+            // The agent's own commands: the transport answers them.
+            agent @ (Command::Reloadconfig(_)
+            | Command::Dstats(_)
+            | Command::Quit(_)
+            | Command::Ping(_)
+            | Command::Stats(_)
+            | Command::Members(_)
+            | Command::Logs(_)) => Answer::Now(Err(CmdError::new(
                 Errno::CommandFailed,
-                format!("'{}' is not a watcher command", other.name()),
+                format!("'{}' is not a watcher command", agent.name()),
             ))),
         }
     }
