@@ -170,6 +170,28 @@ mod tests {
         assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
     }
 
+    /// Waits (bounded) until `pid` ignores SIGTERM, so that the stop does not race
+    /// the shell's `trap`.
+    async fn ignores_term(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ignored = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .unwrap_or(0);
+            if ignored & (1 << (Signal::SIGTERM as i32 - 1)) != 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} never ignored SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn stops_gracefully_then_kills() {
         let live = LiveGroups::default();
@@ -190,6 +212,7 @@ mod tests {
         live.configure("stubborn", Signal::SIGTERM, Duration::from_millis(300));
         live.started(polite.pid, "polite");
         live.started(stubborn.pid, "stubborn");
+        ignores_term(stubborn.pid).await;
         let reap = tokio::spawn(async move {
             let _ = polite.child.wait().await;
             let _ = stubborn.child.wait().await;

@@ -1,0 +1,599 @@
+//! The actor: it owns the [`Supervisor`] model and carries out the effects its
+//! transitions return: spawning through [`process`], signals, tokio timers, health
+//! checks, persistence on a writer task of its own, events, replies, and publishing
+//! snapshots and services after each turn that changed them. It must not decide
+//! anything about watchers or slots: that is the model's job.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::reply::ExitStatus;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::live::{later, LIVE};
+use super::model::{Effect, Input, ReplyId, SpawnOrder, Supervisor, Timer};
+use super::{
+    CapturedOutput, Cmd, CmdError, DesiredState, LifecycleEvent, Outcome, OutputSink, PersistFn,
+    Settings, WatcherSnapshot,
+};
+use crate::process;
+use protocol::Errno;
+
+/// Where the actor publishes.
+pub(super) struct Outlets {
+    pub events: broadcast::Sender<LifecycleEvent>,
+    pub services: watch::Sender<BTreeSet<String>>,
+    pub snapshots: watch::Sender<Option<Vec<WatcherSnapshot>>>,
+}
+
+/// What the wait, timer and probe tasks tell the actor.
+enum Report {
+    Exited {
+        name: String,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+        status: std::io::Result<std::process::ExitStatus>,
+    },
+    Health {
+        name: String,
+        wid: u32,
+        gen: u64,
+        ok: bool,
+    },
+    Timer(Timer),
+}
+
+/// What goes to the state writer, in order.
+enum ToWriter {
+    /// Save this state (number `seq`); a later one replaces it if not yet written.
+    Save(u64, DesiredState),
+    /// Send this reply once every state before it is saved.
+    Release(oneshot::Sender<Outcome>, Outcome),
+}
+
+/// The task that saves the desired state off the actor's task.
+struct Writer {
+    tx: mpsc::UnboundedSender<ToWriter>,
+    /// The last state number sent, and the last saved.
+    sent: u64,
+    saved: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(persist: PersistFn) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let saved = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(write_states(persist, rx, saved.clone()));
+        Writer {
+            tx,
+            sent: 0,
+            saved,
+            task,
+        }
+    }
+
+    fn save(&mut self, state: DesiredState) {
+        self.sent += 1;
+        let _ = self.tx.send(ToWriter::Save(self.sent, state));
+    }
+
+    /// Replies at once when every state is saved, otherwise once it is.
+    fn release(&self, reply: oneshot::Sender<Outcome>, outcome: Outcome) {
+        if self.saved.load(Ordering::Acquire) >= self.sent {
+            let _ = reply.send(outcome);
+        } else if let Err(mpsc::error::SendError(ToWriter::Release(reply, outcome))) =
+            self.tx.send(ToWriter::Release(reply, outcome))
+        {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// Writes what is left and ends.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// Saves the latest state of each batch on a blocking thread, then sends the replies
+/// that waited for it.
+async fn write_states(
+    persist: PersistFn,
+    mut rx: mpsc::UnboundedReceiver<ToWriter>,
+    saved: Arc<AtomicU64>,
+) {
+    let mut persist = Some(persist);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut latest = None;
+        let mut replies = Vec::new();
+        for m in batch {
+            match m {
+                ToWriter::Save(seq, state) => latest = Some((seq, state)),
+                ToWriter::Release(reply, outcome) => replies.push((reply, outcome)),
+            }
+        }
+        if let Some((seq, state)) = latest {
+            if let Some(mut f) = persist.take() {
+                match tokio::task::spawn_blocking(move || {
+                    f(&state);
+                    f
+                })
+                .await
+                {
+                    Ok(f) => persist = Some(f),
+                    Err(e) => tracing::error!("saving the state failed: {e}; no more saves"),
+                }
+            }
+            saved.store(seq, Ordering::Release);
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+pub(super) struct Actor {
+    sup: Supervisor,
+    out: Outlets,
+    output: Box<dyn OutputSink>,
+    groups: Option<Arc<crate::groups::Groups>>,
+    writer: Option<Writer>,
+    replies: BTreeMap<ReplyId, oneshot::Sender<Outcome>>,
+    next_reply: ReplyId,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// A batch of spawns ran and more wait for the next turn.
+    batched: bool,
+    /// Replies and events of this turn, sent once the snapshot is published.
+    outbox: Vec<Effect>,
+}
+
+impl Actor {
+    pub fn new(
+        sup: Supervisor,
+        out: Outlets,
+        settings: Settings,
+        output: Box<dyn OutputSink>,
+    ) -> Actor {
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        Actor {
+            sup,
+            out,
+            output,
+            groups: settings.groups,
+            writer: settings.persist.map(Writer::start),
+            replies: BTreeMap::new(),
+            next_reply: 1,
+            reports_tx,
+            reports,
+            batched: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        let mut open = true;
+        self.turn(Input::Boot);
+        loop {
+            let deadline = self.sup.next_deadline();
+            if std::mem::take(&mut self.batched) {
+                // Let heartbeats, stats and replies run between batches of spawns.
+                tokio::task::yield_now().await;
+            }
+            let input = tokio::select! {
+                cmd = cmds.recv(), if open => match cmd {
+                    Some(cmd) => self.input(cmd, &mut shutdown),
+                    None => {
+                        open = false;
+                        Input::Shutdown
+                    }
+                },
+                Some(report) = self.reports.recv() => self.observe(report),
+                // A wait has a deadline even when nothing else happens.
+                _ = sleep_until(deadline) => Input::Tick,
+            };
+            self.turn(input);
+            crate::fatal::inject("supervisor");
+            if self.sup.finished() {
+                break;
+            }
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.finish().await;
+        }
+        if let Some(tx) = shutdown {
+            let _ = tx.send(());
+        }
+    }
+
+    /// A command as the model's input; its reply channel stays here.
+    fn input(&mut self, cmd: Cmd, shutdown: &mut Option<oneshot::Sender<()>>) -> Input {
+        match cmd {
+            Cmd::Exec(command, reply) => Input::Command(command, self.keep(reply)),
+            Cmd::RestartSlot { name, wid, reply } => Input::RestartSlot {
+                name,
+                wid,
+                reply: self.keep(reply),
+            },
+            Cmd::Reload(watchers, reply) => Input::Reload(watchers, self.keep(reply)),
+            Cmd::Shutdown(reply) => {
+                *shutdown = Some(reply);
+                Input::Shutdown
+            }
+        }
+    }
+
+    fn keep(&mut self, reply: oneshot::Sender<Outcome>) -> ReplyId {
+        let id = self.next_reply;
+        self.next_reply += 1;
+        self.replies.insert(id, reply);
+        id
+    }
+
+    /// A task's report as the model's input, with what the actor observed.
+    fn observe(&self, report: Report) -> Input {
+        match report {
+            Report::Exited {
+                name,
+                wid,
+                gen,
+                pid,
+                status,
+            } => Input::Exited {
+                name,
+                wid,
+                gen,
+                exit: match status {
+                    Ok(s) => process::exit_status(s),
+                    Err(_) => ExitStatus {
+                        code: None,
+                        signal: None,
+                    },
+                },
+                group_alive: process::group_alive(pid),
+            },
+            Report::Health { name, wid, gen, ok } => Input::Health { name, wid, gen, ok },
+            Report::Timer(Timer::StopCheck {
+                name,
+                wid,
+                gen,
+                pid,
+            }) => Input::StopCheck {
+                name,
+                wid,
+                gen,
+                group_alive: process::group_alive(pid),
+            },
+            Report::Timer(timer) => Input::Timer(timer),
+        }
+    }
+
+    /// One turn: the transition, its effects (a spawn's result goes back to the model
+    /// before the next effect), then the published state, then replies and events.
+    fn turn(&mut self, input: Input) {
+        // A timer or a report that returns no effect changes nothing that is published
+        // (a slot going from starting to running shows in no snapshot).
+        let mut dirty = !matches!(
+            input,
+            Input::Timer(_) | Input::Health { .. } | Input::StopCheck { .. } | Input::Tick
+        );
+        let mut todo: VecDeque<Effect> = self.sup.step(input, Instant::now()).into();
+        dirty |= !todo.is_empty();
+        let mut persist = None;
+        while let Some(effect) = todo.pop_front() {
+            if let Effect::Persist(state) = effect {
+                persist = Some(state);
+                continue;
+            }
+            if let Some(result) = self.perform(effect) {
+                let more = self.sup.step(result, Instant::now());
+                for e in more.into_iter().rev() {
+                    todo.push_front(e);
+                }
+            }
+        }
+        if let (Some(state), Some(writer)) = (persist, self.writer.as_mut()) {
+            writer.save(state);
+        }
+        if dirty {
+            self.publish();
+        }
+        for effect in std::mem::take(&mut self.outbox) {
+            match effect {
+                Effect::Emit(ev) => {
+                    let _ = self.out.events.send(ev);
+                }
+                Effect::Reply { to, outcome } => self.send_reply(to, outcome),
+                _ => {}
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let services = self.sup.services();
+        self.out.services.send_if_modified(|old| {
+            let changed = *old != services;
+            *old = services;
+            changed
+        });
+        let snapshot = Some(self.sup.snapshot());
+        self.out.snapshots.send_if_modified(|old| {
+            let changed = *old != snapshot;
+            *old = snapshot;
+            changed
+        });
+    }
+
+    fn send_reply(&mut self, to: ReplyId, outcome: Outcome) {
+        let Some(reply) = self.replies.remove(&to) else {
+            return;
+        };
+        match &self.writer {
+            Some(writer) => writer.release(reply, outcome),
+            None => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Carries out one effect; a spawn returns its result for the model.
+    fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn(order) => return Some(self.spawn(*order)),
+            Effect::Signal {
+                watcher,
+                wid,
+                pid,
+                signal,
+            } => {
+                if let Err(e) = process::signal_group(pid, signal) {
+                    tracing::warn!(watcher, wid, pid, "cannot send {signal}: {e}");
+                }
+            }
+            Effect::HealthCheck {
+                watcher,
+                wid,
+                gen,
+                argv,
+                timeout,
+            } => self.health_check(watcher, wid, gen, argv, timeout),
+            Effect::ArmTimer { after, timer } => {
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx.send(Report::Timer(timer));
+                });
+            }
+            Effect::NextTurn(timer) => {
+                // Behind what already waits: commands and exits come first.
+                self.batched = true;
+                let _ = self.reports_tx.send(Report::Timer(timer));
+            }
+            Effect::SignalProcesses {
+                pids,
+                signal,
+                leader_only,
+                to,
+                outcome,
+            } => {
+                let failed = pids.iter().find_map(|pid| {
+                    let r = if leader_only {
+                        process::signal_pid(*pid, signal)
+                    } else {
+                        process::signal_group(*pid, signal)
+                    };
+                    r.err().map(|e| {
+                        CmdError::new(
+                            Errno::CommandFailed,
+                            format!("cannot send {signal} to {pid}: {e}"),
+                        )
+                    })
+                });
+                let outcome = failed.map_or(outcome, Err);
+                self.outbox.push(Effect::Reply { to, outcome });
+            }
+            Effect::Configure { watcher, stop } => LIVE.configure(&watcher, stop.0, stop.1),
+            Effect::Ended { pid } => LIVE.ended(pid),
+            Effect::ForgetOutput(watcher) => self.output.forget(&watcher),
+            e @ (Effect::Emit(_) | Effect::Reply { .. }) => self.outbox.push(e),
+            Effect::Persist(_) => {}
+        }
+        None
+    }
+
+    fn spawn(&mut self, order: SpawnOrder) -> Input {
+        let SpawnOrder {
+            watcher: name,
+            wid,
+            gen,
+            spec,
+            stop,
+            capture,
+            respawn,
+        } = order;
+        let mut spawned = match process::spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                return Input::SpawnFailed {
+                    reason: format!("cannot start {:?}: {e}", spec.cmd),
+                    name,
+                    wid,
+                    gen,
+                    respawn,
+                }
+            }
+        };
+        let pid = spawned.pid;
+        let groups = self.groups.clone();
+        if let Some(g) = &groups {
+            g.started(pid);
+        }
+        LIVE.configure(&name, stop.0, stop.1);
+        LIVE.started(pid, &name);
+        let tx = self.reports_tx.clone();
+        let owned = name.clone();
+        tokio::spawn(async move {
+            let status = spawned.child.wait().await;
+            if let Some(g) = &groups {
+                g.ended(pid);
+            }
+            let _ = tx.send(Report::Exited {
+                name: owned,
+                wid,
+                gen,
+                pid,
+                status,
+            });
+        });
+        if let Some((max_bytes, backups)) = capture {
+            self.output.capture(CapturedOutput {
+                watcher: name.clone(),
+                wid,
+                stdout: spawned.stdout.take(),
+                stderr: spawned.stderr.take(),
+                max_bytes,
+                backups,
+            });
+        }
+        Input::Spawned {
+            name,
+            wid,
+            gen,
+            pid,
+            unix: protocol::unix_time(),
+            respawn,
+        }
+    }
+
+    fn health_check(&self, name: String, wid: u32, gen: u64, argv: Vec<String>, timeout: Duration) {
+        let tx = self.reports_tx.clone();
+        tokio::spawn(async move {
+            let deadline = later(Instant::now(), timeout);
+            let ok = loop {
+                let status = tokio::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .status();
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left.max(Duration::from_millis(1)), status).await {
+                    Ok(Ok(s)) if s.success() => break true,
+                    _ if Instant::now() >= deadline => break false,
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let _ = tx.send(Report::Health { name, wid, gen, ok });
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use protocol::command::{AddProps, Command, StartStop};
+
+    use super::super::{start, DrainOutput, Settings};
+    use super::*;
+
+    /// A supervisor with no watcher whose saves are slow and noted.
+    fn slow_saves() -> (
+        super::super::SupervisorHandle,
+        Arc<Mutex<Vec<DesiredState>>>,
+    ) {
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let noted = saved.clone();
+        let persist: PersistFn = Box::new(move |state: &DesiredState| {
+            std::thread::sleep(Duration::from_millis(100));
+            noted.lock().unwrap().push(state.clone());
+        });
+        let (handle, _task) = start(
+            BTreeMap::new(),
+            BTreeSet::new(),
+            Settings {
+                node: "n".into(),
+                allow_remote_exec: true,
+                persist: Some(persist),
+                groups: None,
+                max_processes: 10,
+            },
+            Box::new(DrainOutput),
+        );
+        (handle, saved)
+    }
+
+    fn add(name: &str) -> Command {
+        Command::Add(Box::new(AddProps {
+            name: name.into(),
+            cmd: "sleep".into(),
+            args: vec!["1000".into()],
+            options: None,
+            start: false,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_reply_leaves_once_its_change_is_saved_and_in_the_snapshot() {
+        let (handle, saved) = slow_saves();
+        handle.exec(add("a")).await.unwrap();
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert!(last.contains_key("a"), "{last:?}");
+        let names: Vec<String> = handle
+            .snapshot()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn saves_coalesce_and_each_reply_waits_for_its_save() {
+        let (handle, saved) = slow_saves();
+        let names: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+        let all = names.iter().map(|n| {
+            let handle = handle.clone();
+            let n = n.clone();
+            async move { handle.exec(add(&n)).await }
+        });
+        let started = Instant::now();
+        for r in futures::future::join_all(all).await {
+            r.unwrap();
+        }
+        // Eight saves of 100ms each one after the other would take 800ms.
+        let took = started.elapsed();
+        let writes = saved.lock().unwrap().len();
+        assert!(writes < 8, "{writes} writes in {took:?}");
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert_eq!(last.keys().cloned().collect::<Vec<_>>(), names);
+        // A stop of a watcher that runs nothing is saved too, and its reply waits.
+        let stop = Command::Stop(StartStop {
+            name: Some("w0".into()),
+            waiting: false,
+        });
+        handle.exec(stop).await.unwrap();
+        let last = saved.lock().unwrap().last().cloned().unwrap_or_default();
+        assert!(last.get("w0").is_some_and(|(_, run)| !run), "{last:?}");
+        handle.shutdown().await;
+    }
+}

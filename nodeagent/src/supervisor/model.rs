@@ -1,0 +1,464 @@
+//! The supervisor's model: watchers, their slots and what is derived from them (states,
+//! summaries, snapshots), plus the inputs a transition takes and the effects it returns.
+//! It must not perform any effect: no processes, signals, tasks, clocks or channels.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use protocol::command::Command;
+use protocol::reply::{ExitStatus, ProcessInfo, ProcessState, WatcherState, WatcherSummary};
+
+use super::waiters::{SlotWaiter, Waiter};
+use super::{policy, DesiredState, LifecycleEvent, Outcome, ProcessSnapshot, WatcherSnapshot};
+use crate::config::WatcherConfig;
+use crate::process::SpawnSpec;
+
+/// Who gets a reply: the actor keeps the channel, the model only its number.
+pub(super) type ReplyId = u64;
+
+/// What becomes of a slot once its process group is gone after a stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum AfterStop {
+    /// It goes: the watcher stops, shrinks, restarts as a whole or is removed.
+    Remove,
+    /// Its process starts again, counted as a restart (restart of one slot).
+    Respawn,
+    /// A fresh process starts: the watcher was started while this slot stopped.
+    Start,
+}
+
+/// One numbered place for a process of a watcher (its `wid`).
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub wid: u32,
+    /// Which process of the slot this is; inputs about an older one are ignored.
+    pub gen: u64,
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    pub started: Option<(Instant, f64)>,
+    pub restarts: u32,
+    pub failures: u32,
+    pub last_exit: Option<ExitStatus>,
+    pub reason: Option<String>,
+    /// While stopping: when the group gets SIGKILL.
+    pub kill_at: Option<Instant>,
+    /// While stopping: the leader has exited, the rest of its group may not have.
+    pub leader_gone: bool,
+    /// While stopping: SIGKILL was sent (said once in the log).
+    pub killed: bool,
+    /// What becomes of it once its process group is gone after a stop.
+    pub after_stop: AfterStop,
+    /// Healthy since it started (or no health check).
+    pub healthy: bool,
+    /// Its health check gave up (health_timeout passed without a success).
+    pub health_failed: bool,
+    pub uptime_reached: bool,
+}
+
+impl Slot {
+    pub fn new(wid: u32) -> Slot {
+        Slot {
+            wid,
+            gen: 0,
+            state: ProcessState::Backoff,
+            pid: None,
+            started: None,
+            restarts: 0,
+            failures: 0,
+            last_exit: None,
+            reason: None,
+            kill_at: None,
+            leader_gone: false,
+            killed: false,
+            after_stop: AfterStop::Remove,
+            healthy: false,
+            health_failed: false,
+            uptime_reached: false,
+        }
+    }
+
+    pub fn info(&self) -> ProcessInfo {
+        ProcessInfo {
+            wid: self.wid,
+            pid: self.pid.filter(|_| !self.leader_gone),
+            state: self.state,
+            started_at: self.started.map(|(_, t)| t),
+            restarts: self.restarts,
+            last_exit: self.last_exit.clone(),
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        self.pid.is_some() && !self.leader_gone
+    }
+}
+
+/// A watcher: its config, its slots and what it should be doing.
+#[derive(Debug, Clone)]
+pub(super) struct Watcher {
+    pub cfg: WatcherConfig,
+    pub slots: BTreeMap<u32, Slot>,
+    pub run: bool,
+    pub restart_pending: bool,
+    pub removing: bool,
+    pub warmup_pending: bool,
+}
+
+impl Watcher {
+    pub fn new(cfg: WatcherConfig, run: bool) -> Watcher {
+        Watcher {
+            cfg,
+            slots: BTreeMap::new(),
+            run,
+            restart_pending: false,
+            removing: false,
+            warmup_pending: false,
+        }
+    }
+
+    pub fn state(&self) -> WatcherState {
+        let slots = || self.slots.values();
+        if slots().any(|s| s.state == ProcessState::Stopping) || self.removing {
+            WatcherState::Stopping
+        } else if !self.run {
+            WatcherState::Stopped
+        } else if slots().any(|s| s.state == ProcessState::Fatal) {
+            WatcherState::Fatal
+        } else if self.cfg.numprocesses > 0
+            && !self.slots.is_empty()
+            && slots().all(|s| s.state == ProcessState::Exited)
+        {
+            WatcherState::Stopped
+        } else {
+            WatcherState::Active
+        }
+    }
+
+    pub fn settled(&self) -> bool {
+        !self.restart_pending
+            && !self.warmup_pending
+            && !self
+                .slots
+                .values()
+                .any(|s| s.state == ProcessState::Stopping)
+    }
+
+    pub fn running(&self) -> u32 {
+        self.slots.values().filter(|s| s.alive()).count() as u32
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.slots.values().map(|s| s.restarts).sum()
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.slots
+            .values()
+            .find(|s| s.state == ProcessState::Fatal)
+            .and_then(|s| s.reason.clone())
+    }
+
+    pub fn summary(&self) -> WatcherSummary {
+        WatcherSummary {
+            name: self.cfg.name.clone(),
+            state: self.state(),
+            numprocesses: self.cfg.numprocesses,
+            running: self.running(),
+            restarts: self.restarts(),
+            service: self.cfg.service.clone(),
+            reason: self.reason(),
+        }
+    }
+
+    pub fn rules(&self) -> policy::Rules {
+        policy::Rules {
+            restart: self.cfg.restart,
+            exit_codes: self.cfg.exit_codes.clone(),
+            max_retry: self.cfg.max_retry,
+            min_uptime: self.cfg.min_uptime,
+            restart_delay: self.cfg.restart_delay,
+            max_restart_delay: self.cfg.max_restart_delay,
+        }
+    }
+
+    pub fn snapshot(&self) -> WatcherSnapshot {
+        WatcherSnapshot {
+            name: self.cfg.name.clone(),
+            service: self.cfg.service.clone(),
+            state: self.state(),
+            numprocesses: self.cfg.numprocesses,
+            running: self.running(),
+            restarts: self.restarts(),
+            processes: self
+                .slots
+                .values()
+                .filter(|s| s.alive())
+                .filter_map(|s| {
+                    Some(ProcessSnapshot {
+                        wid: s.wid,
+                        pid: s.pid?,
+                        started_at: s.started.map(|(_, t)| t).unwrap_or_default(),
+                        restarts: s.restarts,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The node's limits on what commands may ask.
+#[derive(Debug, Clone)]
+pub(super) struct Limits {
+    pub node: String,
+    pub allow_remote_exec: bool,
+    pub max_processes: u32,
+}
+
+/// A process to start in a slot.
+#[derive(Debug, Clone)]
+pub(super) struct SpawnOrder {
+    pub watcher: String,
+    pub wid: u32,
+    pub gen: u64,
+    pub spec: SpawnSpec,
+    /// How its watcher stops it, for the last-resort stop of live groups.
+    pub stop: (Signal, Duration),
+    /// Captured output's rotation (`log_max_bytes`, `log_backups`), when captured.
+    pub capture: Option<(u64, u32)>,
+    /// It is a respawn (said after the spawn).
+    pub respawn: bool,
+}
+
+/// What a transition asks the actor to do, in order.
+#[derive(Debug, Clone)]
+pub(super) enum Effect {
+    /// Start a process; the actor answers with [`Input::Spawned`] or
+    /// [`Input::SpawnFailed`] before it carries out the next effect.
+    Spawn(Box<SpawnOrder>),
+    /// Send `signal` to the process group led by `pid` (a failure is logged).
+    Signal {
+        watcher: String,
+        wid: u32,
+        pid: u32,
+        signal: Signal,
+    },
+    /// Run a health check until it passes or `timeout` ends; answered with
+    /// [`Input::Health`].
+    HealthCheck {
+        watcher: String,
+        wid: u32,
+        gen: u64,
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    /// Deliver `timer` after `after`.
+    ArmTimer { after: Duration, timer: Timer },
+    /// Deliver `timer` at the next turn, once what waits already is served.
+    NextTurn(Timer),
+    /// Publish a lifecycle event.
+    Emit(LifecycleEvent),
+    /// Save the desired state; replies after it wait for the save.
+    Persist(DesiredState),
+    /// Answer a command.
+    Reply { to: ReplyId, outcome: Outcome },
+    /// The `signal` command: send `signal` to `pids` (their groups unless
+    /// `leader_only`), then reply `outcome`, or the first error.
+    SignalProcesses {
+        pids: Vec<u32>,
+        signal: Signal,
+        leader_only: bool,
+        to: ReplyId,
+        outcome: Outcome,
+    },
+    /// How `watcher`'s processes stop changed.
+    Configure {
+        watcher: String,
+        stop: (Signal, Duration),
+    },
+    /// The group led by `pid` is stopped or given up on.
+    Ended { pid: u32 },
+    /// A removed watcher's captured output may be closed.
+    ForgetOutput(String),
+}
+
+/// What a timer delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Timer {
+    /// A slot in backoff may start again.
+    RespawnDue { name: String, wid: u32, gen: u64 },
+    /// A process has run for `min_uptime`.
+    UptimeReached { name: String, wid: u32, gen: u64 },
+    /// Check a stopping group; the actor looks whether group `pid` is alive.
+    StopCheck {
+        name: String,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+    },
+    /// The next process of a watcher may start.
+    Warmup { name: String },
+}
+
+/// What a transition takes.
+#[derive(Debug)]
+pub(super) enum Input {
+    /// The actor starts: watchers start by priority.
+    Boot,
+    Command(Command, ReplyId),
+    RestartSlot {
+        name: String,
+        wid: u32,
+        reply: ReplyId,
+    },
+    Reload(BTreeMap<String, WatcherConfig>, ReplyId),
+    Shutdown,
+    /// Nothing happened but time passed (a wait's deadline).
+    Tick,
+    Spawned {
+        name: String,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+        /// Unix time it started.
+        unix: f64,
+        respawn: bool,
+    },
+    SpawnFailed {
+        name: String,
+        wid: u32,
+        gen: u64,
+        reason: String,
+        respawn: bool,
+    },
+    /// A process's leader exited; `group_alive` says whether its group still runs.
+    Exited {
+        name: String,
+        wid: u32,
+        gen: u64,
+        exit: ExitStatus,
+        group_alive: bool,
+    },
+    Health {
+        name: String,
+        wid: u32,
+        gen: u64,
+        ok: bool,
+    },
+    /// A stop check found the group alive or not.
+    StopCheck {
+        name: String,
+        wid: u32,
+        gen: u64,
+        group_alive: bool,
+    },
+    /// Any other timer.
+    Timer(Timer),
+}
+
+/// The whole supervisor state: the watchers, the waits of commands, and the effects the
+/// current transition returns.
+#[derive(Debug)]
+pub(super) struct Supervisor {
+    pub watchers: BTreeMap<String, Watcher>,
+    pub next_gen: u64,
+    pub waiters: Vec<Waiter>,
+    pub slot_waiters: Vec<SlotWaiter>,
+    pub limits: Limits,
+    /// Every process is being stopped, and the actor ends once they are.
+    pub shutting_down: bool,
+    /// The time of the current transition.
+    pub now: Instant,
+    /// The effects of the current transition, in order.
+    pub out: Vec<Effect>,
+}
+
+impl Supervisor {
+    pub fn new(limits: Limits, now: Instant) -> Supervisor {
+        Supervisor {
+            watchers: BTreeMap::new(),
+            next_gen: 1,
+            waiters: Vec::new(),
+            slot_waiters: Vec::new(),
+            limits,
+            shutting_down: false,
+            now,
+            out: Vec::new(),
+        }
+    }
+
+    /// Every watcher with its live processes, for stats and heartbeats.
+    pub fn snapshot(&self) -> Vec<WatcherSnapshot> {
+        self.watchers
+            .values()
+            .filter(|w| !w.removing)
+            .map(Watcher::snapshot)
+            .collect()
+    }
+
+    /// The services of the watchers.
+    pub fn services(&self) -> BTreeSet<String> {
+        self.watchers
+            .values()
+            .filter(|w| !w.removing)
+            .map(|w| w.cfg.service.clone())
+            .collect()
+    }
+
+    /// What is persisted: every watcher's options and whether it should run.
+    pub fn desired(&self) -> DesiredState {
+        self.watchers
+            .iter()
+            .filter(|(_, w)| !w.removing)
+            .map(|(n, w)| (n.clone(), (w.cfg.to_options(), w.run)))
+            .collect()
+    }
+
+    /// The actor may end: a shutdown has stopped every process.
+    pub fn finished(&self) -> bool {
+        self.shutting_down && self.watchers.values().all(|w| w.slots.is_empty())
+    }
+
+    pub fn emit(&mut self, watcher: &str, kind: &'static str, slot: Option<&Slot>) {
+        self.out.push(Effect::Emit(LifecycleEvent {
+            watcher: watcher.to_owned(),
+            kind,
+            wid: slot.map(|s| s.wid),
+            pid: slot.and_then(|s| s.pid),
+            exit: slot.and_then(|s| s.last_exit.clone()),
+            reason: slot.and_then(|s| s.reason.clone()),
+        }));
+    }
+
+    pub fn emit_slot(&mut self, name: &str, wid: u32, kind: &'static str) {
+        let slot = self
+            .watchers
+            .get(name)
+            .and_then(|w| w.slots.get(&wid))
+            .cloned();
+        if let Some(s) = slot {
+            self.emit(name, kind, Some(&s));
+        }
+    }
+
+    pub fn persist(&mut self) {
+        let desired = self.desired();
+        self.out.push(Effect::Persist(desired));
+    }
+
+    pub fn reply(&mut self, to: ReplyId, outcome: Outcome) {
+        self.out.push(Effect::Reply { to, outcome });
+    }
+
+    pub fn timer(&mut self, after: Duration, timer: Timer) {
+        self.out.push(Effect::ArmTimer { after, timer });
+    }
+
+    pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
+        self.watchers
+            .get_mut(name)?
+            .slots
+            .get_mut(&wid)
+            .filter(|s| s.gen == gen)
+    }
+}

@@ -1,0 +1,871 @@
+//! Table tests of the supervisor's transitions, without processes: each row is a
+//! watcher, inputs at given times, the effects each input returns, and where the
+//! watcher ends. Spawns are answered by the test (a made-up pid, or a failure for a
+//! command under /nonexistent), as the actor answers them.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use protocol::command::{Command, Resize, Restart, RmProps, StartStop};
+use protocol::options::RestartPolicy;
+use protocol::reply::{ExitStatus, ProcessState, WatcherState};
+use protocol::WatcherOptions;
+
+use super::model::{Effect, Input, Limits, Slot, Supervisor, Timer, Watcher};
+use super::waiters::{settle_budget, MAX_WAIT};
+use crate::config::WatcherConfig;
+
+/// A supervisor with one watcher "w", driven by hand.
+struct Sim {
+    sup: Supervisor,
+    t0: Instant,
+    at: Duration,
+    next_pid: u32,
+    next_reply: u64,
+}
+
+/// An input of a row; slot inputs name the slot, and go to its current process.
+#[derive(Debug, Clone, Copy)]
+enum In {
+    Boot,
+    Start,
+    Stop,
+    Restart,
+    Rm,
+    Incr(u32),
+    Decr(u32),
+    RestartSlot(u32),
+    Shutdown,
+    /// The leader of a slot exited with a code; its group is gone.
+    Exit(u32, i32),
+    /// The leader of a slot was killed by SIGKILL; whether its group still runs.
+    Killed(u32, bool),
+    /// A slot's stop check; whether its group still runs.
+    StopCheck(u32, bool),
+    Uptime(u32),
+    RespawnDue(u32),
+    Health(u32, bool),
+    Warmup,
+}
+
+fn config(cmd: &str) -> WatcherConfig {
+    let mut cfg = WatcherConfig::from_options(
+        "w",
+        &WatcherOptions {
+            cmd: Some(cmd.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    cfg.graceful_timeout = Duration::from_secs(10);
+    cfg.min_uptime = Duration::from_secs(1);
+    cfg.restart_delay = Duration::ZERO;
+    cfg.max_retry = 2;
+    cfg.warmup_delay = Duration::ZERO;
+    cfg.restart = RestartPolicy::Always;
+    cfg.max_restart_delay = Duration::from_secs(60);
+    cfg
+}
+
+impl Sim {
+    fn new(cfg: WatcherConfig, run: bool) -> Sim {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new(
+            Limits {
+                node: "n".into(),
+                allow_remote_exec: false,
+                max_processes: 10,
+            },
+            t0,
+        );
+        sup.watchers.insert("w".into(), Watcher::new(cfg, run));
+        Sim {
+            sup,
+            t0,
+            at: Duration::ZERO,
+            next_pid: 100,
+            next_reply: 1,
+        }
+    }
+
+    fn slot(&self, wid: u32) -> Option<&Slot> {
+        self.sup.watchers.get("w").and_then(|w| w.slots.get(&wid))
+    }
+
+    fn gen(&self, wid: u32) -> u64 {
+        self.slot(wid).map_or(0, |s| s.gen)
+    }
+
+    fn command(&mut self, c: Command) -> Input {
+        self.next_reply += 1;
+        Input::Command(c, self.next_reply)
+    }
+
+    fn input(&mut self, i: In) -> Input {
+        let name = || "w".to_owned();
+        let stop = |waiting| StartStop {
+            name: Some(name()),
+            waiting,
+        };
+        let exited = |wid, gen, code, signal, group_alive| Input::Exited {
+            name: name(),
+            wid,
+            gen,
+            exit: ExitStatus { code, signal },
+            group_alive,
+        };
+        match i {
+            In::Boot => Input::Boot,
+            In::Start => self.command(Command::Start(stop(false))),
+            In::Stop => self.command(Command::Stop(stop(false))),
+            In::Restart => self.command(Command::Restart(Restart {
+                name: Some(name()),
+                waiting: true,
+                rolling: false,
+            })),
+            In::Rm => self.command(Command::Rm(RmProps {
+                name: name(),
+                waiting: true,
+            })),
+            In::Incr(nb) => self.command(Command::Incr(Resize { name: name(), nb })),
+            In::Decr(nb) => self.command(Command::Decr(Resize { name: name(), nb })),
+            In::RestartSlot(wid) => {
+                self.next_reply += 1;
+                Input::RestartSlot {
+                    name: name(),
+                    wid,
+                    reply: self.next_reply,
+                }
+            }
+            In::Shutdown => Input::Shutdown,
+            In::Exit(wid, code) => exited(wid, self.gen(wid), Some(code), None, false),
+            In::Killed(wid, alive) => {
+                exited(wid, self.gen(wid), None, Some("SIGKILL".into()), alive)
+            }
+            In::StopCheck(wid, group_alive) => Input::StopCheck {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+                group_alive,
+            },
+            In::Uptime(wid) => Input::Timer(Timer::UptimeReached {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+            }),
+            In::RespawnDue(wid) => Input::Timer(Timer::RespawnDue {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+            }),
+            In::Health(wid, ok) => Input::Health {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+                ok,
+            },
+            In::Warmup => Input::Timer(Timer::Warmup { name: name() }),
+        }
+    }
+
+    /// Applies `i` at `at`, answering spawns as the actor does; returns every effect.
+    fn step(&mut self, at: Duration, i: In) -> Vec<String> {
+        self.at = at;
+        let now = self.t0 + at;
+        let input = self.input(i);
+        let effects = self.sup.step(input, now);
+        self.perform(effects)
+    }
+
+    /// Carries out effects as the actor does: a spawn's result goes back to the model
+    /// before the next effect. Returns every effect.
+    fn perform(&mut self, effects: Vec<Effect>) -> Vec<String> {
+        let now = self.t0 + self.at;
+        let mut todo: VecDeque<Effect> = effects.into();
+        let mut seen = Vec::new();
+        while let Some(e) = todo.pop_front() {
+            seen.push(describe(&e));
+            let Effect::Spawn(o) = e else { continue };
+            let answer = if o.spec.cmd.starts_with("/nonexistent") {
+                Input::SpawnFailed {
+                    name: o.watcher,
+                    wid: o.wid,
+                    gen: o.gen,
+                    reason: format!("cannot start {:?}: not found", o.spec.cmd),
+                    respawn: o.respawn,
+                }
+            } else {
+                self.next_pid += 1;
+                Input::Spawned {
+                    name: o.watcher,
+                    wid: o.wid,
+                    gen: o.gen,
+                    pid: self.next_pid,
+                    unix: 0.0,
+                    respawn: o.respawn,
+                }
+            };
+            for e in self.sup.step(answer, now).into_iter().rev() {
+                todo.push_front(e);
+            }
+        }
+        seen
+    }
+
+    /// The watcher's state and each slot's, e.g. `active 1:running 2:starting`, and
+    /// `(finished)` once a shutdown is done.
+    fn end(&self) -> String {
+        let mut s = match self.sup.watchers.get("w") {
+            None => "gone".to_owned(),
+            Some(w) => {
+                let mut s = w.state().to_string();
+                for slot in w.slots.values() {
+                    s.push_str(&format!(" {}:{}", slot.wid, slot.state));
+                }
+                s
+            }
+        };
+        if self.sup.finished() {
+            s.push_str(" (finished)");
+        }
+        s
+    }
+}
+
+fn timer_name(t: &Timer) -> String {
+    match t {
+        Timer::RespawnDue { wid, .. } => format!("respawn-due w/{wid}"),
+        Timer::UptimeReached { wid, .. } => format!("uptime w/{wid}"),
+        Timer::StopCheck { wid, .. } => format!("stop-check w/{wid}"),
+        Timer::Warmup { name } => format!("warmup {name}"),
+    }
+}
+
+fn describe(e: &Effect) -> String {
+    match e {
+        Effect::Spawn(o) => format!("spawn {}/{}", o.watcher, o.wid),
+        Effect::Signal {
+            watcher,
+            wid,
+            signal,
+            ..
+        } => format!("{signal} {watcher}/{wid}"),
+        Effect::HealthCheck { watcher, wid, .. } => format!("health {watcher}/{wid}"),
+        Effect::ArmTimer { after, timer } => format!("{} in {after:?}", timer_name(timer)),
+        Effect::NextTurn(timer) => format!("{} next turn", timer_name(timer)),
+        Effect::Emit(ev) => match ev.wid {
+            Some(wid) => format!("emit {} {}/{wid}", ev.kind, ev.watcher),
+            None => format!("emit {} {}", ev.kind, ev.watcher),
+        },
+        Effect::Persist(_) => "persist".into(),
+        Effect::Reply { outcome: Ok(_), .. } => "reply ok".into(),
+        Effect::Reply {
+            outcome: Err(e), ..
+        } => format!("reply error: {}", e.reason),
+        Effect::SignalProcesses { signal, .. } => format!("signal command {signal}"),
+        Effect::Configure { watcher, .. } => format!("configure {watcher}"),
+        Effect::Ended { .. } => "ended".into(),
+        Effect::ForgetOutput(w) => format!("forget {w}"),
+    }
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A row: what it shows, the watcher's config, whether it runs, the inputs with their
+/// time and the effects each returns, and where the watcher ends.
+type Row<'a> = (
+    &'a str,
+    fn(&mut WatcherConfig),
+    bool,
+    &'a [(Duration, In, &'a [&'a str])],
+    &'a str,
+);
+
+fn run_table(rows: &[Row<'_>]) {
+    for (what, setup, run, steps, end) in rows {
+        let mut cfg = config("sleep");
+        setup(&mut cfg);
+        let mut sim = Sim::new(cfg, *run);
+        for (i, (at, input, expected)) in steps.iter().enumerate() {
+            let got = sim.step(*at, *input);
+            assert_eq!(got, *expected, "{what}: step {i} ({input:?} at {at:?})");
+        }
+        assert_eq!(sim.end(), *end, "{what}: end");
+    }
+}
+
+fn same(_: &mut WatcherConfig) {}
+
+const SPAWN_1: [&str; 3] = ["spawn w/1", "emit spawn w/1", "uptime w/1 in 1s"];
+
+#[test]
+fn lifecycle_table() {
+    use In::*;
+    run_table(&[
+        (
+            "start: starting until min_uptime, then running",
+            same,
+            true,
+            &[(ms(0), Boot, &SPAWN_1), (ms(1000), Uptime(1), &[])],
+            "active 1:running",
+        ),
+        (
+            "an exit after min_uptime respawns at once, its group killed",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (
+                    ms(5000),
+                    Exit(1, 0),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "emit respawn w/1",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "a failed start backs off restart_delay, then respawns",
+            |c| c.restart_delay = Duration::from_secs(2),
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(100),
+                    Exit(1, 1),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "respawn-due w/1 in 2s",
+                    ],
+                ),
+                (
+                    ms(2100),
+                    RespawnDue(1),
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "emit respawn w/1",
+                    ],
+                ),
+                (
+                    ms(2200),
+                    Exit(1, 1),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "respawn-due w/1 in 4s",
+                    ],
+                ),
+            ],
+            "active 1:backoff",
+        ),
+        (
+            "failed starts past max_retry are fatal",
+            |c| c.max_retry = 0,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(100),
+                    Exit(1, 1),
+                    &["emit exit w/1", "SIGKILL w/1", "ended", "emit flapping w/1"],
+                ),
+            ],
+            "fatal 1:fatal",
+        ),
+        (
+            "a program that cannot start is a failed start",
+            |c| {
+                c.cmd = "/nonexistent/x".into();
+                c.max_retry = 0;
+            },
+            true,
+            &[(ms(0), Boot, &["spawn w/1", "emit flapping w/1"])],
+            "fatal 1:fatal",
+        ),
+        (
+            "a health check holds running until it passes",
+            |c| c.health_cmd = Some(vec!["true".into()]),
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "health w/1",
+                    ],
+                ),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1500), Health(1, true), &[]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "stop sends stop_signal, then SIGKILL after graceful_timeout",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(2000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(11_000), StopCheck(1, true), &[]),
+                (
+                    ms(12_000),
+                    StopCheck(1, true),
+                    &["SIGKILL w/1", "stop-check w/1 in 20ms"],
+                ),
+                (ms(12_020), Killed(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "stopped",
+        ),
+        (
+            "a stop waits for the group after its leader is gone",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(2000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (
+                    ms(3000),
+                    Killed(1, true),
+                    &["emit exit w/1", "stop-check w/1 in 20ms"],
+                ),
+                (ms(3020), StopCheck(1, true), &["stop-check w/1 in 20ms"]),
+                (ms(3040), StopCheck(1, false), &["ended"]),
+            ],
+            "stopped",
+        ),
+        (
+            "a group that survives SIGKILL is given up on after the grace",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(2000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (
+                    ms(12_000),
+                    StopCheck(1, true),
+                    &["SIGKILL w/1", "stop-check w/1 in 20ms"],
+                ),
+                (ms(17_000), StopCheck(1, true), &["ended"]),
+            ],
+            "stopped",
+        ),
+        (
+            "warm-up starts one process per warmup_delay",
+            |c| {
+                c.numprocesses = 3;
+                c.warmup_delay = Duration::from_secs(1);
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "warmup w in 1s",
+                    ],
+                ),
+                (
+                    ms(1000),
+                    Warmup,
+                    &[
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                        "warmup w in 1s",
+                    ],
+                ),
+                (
+                    ms(2000),
+                    Warmup,
+                    &["spawn w/3", "emit spawn w/3", "uptime w/3 in 1s"],
+                ),
+            ],
+            "active 1:starting 2:starting 3:starting",
+        ),
+        (
+            "a rolling restart of one slot replies once its new process runs",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(3000),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                    ],
+                ),
+                (ms(4000), Uptime(1), &["reply ok"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "a restart of the watcher starts anew once every process stopped",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(2000),
+                    Restart,
+                    &["SIGTERM w/1", "stop-check w/1 in 10s", "persist"],
+                ),
+                (
+                    ms(3000),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "reply ok",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "a decr while a slot restarts: the slot is not respawned above the count",
+            |c| c.numprocesses = 2,
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+                (
+                    ms(1000),
+                    RestartSlot(2),
+                    &["SIGTERM w/2", "stop-check w/2 in 10s"],
+                ),
+                (ms(2000), Decr(1), &["persist", "reply ok"]),
+                (
+                    ms(3000),
+                    Killed(2, false),
+                    &[
+                        "emit exit w/2",
+                        "ended",
+                        "reply error: process 2 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "an incr while stopping starts nothing",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(1000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(2000), Incr(1), &["persist", "reply ok"]),
+                (ms(3000), Killed(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "stopped",
+        ),
+        (
+            "a start while a slot stops starts it once its group is gone",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(1000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(2000), Start, &["emit start w", "persist", "reply ok"]),
+                (
+                    ms(3000),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "rm while stopping removes the watcher once its group is gone",
+            same,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (
+                    ms(1000),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(2000), Rm, &["persist"]),
+                (
+                    ms(3000),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "forget w",
+                        "emit rm w",
+                        "reply ok",
+                    ],
+                ),
+            ],
+            "gone",
+        ),
+        (
+            "shutdown stops every process, last first, and refuses commands",
+            |c| c.numprocesses = 2,
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+                (
+                    ms(1000),
+                    Shutdown,
+                    &[
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                    ],
+                ),
+                (
+                    ms(1500),
+                    Start,
+                    &["reply error: the agent is shutting down"],
+                ),
+                (ms(2000), Killed(2, false), &["emit exit w/2", "ended"]),
+                (ms(2500), Killed(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "stopped (finished)",
+        ),
+        (
+            "a stopped watcher starts nothing at boot",
+            same,
+            false,
+            &[(ms(0), Boot, &[])],
+            "stopped",
+        ),
+    ]);
+}
+
+#[test]
+fn more_than_a_batch_of_processes_start_over_turns() {
+    let mut cfg = config("sleep");
+    cfg.numprocesses = 30;
+    let mut sim = Sim::new(cfg, true);
+    let first = sim.step(ms(0), In::Boot);
+    let spawns = |e: &[String]| e.iter().filter(|e| e.starts_with("spawn")).count();
+    assert_eq!(spawns(&first), 25, "{first:?}");
+    assert_eq!(first.last().map(String::as_str), Some("warmup w next turn"));
+    assert!(!sim.sup.watchers["w"].settled());
+    let second = sim.step(ms(0), In::Warmup);
+    assert_eq!(spawns(&second), 5, "{second:?}");
+    assert!(sim.sup.watchers["w"].settled());
+}
+
+/// A stopped-or-stopping watcher "w" whose slot 1 is stopping a process group, without
+/// real processes: its command does not exist and it is never respawned, so any start
+/// shows as one failed spawn.
+fn stopping_sim() -> Sim {
+    let cfg = WatcherConfig::from_options(
+        "w",
+        &WatcherOptions {
+            cmd: Some("/nonexistent/never-runs".into()),
+            respawn: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut sim = Sim::new(cfg, true);
+    sim.sup.next_gen = 10;
+    let mut slot = Slot::new(1);
+    slot.gen = 1;
+    slot.state = ProcessState::Running;
+    slot.pid = Some(u32::MAX);
+    slot.restarts = 3;
+    sim.sup.watchers.get_mut("w").unwrap().slots.insert(1, slot);
+    sim
+}
+
+/// The leader of slot 1 was killed, and its group is gone.
+fn leader_killed(sim: &mut Sim) {
+    sim.step(ms(1000), In::Killed(1, false));
+}
+
+#[test]
+fn a_start_while_a_slot_stops_starts_it_once_its_group_is_gone() {
+    type Step = fn(&mut Supervisor);
+    let stop: Step = |a| a.stop_watcher("w");
+    let start: Step = |a| a.start_watcher("w");
+    let restart_one: Step = |a| a.stop_slot("w", 1, true);
+    // What happens while slot 1 stops, then the restarts of the new process started
+    // in slot 1 once the group is gone, or None when the slot goes.
+    let cases: &[(&str, &[Step], Option<u32>)] = &[
+        ("stop", &[stop], None),
+        ("stop, start", &[stop, start], Some(0)),
+        ("stop, start, stop", &[stop, start, stop], None),
+        ("stop, start, start", &[stop, start, start], Some(0)),
+        ("restart one", &[restart_one], Some(4)),
+        ("restart one, start", &[restart_one, start], Some(4)),
+        ("restart one, stop", &[restart_one, stop], None),
+    ];
+    for (what, steps, restarts) in cases {
+        let mut actor = stopping_sim();
+        for step in *steps {
+            step(&mut actor.sup);
+            let effects = std::mem::take(&mut actor.sup.out);
+            actor.perform(effects);
+        }
+        let w = &actor.sup.watchers["w"];
+        // Until the group is gone, the watcher says it is stopping, not active.
+        assert_eq!(w.state(), WatcherState::Stopping, "{what}");
+        assert!(!w.settled(), "{what}");
+        leader_killed(&mut actor);
+        let w = &actor.sup.watchers["w"];
+        assert!(w.settled(), "{what}");
+        match (w.slots.get(&1), restarts) {
+            (None, None) => {}
+            (Some(s), Some(restarts)) => {
+                // A new process was spawned (here it cannot start, and stays exited).
+                assert!(s.gen >= 10, "{what}: {s:?}");
+                assert_eq!(s.restarts, *restarts, "{what}: {s:?}");
+                assert!(
+                    s.reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("cannot start")),
+                    "{what}: {s:?}"
+                );
+                assert_eq!(s.state, ProcessState::Exited, "{what}: {s:?}");
+            }
+            (slot, _) => panic!("{what}: slot 1 is {slot:?}, expected {restarts:?}"),
+        }
+        // A watcher that should run has its process started; one that should not,
+        // none.
+        assert_eq!(w.run, restarts.is_some(), "{what}");
+    }
+}
+
+#[test]
+fn every_wait_has_a_bounded_budget() {
+    let mut cfg = WatcherConfig::from_options(
+        "w",
+        &WatcherOptions {
+            cmd: Some("sleep".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // 30s graceful, 5s SIGKILL grace, no warmup, 60s margin.
+    assert_eq!(settle_budget(&cfg), Duration::from_secs(95));
+    cfg.warmup_delay = Duration::from_secs(3600);
+    cfg.numprocesses = 100_000;
+    assert_eq!(settle_budget(&cfg), MAX_WAIT);
+    cfg.graceful_timeout = Duration::MAX;
+    assert_eq!(settle_budget(&cfg), MAX_WAIT);
+}

@@ -1,0 +1,168 @@
+//! The waits of commands: a `--waiting` command answers once its watchers have settled,
+//! a restart of one slot once its new process is up; each has a bounded deadline. It
+//! owns when a wait is over and what it answers; it must not perform effects (its
+//! answers are [`Effect::Reply`](super::model::Effect::Reply)s).
+
+use std::time::{Duration, Instant};
+
+use protocol::reply::{ActionData, ProcessState};
+use protocol::Errno;
+
+use super::live::{later, KILL_GRACE};
+use super::model::{ReplyId, Supervisor};
+use super::{data, CmdError, Outcome};
+use crate::config::WatcherConfig;
+
+/// What a wait for watchers to settle allows on top of stopping and warming up.
+pub(super) const SETTLE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest any wait of a command lasts.
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A command waiting for watchers to settle (or go, for rm).
+#[derive(Debug)]
+pub(super) struct Waiter {
+    pub names: Vec<String>,
+    /// When it answers with an error if the watchers have not settled by then.
+    pub deadline: Instant,
+    pub reply: ReplyId,
+}
+
+/// A restart of one slot waiting for its new process to be up.
+#[derive(Debug)]
+pub(super) struct SlotWaiter {
+    pub name: String,
+    pub wid: u32,
+    /// The slot's generation when the restart began; a newer one is the new process.
+    pub old_gen: u64,
+    pub deadline: Instant,
+    pub reply: ReplyId,
+}
+
+/// The longest a watcher may take to settle after a command: stopping (its graceful
+/// timeout, then the SIGKILL grace), then starting every process (`warmup_delay`
+/// apart), plus a margin for spawning; at most [`MAX_WAIT`].
+pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
+    cfg.graceful_timeout
+        .saturating_add(KILL_GRACE)
+        .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
+        .saturating_add(SETTLE_MARGIN)
+        .min(MAX_WAIT)
+}
+
+/// The longest the restart of one slot may take: stopping, then `min_uptime` and the
+/// health check of the new process, plus a margin; at most [`MAX_WAIT`].
+pub(super) fn restart_budget(cfg: &WatcherConfig) -> Duration {
+    cfg.graceful_timeout
+        .saturating_add(KILL_GRACE)
+        .saturating_add(cfg.min_uptime)
+        .saturating_add(cfg.health_timeout)
+        .saturating_add(Duration::from_secs(5))
+        .min(MAX_WAIT)
+}
+
+impl Supervisor {
+    /// The earliest deadline of a wait: the actor wakes then even if nothing happens.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.slot_waiters
+            .iter()
+            .map(|w| w.deadline)
+            .chain(self.waiters.iter().map(|w| w.deadline))
+            .min()
+    }
+
+    /// Replies once `names` have settled, or with an error at their deadline.
+    pub(super) fn wait_settled(&mut self, names: Vec<String>, reply: ReplyId) {
+        let budget = names
+            .iter()
+            .filter_map(|n| self.watchers.get(n))
+            .map(|w| settle_budget(&w.cfg))
+            .max()
+            .unwrap_or(SETTLE_MARGIN);
+        self.waiters.push(Waiter {
+            names,
+            deadline: later(self.now, budget),
+            reply,
+        });
+    }
+
+    /// Answers every wait that is over.
+    pub(super) fn check_waiters(&mut self) {
+        for w in std::mem::take(&mut self.waiters) {
+            match self.settled_outcome(&w) {
+                Some(outcome) => self.reply(w.reply, outcome),
+                None => self.waiters.push(w),
+            }
+        }
+        for w in std::mem::take(&mut self.slot_waiters) {
+            match self.slot_outcome(&w) {
+                Some(outcome) => self.reply(w.reply, outcome.map(|()| Default::default())),
+                None => self.slot_waiters.push(w),
+            }
+        }
+    }
+
+    fn settled_outcome(&self, w: &Waiter) -> Option<Outcome> {
+        let done = w
+            .names
+            .iter()
+            .all(|n| self.watchers.get(n).is_none_or(|w| w.settled()));
+        if done {
+            return Some(data(ActionData {
+                statuses: self.statuses(&w.names),
+                pids: None,
+            }));
+        }
+        if self.now < w.deadline {
+            return None;
+        }
+        let states: Vec<String> = self
+            .statuses(&w.names)
+            .iter()
+            .map(|(n, st)| format!("'{n}' is {st}"))
+            .collect();
+        Some(Err(CmdError::new(
+            Errno::CommandFailed,
+            format!(
+                "gave up waiting: {} did not settle in time; `ctl status` shows \
+                 where they are",
+                states.join(", ")
+            ),
+        )))
+    }
+
+    fn slot_outcome(&self, sw: &SlotWaiter) -> Option<Result<(), CmdError>> {
+        let failed = |what: String| Some(Err(CmdError::new(Errno::CommandFailed, what)));
+        let who = format!("process {} of '{}'", sw.wid, sw.name);
+        let Some(s) = self
+            .watchers
+            .get(&sw.name)
+            .and_then(|w| w.slots.get(&sw.wid))
+        else {
+            return failed(format!("{who} went away during the restart"));
+        };
+        let new = s.gen > sw.old_gen;
+        let down = matches!(
+            s.state,
+            ProcessState::Fatal | ProcessState::Backoff | ProcessState::Exited
+        );
+        if new && s.state == ProcessState::Running {
+            Some(Ok(()))
+        } else if new && (s.health_failed || down) {
+            let why = s
+                .reason
+                .clone()
+                .or_else(|| s.last_exit.as_ref().map(|e| e.to_string()))
+                .unwrap_or_else(|| "it exited".into());
+            failed(format!("{who} did not come back up: {why}"))
+        } else if self.now >= sw.deadline {
+            let why = s
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("state {}", s.state));
+            failed(format!("{who} was not up in time ({why})"))
+        } else {
+            None
+        }
+    }
+}
