@@ -283,7 +283,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
         let baseline = process_cpu().saturating_sub(c0);
         // With the stats task.
         let token = tokio_util::sync::CancellationToken::new();
-        let identity = nodeagent::agent::Identity {
+        let identity = nodeagent::identity::Identity {
             node: "bench".into(),
             boot_id: "bench-boot".into(),
             started_at: protocol::unix_time(),

@@ -15,42 +15,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ValidatedConfig};
+use crate::identity::Identity;
 use crate::logs::LogManager;
 use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::state::{self, StateStore};
 use crate::supervisor::{self, CapturedOutput, CmdError, OutputSink, SupervisorHandle};
 use crate::transport;
-
-/// Who this agent is, for replies and announcements.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub node: String,
-    /// A new id at every start.
-    pub boot_id: String,
-    pub started_at: f64,
-    pub started: Instant,
-    pub pid: u32,
-    pub hostname: String,
-    pub tags: BTreeMap<String, String>,
-    pub version: String,
-}
-
-impl Identity {
-    pub fn new(node: &str, tags: BTreeMap<String, String>) -> Identity {
-        Identity {
-            node: node.to_owned(),
-            boot_id: uuid::Uuid::new_v4().to_string(),
-            started_at: unix_time(),
-            started: Instant::now(),
-            pid: std::process::id(),
-            hostname: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "unknown".into()),
-            tags,
-            version: protocol::VERSION.to_owned(),
-        }
-    }
-}
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod config;
 pub mod fatal;
 pub mod groups;
+pub mod identity;
 pub mod logs;
 pub mod membership;
 pub mod process;

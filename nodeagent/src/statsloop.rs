@@ -66,7 +66,7 @@ async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) ->
 pub fn start(
     client: async_nats::Client,
     subjects: Subjects,
-    identity: crate::agent::Identity,
+    identity: crate::identity::Identity,
     interval: Duration,
     supervisor: SupervisorHandle,
     shutdown: CancellationToken,
