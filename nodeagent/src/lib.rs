@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod dispatch;
 pub mod fatal;
 pub mod groups;
 pub mod identity;

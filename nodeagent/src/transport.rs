@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::Node;
 use crate::config::{NatsConfig, ValidatedConfig};
+use crate::dispatch::Node;
 use crate::identity::Identity;
 use crate::membership::{Change, Membership, MembershipConfig};
 use crate::supervisor::SupervisorHandle;
