@@ -296,7 +296,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
         let (m0, b0) = server.counts();
         let c0 = process_cpu();
         let _handle = nodeagent::statsloop::start(
-            client.clone(),
+            nodeagent::transport::Publisher::new(client.clone()),
             protocol::Subjects::new("cluster"),
             identity,
             interval,

@@ -1,23 +1,31 @@
-//! The agent: wires config, state, supervisor and transport together, and turns each
-//! request into a reply. It owns the node's identity; it never touches processes (the
-//! supervisor does) or NATS (the transport does).
+//! The agent's wiring: the start-up order (dirs and lock, name check, connection, saved
+//! state, process group ledger, logs, supervisor, membership, stats, relays, then
+//! serving requests) and the shutdown order (processes first, then leave, drain and
+//! flush). It handles no request (see [`crate::dispatch`]), touches no process (the
+//! supervisor does), reads nothing from /proc (stats does) and speaks to NATS only
+//! through [`crate::transport`].
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use protocol::events::EventKind;
-use protocol::Subjects;
-use tokio::sync::mpsc;
+use protocol::{Subjects, WatcherOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ValidatedConfig};
+use crate::config::{self, ValidatedConfig, WatcherConfig};
 use crate::dispatch::Node;
+use crate::groups::Groups;
 use crate::identity::Identity;
-use crate::logs::LogManager;
+use crate::logs::{Closing, LogManager};
 use crate::membership::{MembershipConfig, SuspectAfter};
+use crate::relay;
 use crate::state::{self, StateStore};
-use crate::supervisor::{self, CapturedOutput, OutputSink};
-use crate::transport;
+use crate::supervisor::{self, CapturedOutput, OutputSink, SupervisorHandle};
+use crate::transport::{self, MembershipHandle, Publisher, TransportError};
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +46,16 @@ pub enum AgentError {
     Panicked(String),
 }
 
-/// Hands captured output to the rotating log files.
-struct LogCapture(LogManager);
+/// Hands captured output to the rotating log files. When the supervisor drops it (it
+/// stopped), every log writer is handed to the agent, which waits for their last lines.
+struct LogCapture {
+    logs: LogManager,
+    closed: Option<oneshot::Sender<Closing>>,
+}
 
 impl OutputSink for LogCapture {
     fn capture(&mut self, out: CapturedOutput) {
-        if let Err(e) = self.0.capture(
+        if let Err(e) = self.logs.capture(
             &out.watcher,
             out.wid,
             out.stdout,
@@ -56,16 +68,40 @@ impl OutputSink for LogCapture {
     }
 
     fn forget(&mut self, watcher: &str) {
-        drop(self.0.remove(watcher));
+        drop(self.logs.remove(watcher));
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if let Some(tx) = self.closed.take() {
+            let _ = tx.send(self.logs.close_all());
+        }
     }
 }
 
 /// How long a stopping agent waits for its last messages to reach NATS.
-const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// How long a stopping agent waits for the requests in flight and the membership task,
 /// on top of stopping its processes.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// How long a stopping agent waits for the log writers to write the last lines of its
+/// processes.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
+
+/// The tasks of a running agent, in the order they are stopped.
+struct Running {
+    supervisor: SupervisorHandle,
+    sup_task: JoinHandle<()>,
+    logs_closed: oneshot::Receiver<Closing>,
+    membership: MembershipHandle,
+    member_task: JoinHandle<()>,
+    serve: JoinHandle<Result<(), TransportError>>,
+    bus: Publisher,
+    node: Arc<Node>,
+}
 
 /// Runs the agent until `shutdown` is cancelled (or a `quit` command arrives), then stops
 /// every process gracefully. `reload` asks for a config reload (SIGHUP).
@@ -78,82 +114,191 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 pub async fn run(
     config: ValidatedConfig,
     shutdown: CancellationToken,
-    mut reload: mpsc::Receiver<()>,
+    reload: mpsc::Receiver<()>,
 ) -> Result<(), AgentError> {
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
+    // Held until this function returns: one agent per state dir.
+    let _lock = own_dirs(&config)?;
+    check_name(&config, &subjects, &identity).await?;
+    let client = transport::connect(&config.nats, &identity.node).await?;
+    let bus = Publisher::new(client.clone());
+    crate::fatal::arm_faults(home(&config));
 
-    // The agent's own dirs: private to its user, and one agent per state dir (the lock
-    // is held until this function returns). Output files may go only beneath them.
-    let home = config
+    let (watchers, stopped, store) = saved_state(&config)?;
+    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
+    let log_feed = logs.feed();
+    let (closed_tx, logs_closed) = oneshot::channel();
+    let output = LogCapture {
+        logs,
+        closed: Some(closed_tx),
+    };
+    let (supervisor, sup_task) = supervisor::start(
+        watchers,
+        stopped,
+        supervisor::Settings {
+            node: identity.node.clone(),
+            allow_remote_exec: config.agent.allow_remote_exec,
+            persist: store.clone().map(persister),
+            groups: open_groups(home(&config)),
+            max_processes: config.agent.max_processes,
+        },
+        Box::new(output),
+    );
+    let (membership, member_task) = transport::start_membership(
+        client.clone(),
+        membership_settings(&config, &identity, &subjects),
+        supervisor.clone(),
+    )
+    .await?;
+    let stats = crate::statsloop::start(
+        bus.clone(),
+        subjects.clone(),
+        identity.clone(),
+        config.agent.stats_interval,
+        supervisor.clone(),
+        shutdown.clone(),
+    );
+    tokio::spawn(relay::publish_events(
+        bus.clone(),
+        subjects.clone(),
+        identity.clone(),
+        supervisor.clone(),
+    ));
+    relay::publish_agent_event(&bus, &subjects, &identity, EventKind::Join).await;
+    let node = Arc::new(Node {
+        stats,
+        membership: membership.clone(),
+        identity: identity.clone(),
+        subjects: subjects.clone(),
+        supervisor: supervisor.clone(),
+        config_path: config.path.clone(),
+        store,
+        shutdown: shutdown.clone(),
+        cpu_prev: Mutex::new(None),
+        log_dir: config.agent.log_dir.clone(),
+        max_payload: bus.max_payload(),
+        follow: Default::default(),
+    });
+    tracing::info!(node = %identity.node, boot_id = %identity.boot_id, "agent started");
+
+    let serve = tokio::spawn(transport::serve(
+        client,
+        subjects.clone(),
+        identity,
+        node.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(relay::publish_logs(
+        bus.clone(),
+        subjects,
+        log_feed,
+        node.follow.clone(),
+    ));
+    wait_for_stop(&shutdown, reload, &node).await;
+    stop(Running {
+        supervisor,
+        sup_task,
+        logs_closed,
+        membership,
+        member_task,
+        serve,
+        bus,
+        node,
+    })
+    .await
+}
+
+/// Where the agent keeps its own files: the state dir, or else the log dir.
+fn home(config: &ValidatedConfig) -> &Path {
+    config
         .agent
         .state_dir
         .as_ref()
-        .unwrap_or(&config.agent.log_dir);
+        .unwrap_or(&config.agent.log_dir)
+}
+
+/// Makes the agent's own dirs private to its user and locks [`home`]: one agent per
+/// state dir, for as long as the returned lock lives. Output files may go only beneath
+/// these dirs.
+fn own_dirs(config: &ValidatedConfig) -> Result<state::DirLock, AgentError> {
     for dir in [config.agent.state_dir.as_ref(), Some(&config.agent.log_dir)]
         .into_iter()
         .flatten()
     {
         state::private_dir(dir)?;
     }
-    let _lock = state::lock_dir(home)?;
+    let lock = state::lock_dir(home(config))?;
     config::set_output_roots(config.agent.output_roots());
+    Ok(lock)
+}
 
-    // The name check runs on a connection of its own, named so that it can never be
-    // taken for a member: a refused duplicate's disconnect must not mark the real
-    // node failed.
+/// Refuses to start when an agent already answers for this node's name.
+///
+/// The check runs on a connection of its own, named so that it can never be taken for
+/// a member: a refused duplicate's disconnect must not mark the real node failed.
+async fn check_name(
+    config: &ValidatedConfig,
+    subjects: &Subjects,
+    identity: &Identity,
+) -> Result<(), AgentError> {
     let check =
         transport::connect(&config.nats, &format!("startup-check:{}", identity.node)).await?;
-    let taken = transport::name_taken(&check, &subjects, &identity.node).await;
+    let taken = transport::name_taken(&check, subjects, &identity.node).await;
     drop(check);
-    if let Some(owner) = taken {
-        return Err(AgentError::NameTaken {
+    match taken {
+        Some(owner) => Err(AgentError::NameTaken {
             name: identity.node.clone(),
             host: owner.hostname,
             pid: owner.pid,
-        });
+        }),
+        None => Ok(()),
     }
-    let client = transport::connect(&config.nats, &identity.node).await?;
-    crate::fatal::arm_faults(
-        config
-            .agent
-            .state_dir
-            .as_ref()
-            .unwrap_or(&config.agent.log_dir),
-    );
+}
 
-    let (watchers, stopped, store) = match &config.agent.state_dir {
+type Desired = (
+    BTreeMap<String, WatcherConfig>,
+    std::collections::BTreeSet<String>,
+    Option<Arc<Mutex<StateStore>>>,
+);
+
+/// The watchers to run (the config merged with the state saved by an earlier run), the
+/// ones left stopped, and the store that keeps them, when there is a state dir.
+fn saved_state(config: &ValidatedConfig) -> Result<Desired, AgentError> {
+    match &config.agent.state_dir {
         Some(dir) => {
             let mut store = StateStore::new(dir);
             let saved = store.load()?;
-            let merged = state::merge(&config.watchers, saved);
+            let (watchers, stopped) = state::merge(&config.watchers, saved);
             store.set_base(&config.watchers);
-            (merged.0, merged.1, Some(Arc::new(Mutex::new(store))))
+            Ok((watchers, stopped, Some(Arc::new(Mutex::new(store)))))
         }
-        None => (config.watchers.clone(), Default::default(), None),
-    };
-    let persist = store.clone().map(|store| {
-        Box::new(
-            move |w: &BTreeMap<String, (protocol::WatcherOptions, bool)>| {
-                let save = || {
-                    let store = store.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = store.save(w) {
-                        tracing::error!("{e}");
-                    }
-                };
-                // A durable save waits for the disk (two fsyncs): let the runtime move
-                // its other tasks off this thread meanwhile.
-                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                        tokio::task::block_in_place(save)
-                    }
-                    _ => save(),
-                }
-            },
-        ) as Box<dyn FnMut(&_) + Send>
-    });
-    let groups_dir = home;
-    let groups = match crate::groups::Groups::open(groups_dir) {
+        None => Ok((config.watchers.clone(), Default::default(), None)),
+    }
+}
+
+/// What the supervisor calls to save the desired state in `store`.
+fn persister(store: Arc<Mutex<StateStore>>) -> supervisor::PersistFn {
+    Box::new(move |w: &BTreeMap<String, (WatcherOptions, bool)>| {
+        let save = || {
+            let store = store.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = store.save(w) {
+                tracing::error!("{e}");
+            }
+        };
+        // A durable save waits for the disk (two fsyncs): let the runtime move its other
+        // tasks off this thread meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(save),
+            _ => save(),
+        }
+    })
+}
+
+/// Opens the ledger of process groups in `dir`, killing what a crashed earlier run left
+/// behind; `None` (with a warning) when it cannot be kept.
+fn open_groups(dir: &Path) -> Option<Arc<Groups>> {
+    match Groups::open(dir) {
         Ok((groups, 0)) => Some(Arc::new(groups)),
         Ok((groups, killed)) => {
             tracing::warn!("killed {killed} process(es) a crashed earlier run left behind");
@@ -163,93 +308,41 @@ pub async fn run(
             tracing::warn!(
                 "cannot keep the process group ledger in {}: {e}; after a crash, \
                  the children of its processes may be left running",
-                groups_dir.display()
+                dir.display()
             );
             None
         }
-    };
-    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
-    let log_feed = logs.feed();
-    let output: Box<dyn OutputSink> = Box::new(LogCapture(logs));
-    let (supervisor, sup_task) = supervisor::start(
-        watchers,
-        stopped,
-        supervisor::Settings {
-            node: identity.node.clone(),
-            allow_remote_exec: config.agent.allow_remote_exec,
-            persist,
-            groups,
-            max_processes: config.agent.max_processes,
-        },
-        output,
-    );
-    let (membership, member_task) = transport::start_membership(
-        client.clone(),
-        transport::MembershipSettings {
-            identity: identity.clone(),
-            subjects: subjects.clone(),
-            heartbeat: config.agent.heartbeat,
-            config: MembershipConfig {
-                suspect_after: match config.agent.suspect_after {
-                    Some(d) => SuspectAfter::Fixed(d),
-                    None => SuspectAfter::Heartbeats(3),
-                },
-                failed_after: config.agent.failed_after,
-                reap_after: config.agent.reap_after,
-            },
-            system_events_account: config.nats.system_events_account.clone(),
-        },
-        supervisor.clone(),
-    )
-    .await?;
-    let stats = crate::statsloop::start(
-        client.clone(),
-        subjects.clone(),
-        identity.clone(),
-        config.agent.stats_interval,
-        supervisor.clone(),
-        shutdown.clone(),
-    );
-    tokio::spawn(transport::publish_events(
-        client.clone(),
-        subjects.clone(),
-        identity.node.clone(),
-        identity.boot_id.clone(),
-        supervisor.clone(),
-    ));
-    transport::publish_agent_event(&client, &subjects, &identity, EventKind::Join).await;
-    let node = Arc::new(Node {
-        stats,
-        membership: membership.clone(),
-        identity,
-        subjects,
-        supervisor: supervisor.clone(),
-        config_path: config.path.clone(),
-        store,
-        shutdown: shutdown.clone(),
-        cpu_prev: Mutex::new(None),
-        log_dir: config.agent.log_dir.clone(),
-        max_payload: client.server_info().max_payload.max(64 * 1024),
-        follow: Default::default(),
-    });
-    tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
+    }
+}
 
-    let serve = tokio::spawn(transport::serve(
-        client.clone(),
-        node.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(transport::publish_logs(
-        client.clone(),
-        node.subjects.clone(),
-        log_feed,
-        node.follow.clone(),
-    ));
+fn membership_settings(
+    config: &ValidatedConfig,
+    identity: &Identity,
+    subjects: &Subjects,
+) -> transport::MembershipSettings {
+    transport::MembershipSettings {
+        identity: identity.clone(),
+        subjects: subjects.clone(),
+        heartbeat: config.agent.heartbeat,
+        config: MembershipConfig {
+            suspect_after: match config.agent.suspect_after {
+                Some(d) => SuspectAfter::Fixed(d),
+                None => SuspectAfter::Heartbeats(3),
+            },
+            failed_after: config.agent.failed_after,
+            reap_after: config.agent.reap_after,
+        },
+        system_events_account: config.nats.system_events_account.clone(),
+    }
+}
+
+/// Waits until `shutdown` is cancelled or a task panicked, reloading the config at
+/// each `reload`.
+async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<()>, node: &Node) {
     let panicked = crate::fatal::panicked();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
             _ = panicked.cancelled() => {
                 tracing::error!(
                     "a task panicked ({}); stopping every process, then exiting with code {}",
@@ -257,35 +350,50 @@ pub async fn run(
                     crate::fatal::EXIT_PANIC
                 );
                 shutdown.cancel();
-                break;
+                return;
             }
             Some(()) = reload.recv() => {
-                let reply = node.reload_config().await;
-                match reply {
+                match node.reload_config().await {
                     Ok(d) => tracing::info!("config reloaded: {}", serde_json::Value::Object(d)),
                     Err(e) => tracing::error!("config not reloaded: {}", e.reason),
                 }
             }
         }
     }
+}
+
+/// Stops a running agent: its processes first, then it leaves the cluster, lets the
+/// requests in flight finish and flushes what it published, each step bounded.
+async fn stop(running: Running) -> Result<(), AgentError> {
+    let Running {
+        supervisor,
+        sup_task,
+        logs_closed,
+        membership,
+        mut member_task,
+        mut serve,
+        bus,
+        node,
+    } = running;
     tracing::info!("leaving the cluster: stopping every process");
     // The processes are asked to stop before anything is published: with NATS gone,
     // a publish may wait (each below has a deadline), and they must not wait for it.
     let stopped = supervisor.begin_shutdown().await;
     let drain_until = tokio::time::Instant::now() + DRAIN;
     membership.leaving().await;
-    transport::publish_agent_event(&client, &node.subjects, &node.identity, EventKind::Leave).await;
-    let budget = crate::supervisor::live::LIVE
+    relay::publish_agent_event(&bus, &node.subjects, &node.identity, EventKind::Leave).await;
+    let live = &crate::supervisor::live::LIVE;
+    let budget = live
         .longest_graceful()
         .saturating_add(crate::supervisor::live::KILL_GRACE)
-        .saturating_add(std::time::Duration::from_secs(1));
+        .saturating_add(Duration::from_secs(1));
     if tokio::time::timeout(budget, stopped).await.is_err() {
         tracing::error!("the supervisor did not stop its processes in {budget:?}");
     }
     // What the supervisor could not stop (it panicked, or gave up) is stopped from the
     // record of live process groups, just as gracefully.
-    if !crate::supervisor::live::LIVE.is_empty() {
-        let n = crate::supervisor::live::LIVE.stop_all().await;
+    if !live.is_empty() {
+        let n = live.stop_all().await;
         tracing::warn!("stopped {n} process group(s) from the record of live groups");
     }
     if sup_task.is_finished() {
@@ -293,8 +401,16 @@ pub async fn run(
     } else {
         sup_task.abort();
     }
+    // The supervisor dropped its log files: their last lines reach the disk.
+    if let Ok(Ok(closing)) = tokio::time::timeout(LOG_DRAIN, logs_closed).await {
+        if tokio::time::timeout(LOG_DRAIN, closing.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last lines of some processes may not have been logged");
+        }
+    }
     membership.left().await;
-    let mut member_task = member_task;
     let member_until = drain_until.max(tokio::time::Instant::now() + FINAL_FLUSH);
     if tokio::time::timeout_at(member_until, &mut member_task)
         .await
@@ -304,7 +420,6 @@ pub async fn run(
     }
     // The transport stops serving; requests in flight finish (a quit's own reply among
     // them), unless NATS is gone.
-    let mut serve = serve;
     if tokio::time::timeout_at(drain_until, &mut serve)
         .await
         .is_err()
@@ -312,7 +427,7 @@ pub async fn run(
         serve.abort();
         tracing::warn!("requests still in flight were dropped");
     }
-    if !transport::flush(&client, FINAL_FLUSH).await {
+    if !bus.flush(FINAL_FLUSH).await {
         tracing::warn!("NATS unreachable: the last messages may not have been sent");
     }
     if let Some(reason) = crate::fatal::reason() {

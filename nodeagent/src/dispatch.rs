@@ -4,13 +4,17 @@
 //! [`protocol::Command`] says where every command goes. It never touches NATS (the
 //! transport calls it) or processes (the supervisor owns them).
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::command::{accepted, check_token, Acceptance, Command};
+use protocol::registry::WatcherBrief;
 use protocol::reply::{DstatsData, PingData};
 use protocol::subjects::CmdTarget;
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
@@ -288,5 +292,34 @@ impl Node {
                 .set_base(&cfg.watchers);
         }
         self.supervisor.reload(cfg.watchers).await
+    }
+}
+
+impl crate::transport::Handler for Node {
+    fn handle(&self, subject: &str, payload: &[u8]) -> impl Future<Output = Reply> + Send {
+        Node::handle(self, subject, payload)
+    }
+
+    fn services(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.supervisor.services()
+    }
+}
+
+/// The membership task announces the supervisor's watchers.
+impl crate::transport::Watchers for SupervisorHandle {
+    async fn briefs(&self) -> Option<Vec<WatcherBrief>> {
+        let watchers = self.snapshot().await.ok()?;
+        Some(
+            watchers
+                .into_iter()
+                .map(|w| WatcherBrief {
+                    name: w.name,
+                    service: w.service,
+                    state: w.state,
+                    numprocesses: w.numprocesses,
+                    running: w.running,
+                })
+                .collect(),
+        )
     }
 }

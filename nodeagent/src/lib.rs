@@ -3,6 +3,7 @@
 //! handlers and calls [`agent::run`].
 
 pub mod agent;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod fatal;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod logs;
 pub mod membership;
 pub mod process;
+pub mod relay;
 pub mod state;
 pub mod stats;
 pub mod statsloop;

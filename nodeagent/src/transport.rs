@@ -1,35 +1,48 @@
-//! The only code that touches `async_nats`: the connection, the command subscriptions
-//! (per node, broadcast, per service in its queue group; each plain and per command),
-//! and replies. Requests are handled concurrently, each in its own task, so a slow stop
-//! never holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request
-//! gets a `busy` error at once.
+//! The NATS edge (with `sysevents`, the only code that touches `async_nats`): the
+//! connection, the command subscriptions (per node, broadcast, per service in its queue
+//! group; each plain and per command) and replies, the membership task's announcements,
+//! and the bounded [`Publisher`] every other task publishes through.
+//!
+//! It serves a [`Handler`] it is given and knows nothing of what the agent does with a
+//! request: it never imports the agent, the dispatch or the supervisor. Requests are
+//! handled concurrently, each in its own task, so a slow stop never holds up a status;
+//! at most [`MAX_IN_FLIGHT`] at once, past which a request gets a `busy` error at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, HeaderMap, Message};
 use futures::StreamExt;
-use protocol::events::{Event, EventKind};
 use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
 use protocol::reply::PingData;
-use protocol::{Request, Subjects};
+use protocol::subjects::{HEADER_NODES, HEADER_TAGS};
+use protocol::{Reply, Request, Subjects};
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{NatsConfig, ValidatedConfig};
-use crate::dispatch::Node;
+use crate::config::NatsConfig;
 use crate::identity::Identity;
 use crate::membership::{Change, Membership, MembershipConfig};
-use crate::supervisor::SupervisorHandle;
 
-/// Header on a broadcast: only nodes whose tags match every `k=v` (comma separated) act.
-pub const HEADER_TAGS: &str = "Cluster-Tags";
-/// Header on a broadcast: only the nodes named (comma separated) act.
-pub const HEADER_NODES: &str = "Cluster-Nodes";
+/// What [`serve`] serves: the agent's answer to each request.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers the request `payload` that came on `subject`. Never panics on input.
+    fn handle(&self, subject: &str, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+
+    /// The services whose queue groups to serve; it changes as watchers come and go.
+    fn services(&self) -> watch::Receiver<BTreeSet<String>>;
+}
+
+/// Where the membership task learns the watchers it announces.
+pub trait Watchers: Send + Sync + 'static {
+    /// The watchers running now, or `None` when they cannot be known.
+    fn briefs(&self) -> impl Future<Output = Option<Vec<WatcherBrief>>> + Send;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -220,23 +233,19 @@ pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Opt
 }
 
 /// True when a broadcast's target headers select this node.
-fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
+fn selected(headers: Option<&HeaderMap>, node: &str, node_tags: &BTreeMap<String, String>) -> bool {
     let Some(h) = headers else {
         return true;
     };
     if let Some(nodes) = h.get(HEADER_NODES) {
-        if !nodes
-            .as_str()
-            .split(',')
-            .any(|n| n.trim() == node.identity.node)
-        {
+        if !nodes.as_str().split(',').any(|n| n.trim() == node) {
             return false;
         }
     }
     if let Some(tags) = h.get(HEADER_TAGS) {
         for pair in tags.as_str().split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if node.identity.tags.get(k.trim()).map(String::as_str) != Some(v.trim()) {
+            if node_tags.get(k.trim()).map(String::as_str) != Some(v.trim()) {
                 return false;
             }
         }
@@ -248,19 +257,23 @@ fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
 /// without being read, so a flood cannot exhaust the agent's memory or tasks.
 pub const MAX_IN_FLIGHT: usize = 256;
 
-async fn spawn_handler(
-    tracker: &TaskTracker,
-    client: &Client,
-    node: &Arc<Node>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    msg: Message,
-) {
-    let (client, node) = (client.clone(), node.clone());
+/// What every request task shares.
+struct Serving<H> {
+    client: Client,
+    handler: Arc<H>,
+    node: String,
+    tracker: TaskTracker,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+async fn spawn_handler<H: Handler>(serving: &Serving<H>, msg: Message) {
+    let (client, handler) = (serving.client.clone(), serving.handler.clone());
+    let slots = &serving.slots;
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         tracing::debug!(subject = %msg.subject, "busy: {MAX_IN_FLIGHT} requests in flight");
         let reply = protocol::Reply::error(
             None,
-            &node.identity.node,
+            &serving.node,
             protocol::unix_time(),
             protocol::Errno::Busy,
             format!(
@@ -271,8 +284,8 @@ async fn spawn_handler(
         send_reply(client, msg.reply, reply).await;
         return;
     };
-    tracker.spawn(async move {
-        let reply = node.handle(&msg.subject, &msg.payload).await;
+    serving.tracker.spawn(async move {
+        let reply = handler.handle(&msg.subject, &msg.payload).await;
         drop(permit);
         send_reply(client, msg.reply, reply).await;
     });
@@ -310,23 +323,29 @@ async fn subscribe_both(
     Ok(futures::stream::select_all([plain, each]))
 }
 
-/// Serves commands until `shutdown` is cancelled.
-pub async fn serve(
+/// Serves the commands for `identity`'s node with `handler` until `shutdown` is
+/// cancelled; then the requests in flight finish (at most 5 s).
+pub async fn serve<H: Handler>(
     client: Client,
-    node: Arc<Node>,
-    _config: ValidatedConfig,
+    subjects: Subjects,
+    identity: Identity,
+    handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
-    let subjects = node.subjects.clone();
-    let tracker = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut own = subscribe_both(&client, subjects.node_cmd(&node.identity.node), None).await?;
+    let serving = Serving {
+        client: client.clone(),
+        handler: handler.clone(),
+        node: identity.node.clone(),
+        tracker: TaskTracker::new(),
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+    };
+    let mut own = subscribe_both(&client, subjects.node_cmd(&identity.node), None).await?;
     let mut all = subscribe_both(&client, subjects.all_cmd(), None).await?;
     let mut members =
         subscribe(&client, subjects.members(), Some(subjects.members_queue())).await?;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut wanted = node.supervisor.services();
+    let mut wanted = handler.services();
     let reconcile = |set: &std::collections::BTreeSet<String>,
                      services: &mut HashMap<String, JoinHandle<()>>| {
         services.retain(|name, task| {
@@ -368,14 +387,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = own.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
+            Some(msg) = own.next() => spawn_handler(&serving, msg).await,
             Some(msg) = all.next() => {
-                if selected(msg.headers.as_ref(), &node) {
-                    spawn_handler(&tracker, &client, &node, &slots, msg).await;
+                if selected(msg.headers.as_ref(), &identity.node, &identity.tags) {
+                    spawn_handler(&serving, msg).await;
                 }
             }
-            Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
-            Some(msg) = members.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
+            Some(msg) = svc_rx.recv() => spawn_handler(&serving, msg).await,
+            Some(msg) = members.next() => spawn_handler(&serving, msg).await,
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services);
@@ -389,9 +408,9 @@ pub async fn serve(
         let _ = sub.unsubscribe().await;
     }
     let _ = members.unsubscribe().await;
-    tracker.close();
+    serving.tracker.close();
     // Requests in flight finish (a quit's own reply among them).
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving.tracker.wait()).await;
     Ok(())
 }
 
@@ -457,10 +476,10 @@ pub struct MembershipSettings {
 /// the member view from every agent's announcements (and, where the server's
 /// disconnect events are visible, marks a member failed the moment its connection
 /// closes), and answers queries.
-pub async fn start_membership(
+pub async fn start_membership<W: Watchers>(
     client: Client,
     settings: MembershipSettings,
-    supervisor: SupervisorHandle,
+    watchers: W,
 ) -> Result<(MembershipHandle, JoinHandle<()>), TransportError> {
     let registry = subscribe(&client, settings.subjects.registry_all(), None).await?;
     let (dtx, drx) = mpsc::channel::<crate::sysevents::DisconnectedClient>(64);
@@ -481,7 +500,7 @@ pub async fn start_membership(
     }
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(membership_loop(
-        client, settings, supervisor, registry, drx, rx,
+        client, settings, watchers, registry, drx, rx,
     ));
     Ok((MembershipHandle { tx }, task))
 }
@@ -492,26 +511,14 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn announcement(
     settings: &MembershipSettings,
-    supervisor: &SupervisorHandle,
+    source: &impl Watchers,
     last: &mut Vec<WatcherBrief>,
     kind: AnnounceKind,
     seq: u64,
 ) -> Announcement {
     let id = &settings.identity;
-    match tokio::time::timeout(SNAPSHOT_TIMEOUT, supervisor.snapshot()).await {
-        Ok(snapshot) => {
-            *last = snapshot
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| WatcherBrief {
-                    name: w.name,
-                    service: w.service,
-                    state: w.state,
-                    numprocesses: w.numprocesses,
-                    running: w.running,
-                })
-                .collect();
-        }
+    match tokio::time::timeout(SNAPSHOT_TIMEOUT, source.briefs()).await {
+        Ok(briefs) => *last = briefs.unwrap_or_default(),
         Err(_) => tracing::debug!("the supervisor is busy: announcing its watchers as last seen"),
     }
     let watchers = last.clone();
@@ -542,10 +549,10 @@ async fn announcement(
     ann
 }
 
-async fn membership_loop(
+async fn membership_loop<W: Watchers>(
     client: Client,
     settings: MembershipSettings,
-    supervisor: SupervisorHandle,
+    source: W,
     mut registry: async_nats::Subscriber,
     mut disconnects: mpsc::Receiver<crate::sysevents::DisconnectedClient>,
     mut cmds: mpsc::Receiver<MemberCmd>,
@@ -579,7 +586,7 @@ async fn membership_loop(
                 crate::fatal::inject("membership");
                 answer_at = None;
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
+                let ann = announcement(&settings, &source, &mut last, kind, seq).await;
                 // Our own view of ourselves needs no round trip.
                 if let Some(c) = table.observe(&ann, Instant::now()) {
                     log(&c);
@@ -612,10 +619,10 @@ async fn membership_loop(
                 }
                 connections.note(&ann, |n| table.state(n).is_some());
             }
-            _ = sleep_until(answer_at) => {
+            _ = crate::clock::sleep_until(answer_at) => {
                 answer_at = None;
                 seq += 1;
-                let me = announcement(&settings, &supervisor, &mut last, kind, seq).await;
+                let me = announcement(&settings, &source, &mut last, kind, seq).await;
                 table.observe(&me, Instant::now());
                 publish(me).await;
             }
@@ -641,7 +648,7 @@ async fn membership_loop(
                 }
                 connections.retain(|n| table.state(n).is_some());
             }
-            _ = sleep_until(deadline) => {
+            _ = crate::clock::sleep_until(deadline) => {
                 table.tick(Instant::now()).iter().for_each(log);
             }
             cmd = cmds.recv() => {
@@ -653,7 +660,7 @@ async fn membership_loop(
                     Some(MemberCmd::Leaving) => {
                         kind = AnnounceKind::Leaving;
                         seq += 1;
-                        let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
+                        let ann = announcement(&settings, &source, &mut last, kind, seq).await;
                         table.observe(&ann, Instant::now());
                         publish(ann).await;
                         continue;
@@ -662,7 +669,7 @@ async fn membership_loop(
                     None => None,
                 };
                 seq += 1;
-                let ann = announcement(&settings, &supervisor, &mut last, AnnounceKind::Left, seq).await;
+                let ann = announcement(&settings, &source, &mut last, AnnounceKind::Left, seq).await;
                 publish(ann).await;
                 // With NATS down a flush never completes; the agent must still exit.
                 flush(&client, Duration::from_secs(2)).await;
@@ -739,83 +746,6 @@ impl Connections {
 /// The longest wait before newcomers are told about this agent.
 const JOIN_ANSWER_WINDOW: Duration = Duration::from_millis(50);
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Publishes the captured lines of followed watchers (see [`FollowLeases`]) on
-/// `cluster.<node>.logs.<watcher>` for `ctl logs -f`. A slow connection loses lines here
-/// rather than slowing the processes down.
-///
-/// [`FollowLeases`]: crate::logs::FollowLeases
-pub async fn publish_logs(
-    client: Client,
-    subjects: Subjects,
-    feed: crate::logs::LogFeed,
-    leases: Arc<crate::logs::FollowLeases>,
-) {
-    let mut rx = feed.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(line) => {
-                if !leases.active(&line.watcher, Instant::now()) {
-                    continue;
-                }
-                if let Ok(bytes) = serde_json::to_vec(&*line) {
-                    let subject = subjects.logs(&line.node, &line.watcher);
-                    publish_bytes(&client, subject, bytes.into()).await;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!("{n} log lines not published: the connection fell behind");
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Publishes the supervisor's lifecycle events on
-/// `cluster.<node>.events.<watcher>.<kind>`.
-pub async fn publish_events(
-    client: Client,
-    subjects: Subjects,
-    node: String,
-    boot_id: String,
-    supervisor: SupervisorHandle,
-) {
-    let mut rx = supervisor.events();
-    loop {
-        match rx.recv().await {
-            Ok(ev) => {
-                let Ok(kind) = ev.kind.parse::<EventKind>() else {
-                    continue;
-                };
-                let mut event = Event::new(&node, &ev.watcher, kind).with_boot_id(boot_id.clone());
-                if let Some(pid) = ev.pid {
-                    event = event.with_pid(pid);
-                }
-                if let Some(wid) = ev.wid {
-                    event = event.with_wid(wid);
-                }
-                if let (Some(exit), EventKind::Exit) = (ev.exit, kind) {
-                    event = event.with_exit(exit);
-                }
-                if let Some(reason) = ev.reason {
-                    event = event.with_reason(reason);
-                }
-                publish_json(&client, event.subject(&subjects), &event).await;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!("{n} events not published: the connection fell behind");
-            }
-            Err(_) => return,
-        }
-    }
-}
-
 /// The longest one publish waits. While NATS is unreachable, async-nats buffers a
 /// limited number of messages and then makes `publish` wait for room; past this
 /// deadline the message is dropped, so that no task stalls on a dead connection.
@@ -877,15 +807,37 @@ pub async fn flush(client: &Client, timeout: Duration) -> bool {
     )
 }
 
-/// Publishes an agent-level event (join, leave).
-pub async fn publish_agent_event(
-    client: &Client,
-    subjects: &Subjects,
-    identity: &Identity,
-    kind: EventKind,
-) {
-    let event = Event::agent(&identity.node, kind).with_boot_id(identity.boot_id.clone());
-    publish_json(client, event.subject(subjects), &event).await;
+/// Publishes on the agent's connection, each message bounded by [`PUBLISH_TIMEOUT`]:
+/// what the stats, event and log tasks get instead of the client itself.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+}
+
+impl Publisher {
+    pub fn new(client: Client) -> Publisher {
+        Publisher { client }
+    }
+
+    /// Publishes `bytes` (see [`publish_bytes`]); false when it was not sent.
+    pub async fn publish_bytes(&self, subject: String, bytes: bytes::Bytes) -> bool {
+        publish_bytes(&self.client, subject, bytes).await
+    }
+
+    /// Publishes one message as JSON (see [`publish_json`]).
+    pub async fn publish_json(&self, subject: String, msg: &impl serde::Serialize) {
+        publish_json(&self.client, subject, msg).await
+    }
+
+    /// Waits until the server has every message sent so far (see [`flush`]).
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        flush(&self.client, timeout).await
+    }
+
+    /// The largest message the server takes (at least 64 KiB, the NATS default).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(64 * 1024)
+    }
 }
 
 #[cfg(test)]
