@@ -1,6 +1,8 @@
 //! `nodeagent`: supervises the processes of one machine and answers commands that
 //! arrive over NATS. The binary in `main.rs` only parses arguments, installs signal
-//! handlers and calls [`agent::run`].
+//! handlers and calls [`agent::run`]. The modules use each other one way only;
+//! ARCHITECTURE.md at the top of the repository draws the graph, and the tests in
+//! `module_graph` check it.
 
 pub mod agent;
 pub mod clock;
@@ -19,3 +21,6 @@ pub mod statsloop;
 pub mod supervisor;
 pub mod sysevents;
 pub mod transport;
+
+#[cfg(test)]
+mod module_graph;
