@@ -1,5 +1,5 @@
 //! The agent's wiring: the start-up order (dirs and lock, name check, connection, saved
-//! state, process group ledger, logs, supervisor, membership, stats, relays, then
+//! state, process group ledger, logs, supervisor, membership task, stats, relays, then
 //! serving requests) and the shutdown order (processes first, then leave, drain and
 //! flush). It handles no request (see [`crate::dispatch`]), touches no process (the
 //! supervisor does), reads nothing from /proc (stats does) and speaks to NATS only
@@ -21,11 +21,12 @@ use crate::dispatch::Node;
 use crate::groups::Groups;
 use crate::identity::Identity;
 use crate::logs::{Closing, LogManager};
+use crate::memberloop::{self, MembershipHandle, MembershipSettings};
 use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::relay;
 use crate::state::{self, StateStore};
 use crate::supervisor::{self, CapturedOutput, OutputSink, SupervisorHandle};
-use crate::transport::{self, MembershipHandle, Publisher, TransportError};
+use crate::transport::{self, Publisher, TransportError};
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -145,12 +146,16 @@ pub async fn run(
         },
         Box::new(output),
     );
-    let (membership, member_task) = transport::start_membership(
-        client.clone(),
+    let inputs = memberloop::Inputs {
+        registry: transport::subscribe_registry(&client, &subjects).await?,
+        disconnects: transport::disconnects(&client, config.nats.system_events_account.clone()),
+    };
+    let (membership, member_task) = memberloop::start(
+        bus.clone(),
         membership_settings(&config, &identity, &subjects),
+        inputs,
         supervisor.clone(),
-    )
-    .await?;
+    );
     let stats = crate::statsloop::start(
         bus.clone(),
         subjects.clone(),
@@ -319,8 +324,8 @@ fn membership_settings(
     config: &ValidatedConfig,
     identity: &Identity,
     subjects: &Subjects,
-) -> transport::MembershipSettings {
-    transport::MembershipSettings {
+) -> MembershipSettings {
+    MembershipSettings {
         identity: identity.clone(),
         subjects: subjects.clone(),
         heartbeat: config.agent.heartbeat,
@@ -332,7 +337,6 @@ fn membership_settings(
             failed_after: config.agent.failed_after,
             reap_after: config.agent.reap_after,
         },
-        system_events_account: config.nats.system_events_account.clone(),
     }
 }
 

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config;
 use crate::identity::Identity;
+use crate::memberloop::{MembershipHandle, Watchers};
 use crate::state::StateStore;
 use crate::statsloop::StatsHandle;
 use crate::supervisor::{CmdError, SupervisorHandle};
-use crate::transport::MembershipHandle;
 
 /// Answers requests for one node.
 pub struct Node {
@@ -306,7 +306,7 @@ impl crate::transport::Handler for Node {
 }
 
 /// The membership task announces the supervisor's watchers.
-impl crate::transport::Watchers for SupervisorHandle {
+impl Watchers for SupervisorHandle {
     async fn briefs(&self) -> Option<Vec<WatcherBrief>> {
         let watchers = self.snapshot().await.ok()?;
         Some(

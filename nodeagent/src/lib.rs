@@ -12,6 +12,7 @@ pub mod fatal;
 pub mod groups;
 pub mod identity;
 pub mod logs;
+pub mod memberloop;
 pub mod membership;
 pub mod process;
 pub mod relay;

@@ -1,8 +1,8 @@
 //! Tests of the agent's architecture (see ARCHITECTURE.md), read from its source: the
-//! top-level modules use each other one way only (no import cycle), the transport
-//! knows nothing of the agent's own types, only the NATS edge touches `async_nats`, and
-//! only `process` sends signals or creates process groups. Run them with
-//! `cargo test -p nodeagent module_graph`.
+//! top-level modules use each other one way only (no import cycle), ARCHITECTURE.md
+//! draws that graph as it is, the transport knows nothing of the agent's own types,
+//! only the NATS edge touches `async_nats`, and only `process` sends signals or creates
+//! process groups. Run them with `cargo test -p nodeagent module_graph`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -184,14 +184,72 @@ fn the_modules_use_each_other_one_way() {
     println!("{}", show(&graph));
 }
 
+/// The graph drawn in ARCHITECTURE.md under "What may use what": lines `a -> b c`,
+/// continued on indented lines; `a b -> (nothing)` for modules that use none.
+fn documented_graph() -> Graph {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let section = text
+        .split("## What may use what")
+        .nth(1)
+        .expect("a section 'What may use what'");
+    let block = section.split("```").nth(1).expect("a code block in it");
+    let mut graph = Graph::new();
+    let mut current: Vec<String> = vec![];
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let (names, uses) = match line.split_once("->") {
+            Some((l, r)) if !line.starts_with(' ') => {
+                current = l.split_whitespace().map(String::from).collect();
+                (current.clone(), r)
+            }
+            _ => (current.clone(), line),
+        };
+        for name in names {
+            let entry = graph.entry(name).or_default();
+            entry.extend(
+                uses.split_whitespace()
+                    .filter(|u| *u != "(nothing)")
+                    .map(String::from),
+            );
+        }
+    }
+    graph
+}
+
+#[test]
+fn architecture_md_draws_the_graph_as_it_is() {
+    let (code, doc) = (crate_graph(&src_dir()), documented_graph());
+    assert_eq!(
+        code,
+        doc,
+        "ARCHITECTURE.md is out of date; the graph is:\n{}",
+        show(&code)
+    );
+}
+
 #[test]
 fn the_transport_knows_nothing_of_the_agent() {
     let graph = crate_graph(&src_dir());
     let uses = &graph["transport"];
-    for banned in ["agent", "dispatch", "supervisor", "statsloop", "relay"] {
+    for banned in [
+        "agent",
+        "dispatch",
+        "supervisor",
+        "statsloop",
+        "relay",
+        "memberloop",
+    ] {
         assert!(!uses.contains(banned), "transport uses {banned}: {uses:?}");
     }
-    for m in ["statsloop", "relay", "membership", "stats", "identity"] {
+    for m in [
+        "statsloop",
+        "relay",
+        "memberloop",
+        "membership",
+        "stats",
+        "identity",
+    ] {
         assert!(
             !graph[m].contains("agent"),
             "{m} uses agent: {:?}",

@@ -1,12 +1,14 @@
 //! The NATS edge (with `sysevents`, the only code that touches `async_nats`): the
 //! connection, the command subscriptions (per node, broadcast, per service in its queue
-//! group; each plain and per command) and replies, the membership task's announcements,
-//! and the bounded [`Publisher`] every other task publishes through.
+//! group; each plain and per command) and replies, the announcements and disconnect
+//! advisories the membership task reads, and the bounded [`Publisher`] every other task
+//! publishes through.
 //!
 //! It serves a [`Handler`] it is given and knows nothing of what the agent does with a
-//! request: it never imports the agent, the dispatch or the supervisor. Requests are
-//! handled concurrently, each in its own task, so a slow stop never holds up a status;
-//! at most [`MAX_IN_FLIGHT`] at once, past which a request gets a `busy` error at once.
+//! request: it never imports the agent, the dispatch, the supervisor or the membership
+//! task. Requests are handled concurrently, each in its own task, so a slow stop never
+//! holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request gets a
+//! `busy` error at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -14,20 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, HeaderMap, Message};
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
 use protocol::reply::PingData;
 use protocol::subjects::{HEADER_NODES, HEADER_TAGS};
 use protocol::{Reply, Request, Subjects};
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NatsConfig;
 use crate::identity::Identity;
-use crate::membership::{Change, Membership, MembershipConfig};
+use crate::sysevents::DisconnectedClient;
 
 /// What [`serve`] serves: the agent's answer to each request.
 pub trait Handler: Send + Sync + 'static {
@@ -36,12 +37,6 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The services whose queue groups to serve; it changes as watchers come and go.
     fn services(&self) -> watch::Receiver<BTreeSet<String>>;
-}
-
-/// Where the membership task learns the watchers it announces.
-pub trait Watchers: Send + Sync + 'static {
-    /// The watchers running now, or `None` when they cannot be known.
-    fn briefs(&self) -> impl Future<Output = Option<Vec<WatcherBrief>>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -414,345 +409,10 @@ pub async fn serve<H: Handler>(
     Ok(())
 }
 
-// ----- membership -----
-
-enum MemberCmd {
-    Query(MembersRequest, oneshot::Sender<Vec<MemberInfo>>),
-    Leaving,
-    Left(oneshot::Sender<()>),
-}
-
-/// Talks to the membership task: the member view, and the leave announcements.
-#[derive(Clone)]
-pub struct MembershipHandle {
-    tx: mpsc::Sender<MemberCmd>,
-}
-
-impl MembershipHandle {
-    /// The members this agent knows, filtered.
-    pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
-        let (tx, rx) = oneshot::channel();
-        let asked = self.tx.send(MemberCmd::Query(req, tx));
-        if tokio::time::timeout(QUERY_TIMEOUT, asked).await.is_err() {
-            return vec![];
-        }
-        tokio::time::timeout(QUERY_TIMEOUT, rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-    }
-
-    /// Announces that this agent is leaving (it is stopping its processes). Waits at
-    /// most [`PUBLISH_TIMEOUT`] for the membership task to take it.
-    pub async fn leaving(&self) {
-        let _ = self
-            .tx
-            .send_timeout(MemberCmd::Leaving, PUBLISH_TIMEOUT)
-            .await;
-    }
-
-    /// Announces that this agent left, and ends the membership task. Bounded: with
-    /// NATS gone the announcement may be lost.
-    pub async fn left(&self) {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.tx.send_timeout(MemberCmd::Left(tx), PUBLISH_TIMEOUT);
-        if sent.await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        }
-    }
-}
-
-/// What the membership task needs to know.
-pub struct MembershipSettings {
-    pub identity: Identity,
-    pub subjects: Subjects,
-    pub heartbeat: Duration,
-    pub config: MembershipConfig,
-    pub system_events_account: Option<String>,
-}
-
-/// Starts the membership task: announces join, a heartbeat every `heartbeat`, keeps
-/// the member view from every agent's announcements (and, where the server's
-/// disconnect events are visible, marks a member failed the moment its connection
-/// closes), and answers queries.
-pub async fn start_membership<W: Watchers>(
-    client: Client,
-    settings: MembershipSettings,
-    watchers: W,
-) -> Result<(MembershipHandle, JoinHandle<()>), TransportError> {
-    let registry = subscribe(&client, settings.subjects.registry_all(), None).await?;
-    let (dtx, drx) = mpsc::channel::<crate::sysevents::DisconnectedClient>(64);
-    if let Some(account) = settings.system_events_account.clone() {
-        let c = client.clone();
-        tokio::spawn(async move {
-            match crate::sysevents::watch_disconnects(c, &account).await {
-                Ok(mut stream) => {
-                    while let Some(d) = stream.next().await {
-                        if dtx.send(d).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("no instant failure detection: {e}"),
-            }
-        });
-    }
-    let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(membership_loop(
-        client, settings, watchers, registry, drx, rx,
-    ));
-    Ok((MembershipHandle { tx }, task))
-}
-
-/// The longest a heartbeat waits for the supervisor's snapshot; past it, the watchers
-/// last seen are announced, so that a busy supervisor never delays a heartbeat.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
-
-async fn announcement(
-    settings: &MembershipSettings,
-    source: &impl Watchers,
-    last: &mut Vec<WatcherBrief>,
-    kind: AnnounceKind,
-    seq: u64,
-) -> Announcement {
-    let id = &settings.identity;
-    match tokio::time::timeout(SNAPSHOT_TIMEOUT, source.briefs()).await {
-        Ok(briefs) => *last = briefs.unwrap_or_default(),
-        Err(_) => tracing::debug!("the supervisor is busy: announcing its watchers as last seen"),
-    }
-    let watchers = last.clone();
-    let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
-    services.sort();
-    services.dedup();
-    let mut ann = Announcement {
-        node: id.node.clone(),
-        boot_id: id.boot_id.clone(),
-        kind,
-        seq,
-        started_at: id.started_at,
-        time: protocol::unix_time(),
-        heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
-        tags: id.tags.clone(),
-        version: id.version.clone(),
-        hostname: id.hostname.clone(),
-        pid: id.pid,
-        address: None,
-        watchers,
-        services,
-        server_id: None,
-        client_id: None,
-    };
-    if crate::membership::fit_announcement(&mut ann, crate::membership::MAX_ANNOUNCEMENT_BYTES) {
-        tracing::debug!("announcement cut to fit in 64 KiB: not every watcher is listed");
-    }
-    ann
-}
-
-async fn membership_loop<W: Watchers>(
-    client: Client,
-    settings: MembershipSettings,
-    source: W,
-    mut registry: async_nats::Subscriber,
-    mut disconnects: mpsc::Receiver<crate::sysevents::DisconnectedClient>,
-    mut cmds: mpsc::Receiver<MemberCmd>,
-) {
-    let mut table = Membership::new(settings.config);
-    let mut connections = Connections::default();
-    let subject = settings.subjects.registry(&settings.identity.node);
-    let mut seq = 0u64;
-    let mut kind = AnnounceKind::Join;
-    let mut last: Vec<WatcherBrief> = vec![];
-    let publish = |mut ann: Announcement| {
-        let client = client.clone();
-        let subject = subject.clone();
-        async move {
-            stamp_connection(&client, &mut ann);
-            publish_json(&client, subject, &ann).await
-        }
-    };
-    let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
-    let mut heartbeat = tokio::time::interval(settings.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When to tell newcomers about us: joins seen within this window get one
-    // announcement, so that many agents starting at once cost each agent one extra
-    // message, not one per newcomer.
-    let answer_window = (settings.heartbeat / 4).min(JOIN_ANSWER_WINDOW);
-    let mut answer_at: Option<Instant> = None;
-    loop {
-        let deadline = table.next_deadline();
-        tokio::select! {
-            _ = heartbeat.tick() => {
-                crate::fatal::inject("membership");
-                answer_at = None;
-                seq += 1;
-                let ann = announcement(&settings, &source, &mut last, kind, seq).await;
-                // Our own view of ourselves needs no round trip.
-                if let Some(c) = table.observe(&ann, Instant::now()) {
-                    log(&c);
-                }
-                publish(ann).await;
-                if kind == AnnounceKind::Join {
-                    kind = AnnounceKind::Alive;
-                }
-                table.tick(Instant::now()).iter().for_each(log);
-            }
-            Some(msg) = registry.next() => {
-                if msg.payload.len() > crate::membership::MAX_ANNOUNCEMENT_BYTES {
-                    tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
-                    continue;
-                }
-                let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
-                    tracing::debug!(subject = %msg.subject, "unreadable announcement");
-                    continue;
-                };
-                if settings.subjects.node_of_registry(&msg.subject) != Some(ann.node.as_str()) {
-                    continue;
-                }
-                if let Some(c) = table.observe(&ann, Instant::now()) {
-                    log(&c);
-                }
-                // A newcomer knows nobody yet: tell it about us soon, not at our next
-                // heartbeat, or a `ctl --all` it answers `members` for would skip us.
-                if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
-                    answer_at.get_or_insert_with(|| Instant::now() + answer_window);
-                }
-                connections.note(&ann, |n| table.state(n).is_some());
-            }
-            _ = crate::clock::sleep_until(answer_at) => {
-                answer_at = None;
-                seq += 1;
-                let me = announcement(&settings, &source, &mut last, kind, seq).await;
-                table.observe(&me, Instant::now());
-                publish(me).await;
-            }
-            Some(d) = disconnects.recv() => {
-                // Only the member's own connection counts: any client may take a
-                // member's name as its connection name.
-                let owner = connections
-                    .iter()
-                    .find(|(_, c)| d.is_connection(c.server_id.as_deref(), c.client_id))
-                    .map(|(name, _)| name.clone());
-                match owner {
-                    Some(name) if name != settings.identity.node => {
-                        if let Some(c) = table.mark_failed(&name, Instant::now()) {
-                            log(&c);
-                        }
-                    }
-                    Some(_) => {}
-                    None => tracing::debug!(
-                        name = d.name.as_deref().unwrap_or("-"),
-                        cid = d.cid,
-                        "a connection closed that no member announced as its own"
-                    ),
-                }
-                connections.retain(|n| table.state(n).is_some());
-            }
-            _ = crate::clock::sleep_until(deadline) => {
-                table.tick(Instant::now()).iter().for_each(log);
-            }
-            cmd = cmds.recv() => {
-                let done = match cmd {
-                    Some(MemberCmd::Query(req, reply)) => {
-                        let _ = reply.send(table.members(&req));
-                        continue;
-                    }
-                    Some(MemberCmd::Leaving) => {
-                        kind = AnnounceKind::Leaving;
-                        seq += 1;
-                        let ann = announcement(&settings, &source, &mut last, kind, seq).await;
-                        table.observe(&ann, Instant::now());
-                        publish(ann).await;
-                        continue;
-                    }
-                    Some(MemberCmd::Left(done)) => Some(done),
-                    None => None,
-                };
-                seq += 1;
-                let ann = announcement(&settings, &source, &mut last, AnnounceKind::Left, seq).await;
-                publish(ann).await;
-                // With NATS down a flush never completes; the agent must still exit.
-                flush(&client, Duration::from_secs(2)).await;
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// Puts this agent's connection identity (server id, client id) into an
-/// announcement, so that a disconnect advisory can be matched to it. After a reconnect
-/// the next announcement carries the new ids.
-fn stamp_connection(client: &Client, ann: &mut Announcement) {
-    let info = client.server_info();
-    if !info.server_id.is_empty() {
-        ann.server_id = Some(info.server_id);
-        ann.client_id = Some(info.client_id);
-    }
-}
-
-/// Each member's NATS connection as its newest announcement gives it.
-#[derive(Default)]
-struct Connections(HashMap<String, Connection>, usize);
-
-struct Connection {
-    boot_id: String,
-    started_at: f64,
-    seq: u64,
-    server_id: Option<String>,
-    client_id: Option<u64>,
-}
-
-impl Connections {
-    /// Keeps the ids of `ann` unless an announcement of the same boot with a higher
-    /// sequence was seen (a late, buffered heartbeat carries stale ids). Whenever the
-    /// map has doubled, members for which `known` is false are forgotten.
-    fn note(&mut self, ann: &Announcement, known: impl Fn(&str) -> bool) {
-        if self.0.len() >= self.1 {
-            self.retain(known);
-            self.1 = self.0.len().saturating_mul(2).max(64);
-        }
-        let newer = match self.0.get(&ann.node) {
-            Some(c) if c.boot_id == ann.boot_id => c.seq < ann.seq,
-            Some(c) => c.started_at <= ann.started_at,
-            None => true,
-        };
-        if newer {
-            self.0.insert(
-                ann.node.clone(),
-                Connection {
-                    boot_id: ann.boot_id.clone(),
-                    started_at: ann.started_at,
-                    seq: ann.seq,
-                    server_id: ann.server_id.clone(),
-                    client_id: ann.client_id,
-                },
-            );
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&String, &Connection)> {
-        self.0.iter()
-    }
-
-    /// Forgets the members the table no longer knows.
-    fn retain(&mut self, known: impl Fn(&str) -> bool) {
-        self.0.retain(|name, _| known(name));
-    }
-}
-
-/// The longest wait before newcomers are told about this agent.
-const JOIN_ANSWER_WINDOW: Duration = Duration::from_millis(50);
-
 /// The longest one publish waits. While NATS is unreachable, async-nats buffers a
 /// limited number of messages and then makes `publish` wait for room; past this
 /// deadline the message is dropped, so that no task stalls on a dead connection.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The longest a query of the membership task waits.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes `bytes`, waiting at most [`PUBLISH_TIMEOUT`]; false when it was not
 /// handed to the client (an error, or the client's buffer stayed full).
@@ -807,8 +467,52 @@ pub async fn flush(client: &Client, timeout: Duration) -> bool {
     )
 }
 
+/// A message that arrived on a subscription.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Subscribes to every agent's announcements (`cluster.registry.*`).
+pub async fn subscribe_registry(
+    client: &Client,
+    subjects: &Subjects,
+) -> Result<BoxStream<'static, Incoming>, TransportError> {
+    let sub = subscribe(client, subjects.registry_all(), None).await?;
+    Ok(sub
+        .map(|m| Incoming {
+            subject: m.subject.to_string(),
+            payload: m.payload,
+        })
+        .boxed())
+}
+
+/// The clients whose connection the server closed, as the server's advisories in
+/// `account` tell (see [`crate::sysevents`]); nothing when `account` is `None` or the
+/// advisories cannot be read (said once, as a warning).
+pub fn disconnects(client: &Client, account: Option<String>) -> mpsc::Receiver<DisconnectedClient> {
+    let (tx, rx) = mpsc::channel(64);
+    if let Some(account) = account {
+        let client = client.clone();
+        tokio::spawn(async move {
+            match crate::sysevents::watch_disconnects(client, &account).await {
+                Ok(mut stream) => {
+                    while let Some(d) = stream.next().await {
+                        if tx.send(d).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("no instant failure detection: {e}"),
+            }
+        });
+    }
+    rx
+}
+
 /// Publishes on the agent's connection, each message bounded by [`PUBLISH_TIMEOUT`]:
-/// what the stats, event and log tasks get instead of the client itself.
+/// what the stats, membership, event and log tasks get instead of the client itself.
 #[derive(Clone)]
 pub struct Publisher {
     client: Client,
@@ -832,6 +536,14 @@ impl Publisher {
     /// Waits until the server has every message sent so far (see [`flush`]).
     pub async fn flush(&self, timeout: Duration) -> bool {
         flush(&self.client, timeout).await
+    }
+
+    /// This connection's ids (server id, client id) as the server gave them, so that a
+    /// disconnect advisory can be matched to it; `None` before the first connection.
+    /// They change at a reconnect.
+    pub fn connection_ids(&self) -> Option<(String, u64)> {
+        let info = self.client.server_info();
+        (!info.server_id.is_empty()).then_some((info.server_id, info.client_id))
     }
 
     /// The largest message the server takes (at least 64 KiB, the NATS default).
@@ -858,37 +570,5 @@ mod tests {
         ] {
             assert_eq!(is_loopback(host), want, "{host}");
         }
-    }
-
-    fn ann(node: &str, boot: &str, started_at: f64, seq: u64, client_id: u64) -> Announcement {
-        serde_json::from_value(serde_json::json!({
-            "node": node, "kind": "alive", "boot_id": boot, "seq": seq,
-            "started_at": started_at, "time": 0.0, "heartbeat_ms": 1000, "version": "v",
-            "hostname": "h", "pid": 1, "server_id": "S", "client_id": client_id
-        }))
-        .expect("an announcement")
-    }
-
-    #[test]
-    fn keeps_each_members_newest_connection() {
-        let mut c = Connections::default();
-        let id = |c: &Connections| c.0.get("b").and_then(|c| c.client_id);
-        // (announcement, client id kept afterwards)
-        let steps = [
-            (ann("b", "b1", 100.0, 1, 10), Some(10)),
-            (ann("b", "b1", 100.0, 3, 11), Some(11)),
-            // a late heartbeat of the same boot carries stale ids
-            (ann("b", "b1", 100.0, 2, 10), Some(11)),
-            // a new boot, started later
-            (ann("b", "b2", 200.0, 1, 20), Some(20)),
-            // a late heartbeat of the old boot
-            (ann("b", "b1", 100.0, 9, 11), Some(20)),
-        ];
-        for (i, (a, want)) in steps.iter().enumerate() {
-            c.note(a, |_| true);
-            assert_eq!(id(&c), *want, "step {i}");
-        }
-        c.retain(|n| n != "b");
-        assert_eq!(id(&c), None);
     }
 }
