@@ -130,21 +130,14 @@ pub async fn run(
     let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
     let log_feed = logs.feed();
     let (closed_tx, logs_closed) = oneshot::channel();
-    let output = LogCapture {
-        logs,
-        closed: Some(closed_tx),
-    };
     let (supervisor, sup_task) = supervisor::start(
         watchers,
         stopped,
-        supervisor::Settings {
-            node: identity.node.clone(),
-            allow_remote_exec: config.agent.allow_remote_exec,
-            persist: store.clone().map(persister),
-            groups: open_groups(home(&config)),
-            max_processes: config.agent.max_processes,
-        },
-        Box::new(output),
+        supervisor_settings(&config, &identity, store.clone()),
+        Box::new(LogCapture {
+            logs,
+            closed: Some(closed_tx),
+        }),
     );
     let inputs = memberloop::Inputs {
         registry: transport::subscribe_registry(&client, &subjects).await?,
@@ -317,6 +310,20 @@ fn open_groups(dir: &Path) -> Option<Arc<Groups>> {
             );
             None
         }
+    }
+}
+
+fn supervisor_settings(
+    config: &ValidatedConfig,
+    identity: &Identity,
+    store: Option<Arc<Mutex<StateStore>>>,
+) -> supervisor::Settings {
+    supervisor::Settings {
+        node: identity.node.clone(),
+        allow_remote_exec: config.agent.allow_remote_exec,
+        persist: store.map(persister),
+        groups: open_groups(home(config)),
+        max_processes: config.agent.max_processes,
     }
 }
 
