@@ -107,10 +107,7 @@ pub fn note_server_error(tx: &DenialSender, event: &async_nats::Event) {
     }
 }
 
-/// Broadcast header naming the nodes that should act (comma separated).
-pub const HEADER_NODES: &str = "Cluster-Nodes";
-/// Broadcast header with the tags (k=v, comma separated) a node must all have to act.
-pub const HEADER_TAGS: &str = "Cluster-Tags";
+use protocol::subjects::{HEADER_NODES, HEADER_TAGS};
 
 /// Who a command goes to.
 #[derive(Debug, Clone, PartialEq)]

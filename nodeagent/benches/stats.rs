@@ -283,7 +283,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
         let baseline = process_cpu().saturating_sub(c0);
         // With the stats task.
         let token = tokio_util::sync::CancellationToken::new();
-        let identity = nodeagent::agent::Identity {
+        let identity = nodeagent::identity::Identity {
             node: "bench".into(),
             boot_id: "bench-boot".into(),
             started_at: protocol::unix_time(),
@@ -296,7 +296,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
         let (m0, b0) = server.counts();
         let c0 = process_cpu();
         let _handle = nodeagent::statsloop::start(
-            client.clone(),
+            nodeagent::transport::Publisher::new(client.clone()),
             protocol::Subjects::new("cluster"),
             identity,
             interval,

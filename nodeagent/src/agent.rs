@@ -1,56 +1,32 @@
-//! The agent: wires config, state, supervisor and transport together, and turns each
-//! request into a reply. It owns the node's identity; it never touches processes (the
-//! supervisor does) or NATS (the transport does).
+//! The agent's wiring: the start-up order (dirs and lock, name check, connection, saved
+//! state, process group ledger, logs, supervisor, membership task, stats, relays, then
+//! serving requests) and the shutdown order (processes first, then leave, drain and
+//! flush). It handles no request (see [`crate::dispatch`]), touches no process (the
+//! supervisor does), reads nothing from /proc (stats does) and speaks to NATS only
+//! through [`crate::transport`].
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
-use protocol::command::{accepted, check_token, Acceptance, Command};
 use protocol::events::EventKind;
-use protocol::reply::{DstatsData, PingData};
-use protocol::subjects::CmdTarget;
-use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
-use tokio::sync::mpsc;
+use protocol::{Subjects, WatcherOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ValidatedConfig};
-use crate::logs::LogManager;
+use crate::config::{self, ValidatedConfig, WatcherConfig};
+use crate::dispatch::Node;
+use crate::groups::Groups;
+use crate::identity::Identity;
+use crate::logs::{Closing, LogManager};
+use crate::memberloop::{self, MembershipHandle, MembershipSettings};
 use crate::membership::{MembershipConfig, SuspectAfter};
+use crate::relay;
 use crate::state::{self, StateStore};
-use crate::supervisor::{self, CapturedOutput, CmdError, OutputSink, SupervisorHandle};
-use crate::transport;
-
-/// Who this agent is, for replies and announcements.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub node: String,
-    /// A new id at every start.
-    pub boot_id: String,
-    pub started_at: f64,
-    pub started: Instant,
-    pub pid: u32,
-    pub hostname: String,
-    pub tags: BTreeMap<String, String>,
-    pub version: String,
-}
-
-impl Identity {
-    pub fn new(node: &str, tags: BTreeMap<String, String>) -> Identity {
-        Identity {
-            node: node.to_owned(),
-            boot_id: uuid::Uuid::new_v4().to_string(),
-            started_at: unix_time(),
-            started: Instant::now(),
-            pid: std::process::id(),
-            hostname: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "unknown".into()),
-            tags,
-            version: protocol::VERSION.to_owned(),
-        }
-    }
-}
+use crate::supervisor::{self, CapturedOutput, OutputSink, SupervisorHandle};
+use crate::transport::{self, Publisher, TransportError};
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +47,16 @@ pub enum AgentError {
     Panicked(String),
 }
 
-/// Hands captured output to the rotating log files.
-struct LogCapture(LogManager);
+/// Hands captured output to the rotating log files. When the supervisor drops it (it
+/// stopped), every log writer is handed to the agent, which waits for their last lines.
+struct LogCapture {
+    logs: LogManager,
+    closed: Option<oneshot::Sender<Closing>>,
+}
 
 impl OutputSink for LogCapture {
     fn capture(&mut self, out: CapturedOutput) {
-        if let Err(e) = self.0.capture(
+        if let Err(e) = self.logs.capture(
             &out.watcher,
             out.wid,
             out.stdout,
@@ -89,270 +69,40 @@ impl OutputSink for LogCapture {
     }
 
     fn forget(&mut self, watcher: &str) {
-        drop(self.0.remove(watcher));
+        drop(self.logs.remove(watcher));
     }
 }
 
-/// Answers requests for one node.
-pub struct Node {
-    pub identity: Identity,
-    pub stats: crate::statsloop::StatsHandle,
-    pub membership: transport::MembershipHandle,
-    pub subjects: Subjects,
-    pub supervisor: SupervisorHandle,
-    config_path: std::path::PathBuf,
-    store: Option<Arc<Mutex<StateStore>>>,
-    shutdown: CancellationToken,
-    cpu_prev: Mutex<Option<(f64, Instant)>>,
-    log_dir: std::path::PathBuf,
-    max_payload: usize,
-    /// Whose captured lines are published live.
-    pub follow: Arc<crate::logs::FollowLeases>,
-}
-
-fn cmd_reply(
-    id: Option<String>,
-    node: &str,
-    outcome: Result<serde_json::Map<String, serde_json::Value>, CmdError>,
-) -> Reply {
-    match outcome {
-        Ok(data) => Reply::ok(id, node, unix_time(), data),
-        Err(e) => Reply::error(id, node, unix_time(), e.errno, e.reason),
-    }
-}
-
-impl Node {
-    /// Reads a request that came on `subject` and answers it, refusing a command the
-    /// subject does not accept. Never panics on input.
-    pub async fn handle(&self, subject: &str, payload: &[u8]) -> Reply {
-        let node = &self.identity.node;
-        let req = match parse_request(payload) {
-            Ok(r) => r,
-            Err(e) => return Reply::error(e.id, node, unix_time(), e.errno, e.reason),
-        };
-        let id = req.id;
-        if let Err((errno, reason)) = self.check_subject(subject, &req.command).await {
-            tracing::debug!(%subject, command = req.command.name(), "refused: {reason}");
-            return Reply::error(id, node, unix_time(), errno, reason);
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if let Some(tx) = self.closed.take() {
+            let _ = tx.send(self.logs.close_all());
         }
-        match req.command {
-            Command::Ping(_) => Reply::ok(id, node, unix_time(), self.ping()),
-            Command::Dstats(_) => {
-                let outcome = self.dstats().await;
-                cmd_reply(id, node, outcome)
-            }
-            Command::Quit(_) => {
-                tracing::info!("quit requested");
-                self.shutdown.cancel();
-                Reply::ok(id, node, unix_time(), serde_json::json!({}))
-            }
-            Command::Members(filter) => {
-                let members = self.membership.members(filter).await;
-                Reply::ok(
-                    id,
-                    node,
-                    unix_time(),
-                    protocol::registry::MembersData { members },
-                )
-            }
-            Command::Stats(p) => {
-                let outcome = self.stats(p.name).await;
-                cmd_reply(id, node, outcome)
-            }
-            Command::Logs(props) => {
-                let outcome = self.logs(props).await;
-                cmd_reply(id, node, outcome)
-            }
-            Command::Reloadconfig(_) => {
-                let outcome = self.reload_config().await;
-                cmd_reply(id, node, outcome)
-            }
-            other => {
-                let outcome = self.supervisor.exec(other).await;
-                cmd_reply(id, node, outcome)
-            }
-        }
-    }
-
-    /// Checks that `subject` accepts `command` (see [`protocol::command::accepted`]).
-    async fn check_subject(&self, subject: &str, command: &Command) -> Result<(), (Errno, String)> {
-        let forbidden = |reason: String| (Errno::Forbidden, reason);
-        let Some(on) = self.subjects.parse_cmd(subject) else {
-            return Err(forbidden(format!("'{subject}' is not a command subject")));
-        };
-        if let CmdTarget::Node(n) = &on.target {
-            if *n != self.identity.node {
-                return Err(forbidden(format!(
-                    "'{subject}' addresses node '{n}', not '{}'",
-                    self.identity.node
-                )));
-            }
-        }
-        check_token(on.token.as_deref(), command).map_err(forbidden)?;
-        match accepted(&on.target, command) {
-            Acceptance::Accepted => Ok(()),
-            Acceptance::Refused(reason) => Err(forbidden(reason)),
-            Acceptance::IfWatcherOf { watcher, service } => {
-                let watchers = self.supervisor.snapshot().await.unwrap_or_default();
-                match watchers.iter().find(|w| w.name == watcher) {
-                    Some(w) if w.service == service => Ok(()),
-                    Some(w) => Err(forbidden(format!(
-                        "watcher '{watcher}' belongs to service '{}', not '{service}'; \
-                         send it with --service {} or --node {}",
-                        w.service, w.service, self.identity.node
-                    ))),
-                    None => Err((
-                        Errno::UnknownWatcher,
-                        format!(
-                            "no watcher '{watcher}' of service '{service}' on node '{}'; \
-                             `ctl members` shows which watchers each node runs",
-                            self.identity.node
-                        ),
-                    )),
-                }
-            }
-        }
-    }
-
-    async fn logs(
-        &self,
-        props: protocol::logs::LogsProps,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
-        // An unknown watcher is an error, not an empty log.
-        self.supervisor
-            .exec(Command::Numprocesses(protocol::command::Numprocesses {
-                name: props.name.clone(),
-                nb: None,
-            }))
-            .await?;
-        // Live lines first, then the tail: a line in between shows twice, none is lost.
-        self.follow
-            .grant(&props.name, props.follow(), std::time::Instant::now());
-        let (dir, node) = (self.log_dir.clone(), self.identity.node.clone());
-        let n = props.lines() as usize;
-        let lines = tokio::task::spawn_blocking(move || {
-            crate::logs::tail(&dir, &node, &props.name, props.stream, n)
-        })
-        .await
-        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
-        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
-        let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
-    }
-
-    async fn stats(
-        &self,
-        name: Option<String>,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
-        let Some(mut data) = self.stats.snapshot().await else {
-            return Err(CmdError::new(
-                Errno::CommandFailed,
-                "cannot read process statistics from /proc",
-            ));
-        };
-        if let Some(name) = name {
-            data.watchers.retain(|w| w.name == name);
-            if data.watchers.is_empty() {
-                return Err(CmdError::new(
-                    Errno::UnknownWatcher,
-                    format!("unknown watcher '{name}'; `ctl list` shows the watchers of a node"),
-                ));
-            }
-        }
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
-    }
-
-    fn ping(&self) -> PingData {
-        let id = &self.identity;
-        PingData {
-            version: id.version.clone(),
-            boot_id: id.boot_id.clone(),
-            pid: id.pid,
-            hostname: id.hostname.clone(),
-            tags: id.tags.clone(),
-            uptime_secs: id.started.elapsed().as_secs_f64(),
-        }
-    }
-
-    async fn dstats(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
-        let children: u32 = self
-            .supervisor
-            .snapshot()
-            .await?
-            .iter()
-            .map(|w| w.running)
-            .sum();
-        let me = procfs::process::Process::myself()
-            .and_then(|p| p.stat())
-            .map_err(|e| CmdError::new(Errno::CommandFailed, format!("cannot read /proc: {e}")))?;
-        let tps = procfs::ticks_per_second() as f64;
-        let cpu_secs = (me.utime + me.stime) as f64 / tps;
-        let now = Instant::now();
-        let (prev_cpu, prev_t) = {
-            let mut prev = self.cpu_prev.lock().unwrap_or_else(|e| e.into_inner());
-            let p = prev.unwrap_or((0.0, self.identity.started));
-            *prev = Some((cpu_secs, now));
-            p
-        };
-        let wall = now.duration_since(prev_t).as_secs_f64().max(1e-3);
-        let page = procfs::page_size();
-        let data = DstatsData {
-            pid: self.identity.pid,
-            cpu_percent: ((cpu_secs - prev_cpu) / wall * 100.0).max(0.0),
-            rss_bytes: me.rss * page,
-            uptime_secs: self.identity.started.elapsed().as_secs_f64(),
-            threads: me.num_threads as u64,
-            children,
-            version: self.identity.version.clone(),
-        };
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
-    }
-
-    async fn reload_config(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
-        let path = self.config_path.clone();
-        let cfg = tokio::task::spawn_blocking(move || config::load(&path))
-            .await
-            .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
-            .map_err(|e| {
-                CmdError::new(
-                    Errno::CommandFailed,
-                    format!("{e}\nnothing was changed; fix the file and reload again"),
-                )
-            })?;
-        if cfg.agent.name != self.identity.node {
-            return Err(CmdError::new(
-                Errno::CommandFailed,
-                format!(
-                    "the config now names the node '{}'; a node cannot be renamed while it runs, restart the agent instead",
-                    cfg.agent.name
-                ),
-            ));
-        }
-        if let Some(store) = &self.store {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_base(&cfg.watchers);
-        }
-        self.supervisor.reload(cfg.watchers).await
     }
 }
 
 /// How long a stopping agent waits for its last messages to reach NATS.
-const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// How long a stopping agent waits for the requests in flight and the membership task,
 /// on top of stopping its processes.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// How long a stopping agent waits for the log writers to write the last lines of its
+/// processes.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
+
+/// The tasks of a running agent, in the order they are stopped.
+struct Running {
+    supervisor: SupervisorHandle,
+    sup_task: JoinHandle<()>,
+    logs_closed: oneshot::Receiver<Closing>,
+    membership: MembershipHandle,
+    member_task: JoinHandle<()>,
+    serve: JoinHandle<Result<(), TransportError>>,
+    bus: Publisher,
+    node: Arc<Node>,
+}
 
 /// Runs the agent until `shutdown` is cancelled (or a `quit` command arrives), then stops
 /// every process gracefully. `reload` asks for a config reload (SIGHUP).
@@ -365,82 +115,188 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 pub async fn run(
     config: ValidatedConfig,
     shutdown: CancellationToken,
-    mut reload: mpsc::Receiver<()>,
+    reload: mpsc::Receiver<()>,
 ) -> Result<(), AgentError> {
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
+    // Held until this function returns: one agent per state dir.
+    let _lock = own_dirs(&config)?;
+    check_name(&config, &subjects, &identity).await?;
+    let client = transport::connect(&config.nats, &identity.node).await?;
+    let bus = Publisher::new(client.clone());
+    crate::fatal::arm_faults(home(&config));
 
-    // The agent's own dirs: private to its user, and one agent per state dir (the lock
-    // is held until this function returns). Output files may go only beneath them.
-    let home = config
+    let (watchers, stopped, store) = saved_state(&config)?;
+    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
+    let log_feed = logs.feed();
+    let (closed_tx, logs_closed) = oneshot::channel();
+    let (supervisor, sup_task) = supervisor::start(
+        watchers,
+        stopped,
+        supervisor_settings(&config, &identity, store.clone()),
+        Box::new(LogCapture {
+            logs,
+            closed: Some(closed_tx),
+        }),
+    );
+    let inputs = memberloop::Inputs {
+        registry: transport::subscribe_registry(&client, &subjects).await?,
+        disconnects: transport::disconnects(&client, config.nats.system_events_account.clone()),
+    };
+    let (membership, member_task) = memberloop::start(
+        bus.clone(),
+        membership_settings(&config, &identity, &subjects),
+        inputs,
+        supervisor.clone(),
+    );
+    let stats = crate::statsloop::start(
+        bus.clone(),
+        subjects.clone(),
+        identity.clone(),
+        config.agent.stats_interval,
+        supervisor.clone(),
+        shutdown.clone(),
+    );
+    tokio::spawn(relay::publish_events(
+        bus.clone(),
+        subjects.clone(),
+        identity.clone(),
+        supervisor.clone(),
+    ));
+    relay::publish_agent_event(&bus, &subjects, &identity, EventKind::Join).await;
+    let node = Arc::new(Node {
+        stats,
+        membership: membership.clone(),
+        identity: identity.clone(),
+        subjects: subjects.clone(),
+        supervisor: supervisor.clone(),
+        config_path: config.path.clone(),
+        store,
+        shutdown: shutdown.clone(),
+        cpu_prev: Mutex::new(None),
+        log_dir: config.agent.log_dir.clone(),
+        max_payload: bus.max_payload(),
+        follow: Default::default(),
+    });
+    tracing::info!(node = %identity.node, boot_id = %identity.boot_id, "agent started");
+
+    let serve = tokio::spawn(transport::serve(
+        client,
+        subjects.clone(),
+        identity,
+        node.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(relay::publish_logs(
+        bus.clone(),
+        subjects,
+        log_feed,
+        node.follow.clone(),
+    ));
+    wait_for_stop(&shutdown, reload, &node).await;
+    stop(Running {
+        supervisor,
+        sup_task,
+        logs_closed,
+        membership,
+        member_task,
+        serve,
+        bus,
+        node,
+    })
+    .await
+}
+
+/// Where the agent keeps its own files: the state dir, or else the log dir.
+fn home(config: &ValidatedConfig) -> &Path {
+    config
         .agent
         .state_dir
         .as_ref()
-        .unwrap_or(&config.agent.log_dir);
+        .unwrap_or(&config.agent.log_dir)
+}
+
+/// Makes the agent's own dirs private to its user and locks [`home`]: one agent per
+/// state dir, for as long as the returned lock lives. Output files may go only beneath
+/// these dirs.
+fn own_dirs(config: &ValidatedConfig) -> Result<state::DirLock, AgentError> {
     for dir in [config.agent.state_dir.as_ref(), Some(&config.agent.log_dir)]
         .into_iter()
         .flatten()
     {
         state::private_dir(dir)?;
     }
-    let _lock = state::lock_dir(home)?;
+    let lock = state::lock_dir(home(config))?;
     config::set_output_roots(config.agent.output_roots());
+    Ok(lock)
+}
 
-    // The name check runs on a connection of its own, named so that it can never be
-    // taken for a member: a refused duplicate's disconnect must not mark the real
-    // node failed.
+/// Refuses to start when an agent already answers for this node's name.
+///
+/// The check runs on a connection of its own, named so that it can never be taken for
+/// a member: a refused duplicate's disconnect must not mark the real node failed.
+async fn check_name(
+    config: &ValidatedConfig,
+    subjects: &Subjects,
+    identity: &Identity,
+) -> Result<(), AgentError> {
     let check =
         transport::connect(&config.nats, &format!("startup-check:{}", identity.node)).await?;
-    let taken = transport::name_taken(&check, &subjects, &identity.node).await;
+    let taken = transport::name_taken(&check, subjects, &identity.node).await;
     drop(check);
-    if let Some(owner) = taken {
-        return Err(AgentError::NameTaken {
+    match taken {
+        Some(owner) => Err(AgentError::NameTaken {
             name: identity.node.clone(),
             host: owner.hostname,
             pid: owner.pid,
-        });
+        }),
+        None => Ok(()),
     }
-    let client = transport::connect(&config.nats, &identity.node).await?;
-    crate::fatal::arm_faults(
-        config
-            .agent
-            .state_dir
-            .as_ref()
-            .unwrap_or(&config.agent.log_dir),
-    );
+}
 
-    let (watchers, stopped, store) = match &config.agent.state_dir {
+type Desired = (
+    BTreeMap<String, WatcherConfig>,
+    std::collections::BTreeSet<String>,
+    Option<Arc<Mutex<StateStore>>>,
+);
+
+/// The watchers to run (the config merged with the state saved by an earlier run), the
+/// ones left stopped, and the store that keeps them, when there is a state dir.
+fn saved_state(config: &ValidatedConfig) -> Result<Desired, AgentError> {
+    match &config.agent.state_dir {
         Some(dir) => {
             let mut store = StateStore::new(dir);
             let saved = store.load()?;
-            let merged = state::merge(&config.watchers, saved);
+            let (watchers, stopped) = state::merge(&config.watchers, saved);
             store.set_base(&config.watchers);
-            (merged.0, merged.1, Some(Arc::new(Mutex::new(store))))
+            Ok((watchers, stopped, Some(Arc::new(Mutex::new(store)))))
         }
-        None => (config.watchers.clone(), Default::default(), None),
-    };
-    let persist = store.clone().map(|store| {
-        Box::new(
-            move |w: &BTreeMap<String, (protocol::WatcherOptions, bool)>| {
-                let save = || {
-                    let store = store.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = store.save(w) {
-                        tracing::error!("{e}");
-                    }
-                };
-                // A durable save waits for the disk (two fsyncs): let the runtime move
-                // its other tasks off this thread meanwhile.
-                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                        tokio::task::block_in_place(save)
-                    }
-                    _ => save(),
-                }
-            },
-        ) as Box<dyn FnMut(&_) + Send>
-    });
-    let groups_dir = home;
-    let groups = match crate::groups::Groups::open(groups_dir) {
+        None => Ok((config.watchers.clone(), Default::default(), None)),
+    }
+}
+
+/// What the supervisor calls to save the desired state in `store`.
+fn persister(store: Arc<Mutex<StateStore>>) -> supervisor::PersistFn {
+    Box::new(move |w: &BTreeMap<String, (WatcherOptions, bool)>| {
+        let save = || {
+            let store = store.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = store.save(w) {
+                tracing::error!("{e}");
+            }
+        };
+        // A durable save waits for the disk (two fsyncs): let the runtime move its other
+        // tasks off this thread meanwhile.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(save),
+            _ => save(),
+        }
+    })
+}
+
+/// Opens the ledger of process groups in `dir`, killing what a crashed earlier run left
+/// behind; `None` (with a warning) when it cannot be kept.
+fn open_groups(dir: &Path) -> Option<Arc<Groups>> {
+    match Groups::open(dir) {
         Ok((groups, 0)) => Some(Arc::new(groups)),
         Ok((groups, killed)) => {
             tracing::warn!("killed {killed} process(es) a crashed earlier run left behind");
@@ -450,93 +306,54 @@ pub async fn run(
             tracing::warn!(
                 "cannot keep the process group ledger in {}: {e}; after a crash, \
                  the children of its processes may be left running",
-                groups_dir.display()
+                dir.display()
             );
             None
         }
-    };
-    let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
-    let log_feed = logs.feed();
-    let output: Box<dyn OutputSink> = Box::new(LogCapture(logs));
-    let (supervisor, sup_task) = supervisor::start(
-        watchers,
-        stopped,
-        supervisor::Settings {
-            node: identity.node.clone(),
-            allow_remote_exec: config.agent.allow_remote_exec,
-            persist,
-            groups,
-            max_processes: config.agent.max_processes,
-        },
-        output,
-    );
-    let (membership, member_task) = transport::start_membership(
-        client.clone(),
-        transport::MembershipSettings {
-            identity: identity.clone(),
-            subjects: subjects.clone(),
-            heartbeat: config.agent.heartbeat,
-            config: MembershipConfig {
-                suspect_after: match config.agent.suspect_after {
-                    Some(d) => SuspectAfter::Fixed(d),
-                    None => SuspectAfter::Heartbeats(3),
-                },
-                failed_after: config.agent.failed_after,
-                reap_after: config.agent.reap_after,
-            },
-            system_events_account: config.nats.system_events_account.clone(),
-        },
-        supervisor.clone(),
-    )
-    .await?;
-    let stats = crate::statsloop::start(
-        client.clone(),
-        subjects.clone(),
-        identity.clone(),
-        config.agent.stats_interval,
-        supervisor.clone(),
-        shutdown.clone(),
-    );
-    tokio::spawn(transport::publish_events(
-        client.clone(),
-        subjects.clone(),
-        identity.node.clone(),
-        identity.boot_id.clone(),
-        supervisor.clone(),
-    ));
-    transport::publish_agent_event(&client, &subjects, &identity, EventKind::Join).await;
-    let node = Arc::new(Node {
-        stats,
-        membership: membership.clone(),
-        identity,
-        subjects,
-        supervisor: supervisor.clone(),
-        config_path: config.path.clone(),
-        store,
-        shutdown: shutdown.clone(),
-        cpu_prev: Mutex::new(None),
-        log_dir: config.agent.log_dir.clone(),
-        max_payload: client.server_info().max_payload.max(64 * 1024),
-        follow: Default::default(),
-    });
-    tracing::info!(node = %node.identity.node, boot_id = %node.identity.boot_id, "agent started");
+    }
+}
 
-    let serve = tokio::spawn(transport::serve(
-        client.clone(),
-        node.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(transport::publish_logs(
-        client.clone(),
-        node.subjects.clone(),
-        log_feed,
-        node.follow.clone(),
-    ));
+fn supervisor_settings(
+    config: &ValidatedConfig,
+    identity: &Identity,
+    store: Option<Arc<Mutex<StateStore>>>,
+) -> supervisor::Settings {
+    supervisor::Settings {
+        node: identity.node.clone(),
+        allow_remote_exec: config.agent.allow_remote_exec,
+        persist: store.map(persister),
+        groups: open_groups(home(config)),
+        max_processes: config.agent.max_processes,
+    }
+}
+
+fn membership_settings(
+    config: &ValidatedConfig,
+    identity: &Identity,
+    subjects: &Subjects,
+) -> MembershipSettings {
+    MembershipSettings {
+        identity: identity.clone(),
+        subjects: subjects.clone(),
+        heartbeat: config.agent.heartbeat,
+        config: MembershipConfig {
+            suspect_after: match config.agent.suspect_after {
+                Some(d) => SuspectAfter::Fixed(d),
+                None => SuspectAfter::Heartbeats(3),
+            },
+            failed_after: config.agent.failed_after,
+            reap_after: config.agent.reap_after,
+        },
+    }
+}
+
+/// Waits until `shutdown` is cancelled or a task panicked, reloading the config at
+/// each `reload`.
+async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<()>, node: &Node) {
     let panicked = crate::fatal::panicked();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
             _ = panicked.cancelled() => {
                 tracing::error!(
                     "a task panicked ({}); stopping every process, then exiting with code {}",
@@ -544,35 +361,50 @@ pub async fn run(
                     crate::fatal::EXIT_PANIC
                 );
                 shutdown.cancel();
-                break;
+                return;
             }
             Some(()) = reload.recv() => {
-                let reply = node.reload_config().await;
-                match reply {
+                match node.reload_config().await {
                     Ok(d) => tracing::info!("config reloaded: {}", serde_json::Value::Object(d)),
                     Err(e) => tracing::error!("config not reloaded: {}", e.reason),
                 }
             }
         }
     }
+}
+
+/// Stops a running agent: its processes first, then it leaves the cluster, lets the
+/// requests in flight finish and flushes what it published, each step bounded.
+async fn stop(running: Running) -> Result<(), AgentError> {
+    let Running {
+        supervisor,
+        sup_task,
+        logs_closed,
+        membership,
+        mut member_task,
+        mut serve,
+        bus,
+        node,
+    } = running;
     tracing::info!("leaving the cluster: stopping every process");
     // The processes are asked to stop before anything is published: with NATS gone,
     // a publish may wait (each below has a deadline), and they must not wait for it.
     let stopped = supervisor.begin_shutdown().await;
     let drain_until = tokio::time::Instant::now() + DRAIN;
     membership.leaving().await;
-    transport::publish_agent_event(&client, &node.subjects, &node.identity, EventKind::Leave).await;
-    let budget = crate::supervisor::live::LIVE
+    relay::publish_agent_event(&bus, &node.subjects, &node.identity, EventKind::Leave).await;
+    let live = &crate::supervisor::live::LIVE;
+    let budget = live
         .longest_graceful()
         .saturating_add(crate::supervisor::live::KILL_GRACE)
-        .saturating_add(std::time::Duration::from_secs(1));
+        .saturating_add(Duration::from_secs(1));
     if tokio::time::timeout(budget, stopped).await.is_err() {
         tracing::error!("the supervisor did not stop its processes in {budget:?}");
     }
     // What the supervisor could not stop (it panicked, or gave up) is stopped from the
     // record of live process groups, just as gracefully.
-    if !crate::supervisor::live::LIVE.is_empty() {
-        let n = crate::supervisor::live::LIVE.stop_all().await;
+    if !live.is_empty() {
+        let n = live.stop_all().await;
         tracing::warn!("stopped {n} process group(s) from the record of live groups");
     }
     if sup_task.is_finished() {
@@ -580,8 +412,16 @@ pub async fn run(
     } else {
         sup_task.abort();
     }
+    // The supervisor dropped its log files: their last lines reach the disk.
+    if let Ok(Ok(closing)) = tokio::time::timeout(LOG_DRAIN, logs_closed).await {
+        if tokio::time::timeout(LOG_DRAIN, closing.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last lines of some processes may not have been logged");
+        }
+    }
     membership.left().await;
-    let mut member_task = member_task;
     let member_until = drain_until.max(tokio::time::Instant::now() + FINAL_FLUSH);
     if tokio::time::timeout_at(member_until, &mut member_task)
         .await
@@ -591,7 +431,6 @@ pub async fn run(
     }
     // The transport stops serving; requests in flight finish (a quit's own reply among
     // them), unless NATS is gone.
-    let mut serve = serve;
     if tokio::time::timeout_at(drain_until, &mut serve)
         .await
         .is_err()
@@ -599,7 +438,7 @@ pub async fn run(
         serve.abort();
         tracing::warn!("requests still in flight were dropped");
     }
-    if !transport::flush(&client, FINAL_FLUSH).await {
+    if !bus.flush(FINAL_FLUSH).await {
         tracing::warn!("NATS unreachable: the last messages may not have been sent");
     }
     if let Some(reason) = crate::fatal::reason() {

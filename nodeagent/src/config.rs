@@ -1354,4 +1354,33 @@ mod tests {
         let again = WatcherConfig::from_options("w", &w.to_options()).unwrap();
         assert_eq!(&again, w);
     }
+
+    /// Every shipped example config parses, the secure ones (which name credentials)
+    /// among them, so that they never rot.
+    #[test]
+    fn every_example_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut names = vec![];
+        for entry in std::fs::read_dir(&dir).expect("the examples dir") {
+            let path = entry.expect("an examples entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("an example config");
+            let cfg = parse(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!cfg.watchers.is_empty(), "{}: no watcher", path.display());
+            names.push(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        for want in ["first.toml", "first-secure.toml"] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} not found: {names:?}"
+            );
+        }
+    }
 }

@@ -326,6 +326,26 @@ fn open_files_soft_limit() -> Option<usize> {
     }
 }
 
+/// The agent process's own figures, for `dstats`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OwnUsage {
+    /// User plus system CPU time since the agent started, in seconds.
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+    pub threads: u64,
+}
+
+/// Reads the agent's own CPU time, resident memory and threads from /proc/self.
+pub fn own_usage() -> procfs::ProcResult<OwnUsage> {
+    let me = procfs::process::Process::myself()?.stat()?;
+    let tps = procfs::ticks_per_second() as f64;
+    Ok(OwnUsage {
+        cpu_secs: (me.utime + me.stime) as f64 / tps,
+        rss_bytes: me.rss.saturating_mul(procfs::page_size()),
+        threads: u64::try_from(me.num_threads).unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

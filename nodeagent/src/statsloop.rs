@@ -1,7 +1,7 @@
 //! The stats task: samples /proc on `stats_interval` through [`crate::stats::Sampler`],
-//! publishes `cluster.<node>.stats`, and answers the `stats` command from the latest
-//! sample (or a fresh one when the stream is off). It reads supervisor snapshots and
-//! never changes supervisor state.
+//! publishes `cluster.<node>.stats` through the transport's [`Publisher`], and answers
+//! the `stats` command from the latest sample (or a fresh one when the stream is off).
+//! It reads supervisor snapshots and never changes supervisor state.
 
 use std::time::Duration;
 
@@ -10,8 +10,10 @@ use protocol::Subjects;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::Identity;
 use crate::stats::{ProcessInput, Sampler, WatcherInput};
 use crate::supervisor::SupervisorHandle;
+use crate::transport::Publisher;
 
 /// Asks the stats task for a snapshot.
 #[derive(Clone)]
@@ -64,9 +66,9 @@ async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) ->
 
 /// Starts the stats task.
 pub fn start(
-    client: async_nats::Client,
+    bus: Publisher,
     subjects: Subjects,
-    identity: crate::agent::Identity,
+    identity: Identity,
     interval: Duration,
     supervisor: SupervisorHandle,
     shutdown: CancellationToken,
@@ -89,7 +91,7 @@ pub fn start(
                     crate::fatal::inject("stats");
                     if let Some(data) = sample(&mut sampler, &supervisor).await {
                         let msg = StatsMessage::new(&identity.node, &identity.boot_id, interval.as_secs_f64(), data.clone());
-                        crate::transport::publish_json(&client, subjects.stats(&identity.node), &msg).await;
+                        bus.publish_json(subjects.stats(&identity.node), &msg).await;
                         last = Some((data, tokio::time::Instant::now()));
                     }
                 }

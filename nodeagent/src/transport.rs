@@ -1,34 +1,43 @@
-//! The only code that touches `async_nats`: the connection, the command subscriptions
-//! (per node, broadcast, per service in its queue group; each plain and per command),
-//! and replies. Requests are handled concurrently, each in its own task, so a slow stop
-//! never holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request
-//! gets a `busy` error at once.
+//! The NATS edge (with `sysevents`, the only code that touches `async_nats`): the
+//! connection, the command subscriptions (per node, broadcast, per service in its queue
+//! group; each plain and per command) and replies, the announcements and disconnect
+//! advisories the membership task reads, and the bounded [`Publisher`] every other task
+//! publishes through.
+//!
+//! It serves a [`Handler`] it is given and knows nothing of what the agent does with a
+//! request: it never imports the agent, the dispatch, the supervisor or the membership
+//! task. Requests are handled concurrently, each in its own task, so a slow stop never
+//! holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request gets a
+//! `busy` error at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, HeaderMap, Message};
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use protocol::events::{Event, EventKind};
-use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
 use protocol::reply::PingData;
-use protocol::{Request, Subjects};
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use protocol::subjects::{HEADER_NODES, HEADER_TAGS};
+use protocol::{Reply, Request, Subjects};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{Identity, Node};
-use crate::config::{NatsConfig, ValidatedConfig};
-use crate::membership::{Change, Membership, MembershipConfig};
-use crate::supervisor::SupervisorHandle;
+use crate::config::NatsConfig;
+use crate::identity::Identity;
+use crate::sysevents::DisconnectedClient;
 
-/// Header on a broadcast: only nodes whose tags match every `k=v` (comma separated) act.
-pub const HEADER_TAGS: &str = "Cluster-Tags";
-/// Header on a broadcast: only the nodes named (comma separated) act.
-pub const HEADER_NODES: &str = "Cluster-Nodes";
+/// What [`serve`] serves: the agent's answer to each request.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers the request `payload` that came on `subject`. Never panics on input.
+    fn handle(&self, subject: &str, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+
+    /// The services whose queue groups to serve; it changes as watchers come and go.
+    fn services(&self) -> watch::Receiver<BTreeSet<String>>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -219,23 +228,19 @@ pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Opt
 }
 
 /// True when a broadcast's target headers select this node.
-fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
+fn selected(headers: Option<&HeaderMap>, node: &str, node_tags: &BTreeMap<String, String>) -> bool {
     let Some(h) = headers else {
         return true;
     };
     if let Some(nodes) = h.get(HEADER_NODES) {
-        if !nodes
-            .as_str()
-            .split(',')
-            .any(|n| n.trim() == node.identity.node)
-        {
+        if !nodes.as_str().split(',').any(|n| n.trim() == node) {
             return false;
         }
     }
     if let Some(tags) = h.get(HEADER_TAGS) {
         for pair in tags.as_str().split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if node.identity.tags.get(k.trim()).map(String::as_str) != Some(v.trim()) {
+            if node_tags.get(k.trim()).map(String::as_str) != Some(v.trim()) {
                 return false;
             }
         }
@@ -247,19 +252,23 @@ fn selected(headers: Option<&HeaderMap>, node: &Node) -> bool {
 /// without being read, so a flood cannot exhaust the agent's memory or tasks.
 pub const MAX_IN_FLIGHT: usize = 256;
 
-async fn spawn_handler(
-    tracker: &TaskTracker,
-    client: &Client,
-    node: &Arc<Node>,
-    slots: &Arc<tokio::sync::Semaphore>,
-    msg: Message,
-) {
-    let (client, node) = (client.clone(), node.clone());
+/// What every request task shares.
+struct Serving<H> {
+    client: Client,
+    handler: Arc<H>,
+    node: String,
+    tracker: TaskTracker,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+async fn spawn_handler<H: Handler>(serving: &Serving<H>, msg: Message) {
+    let (client, handler) = (serving.client.clone(), serving.handler.clone());
+    let slots = &serving.slots;
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         tracing::debug!(subject = %msg.subject, "busy: {MAX_IN_FLIGHT} requests in flight");
         let reply = protocol::Reply::error(
             None,
-            &node.identity.node,
+            &serving.node,
             protocol::unix_time(),
             protocol::Errno::Busy,
             format!(
@@ -270,8 +279,8 @@ async fn spawn_handler(
         send_reply(client, msg.reply, reply).await;
         return;
     };
-    tracker.spawn(async move {
-        let reply = node.handle(&msg.subject, &msg.payload).await;
+    serving.tracker.spawn(async move {
+        let reply = handler.handle(&msg.subject, &msg.payload).await;
         drop(permit);
         send_reply(client, msg.reply, reply).await;
     });
@@ -309,23 +318,29 @@ async fn subscribe_both(
     Ok(futures::stream::select_all([plain, each]))
 }
 
-/// Serves commands until `shutdown` is cancelled.
-pub async fn serve(
+/// Serves the commands for `identity`'s node with `handler` until `shutdown` is
+/// cancelled; then the requests in flight finish (at most 5 s).
+pub async fn serve<H: Handler>(
     client: Client,
-    node: Arc<Node>,
-    _config: ValidatedConfig,
+    subjects: Subjects,
+    identity: Identity,
+    handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
-    let subjects = node.subjects.clone();
-    let tracker = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut own = subscribe_both(&client, subjects.node_cmd(&node.identity.node), None).await?;
+    let serving = Serving {
+        client: client.clone(),
+        handler: handler.clone(),
+        node: identity.node.clone(),
+        tracker: TaskTracker::new(),
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+    };
+    let mut own = subscribe_both(&client, subjects.node_cmd(&identity.node), None).await?;
     let mut all = subscribe_both(&client, subjects.all_cmd(), None).await?;
     let mut members =
         subscribe(&client, subjects.members(), Some(subjects.members_queue())).await?;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut wanted = node.supervisor.services();
+    let mut wanted = handler.services();
     let reconcile = |set: &std::collections::BTreeSet<String>,
                      services: &mut HashMap<String, JoinHandle<()>>| {
         services.retain(|name, task| {
@@ -367,14 +382,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = own.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
+            Some(msg) = own.next() => spawn_handler(&serving, msg).await,
             Some(msg) = all.next() => {
-                if selected(msg.headers.as_ref(), &node) {
-                    spawn_handler(&tracker, &client, &node, &slots, msg).await;
+                if selected(msg.headers.as_ref(), &identity.node, &identity.tags) {
+                    spawn_handler(&serving, msg).await;
                 }
             }
-            Some(msg) = svc_rx.recv() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
-            Some(msg) = members.next() => spawn_handler(&tracker, &client, &node, &slots, msg).await,
+            Some(msg) = svc_rx.recv() => spawn_handler(&serving, msg).await,
+            Some(msg) = members.next() => spawn_handler(&serving, msg).await,
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services);
@@ -388,440 +403,16 @@ pub async fn serve(
         let _ = sub.unsubscribe().await;
     }
     let _ = members.unsubscribe().await;
-    tracker.close();
+    serving.tracker.close();
     // Requests in flight finish (a quit's own reply among them).
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving.tracker.wait()).await;
     Ok(())
-}
-
-// ----- membership -----
-
-enum MemberCmd {
-    Query(MembersRequest, oneshot::Sender<Vec<MemberInfo>>),
-    Leaving,
-    Left(oneshot::Sender<()>),
-}
-
-/// Talks to the membership task: the member view, and the leave announcements.
-#[derive(Clone)]
-pub struct MembershipHandle {
-    tx: mpsc::Sender<MemberCmd>,
-}
-
-impl MembershipHandle {
-    /// The members this agent knows, filtered.
-    pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
-        let (tx, rx) = oneshot::channel();
-        let asked = self.tx.send(MemberCmd::Query(req, tx));
-        if tokio::time::timeout(QUERY_TIMEOUT, asked).await.is_err() {
-            return vec![];
-        }
-        tokio::time::timeout(QUERY_TIMEOUT, rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-    }
-
-    /// Announces that this agent is leaving (it is stopping its processes). Waits at
-    /// most [`PUBLISH_TIMEOUT`] for the membership task to take it.
-    pub async fn leaving(&self) {
-        let _ = self
-            .tx
-            .send_timeout(MemberCmd::Leaving, PUBLISH_TIMEOUT)
-            .await;
-    }
-
-    /// Announces that this agent left, and ends the membership task. Bounded: with
-    /// NATS gone the announcement may be lost.
-    pub async fn left(&self) {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.tx.send_timeout(MemberCmd::Left(tx), PUBLISH_TIMEOUT);
-        if sent.await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        }
-    }
-}
-
-/// What the membership task needs to know.
-pub struct MembershipSettings {
-    pub identity: Identity,
-    pub subjects: Subjects,
-    pub heartbeat: Duration,
-    pub config: MembershipConfig,
-    pub system_events_account: Option<String>,
-}
-
-/// Starts the membership task: announces join, a heartbeat every `heartbeat`, keeps
-/// the member view from every agent's announcements (and, where the server's
-/// disconnect events are visible, marks a member failed the moment its connection
-/// closes), and answers queries.
-pub async fn start_membership(
-    client: Client,
-    settings: MembershipSettings,
-    supervisor: SupervisorHandle,
-) -> Result<(MembershipHandle, JoinHandle<()>), TransportError> {
-    let registry = subscribe(&client, settings.subjects.registry_all(), None).await?;
-    let (dtx, drx) = mpsc::channel::<crate::sysevents::DisconnectedClient>(64);
-    if let Some(account) = settings.system_events_account.clone() {
-        let c = client.clone();
-        tokio::spawn(async move {
-            match crate::sysevents::watch_disconnects(c, &account).await {
-                Ok(mut stream) => {
-                    while let Some(d) = stream.next().await {
-                        if dtx.send(d).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("no instant failure detection: {e}"),
-            }
-        });
-    }
-    let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(membership_loop(
-        client, settings, supervisor, registry, drx, rx,
-    ));
-    Ok((MembershipHandle { tx }, task))
-}
-
-/// The longest a heartbeat waits for the supervisor's snapshot; past it, the watchers
-/// last seen are announced, so that a busy supervisor never delays a heartbeat.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
-
-async fn announcement(
-    settings: &MembershipSettings,
-    supervisor: &SupervisorHandle,
-    last: &mut Vec<WatcherBrief>,
-    kind: AnnounceKind,
-    seq: u64,
-) -> Announcement {
-    let id = &settings.identity;
-    match tokio::time::timeout(SNAPSHOT_TIMEOUT, supervisor.snapshot()).await {
-        Ok(snapshot) => {
-            *last = snapshot
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| WatcherBrief {
-                    name: w.name,
-                    service: w.service,
-                    state: w.state,
-                    numprocesses: w.numprocesses,
-                    running: w.running,
-                })
-                .collect();
-        }
-        Err(_) => tracing::debug!("the supervisor is busy: announcing its watchers as last seen"),
-    }
-    let watchers = last.clone();
-    let mut services: Vec<String> = watchers.iter().map(|w| w.service.clone()).collect();
-    services.sort();
-    services.dedup();
-    let mut ann = Announcement {
-        node: id.node.clone(),
-        boot_id: id.boot_id.clone(),
-        kind,
-        seq,
-        started_at: id.started_at,
-        time: protocol::unix_time(),
-        heartbeat_ms: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(u64::MAX),
-        tags: id.tags.clone(),
-        version: id.version.clone(),
-        hostname: id.hostname.clone(),
-        pid: id.pid,
-        address: None,
-        watchers,
-        services,
-        server_id: None,
-        client_id: None,
-    };
-    if crate::membership::fit_announcement(&mut ann, crate::membership::MAX_ANNOUNCEMENT_BYTES) {
-        tracing::debug!("announcement cut to fit in 64 KiB: not every watcher is listed");
-    }
-    ann
-}
-
-async fn membership_loop(
-    client: Client,
-    settings: MembershipSettings,
-    supervisor: SupervisorHandle,
-    mut registry: async_nats::Subscriber,
-    mut disconnects: mpsc::Receiver<crate::sysevents::DisconnectedClient>,
-    mut cmds: mpsc::Receiver<MemberCmd>,
-) {
-    let mut table = Membership::new(settings.config);
-    let mut connections = Connections::default();
-    let subject = settings.subjects.registry(&settings.identity.node);
-    let mut seq = 0u64;
-    let mut kind = AnnounceKind::Join;
-    let mut last: Vec<WatcherBrief> = vec![];
-    let publish = |mut ann: Announcement| {
-        let client = client.clone();
-        let subject = subject.clone();
-        async move {
-            stamp_connection(&client, &mut ann);
-            publish_json(&client, subject, &ann).await
-        }
-    };
-    let log = |c: &Change| tracing::info!(member = c.node(), "member {}", c.kind());
-    let mut heartbeat = tokio::time::interval(settings.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When to tell newcomers about us: joins seen within this window get one
-    // announcement, so that many agents starting at once cost each agent one extra
-    // message, not one per newcomer.
-    let answer_window = (settings.heartbeat / 4).min(JOIN_ANSWER_WINDOW);
-    let mut answer_at: Option<Instant> = None;
-    loop {
-        let deadline = table.next_deadline();
-        tokio::select! {
-            _ = heartbeat.tick() => {
-                crate::fatal::inject("membership");
-                answer_at = None;
-                seq += 1;
-                let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
-                // Our own view of ourselves needs no round trip.
-                if let Some(c) = table.observe(&ann, Instant::now()) {
-                    log(&c);
-                }
-                publish(ann).await;
-                if kind == AnnounceKind::Join {
-                    kind = AnnounceKind::Alive;
-                }
-                table.tick(Instant::now()).iter().for_each(log);
-            }
-            Some(msg) = registry.next() => {
-                if msg.payload.len() > crate::membership::MAX_ANNOUNCEMENT_BYTES {
-                    tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
-                    continue;
-                }
-                let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
-                    tracing::debug!(subject = %msg.subject, "unreadable announcement");
-                    continue;
-                };
-                if settings.subjects.node_of_registry(&msg.subject) != Some(ann.node.as_str()) {
-                    continue;
-                }
-                if let Some(c) = table.observe(&ann, Instant::now()) {
-                    log(&c);
-                }
-                // A newcomer knows nobody yet: tell it about us soon, not at our next
-                // heartbeat, or a `ctl --all` it answers `members` for would skip us.
-                if ann.kind == AnnounceKind::Join && ann.node != settings.identity.node {
-                    answer_at.get_or_insert_with(|| Instant::now() + answer_window);
-                }
-                connections.note(&ann, |n| table.state(n).is_some());
-            }
-            _ = sleep_until(answer_at) => {
-                answer_at = None;
-                seq += 1;
-                let me = announcement(&settings, &supervisor, &mut last, kind, seq).await;
-                table.observe(&me, Instant::now());
-                publish(me).await;
-            }
-            Some(d) = disconnects.recv() => {
-                // Only the member's own connection counts: any client may take a
-                // member's name as its connection name.
-                let owner = connections
-                    .iter()
-                    .find(|(_, c)| d.is_connection(c.server_id.as_deref(), c.client_id))
-                    .map(|(name, _)| name.clone());
-                match owner {
-                    Some(name) if name != settings.identity.node => {
-                        if let Some(c) = table.mark_failed(&name, Instant::now()) {
-                            log(&c);
-                        }
-                    }
-                    Some(_) => {}
-                    None => tracing::debug!(
-                        name = d.name.as_deref().unwrap_or("-"),
-                        cid = d.cid,
-                        "a connection closed that no member announced as its own"
-                    ),
-                }
-                connections.retain(|n| table.state(n).is_some());
-            }
-            _ = sleep_until(deadline) => {
-                table.tick(Instant::now()).iter().for_each(log);
-            }
-            cmd = cmds.recv() => {
-                let done = match cmd {
-                    Some(MemberCmd::Query(req, reply)) => {
-                        let _ = reply.send(table.members(&req));
-                        continue;
-                    }
-                    Some(MemberCmd::Leaving) => {
-                        kind = AnnounceKind::Leaving;
-                        seq += 1;
-                        let ann = announcement(&settings, &supervisor, &mut last, kind, seq).await;
-                        table.observe(&ann, Instant::now());
-                        publish(ann).await;
-                        continue;
-                    }
-                    Some(MemberCmd::Left(done)) => Some(done),
-                    None => None,
-                };
-                seq += 1;
-                let ann = announcement(&settings, &supervisor, &mut last, AnnounceKind::Left, seq).await;
-                publish(ann).await;
-                // With NATS down a flush never completes; the agent must still exit.
-                flush(&client, Duration::from_secs(2)).await;
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// Puts this agent's connection identity (server id, client id) into an
-/// announcement, so that a disconnect advisory can be matched to it. After a reconnect
-/// the next announcement carries the new ids.
-fn stamp_connection(client: &Client, ann: &mut Announcement) {
-    let info = client.server_info();
-    if !info.server_id.is_empty() {
-        ann.server_id = Some(info.server_id);
-        ann.client_id = Some(info.client_id);
-    }
-}
-
-/// Each member's NATS connection as its newest announcement gives it.
-#[derive(Default)]
-struct Connections(HashMap<String, Connection>, usize);
-
-struct Connection {
-    boot_id: String,
-    started_at: f64,
-    seq: u64,
-    server_id: Option<String>,
-    client_id: Option<u64>,
-}
-
-impl Connections {
-    /// Keeps the ids of `ann` unless an announcement of the same boot with a higher
-    /// sequence was seen (a late, buffered heartbeat carries stale ids). Whenever the
-    /// map has doubled, members for which `known` is false are forgotten.
-    fn note(&mut self, ann: &Announcement, known: impl Fn(&str) -> bool) {
-        if self.0.len() >= self.1 {
-            self.retain(known);
-            self.1 = self.0.len().saturating_mul(2).max(64);
-        }
-        let newer = match self.0.get(&ann.node) {
-            Some(c) if c.boot_id == ann.boot_id => c.seq < ann.seq,
-            Some(c) => c.started_at <= ann.started_at,
-            None => true,
-        };
-        if newer {
-            self.0.insert(
-                ann.node.clone(),
-                Connection {
-                    boot_id: ann.boot_id.clone(),
-                    started_at: ann.started_at,
-                    seq: ann.seq,
-                    server_id: ann.server_id.clone(),
-                    client_id: ann.client_id,
-                },
-            );
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&String, &Connection)> {
-        self.0.iter()
-    }
-
-    /// Forgets the members the table no longer knows.
-    fn retain(&mut self, known: impl Fn(&str) -> bool) {
-        self.0.retain(|name, _| known(name));
-    }
-}
-
-/// The longest wait before newcomers are told about this agent.
-const JOIN_ANSWER_WINDOW: Duration = Duration::from_millis(50);
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Publishes the captured lines of followed watchers (see [`FollowLeases`]) on
-/// `cluster.<node>.logs.<watcher>` for `ctl logs -f`. A slow connection loses lines here
-/// rather than slowing the processes down.
-///
-/// [`FollowLeases`]: crate::logs::FollowLeases
-pub async fn publish_logs(
-    client: Client,
-    subjects: Subjects,
-    feed: crate::logs::LogFeed,
-    leases: Arc<crate::logs::FollowLeases>,
-) {
-    let mut rx = feed.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(line) => {
-                if !leases.active(&line.watcher, Instant::now()) {
-                    continue;
-                }
-                if let Ok(bytes) = serde_json::to_vec(&*line) {
-                    let subject = subjects.logs(&line.node, &line.watcher);
-                    publish_bytes(&client, subject, bytes.into()).await;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!("{n} log lines not published: the connection fell behind");
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Publishes the supervisor's lifecycle events on
-/// `cluster.<node>.events.<watcher>.<kind>`.
-pub async fn publish_events(
-    client: Client,
-    subjects: Subjects,
-    node: String,
-    boot_id: String,
-    supervisor: SupervisorHandle,
-) {
-    let mut rx = supervisor.events();
-    loop {
-        match rx.recv().await {
-            Ok(ev) => {
-                let Ok(kind) = ev.kind.parse::<EventKind>() else {
-                    continue;
-                };
-                let mut event = Event::new(&node, &ev.watcher, kind).with_boot_id(boot_id.clone());
-                if let Some(pid) = ev.pid {
-                    event = event.with_pid(pid);
-                }
-                if let Some(wid) = ev.wid {
-                    event = event.with_wid(wid);
-                }
-                if let (Some(exit), EventKind::Exit) = (ev.exit, kind) {
-                    event = event.with_exit(exit);
-                }
-                if let Some(reason) = ev.reason {
-                    event = event.with_reason(reason);
-                }
-                publish_json(&client, event.subject(&subjects), &event).await;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!("{n} events not published: the connection fell behind");
-            }
-            Err(_) => return,
-        }
-    }
 }
 
 /// The longest one publish waits. While NATS is unreachable, async-nats buffers a
 /// limited number of messages and then makes `publish` wait for room; past this
 /// deadline the message is dropped, so that no task stalls on a dead connection.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The longest a query of the membership task waits.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Publishes `bytes`, waiting at most [`PUBLISH_TIMEOUT`]; false when it was not
 /// handed to the client (an error, or the client's buffer stayed full).
@@ -876,15 +467,89 @@ pub async fn flush(client: &Client, timeout: Duration) -> bool {
     )
 }
 
-/// Publishes an agent-level event (join, leave).
-pub async fn publish_agent_event(
+/// A message that arrived on a subscription.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Subscribes to every agent's announcements (`cluster.registry.*`).
+pub async fn subscribe_registry(
     client: &Client,
     subjects: &Subjects,
-    identity: &Identity,
-    kind: EventKind,
-) {
-    let event = Event::agent(&identity.node, kind).with_boot_id(identity.boot_id.clone());
-    publish_json(client, event.subject(subjects), &event).await;
+) -> Result<BoxStream<'static, Incoming>, TransportError> {
+    let sub = subscribe(client, subjects.registry_all(), None).await?;
+    Ok(sub
+        .map(|m| Incoming {
+            subject: m.subject.to_string(),
+            payload: m.payload,
+        })
+        .boxed())
+}
+
+/// The clients whose connection the server closed, as the server's advisories in
+/// `account` tell (see [`crate::sysevents`]); nothing when `account` is `None` or the
+/// advisories cannot be read (said once, as a warning).
+pub fn disconnects(client: &Client, account: Option<String>) -> mpsc::Receiver<DisconnectedClient> {
+    let (tx, rx) = mpsc::channel(64);
+    if let Some(account) = account {
+        let client = client.clone();
+        tokio::spawn(async move {
+            match crate::sysevents::watch_disconnects(client, &account).await {
+                Ok(mut stream) => {
+                    while let Some(d) = stream.next().await {
+                        if tx.send(d).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("no instant failure detection: {e}"),
+            }
+        });
+    }
+    rx
+}
+
+/// Publishes on the agent's connection, each message bounded by [`PUBLISH_TIMEOUT`]:
+/// what the stats, membership, event and log tasks get instead of the client itself.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+}
+
+impl Publisher {
+    pub fn new(client: Client) -> Publisher {
+        Publisher { client }
+    }
+
+    /// Publishes `bytes` (see [`publish_bytes`]); false when it was not sent.
+    pub async fn publish_bytes(&self, subject: String, bytes: bytes::Bytes) -> bool {
+        publish_bytes(&self.client, subject, bytes).await
+    }
+
+    /// Publishes one message as JSON (see [`publish_json`]).
+    pub async fn publish_json(&self, subject: String, msg: &impl serde::Serialize) {
+        publish_json(&self.client, subject, msg).await
+    }
+
+    /// Waits until the server has every message sent so far (see [`flush`]).
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        flush(&self.client, timeout).await
+    }
+
+    /// This connection's ids (server id, client id) as the server gave them, so that a
+    /// disconnect advisory can be matched to it; `None` before the first connection.
+    /// They change at a reconnect.
+    pub fn connection_ids(&self) -> Option<(String, u64)> {
+        let info = self.client.server_info();
+        (!info.server_id.is_empty()).then_some((info.server_id, info.client_id))
+    }
+
+    /// The largest message the server takes (at least 64 KiB, the NATS default).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(64 * 1024)
+    }
 }
 
 #[cfg(test)]
@@ -905,37 +570,5 @@ mod tests {
         ] {
             assert_eq!(is_loopback(host), want, "{host}");
         }
-    }
-
-    fn ann(node: &str, boot: &str, started_at: f64, seq: u64, client_id: u64) -> Announcement {
-        serde_json::from_value(serde_json::json!({
-            "node": node, "kind": "alive", "boot_id": boot, "seq": seq,
-            "started_at": started_at, "time": 0.0, "heartbeat_ms": 1000, "version": "v",
-            "hostname": "h", "pid": 1, "server_id": "S", "client_id": client_id
-        }))
-        .expect("an announcement")
-    }
-
-    #[test]
-    fn keeps_each_members_newest_connection() {
-        let mut c = Connections::default();
-        let id = |c: &Connections| c.0.get("b").and_then(|c| c.client_id);
-        // (announcement, client id kept afterwards)
-        let steps = [
-            (ann("b", "b1", 100.0, 1, 10), Some(10)),
-            (ann("b", "b1", 100.0, 3, 11), Some(11)),
-            // a late heartbeat of the same boot carries stale ids
-            (ann("b", "b1", 100.0, 2, 10), Some(11)),
-            // a new boot, started later
-            (ann("b", "b2", 200.0, 1, 20), Some(20)),
-            // a late heartbeat of the old boot
-            (ann("b", "b1", 100.0, 9, 11), Some(20)),
-        ];
-        for (i, (a, want)) in steps.iter().enumerate() {
-            c.note(a, |_| true);
-            assert_eq!(id(&c), *want, "step {i}");
-        }
-        c.retain(|n| n != "b");
-        assert_eq!(id(&c), None);
     }
 }

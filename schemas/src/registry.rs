@@ -239,11 +239,6 @@ impl MembersRequest {
             None => true,
         }
     }
-
-    /// Whether a member row passes every filter.
-    pub fn matches_info(&self, m: &MemberInfo) -> bool {
-        self.matches(&m.name, m.state, &m.tags)
-    }
 }
 
 /// Matches `text` against `pattern`, where `*` matches any run of characters

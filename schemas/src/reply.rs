@@ -38,23 +38,6 @@ impl Errno {
     pub fn code(self) -> u32 {
         self as u32
     }
-
-    pub fn from_code(code: u32) -> Option<Errno> {
-        use Errno::*;
-        [
-            BadMessage,
-            BadOption,
-            UnknownCommand,
-            UnknownWatcher,
-            Forbidden,
-            AlreadyExists,
-            CommandFailed,
-            ShuttingDown,
-            Busy,
-        ]
-        .into_iter()
-        .find(|e| e.code() == code)
-    }
 }
 
 /// `ok` or `error`.

@@ -6,6 +6,12 @@ use std::fmt;
 /// The subject prefix used when none is configured.
 pub const DEFAULT_PREFIX: &str = "cluster";
 
+/// Header on a broadcast (`cmd.all`): only the nodes named (comma separated) act.
+pub const HEADER_NODES: &str = "Cluster-Nodes";
+/// Header on a broadcast (`cmd.all`): only the nodes that have every tag `k=v` (comma
+/// separated) act.
+pub const HEADER_TAGS: &str = "Cluster-Tags";
+
 /// Names that cannot be node names because they are subject tokens of their own.
 pub const RESERVED_NAMES: &[&str] = &[
     "all", "svc", "registry", "members", "cmd", "stats", "events",

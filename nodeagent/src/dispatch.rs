@@ -1,0 +1,325 @@
+//! Request dispatch: reads each request, checks that the subject it came on accepts it,
+//! and answers it, either itself (ping, dstats, stats, members, logs, reloadconfig,
+//! quit) or through the supervisor's handle. One exhaustive `match` over
+//! [`protocol::Command`] says where every command goes. It never touches NATS (the
+//! transport calls it) or processes (the supervisor owns them).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use protocol::command::{accepted, check_token, Acceptance, Command};
+use protocol::registry::WatcherBrief;
+use protocol::reply::{DstatsData, PingData};
+use protocol::subjects::CmdTarget;
+use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::identity::Identity;
+use crate::memberloop::{MembershipHandle, Watchers};
+use crate::state::StateStore;
+use crate::statsloop::StatsHandle;
+use crate::supervisor::{CmdError, SupervisorHandle};
+
+/// Answers requests for one node.
+pub struct Node {
+    pub identity: Identity,
+    pub stats: StatsHandle,
+    pub membership: MembershipHandle,
+    pub subjects: Subjects,
+    pub supervisor: SupervisorHandle,
+    pub(crate) config_path: std::path::PathBuf,
+    pub(crate) store: Option<Arc<Mutex<StateStore>>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) cpu_prev: Mutex<Option<(f64, Instant)>>,
+    pub(crate) log_dir: std::path::PathBuf,
+    pub(crate) max_payload: usize,
+    /// Whose captured lines are published live.
+    pub follow: Arc<crate::logs::FollowLeases>,
+}
+
+fn cmd_reply(
+    id: Option<String>,
+    node: &str,
+    outcome: Result<serde_json::Map<String, serde_json::Value>, CmdError>,
+) -> Reply {
+    match outcome {
+        Ok(data) => Reply::ok(id, node, unix_time(), data),
+        Err(e) => Reply::error(id, node, unix_time(), e.errno, e.reason),
+    }
+}
+
+impl Node {
+    /// Reads a request that came on `subject` and answers it, refusing a command the
+    /// subject does not accept. Never panics on input.
+    pub async fn handle(&self, subject: &str, payload: &[u8]) -> Reply {
+        let node = &self.identity.node;
+        let req = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => return Reply::error(e.id, node, unix_time(), e.errno, e.reason),
+        };
+        let id = req.id;
+        if let Err((errno, reason)) = self.check_subject(subject, &req.command).await {
+            tracing::debug!(%subject, command = req.command.name(), "refused: {reason}");
+            return Reply::error(id, node, unix_time(), errno, reason);
+        }
+        match req.command {
+            Command::Ping(_) => Reply::ok(id, node, unix_time(), self.ping()),
+            Command::Dstats(_) => {
+                let outcome = self.dstats().await;
+                cmd_reply(id, node, outcome)
+            }
+            Command::Quit(_) => {
+                tracing::info!("quit requested");
+                self.shutdown.cancel();
+                Reply::ok(id, node, unix_time(), serde_json::json!({}))
+            }
+            Command::Members(filter) => {
+                let members = self.membership.members(filter).await;
+                Reply::ok(
+                    id,
+                    node,
+                    unix_time(),
+                    protocol::registry::MembersData { members },
+                )
+            }
+            Command::Stats(p) => {
+                let outcome = self.stats(p.name).await;
+                cmd_reply(id, node, outcome)
+            }
+            Command::Logs(props) => {
+                let outcome = self.logs(props).await;
+                cmd_reply(id, node, outcome)
+            }
+            Command::Reloadconfig(_) => {
+                let outcome = self.reload_config().await;
+                cmd_reply(id, node, outcome)
+            }
+            // The supervisor's own commands, each named so that a new command must be
+            // placed here on purpose.
+            c @ (Command::Status(_)
+            | Command::List(_)
+            | Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Reload(_)
+            | Command::Incr(_)
+            | Command::Decr(_)
+            | Command::Numprocesses(_)
+            | Command::Numwatchers(_)
+            | Command::Signal(_)
+            | Command::Options(_)
+            | Command::Get(_)
+            | Command::Set(_)
+            | Command::Add(_)
+            | Command::Rm(_)) => {
+                let outcome = self.supervisor.exec(c).await;
+                cmd_reply(id, node, outcome)
+            }
+        }
+    }
+
+    /// Checks that `subject` accepts `command` (see [`protocol::command::accepted`]).
+    async fn check_subject(&self, subject: &str, command: &Command) -> Result<(), (Errno, String)> {
+        let forbidden = |reason: String| (Errno::Forbidden, reason);
+        let Some(on) = self.subjects.parse_cmd(subject) else {
+            return Err(forbidden(format!("'{subject}' is not a command subject")));
+        };
+        if let CmdTarget::Node(n) = &on.target {
+            if *n != self.identity.node {
+                return Err(forbidden(format!(
+                    "'{subject}' addresses node '{n}', not '{}'",
+                    self.identity.node
+                )));
+            }
+        }
+        check_token(on.token.as_deref(), command).map_err(forbidden)?;
+        match accepted(&on.target, command) {
+            Acceptance::Accepted => Ok(()),
+            Acceptance::Refused(reason) => Err(forbidden(reason)),
+            Acceptance::IfWatcherOf { watcher, service } => {
+                let watchers = self.supervisor.snapshot().await.unwrap_or_default();
+                match watchers.iter().find(|w| w.name == watcher) {
+                    Some(w) if w.service == service => Ok(()),
+                    Some(w) => Err(forbidden(format!(
+                        "watcher '{watcher}' belongs to service '{}', not '{service}'; \
+                         send it with --service {} or --node {}",
+                        w.service, w.service, self.identity.node
+                    ))),
+                    None => Err((
+                        Errno::UnknownWatcher,
+                        format!(
+                            "no watcher '{watcher}' of service '{service}' on node '{}'; \
+                             `ctl members` shows which watchers each node runs",
+                            self.identity.node
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn logs(
+        &self,
+        props: protocol::logs::LogsProps,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        // An unknown watcher is an error, not an empty log.
+        self.supervisor
+            .exec(Command::Numprocesses(protocol::command::Numprocesses {
+                name: props.name.clone(),
+                nb: None,
+            }))
+            .await?;
+        // Live lines first, then the tail: a line in between shows twice, none is lost.
+        self.follow
+            .grant(&props.name, props.follow(), std::time::Instant::now());
+        let (dir, node) = (self.log_dir.clone(), self.identity.node.clone());
+        let n = props.lines() as usize;
+        let lines = tokio::task::spawn_blocking(move || {
+            crate::logs::tail(&dir, &node, &props.name, props.stream, n)
+        })
+        .await
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
+        .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
+        let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    async fn stats(
+        &self,
+        name: Option<String>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let Some(mut data) = self.stats.snapshot().await else {
+            return Err(CmdError::new(
+                Errno::CommandFailed,
+                "cannot read process statistics from /proc",
+            ));
+        };
+        if let Some(name) = name {
+            data.watchers.retain(|w| w.name == name);
+            if data.watchers.is_empty() {
+                return Err(CmdError::new(
+                    Errno::UnknownWatcher,
+                    format!("unknown watcher '{name}'; `ctl list` shows the watchers of a node"),
+                ));
+            }
+        }
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    fn ping(&self) -> PingData {
+        let id = &self.identity;
+        PingData {
+            version: id.version.clone(),
+            boot_id: id.boot_id.clone(),
+            pid: id.pid,
+            hostname: id.hostname.clone(),
+            tags: id.tags.clone(),
+            uptime_secs: id.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn dstats(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let children: u32 = self
+            .supervisor
+            .snapshot()
+            .await?
+            .iter()
+            .map(|w| w.running)
+            .sum();
+        let me = crate::stats::own_usage()
+            .map_err(|e| CmdError::new(Errno::CommandFailed, format!("cannot read /proc: {e}")))?;
+        let cpu_secs = me.cpu_secs;
+        let now = Instant::now();
+        let (prev_cpu, prev_t) = {
+            let mut prev = self.cpu_prev.lock().unwrap_or_else(|e| e.into_inner());
+            let p = prev.unwrap_or((0.0, self.identity.started));
+            *prev = Some((cpu_secs, now));
+            p
+        };
+        let wall = now.duration_since(prev_t).as_secs_f64().max(1e-3);
+        let data = DstatsData {
+            pid: self.identity.pid,
+            cpu_percent: ((cpu_secs - prev_cpu) / wall * 100.0).max(0.0),
+            rss_bytes: me.rss_bytes,
+            uptime_secs: self.identity.started.elapsed().as_secs_f64(),
+            threads: me.threads,
+            children,
+            version: self.identity.version.clone(),
+        };
+        match serde_json::to_value(data) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Ok(Default::default()),
+        }
+    }
+
+    /// Reloads the config file (the `reloadconfig` command, and SIGHUP).
+    pub async fn reload_config(
+        &self,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+        let path = self.config_path.clone();
+        let cfg = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
+            .map_err(|e| {
+                CmdError::new(
+                    Errno::CommandFailed,
+                    format!("{e}\nnothing was changed; fix the file and reload again"),
+                )
+            })?;
+        if cfg.agent.name != self.identity.node {
+            return Err(CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "the config now names the node '{}'; a node cannot be renamed while it runs, restart the agent instead",
+                    cfg.agent.name
+                ),
+            ));
+        }
+        if let Some(store) = &self.store {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_base(&cfg.watchers);
+        }
+        self.supervisor.reload(cfg.watchers).await
+    }
+}
+
+impl crate::transport::Handler for Node {
+    fn handle(&self, subject: &str, payload: &[u8]) -> impl Future<Output = Reply> + Send {
+        Node::handle(self, subject, payload)
+    }
+
+    fn services(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.supervisor.services()
+    }
+}
+
+/// The membership task announces the supervisor's watchers.
+impl Watchers for SupervisorHandle {
+    async fn briefs(&self) -> Option<Vec<WatcherBrief>> {
+        let watchers = self.snapshot().await.ok()?;
+        Some(
+            watchers
+                .into_iter()
+                .map(|w| WatcherBrief {
+                    name: w.name,
+                    service: w.service,
+                    state: w.state,
+                    numprocesses: w.numprocesses,
+                    running: w.running,
+                })
+                .collect(),
+        )
+    }
+}
