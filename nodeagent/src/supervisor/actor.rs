@@ -199,7 +199,7 @@ impl Actor {
                 },
                 Some(report) = self.reports.recv() => self.observe(report),
                 // A wait has a deadline even when nothing else happens.
-                _ = sleep_until(deadline) => Input::Tick,
+                _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
             self.turn(input);
             crate::fatal::inject("supervisor");
@@ -495,13 +495,6 @@ impl Actor {
             };
             let _ = tx.send(Report::Health { name, wid, gen, ok });
         });
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 
