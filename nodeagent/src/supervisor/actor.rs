@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use protocol::reply::ExitStatus;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::time::DelayQueue;
 
 use super::live::{later, LIVE};
 use super::model::{Effect, Input, ReplyId, SpawnOrder, Supervisor, Timer};
@@ -19,6 +20,9 @@ use super::{
     Settings, WatcherSnapshot,
 };
 use crate::process;
+
+/// The longest a timer is armed for (the timer wheel panics past about two years).
+const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 use protocol::Errno;
 
 /// Where the actor publishes.
@@ -152,6 +156,10 @@ pub(super) struct Actor {
     reports: mpsc::UnboundedReceiver<Report>,
     /// A batch of spawns ran and more wait for the next turn.
     batched: bool,
+    /// Armed timers, in one wheel: a timer costs an entry, not a task, so the many
+    /// graceful-stop timers of a busy resize (each lives `graceful_timeout`, even when
+    /// its group is gone at once) hold no memory to speak of.
+    timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
 }
@@ -175,6 +183,7 @@ impl Actor {
             reports_tx,
             reports,
             batched: false,
+            timers: DelayQueue::new(),
             outbox: Vec::new(),
         }
     }
@@ -198,6 +207,11 @@ impl Actor {
                     }
                 },
                 Some(report) = self.reports.recv() => self.observe(report),
+                Some(due) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if !self.timers.is_empty() =>
+                {
+                    self.observe(Report::Timer(due.into_inner()))
+                }
                 // A wait has a deadline even when nothing else happens.
                 _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
@@ -367,11 +381,9 @@ impl Actor {
                 timeout,
             } => self.health_check(watcher, wid, gen, argv, timeout),
             Effect::ArmTimer { after, timer } => {
-                let tx = self.reports_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = tx.send(Report::Timer(timer));
-                });
+                // Every duration is bounded well below the wheel's limit (about two
+                // years) by the option ranges; the cap only keeps `insert` from panicking.
+                self.timers.insert(timer, after.min(MAX_TIMER));
             }
             Effect::NextTurn(timer) => {
                 // Behind what already waits: commands and exits come first.
