@@ -4,6 +4,7 @@
 mod args;
 mod client;
 mod cluster;
+mod fmt;
 mod output;
 mod top;
 
@@ -297,7 +298,7 @@ async fn run(cli: Cli) -> ExitCode {
             let out =
                 cluster::rolling_restart(&client, &subjects, &nodes, r, a.batch, timeout, g.json)
                     .await;
-            return report(name, out, g.json, true);
+            return report(&command, out, g.json, true);
         }
     }
     // Resizing a service spreads the total over its members.
@@ -306,7 +307,7 @@ async fn run(cli: Cli) -> ExitCode {
             return match cluster::resize_service(&client, &subjects, s, &n.name, total, timeout)
                 .await
             {
-                Ok(out) => report(name, out, g.json, true),
+                Ok(out) => report(&command, out, g.json, true),
                 Err(e) => members_failed(e),
             };
         }
@@ -416,7 +417,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let multi = !matches!(&target, Target::Nodes(n) if n.len() == 1)
         && !matches!(target, Target::Service(_));
-    let code = report(name, outcome, g.json, multi);
+    let code = report(&req.command, outcome, g.json, multi);
     if let Some(f) = follow {
         if code != ExitCode::SUCCESS {
             return code;
@@ -622,7 +623,7 @@ async fn follow_logs(
 }
 
 /// Prints replies and missing targets; returns the exit code.
-fn report(command: &str, outcome: Outcome, json: bool, multi: bool) -> ExitCode {
+fn report(command: &Command, outcome: Outcome, json: bool, multi: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let mut code = 0u8;
     let ok: Vec<&protocol::Reply> = outcome.replies.iter().filter(|r| r.is_ok()).collect();
