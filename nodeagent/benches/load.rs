@@ -9,9 +9,13 @@
 //!  [--mix all|reads|writes|resize|set]`
 //!
 //! The mix, per 20 requests: 6 status, 4 list, 4 numprocesses (reads), 3 incr or decr
-//! (each client alternates, so the count moves by at most one per client), 3 set of
-//! `priority` (harmless: it only orders starts).
+//! (each client sends a decr when the processes it added and has not removed, counting
+//! the requests still in flight, are more than zero, else an incr; a request that
+//! fails, is `busy` or gets no reply is taken back, so the count stays within a few
+//! of the start however many requests fail), 3 set of `priority` (harmless: it only
+//! orders starts). A `busy` reply (errno 9) counts as an error reply, shown apart.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,18 +79,46 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// What happened to one request.
+#[derive(Debug, PartialEq)]
 enum Outcome {
     Ok(Duration),
-    Error(Duration, String),
+    /// An error reply; `busy` when it is the agent's `busy` answer (errno 9: too many
+    /// requests in flight), which is a reply, not a lost one.
+    Error {
+        took: Duration,
+        busy: bool,
+        reason: String,
+    },
     Lost,
 }
 
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    /// Error replies, `busy` ones included.
     errors: u64,
+    /// Error replies that were `busy`.
+    busy: u64,
     lost: u64,
     first_error: Option<String>,
+    first_busy: Option<String>,
+}
+
+/// Classifies a reply's payload, received `took` after the request was sent.
+fn outcome(payload: &[u8], took: Duration) -> Outcome {
+    match serde_json::from_slice::<protocol::Reply>(payload) {
+        Ok(r) if r.is_ok() => Outcome::Ok(took),
+        Ok(r) => Outcome::Error {
+            took,
+            busy: r.errno == Some(protocol::Errno::Busy.code()),
+            reason: r.reason.unwrap_or_default(),
+        },
+        Err(e) => Outcome::Error {
+            took,
+            busy: false,
+            reason: format!("unreadable reply: {e}"),
+        },
+    }
 }
 
 /// The agent's resident memory in bytes and CPU time in seconds.
@@ -96,7 +128,10 @@ fn agent_usage(pid: i32) -> Option<(u64, f64)> {
     Some((stat.rss * procfs::page_size(), cpu))
 }
 
-fn request(i: u64, client_no: u32, watcher: &str, mix: &str) -> Request {
+/// The request number `i` of client `client_no`, and the change it asks of the count
+/// of processes (+1 incr, -1 decr, else 0), already applied to `added`: the processes
+/// this client added and has not removed, counting its requests in flight.
+fn request(i: u64, client_no: u32, watcher: &str, mix: &str, added: &AtomicI64) -> (Request, i64) {
     let name = watcher.to_owned();
     let slot = match mix {
         "reads" => i % 14,
@@ -105,17 +140,21 @@ fn request(i: u64, client_no: u32, watcher: &str, mix: &str) -> Request {
         "set" => 17 + i % 3,
         _ => i % 20,
     };
+    let mut delta = 0;
     let command = match slot {
         0..=5 => Command::Status(protocol::command::MaybeName { name: Some(name) }),
         6..=9 => Command::List(protocol::command::MaybeName { name: Some(name) }),
         10..=13 => Command::Numprocesses(protocol::command::Numprocesses { name, nb: None }),
         14..=16 => {
-            // Alternate per client: incr, decr, incr, ... keeps the count bounded.
+            // Takes back what this client added, else adds one: the count stays
+            // bounded even when requests fail (a fixed alternation would drift).
             let r = protocol::command::Resize { name, nb: 1 };
-            if (i / 20 + u64::from(client_no)) & 1 == 0 {
-                Command::Incr(r)
-            } else {
+            if added.load(Ordering::SeqCst) > 0 {
+                delta = -1;
                 Command::Decr(r)
+            } else {
+                delta = 1;
+                Command::Incr(r)
             }
         }
         _ => Command::Set(protocol::command::SetProps {
@@ -123,23 +162,18 @@ fn request(i: u64, client_no: u32, watcher: &str, mix: &str) -> Request {
             options: [("priority".to_owned(), json!((i % 7) as i64))].into(),
         }),
     };
-    Request {
+    added.fetch_add(delta, Ordering::SeqCst);
+    let request = Request {
         id: Some(format!("{client_no}-{i}")),
         command,
-    }
+    };
+    (request, delta)
 }
 
 async fn one(client: async_nats::Client, subject: String, payload: bytes::Bytes) -> Outcome {
     let t = Instant::now();
     match tokio::time::timeout(REPLY_TIMEOUT, client.request(subject, payload)).await {
-        Ok(Ok(msg)) => {
-            let took = t.elapsed();
-            match serde_json::from_slice::<protocol::Reply>(&msg.payload) {
-                Ok(r) if r.is_ok() => Outcome::Ok(took),
-                Ok(r) => Outcome::Error(took, r.reason.unwrap_or_default()),
-                Err(e) => Outcome::Error(took, format!("unreadable reply: {e}")),
-            }
-        }
+        Ok(Ok(msg)) => outcome(&msg.payload, t.elapsed()),
         _ => Outcome::Lost,
     }
 }
@@ -160,22 +194,38 @@ async fn run_client(a: Args, client_no: u32, tally: Arc<Mutex<Tally>>) -> Result
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = (per_client * a.secs as f64).round() as u64;
     let mut tasks = tokio::task::JoinSet::new();
+    let added = Arc::new(AtomicI64::new(0));
     for i in 0..total {
         tick.tick().await;
-        let payload: bytes::Bytes = serde_json::to_vec(&request(i, client_no, &a.watcher, &a.mix))
+        let (req, delta) = request(i, client_no, &a.watcher, &a.mix, &added);
+        let payload: bytes::Bytes = serde_json::to_vec(&req)
             .expect("a request serializes")
             .into();
-        let (client, subject, tally) = (client.clone(), subject.clone(), tally.clone());
+        let (client, subject, tally, added) = (
+            client.clone(),
+            subject.clone(),
+            tally.clone(),
+            added.clone(),
+        );
         // Open loop: a slow reply never delays the next request.
         tasks.spawn(async move {
             let out = one(client, subject, payload).await;
+            if !matches!(out, Outcome::Ok(_)) {
+                // Not done (or not known to be): taken back.
+                added.fetch_sub(delta, Ordering::SeqCst);
+            }
             let mut t = tally.lock().expect("tally");
             match out {
                 Outcome::Ok(d) => t.latencies.push(d),
-                Outcome::Error(d, why) => {
-                    t.latencies.push(d);
+                Outcome::Error { took, busy, reason } => {
+                    t.latencies.push(took);
                     t.errors += 1;
-                    t.first_error.get_or_insert(why);
+                    if busy {
+                        t.busy += 1;
+                        t.first_busy.get_or_insert(reason);
+                    } else {
+                        t.first_error.get_or_insert(reason);
+                    }
                 }
                 Outcome::Lost => t.lost += 1,
             }
@@ -273,6 +323,7 @@ async fn main() -> std::process::ExitCode {
     row("replies", lat.len().to_string());
     row("lost replies (no reply in 5 s)", t.lost.to_string());
     row("error replies", t.errors.to_string());
+    row("  of which busy (errno 9)", t.busy.to_string());
     row("latency p50", ms(percentile(lat, 0.50)));
     row("latency p99", ms(percentile(lat, 0.99)));
     row("latency max", ms(lat.last().copied().unwrap_or_default()));
@@ -292,6 +343,9 @@ async fn main() -> std::process::ExitCode {
     }
     if let Some(e) = &t.first_error {
         eprintln!("load: first error reply: {e}");
+    }
+    if let Some(e) = &t.first_busy {
+        eprintln!("load: first busy reply: {e}");
     }
     if t.lost > 0 {
         eprintln!("load: {} replies lost", t.lost);

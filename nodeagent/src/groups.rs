@@ -51,11 +51,13 @@ fn start_time(pid: u32) -> Option<u64> {
     p.stat().ok().map(|s| s.starttime)
 }
 
-/// The session of this agent, which its groups belong to.
-fn session_id() -> u32 {
+/// The session of this agent, which its groups belong to. It can be 0: a process whose
+/// session was made outside its pid namespace (a container's) sees its session as 0,
+/// and so does every other process that session holds.
+fn session_id() -> Option<u32> {
     nix::unistd::getsid(None)
-        .map(|p| p.as_raw() as u32)
-        .unwrap_or(0)
+        .ok()
+        .and_then(|p| u32::try_from(p.as_raw()).ok())
 }
 
 /// What a previous run wrote.
@@ -64,8 +66,8 @@ struct Record {
     boot_id: String,
     agent_pid: u32,
     agent_start: u64,
-    /// The old agent's session; 0 when unknown (a ledger of an older version).
-    session: u32,
+    /// The old agent's session; `None` when unknown (a ledger of an older version).
+    session: Option<u32>,
     /// pgid -> the leader's start time.
     groups: BTreeMap<u32, u64>,
 }
@@ -80,8 +82,8 @@ fn parse(text: &str) -> Record {
                 r.agent_pid = pid.parse().unwrap_or(0);
                 r.agent_start = start.parse().unwrap_or(0);
                 r.session = match rest {
-                    ["sid", sid] => sid.parse().unwrap_or(0),
-                    _ => 0,
+                    ["sid", sid] => sid.parse().ok(),
+                    _ => None,
                 };
             }
             ["+", pgid, start] => {
@@ -102,9 +104,9 @@ fn parse(text: &str) -> Record {
 }
 
 /// The live processes of group `pgid` that started no earlier than `leader_start`, in
-/// session `session` (any session when 0), or nothing when the group's id now belongs
+/// session `session` (any session when `None`), or nothing when the group's id now belongs
 /// to another leader.
-fn members_of(pgid: u32, leader_start: u64, session: u32) -> Vec<u32> {
+fn members_of(pgid: u32, leader_start: u64, session: Option<u32>) -> Vec<u32> {
     if let Some(now) = start_time(pgid) {
         if now != leader_start {
             return vec![];
@@ -118,7 +120,7 @@ fn members_of(pgid: u32, leader_start: u64, session: u32) -> Vec<u32> {
         .filter(|s| {
             s.pgrp == pgid as i32
                 && s.starttime >= leader_start
-                && (session == 0 || s.session == session as i32)
+                && session.is_none_or(|sid| i64::from(s.session) == i64::from(sid))
                 && s.state != 'Z'
         })
         .map(|s| s.pid as u32)
@@ -155,12 +157,15 @@ impl Groups {
             Err(e) => return Err(e),
         };
         let me = std::process::id();
-        let header = format!(
-            "boot {} agent {me} {} sid {}\n",
+        let mut header = format!(
+            "boot {} agent {me} {}",
             kernel_boot_id(),
             start_time(me).unwrap_or(0),
-            session_id()
         );
+        if let Some(sid) = session_id() {
+            header.push_str(&format!(" sid {sid}"));
+        }
+        header.push('\n');
         let groups = Groups {
             path,
             inner: Mutex::new(Inner {
@@ -274,11 +279,13 @@ mod tests {
     fn replays_additions_and_removals_and_skips_a_torn_line() {
         let r = parse("boot abc agent 10 99 sid 9\n+ 5 100\n+ 6 101\n- 5\n+ 7 1");
         assert_eq!(r.boot_id, "abc");
-        assert_eq!((r.agent_pid, r.agent_start, r.session), (10, 99, 9));
+        assert_eq!((r.agent_pid, r.agent_start, r.session), (10, 99, Some(9)));
         assert_eq!(r.groups, BTreeMap::from([(6, 101), (7, 1)]));
         let torn = parse("boot abc agent 10 99\n+ 5 100\n+ 6");
         assert_eq!(torn.groups, BTreeMap::from([(5, 100)]));
-        assert_eq!(torn.session, 0, "a ledger without a session");
+        assert_eq!(torn.session, None, "a ledger without a session");
+        let zero = parse("boot abc agent 10 99 sid 0\n");
+        assert_eq!(zero.session, Some(0), "a container's session is a session");
     }
 
     #[test]
@@ -322,7 +329,7 @@ mod tests {
         old.boot_id = "another-boot".into();
         assert_eq!(end_leftovers(&old), 0, "another boot");
         // A group id whose leader is another process now.
-        assert!(members_of(me, start + 1, 0).is_empty());
+        assert!(members_of(me, start + 1, None).is_empty());
     }
 
     use std::os::unix::process::CommandExt;
@@ -419,11 +426,13 @@ mod tests {
             .pgrp as u32;
         let noted = start_time(smember).unwrap().saturating_sub(1);
         assert_eq!(
-            members_of(spgid, noted, 0),
+            members_of(spgid, noted, None),
             vec![smember],
             "the id alone would kill it"
         );
         assert_eq!(end_leftovers(&crashed(&[(spgid, noted)])), 0);
+        // An agent in a container sees its own session as 0; 0 is still a session.
+        assert!(members_of(spgid, noted, Some(0)).is_empty());
         assert!(alive(smember));
         // The same shape in the old agent's session is a leftover, and is ended.
         let noted = start_time(member).unwrap().saturating_sub(1);
