@@ -455,3 +455,30 @@ impl ReplyKind {
         })
     }
 }
+
+/// Each data type is its kind of [`ReplyData`].
+macro_rules! into_reply_data {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for ReplyData {
+            fn from(d: $t) -> ReplyData {
+                ReplyData::$v(d.into())
+            }
+        })*
+    };
+}
+
+into_reply_data!(
+    StatusData => Status,
+    ListData => List,
+    ActionData => Action,
+    NumprocessesData => Numprocesses,
+    NumwatchersData => Numwatchers,
+    OptionsData => Options,
+    ReloadData => Reload,
+    DstatsData => Dstats,
+    PingData => Ping,
+    crate::stats::StatsData => Stats,
+    crate::registry::MembersData => Members,
+    crate::logs::LogsData => Logs,
+    NoData => Empty,
+);
