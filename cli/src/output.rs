@@ -441,13 +441,35 @@ fn logs(n: Nodes, replies: &[(&str, LogsData)]) -> String {
     out
 }
 
-/// A reply with no data: `quit`'s says the node is going away.
+/// A reply with no data: `quit`'s says the node is going away. Every command is named,
+/// so that a new one is placed here on purpose.
 fn empty(command: &Command, n: Nodes, replies: &[(&str, NoData)]) -> String {
     let mut out = String::new();
     for (node, _) in replies {
         match command {
             Command::Quit(_) => push_line!(out, "node {node} is shutting down"),
-            _ => push_line!(out, "{}ok", n.prefix(node)),
+            Command::Status(_)
+            | Command::List(_)
+            | Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Reload(_)
+            | Command::Incr(_)
+            | Command::Decr(_)
+            | Command::Numprocesses(_)
+            | Command::Numwatchers(_)
+            | Command::Signal(_)
+            | Command::Options(_)
+            | Command::Get(_)
+            | Command::Set(_)
+            | Command::Add(_)
+            | Command::Rm(_)
+            | Command::Reloadconfig(_)
+            | Command::Dstats(_)
+            | Command::Ping(_)
+            | Command::Stats(_)
+            | Command::Members(_)
+            | Command::Logs(_) => push_line!(out, "{}ok", n.prefix(node)),
         }
     }
     out

@@ -102,44 +102,63 @@ impl Plan {
     }
 }
 
-/// The special ways a command goes out, or [`Send::Plain`].
+/// The special ways a command goes out, or [`Send::Plain`]. Every command is named, so
+/// that a new one is placed here on purpose.
 fn how(sub: &Sub, command: &Command, target: &Target) -> Result<Send, String> {
     let several = match target {
         Target::Nodes(n) => n.len() > 1,
         Target::Members(_) => true,
         Target::Service(_) => false,
     };
-    Ok(match (command, sub, target) {
-        (Command::Restart(r) | Command::Reload(r), Sub::Restart(a) | Sub::Reload(a), _)
-            if r.rolling && several =>
-        {
-            Send::Rolling { batch: a.batch }
-        }
-        (Command::Numprocesses(n), _, Target::Service(s)) => match n.nb {
-            Some(total) => Send::Spread {
+    Ok(match command {
+        Command::Restart(r) | Command::Reload(r) => match sub {
+            Sub::Restart(a) | Sub::Reload(a) if r.rolling && several => {
+                Send::Rolling { batch: a.batch }
+            }
+            _ => Send::Plain,
+        },
+        Command::Numprocesses(n) => match (target, n.nb) {
+            (Target::Service(s), Some(total)) => Send::Spread {
                 service: s.clone(),
                 watcher: n.name.clone(),
                 total,
             },
-            None => Send::Plain,
+            _ => Send::Plain,
         },
-        (
-            Command::Logs(_),
+        Command::Logs(_) => match sub {
             Sub::Logs {
                 follow: true,
                 watcher,
                 ..
-            },
-            _,
-        ) => {
-            if let Target::Service(_) = target {
-                return Err(crate::follow::NO_SERVICE.to_owned());
+            } => {
+                if let Target::Service(_) = target {
+                    return Err(crate::follow::NO_SERVICE.to_owned());
+                }
+                Send::Follow {
+                    watcher: watcher.clone(),
+                }
             }
-            Send::Follow {
-                watcher: watcher.clone(),
-            }
-        }
-        _ => Send::Plain,
+            _ => Send::Plain,
+        },
+        Command::Status(_)
+        | Command::List(_)
+        | Command::Start(_)
+        | Command::Stop(_)
+        | Command::Incr(_)
+        | Command::Decr(_)
+        | Command::Numwatchers(_)
+        | Command::Signal(_)
+        | Command::Options(_)
+        | Command::Get(_)
+        | Command::Set(_)
+        | Command::Add(_)
+        | Command::Rm(_)
+        | Command::Reloadconfig(_)
+        | Command::Dstats(_)
+        | Command::Quit(_)
+        | Command::Ping(_)
+        | Command::Stats(_)
+        | Command::Members(_) => Send::Plain,
     })
 }
 

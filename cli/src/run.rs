@@ -99,8 +99,12 @@ async fn send(
         plan::describe(target),
         humantime::format_duration(timeout)
     );
-    match (how, &req.command) {
-        (Send::Rolling { batch }, Command::Restart(r) | Command::Reload(r)) => {
+    match how {
+        Send::Rolling { batch } => {
+            // The plan sends only a restart or a reload the rolling way.
+            let (Command::Restart(r) | Command::Reload(r)) = &req.command else {
+                return request(conn, subjects, target, req, timeout, json).await;
+            };
             let nodes = match target {
                 Target::Members(tags) => match cluster::alive_members(
                     conn,
@@ -124,21 +128,18 @@ async fn send(
                 cluster::rolling_restart(conn, subjects, &nodes, r, batch, timeout, json).await;
             report(&req.command, out, json, true)
         }
-        (
-            Send::Spread {
-                service,
-                watcher,
-                total,
-            },
-            _,
-        ) => {
+        Send::Spread {
+            service,
+            watcher,
+            total,
+        } => {
             match cluster::resize_service(conn, subjects, &service, &watcher, total, timeout).await
             {
                 Ok(out) => report(&req.command, out, json, true),
                 Err(e) => members_failed(e),
             }
         }
-        (Send::Follow { watcher }, _) => {
+        Send::Follow { watcher } => {
             // Subscribed before the tail is asked for, so that no line is lost.
             let f = match follow::start(conn, subjects, target, &req.command, &watcher).await {
                 Ok(f) => f,
@@ -153,7 +154,7 @@ async fn send(
             }
             follow::run(conn, f, req, json, multi(target)).await
         }
-        _ => request(conn, subjects, target, req, timeout, json).await,
+        Send::Plain => request(conn, subjects, target, req, timeout, json).await,
     }
 }
 

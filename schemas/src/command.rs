@@ -268,9 +268,10 @@ impl Command {
     /// The last token of the command's own subject (`cluster.<node>.cmd.<token>`): its
     /// wire name, except [`RESIZE_TOKEN`] for `numprocesses` with a count.
     pub fn subject_token(&self) -> &'static str {
-        match self {
-            Command::Numprocesses(Numprocesses { nb: Some(_), .. }) => RESIZE_TOKEN,
-            other => other.name(),
+        if let Command::Numprocesses(Numprocesses { nb: Some(_), .. }) = self {
+            RESIZE_TOKEN
+        } else {
+            self.name()
         }
     }
 
@@ -322,15 +323,13 @@ pub enum Acceptance<'a> {
 pub fn accepted<'a>(target: &'a CmdTarget, command: &'a Command) -> Acceptance<'a> {
     match target {
         CmdTarget::Node(_) | CmdTarget::All => Acceptance::Accepted,
-        CmdTarget::Members => match command {
-            Command::Members(_) => Acceptance::Accepted,
-            other => Acceptance::Refused(format!(
-                "'{}' is not accepted on the members subject, which takes 'members' only; \
-                 send it to a node (ctl --node NAME {})",
-                other.name(),
-                other.name()
-            )),
-        },
+        CmdTarget::Members if matches!(command, Command::Members(_)) => Acceptance::Accepted,
+        CmdTarget::Members => Acceptance::Refused(format!(
+            "'{}' is not accepted on the members subject, which takes 'members' only; \
+             send it to a node (ctl --node NAME {})",
+            command.name(),
+            command.name()
+        )),
         CmdTarget::Service(service) => match command.watcher() {
             Some(watcher) => Acceptance::IfWatcherOf { watcher, service },
             None => Acceptance::Refused(format!(
