@@ -36,7 +36,8 @@ impl From<String> for MembersError {
         MembersError::Other(s)
     }
 }
-use crate::output::{age, Table};
+use crate::fmt::age;
+use crate::output::Table;
 
 /// Asks any one agent for its member view. `Err` says why none answered.
 pub async fn members(

@@ -35,7 +35,8 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::{Frame, Terminal};
 
-use crate::output::{number, sanitize};
+use crate::fmt::{age_fine, bytes, number};
+use crate::output::sanitize;
 
 /// The keys, as shown on the last line.
 pub const KEYS_HELP: &str = "q quit  c cpu  m mem  n name  a age  arrows/PgUp/PgDn scroll";
@@ -168,8 +169,8 @@ impl ProcessRow {
             self.wid.to_string(),
             self.pid.to_string(),
             number(self.cpu_percent),
-            fmt_bytes(self.rss_bytes),
-            fmt_age(self.age_secs),
+            bytes(self.rss_bytes),
+            age_fine(self.age_secs),
             self.restarts.to_string(),
         ]
     }
@@ -297,14 +298,14 @@ impl TopState {
                     load: format!("{} {} {}", load(h.load1), load(h.load5), load(h.load15)),
                     mem: format!(
                         "{}/{}",
-                        fmt_bytes(h.mem_total_bytes.saturating_sub(h.mem_available_bytes)),
-                        fmt_bytes(h.mem_total_bytes)
+                        bytes(h.mem_total_bytes.saturating_sub(h.mem_available_bytes)),
+                        bytes(h.mem_total_bytes)
                     ),
                     agent_cpu: number(h.agent_cpu_percent),
-                    agent_rss: fmt_bytes(h.agent_rss_bytes),
+                    agent_rss: bytes(h.agent_rss_bytes),
                     processes: e.msg.process_count().to_string(),
                     status: if stale {
-                        format!("stale {}", fmt_age(e.silent_for(now).as_secs_f64()))
+                        format!("stale {}", age_fine(e.silent_for(now).as_secs_f64()))
                     } else {
                         String::new()
                     },
@@ -394,45 +395,12 @@ pub fn sort_rows(rows: &mut [ProcessRow], key: SortKey) {
     });
 }
 
-/// Bytes in binary units, at most 5 characters: `512B`, `1.5K`, `12M`, `3.2G`.
-pub fn fmt_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else if value < 9.95 {
-        format!("{value:.1}{}", UNITS[unit])
-    } else {
-        format!("{:.0}{}", value.min(1023.0), UNITS[unit])
-    }
-}
-
 /// A load average with two decimals, bounded in width like [`number`].
 fn load(v: f64) -> String {
     if v.is_finite() && v.abs() < 1e6 {
         format!("{v:.2}")
     } else {
         number(v)
-    }
-}
-
-/// A duration in its two largest units: `42s`, `3m05s`, `2h07m`, `4d03h`.
-pub fn fmt_age(secs: f64) -> String {
-    let s = if secs.is_finite() && secs > 0.0 {
-        secs as u64
-    } else {
-        0
-    };
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
 }
 
@@ -450,7 +418,7 @@ pub fn header_line(t: &Totals, sort: SortKey, bad_messages: u64) -> String {
         "  {} processes  cpu {}%  mem {}  sort {}",
         t.processes,
         number(t.cpu_percent),
-        fmt_bytes(t.rss_bytes),
+        bytes(t.rss_bytes),
         sort.label()
     ));
     if bad_messages > 0 {
@@ -913,35 +881,6 @@ mod tests {
             header_line(&t, SortKey::Cpu, 0),
             "ctl top  2 nodes  3 processes  cpu 115.0%  mem 13M  sort cpu"
         );
-    }
-
-    #[test]
-    fn formats_bytes_and_ages() {
-        let bytes = [
-            (0, "0B"),
-            (1023, "1023B"),
-            (1024, "1.0K"),
-            (1536, "1.5K"),
-            (10 * 1024, "10K"),
-            (3 << 20, "3.0M"),
-            (200 << 20, "200M"),
-            (5 << 30, "5.0G"),
-        ];
-        for (n, want) in bytes {
-            assert_eq!(fmt_bytes(n), want, "{n}");
-        }
-        let ages = [
-            (0.0, "0s"),
-            (-3.0, "0s"),
-            (f64::NAN, "0s"),
-            (59.9, "59s"),
-            (185.0, "3m05s"),
-            (7_620.0, "2h07m"),
-            (356_400.0, "4d03h"),
-        ];
-        for (s, want) in ages {
-            assert_eq!(fmt_age(s), want, "{s}");
-        }
     }
 
     #[test]

@@ -365,7 +365,12 @@ async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<
             }
             Some(()) = reload.recv() => {
                 match node.reload_config().await {
-                    Ok(d) => tracing::info!("config reloaded: {}", serde_json::Value::Object(d)),
+                    Ok(d) => tracing::info!(
+                        "config reloaded: added {:?}, removed {:?}, changed {:?}",
+                        d.added,
+                        d.removed,
+                        d.changed
+                    ),
                     Err(e) => tracing::error!("config not reloaded: {}", e.reason),
                 }
             }

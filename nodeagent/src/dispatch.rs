@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protocol::command::{accepted, check_token, Acceptance, Command};
+use protocol::logs::LogsData;
 use protocol::registry::WatcherBrief;
-use protocol::reply::{DstatsData, PingData};
+use protocol::reply::{DstatsData, NoData, PingData, ReloadData, ReplyData, ReplyKind};
+use protocol::stats::StatsData;
 use protocol::subjects::CmdTarget;
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
 use tokio::sync::watch;
@@ -22,7 +24,7 @@ use crate::identity::Identity;
 use crate::memberloop::{MembershipHandle, Watchers};
 use crate::state::StateStore;
 use crate::statsloop::StatsHandle;
-use crate::supervisor::{CmdError, SupervisorHandle};
+use crate::supervisor::{CmdError, Outcome, SupervisorHandle};
 
 /// Answers requests for one node.
 pub struct Node {
@@ -41,15 +43,27 @@ pub struct Node {
     pub follow: Arc<crate::logs::FollowLeases>,
 }
 
-fn cmd_reply(
-    id: Option<String>,
-    node: &str,
-    outcome: Result<serde_json::Map<String, serde_json::Value>, CmdError>,
-) -> Reply {
+/// The one place a command's reply is built: its typed data, or its error. Data of
+/// another type than the command declares ([`Command::reply_kind`]) is a bug of the
+/// agent; it is answered as a failure rather than sent for the client to misread.
+fn cmd_reply(id: Option<String>, node: &str, declared: ReplyKind, outcome: Outcome) -> Reply {
     match outcome {
-        Ok(data) => Reply::ok(id, node, unix_time(), data),
+        Ok(data) if data.kind() == declared => Reply::ok(id, node, unix_time(), data),
+        Ok(data) => {
+            let reason = format!(
+                "internal error: the reply is {:?} data, where {declared:?} data was declared",
+                data.kind()
+            );
+            tracing::error!("{reason}");
+            Reply::error(id, node, unix_time(), Errno::CommandFailed, reason)
+        }
         Err(e) => Reply::error(id, node, unix_time(), e.errno, e.reason),
     }
+}
+
+/// A handler's typed data (or error) as an [`Outcome`].
+fn typed<T: Into<ReplyData>>(r: Result<T, CmdError>) -> Outcome {
+    r.map(Into::into)
 }
 
 impl Node {
@@ -66,38 +80,22 @@ impl Node {
             tracing::debug!(%subject, command = req.command.name(), "refused: {reason}");
             return Reply::error(id, node, unix_time(), errno, reason);
         }
-        match req.command {
-            Command::Ping(_) => Reply::ok(id, node, unix_time(), self.ping()),
-            Command::Dstats(_) => {
-                let outcome = self.dstats().await;
-                cmd_reply(id, node, outcome)
-            }
+        let declared = req.command.reply_kind();
+        let outcome: Outcome = match req.command {
+            Command::Ping(_) => Ok(self.ping().into()),
+            Command::Dstats(_) => typed(self.dstats().await),
             Command::Quit(_) => {
                 tracing::info!("quit requested");
                 self.shutdown.cancel();
-                Reply::ok(id, node, unix_time(), serde_json::json!({}))
+                Ok(NoData {}.into())
             }
             Command::Members(filter) => {
                 let members = self.membership.members(filter).await;
-                Reply::ok(
-                    id,
-                    node,
-                    unix_time(),
-                    protocol::registry::MembersData { members },
-                )
+                Ok(protocol::registry::MembersData { members }.into())
             }
-            Command::Stats(p) => {
-                let outcome = self.stats(p.name).await;
-                cmd_reply(id, node, outcome)
-            }
-            Command::Logs(props) => {
-                let outcome = self.logs(props).await;
-                cmd_reply(id, node, outcome)
-            }
-            Command::Reloadconfig(_) => {
-                let outcome = self.reload_config().await;
-                cmd_reply(id, node, outcome)
-            }
+            Command::Stats(p) => typed(self.stats(p.name).await),
+            Command::Logs(props) => typed(self.logs(props).await),
+            Command::Reloadconfig(_) => typed(self.reload_config().await),
             // The supervisor's own commands, each named so that a new command must be
             // placed here on purpose.
             c @ (Command::Status(_)
@@ -115,11 +113,9 @@ impl Node {
             | Command::Get(_)
             | Command::Set(_)
             | Command::Add(_)
-            | Command::Rm(_)) => {
-                let outcome = self.supervisor.exec(c).await;
-                cmd_reply(id, node, outcome)
-            }
-        }
+            | Command::Rm(_)) => self.supervisor.exec(c).await,
+        };
+        cmd_reply(id, node, declared, outcome)
     }
 
     /// Checks that `subject` accepts `command` (see [`protocol::command::accepted`]).
@@ -162,10 +158,7 @@ impl Node {
         }
     }
 
-    async fn logs(
-        &self,
-        props: protocol::logs::LogsProps,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+    async fn logs(&self, props: protocol::logs::LogsProps) -> Result<LogsData, CmdError> {
         // An unknown watcher is an error, not an empty log.
         self.supervisor
             .exec(Command::Numprocesses(protocol::command::Numprocesses {
@@ -184,17 +177,13 @@ impl Node {
         .await
         .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?
         .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
-        let data = crate::logs::fit_lines(lines, self.max_payload.saturating_sub(4096));
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
+        Ok(crate::logs::fit_lines(
+            lines,
+            self.max_payload.saturating_sub(4096),
+        ))
     }
 
-    async fn stats(
-        &self,
-        name: Option<String>,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+    async fn stats(&self, name: Option<String>) -> Result<StatsData, CmdError> {
         let Some(mut data) = self.stats.snapshot().await else {
             return Err(CmdError::new(
                 Errno::CommandFailed,
@@ -210,10 +199,7 @@ impl Node {
                 ));
             }
         }
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
+        Ok(data)
     }
 
     fn ping(&self) -> PingData {
@@ -228,7 +214,7 @@ impl Node {
         }
     }
 
-    async fn dstats(&self) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+    async fn dstats(&self) -> Result<DstatsData, CmdError> {
         let children: u32 = self
             .supervisor
             .snapshot()
@@ -256,16 +242,11 @@ impl Node {
             children,
             version: self.identity.version.clone(),
         };
-        match serde_json::to_value(data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            _ => Ok(Default::default()),
-        }
+        Ok(data)
     }
 
     /// Reloads the config file (the `reloadconfig` command, and SIGHUP).
-    pub async fn reload_config(
-        &self,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, CmdError> {
+    pub async fn reload_config(&self) -> Result<ReloadData, CmdError> {
         let path = self.config_path.clone();
         let cfg = tokio::task::spawn_blocking(move || config::load(&path))
             .await

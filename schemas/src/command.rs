@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::options::WatcherOptions;
-use crate::reply::Errno;
+use crate::reply::{Errno, ReplyKind};
 use crate::subjects::CmdTarget;
 
 /// The largest request the agent reads; larger ones get an error reply.
@@ -115,6 +115,101 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The type of data its successful reply carries.
+    pub fn reply_kind(&self) -> ReplyKind {
+        match self {
+            Command::Status(_) => ReplyKind::Status,
+            Command::List(_) => ReplyKind::List,
+            Command::Start(_)
+            | Command::Stop(_)
+            | Command::Restart(_)
+            | Command::Reload(_)
+            | Command::Signal(_)
+            | Command::Set(_)
+            | Command::Add(_)
+            | Command::Rm(_) => ReplyKind::Action,
+            Command::Incr(_) | Command::Decr(_) | Command::Numprocesses(_) => {
+                ReplyKind::Numprocesses
+            }
+            Command::Numwatchers(_) => ReplyKind::Numwatchers,
+            Command::Options(_) | Command::Get(_) => ReplyKind::Options,
+            Command::Reloadconfig(_) => ReplyKind::Reload,
+            Command::Dstats(_) => ReplyKind::Dstats,
+            Command::Quit(_) => ReplyKind::Empty,
+            Command::Ping(_) => ReplyKind::Ping,
+            Command::Stats(_) => ReplyKind::Stats,
+            Command::Members(_) => ReplyKind::Members,
+            Command::Logs(_) => ReplyKind::Logs,
+        }
+    }
+
+    /// One command of each kind, in the order of [`Command`], with the least
+    /// properties each takes: what the schema files are generated from.
+    pub fn examples() -> Vec<Command> {
+        let name = || "w".to_owned();
+        vec![
+            Command::Status(MaybeName::default()),
+            Command::List(MaybeName::default()),
+            Command::Start(StartStop::default()),
+            Command::Stop(StartStop::default()),
+            Command::Restart(Restart::default()),
+            Command::Reload(Restart::default()),
+            Command::Incr(Resize {
+                name: name(),
+                nb: 1,
+            }),
+            Command::Decr(Resize {
+                name: name(),
+                nb: 1,
+            }),
+            Command::Numprocesses(Numprocesses {
+                name: name(),
+                nb: None,
+            }),
+            Command::Numwatchers(Empty {}),
+            Command::Signal(SignalProps {
+                name: name(),
+                signum: SignalSpec::Number(1),
+                pid: None,
+                leader_only: false,
+            }),
+            Command::Options(Name { name: name() }),
+            Command::Get(GetProps {
+                name: name(),
+                keys: Vec::new(),
+            }),
+            Command::Set(SetProps {
+                name: name(),
+                options: BTreeMap::new(),
+            }),
+            Command::Add(Box::new(AddProps {
+                name: name(),
+                cmd: "true".to_owned(),
+                args: Vec::new(),
+                options: None,
+                start: false,
+            })),
+            Command::Rm(RmProps {
+                name: name(),
+                waiting: true,
+            }),
+            Command::Reloadconfig(Empty {}),
+            Command::Dstats(Empty {}),
+            Command::Quit(Empty {}),
+            Command::Ping(Empty {}),
+            Command::Stats(MaybeName::default()),
+            Command::Members(crate::registry::MembersRequest::default()),
+            Command::Logs(crate::logs::LogsProps {
+                name: name(),
+                lines: None,
+                stream: None,
+                follow_secs: None,
+            }),
+        ]
+    }
+}
+
 /// Whether a command changes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
@@ -173,9 +268,10 @@ impl Command {
     /// The last token of the command's own subject (`cluster.<node>.cmd.<token>`): its
     /// wire name, except [`RESIZE_TOKEN`] for `numprocesses` with a count.
     pub fn subject_token(&self) -> &'static str {
-        match self {
-            Command::Numprocesses(Numprocesses { nb: Some(_), .. }) => RESIZE_TOKEN,
-            other => other.name(),
+        if let Command::Numprocesses(Numprocesses { nb: Some(_), .. }) = self {
+            RESIZE_TOKEN
+        } else {
+            self.name()
         }
     }
 
@@ -227,15 +323,13 @@ pub enum Acceptance<'a> {
 pub fn accepted<'a>(target: &'a CmdTarget, command: &'a Command) -> Acceptance<'a> {
     match target {
         CmdTarget::Node(_) | CmdTarget::All => Acceptance::Accepted,
-        CmdTarget::Members => match command {
-            Command::Members(_) => Acceptance::Accepted,
-            other => Acceptance::Refused(format!(
-                "'{}' is not accepted on the members subject, which takes 'members' only; \
-                 send it to a node (ctl --node NAME {})",
-                other.name(),
-                other.name()
-            )),
-        },
+        CmdTarget::Members if matches!(command, Command::Members(_)) => Acceptance::Accepted,
+        CmdTarget::Members => Acceptance::Refused(format!(
+            "'{}' is not accepted on the members subject, which takes 'members' only; \
+             send it to a node (ctl --node NAME {})",
+            command.name(),
+            command.name()
+        )),
         CmdTarget::Service(service) => match command.watcher() {
             Some(watcher) => Acceptance::IfWatcherOf { watcher, service },
             None => Acceptance::Refused(format!(
@@ -583,6 +677,17 @@ fn json_kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_examples_are_every_command_once_and_parse_back() {
+        let examples = Command::examples();
+        let names: Vec<&str> = examples.iter().map(Command::name).collect();
+        assert_eq!(names, COMMAND_NAMES);
+        for c in examples {
+            let bytes = serde_json::to_vec(&Request::new(c.clone())).unwrap();
+            assert_eq!(parse_request(&bytes).unwrap().command, c);
+        }
+    }
 
     #[test]
     fn parses_a_full_request() {

@@ -143,49 +143,94 @@ pub const DURATION_OPTIONS: &[&str] = &[
 /// duration, shows how one is written. This checks the type only; the agent checks each
 /// value against its range (see the field docs) before it applies any.
 pub fn check_option(key: &str, value: &serde_json::Value) -> Result<(), String> {
-    let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
-    serde_json::from_value::<WatcherOptions>(serde_json::Value::Object(one))
-        .map(|_| ())
-        .map_err(|e| {
-            let hint = if DURATION_OPTIONS.contains(&key) {
-                "; a duration is a string such as \"5s\", \"500ms\" or \"2m\""
-            } else {
-                ""
-            };
-            format!("option '{key}': {e}{hint}")
-        })
+    parse_option(key, value).map(|_| ())
 }
 
-/// The option names, as accepted by `get` and `set`.
-pub const OPTION_NAMES: &[&str] = &[
-    "cmd",
-    "args",
-    "numprocesses",
-    "env",
-    "copy_env",
-    "working_dir",
-    "uid",
-    "gid",
-    "stop_signal",
-    "graceful_timeout",
-    "respawn",
-    "restart",
-    "exit_codes",
-    "max_retry",
-    "min_uptime",
-    "restart_delay",
-    "max_restart_delay",
-    "warmup_delay",
-    "autostart",
-    "priority",
-    "stdout",
-    "stderr",
-    "service",
-    "health_cmd",
-    "health_timeout",
-    "log_max_bytes",
-    "log_backups",
-];
+/// One option's value read on its own: options with only `key` set, or the error of
+/// [`check_option`].
+pub fn parse_option(key: &str, value: &serde_json::Value) -> Result<WatcherOptions, String> {
+    let one = serde_json::Map::from_iter([(key.to_owned(), value.clone())]);
+    serde_json::from_value::<WatcherOptions>(serde_json::Value::Object(one)).map_err(|e| {
+        let hint = if DURATION_OPTIONS.contains(&key) {
+            "; a duration is a string such as \"5s\", \"500ms\" or \"2m\""
+        } else {
+            ""
+        };
+        format!("option '{key}': {e}{hint}")
+    })
+}
+
+/// Lists every field of [`WatcherOptions`] once: the option names, and the typed
+/// picking, merging and unsetting of options by name (`get`, `set`). `overlay`
+/// destructures the struct without `..`, so a new field that is not listed here does not
+/// compile.
+macro_rules! option_fields {
+    ($($f:ident),* $(,)?) => {
+        /// The option names, as accepted by `get` and `set`.
+        pub const OPTION_NAMES: &[&str] = &[$(stringify!($f)),*];
+
+        impl WatcherOptions {
+            /// Takes every option that `other` sets.
+            pub fn overlay(&mut self, other: WatcherOptions) {
+                let WatcherOptions { $($f),* } = other;
+                $(if $f.is_some() {
+                    self.$f = $f;
+                })*
+            }
+
+            /// Unsets the option `key`; false when there is no such option.
+            pub fn unset(&mut self, key: &str) -> bool {
+                match key {
+                    $(stringify!($f) => self.$f = None,)*
+                    _ => return false,
+                }
+                true
+            }
+
+            /// Only the options named in `keys` (unknown names are left out).
+            pub fn only(&self, keys: &[String]) -> WatcherOptions {
+                let mut out = WatcherOptions::default();
+                for k in keys {
+                    match k.as_str() {
+                        $(stringify!($f) => out.$f = self.$f.clone(),)*
+                        _ => {}
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+option_fields!(
+    cmd,
+    args,
+    numprocesses,
+    env,
+    copy_env,
+    working_dir,
+    uid,
+    gid,
+    stop_signal,
+    graceful_timeout,
+    respawn,
+    restart,
+    exit_codes,
+    max_retry,
+    min_uptime,
+    restart_delay,
+    max_restart_delay,
+    warmup_delay,
+    autostart,
+    priority,
+    stdout,
+    stderr,
+    service,
+    health_cmd,
+    health_timeout,
+    log_max_bytes,
+    log_backups,
+);
 
 #[cfg(test)]
 mod tests {
@@ -248,6 +293,35 @@ mod tests {
         for d in DURATION_OPTIONS {
             assert!(OPTION_NAMES.contains(d), "{d}");
             assert_eq!(check_option(d, &json!("1s")), Ok(()));
+        }
+    }
+
+    #[test]
+    fn options_are_picked_merged_and_unset_by_name() {
+        let all = WatcherOptions {
+            cmd: Some("sleep".into()),
+            numprocesses: Some(2),
+            log_backups: Some(3),
+            ..Default::default()
+        };
+        let picked = all.only(&["numprocesses".into(), "args".into(), "nope".into()]);
+        assert_eq!(
+            picked,
+            WatcherOptions {
+                numprocesses: Some(2),
+                ..Default::default()
+            }
+        );
+        let mut merged = all.clone();
+        merged.overlay(parse_option("numprocesses", &serde_json::json!(5)).unwrap());
+        assert_eq!(merged.numprocesses, Some(5));
+        assert_eq!(merged.cmd, Some("sleep".into()));
+        assert!(merged.unset("log_backups"));
+        assert!(!merged.unset("nope"));
+        assert_eq!(merged.log_backups, None);
+        for name in OPTION_NAMES {
+            let mut o = all.clone();
+            assert!(o.unset(name), "{name}");
         }
     }
 }

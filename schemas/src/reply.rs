@@ -360,3 +360,125 @@ pub struct PingData {
     pub tags: BTreeMap<String, String>,
     pub uptime_secs: f64,
 }
+
+/// The type of data a command's successful reply carries; [`Command::reply_kind`]
+/// says which one each command gets.
+///
+/// [`Command::reply_kind`]: crate::command::Command::reply_kind
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplyKind {
+    /// [`StatusData`].
+    Status,
+    /// [`ListData`].
+    List,
+    /// [`ActionData`].
+    Action,
+    /// [`NumprocessesData`].
+    Numprocesses,
+    /// [`NumwatchersData`].
+    Numwatchers,
+    /// [`OptionsData`].
+    Options,
+    /// [`ReloadData`].
+    Reload,
+    /// [`DstatsData`].
+    Dstats,
+    /// [`PingData`].
+    Ping,
+    /// [`crate::stats::StatsData`].
+    Stats,
+    /// [`crate::registry::MembersData`].
+    Members,
+    /// [`crate::logs::LogsData`].
+    Logs,
+    /// [`NoData`].
+    Empty,
+}
+
+/// The data of a successful reply, typed: one variant per [`ReplyKind`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ReplyData {
+    Status(StatusData),
+    List(ListData),
+    Action(ActionData),
+    Numprocesses(NumprocessesData),
+    Numwatchers(NumwatchersData),
+    Options(Box<OptionsData>),
+    Reload(ReloadData),
+    Dstats(DstatsData),
+    Ping(PingData),
+    Stats(crate::stats::StatsData),
+    Members(crate::registry::MembersData),
+    Logs(crate::logs::LogsData),
+    Empty(NoData),
+}
+
+impl ReplyData {
+    /// Which kind of data this is.
+    pub fn kind(&self) -> ReplyKind {
+        match self {
+            ReplyData::Status(_) => ReplyKind::Status,
+            ReplyData::List(_) => ReplyKind::List,
+            ReplyData::Action(_) => ReplyKind::Action,
+            ReplyData::Numprocesses(_) => ReplyKind::Numprocesses,
+            ReplyData::Numwatchers(_) => ReplyKind::Numwatchers,
+            ReplyData::Options(_) => ReplyKind::Options,
+            ReplyData::Reload(_) => ReplyKind::Reload,
+            ReplyData::Dstats(_) => ReplyKind::Dstats,
+            ReplyData::Ping(_) => ReplyKind::Ping,
+            ReplyData::Stats(_) => ReplyKind::Stats,
+            ReplyData::Members(_) => ReplyKind::Members,
+            ReplyData::Logs(_) => ReplyKind::Logs,
+            ReplyData::Empty(_) => ReplyKind::Empty,
+        }
+    }
+}
+
+impl ReplyKind {
+    /// Reads a reply's own fields as this kind of data.
+    pub fn decode(self, reply: &Reply) -> Result<ReplyData, serde_json::Error> {
+        Ok(match self {
+            ReplyKind::Status => ReplyData::Status(reply.data()?),
+            ReplyKind::List => ReplyData::List(reply.data()?),
+            ReplyKind::Action => ReplyData::Action(reply.data()?),
+            ReplyKind::Numprocesses => ReplyData::Numprocesses(reply.data()?),
+            ReplyKind::Numwatchers => ReplyData::Numwatchers(reply.data()?),
+            ReplyKind::Options => ReplyData::Options(Box::new(reply.data()?)),
+            ReplyKind::Reload => ReplyData::Reload(reply.data()?),
+            ReplyKind::Dstats => ReplyData::Dstats(reply.data()?),
+            ReplyKind::Ping => ReplyData::Ping(reply.data()?),
+            ReplyKind::Stats => ReplyData::Stats(reply.data()?),
+            ReplyKind::Members => ReplyData::Members(reply.data()?),
+            ReplyKind::Logs => ReplyData::Logs(reply.data()?),
+            ReplyKind::Empty => ReplyData::Empty(reply.data()?),
+        })
+    }
+}
+
+/// Each data type is its kind of [`ReplyData`].
+macro_rules! into_reply_data {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for ReplyData {
+            fn from(d: $t) -> ReplyData {
+                ReplyData::$v(d.into())
+            }
+        })*
+    };
+}
+
+into_reply_data!(
+    StatusData => Status,
+    ListData => List,
+    ActionData => Action,
+    NumprocessesData => Numprocesses,
+    NumwatchersData => Numwatchers,
+    OptionsData => Options,
+    ReloadData => Reload,
+    DstatsData => Dstats,
+    PingData => Ping,
+    crate::stats::StatsData => Stats,
+    crate::registry::MembersData => Members,
+    crate::logs::LogsData => Logs,
+    NoData => Empty,
+);

@@ -29,113 +29,17 @@ pub fn all() -> Vec<(String, Value)> {
             root::<Announcement>("Membership announcement"),
         ),
     ];
-    let mut cmd = |name: &str, req: Value, reply: Value| {
-        files.push((format!("commands/{name}.request.schema.json"), req));
-        files.push((format!("commands/{name}.reply.schema.json"), reply));
-    };
-    cmd(
-        "status",
-        request::<MaybeName>("status"),
-        reply::<StatusData>("status"),
-    );
-    cmd(
-        "list",
-        request::<MaybeName>("list"),
-        reply::<ListData>("list"),
-    );
-    cmd(
-        "start",
-        request::<StartStop>("start"),
-        reply::<ActionData>("start"),
-    );
-    cmd(
-        "stop",
-        request::<StartStop>("stop"),
-        reply::<ActionData>("stop"),
-    );
-    cmd(
-        "restart",
-        request::<Restart>("restart"),
-        reply::<ActionData>("restart"),
-    );
-    cmd(
-        "reload",
-        request::<Restart>("reload"),
-        reply::<ActionData>("reload"),
-    );
-    cmd(
-        "incr",
-        request::<Resize>("incr"),
-        reply::<NumprocessesData>("incr"),
-    );
-    cmd(
-        "decr",
-        request::<Resize>("decr"),
-        reply::<NumprocessesData>("decr"),
-    );
-    cmd(
-        "numprocesses",
-        request::<Numprocesses>("numprocesses"),
-        reply::<NumprocessesData>("numprocesses"),
-    );
-    cmd(
-        "numwatchers",
-        request::<Empty>("numwatchers"),
-        reply::<NumwatchersData>("numwatchers"),
-    );
-    cmd(
-        "signal",
-        request::<SignalProps>("signal"),
-        reply::<ActionData>("signal"),
-    );
-    cmd(
-        "options",
-        request::<Name>("options"),
-        reply::<OptionsData>("options"),
-    );
-    cmd(
-        "get",
-        request::<GetProps>("get"),
-        reply::<OptionsData>("get"),
-    );
-    cmd(
-        "set",
-        request::<SetProps>("set"),
-        reply::<ActionData>("set"),
-    );
-    cmd(
-        "add",
-        request::<AddProps>("add"),
-        reply::<ActionData>("add"),
-    );
-    cmd("rm", request::<RmProps>("rm"), reply::<ActionData>("rm"));
-    cmd(
-        "reloadconfig",
-        request::<Empty>("reloadconfig"),
-        reply::<ReloadData>("reloadconfig"),
-    );
-    cmd(
-        "dstats",
-        request::<Empty>("dstats"),
-        reply::<DstatsData>("dstats"),
-    );
-    cmd("quit", request::<Empty>("quit"), reply::<NoData>("quit"));
-    cmd("ping", request::<Empty>("ping"), reply::<PingData>("ping"));
-    cmd(
-        "members",
-        request::<MembersRequest>("members"),
-        reply::<MembersData>("members"),
-    );
-    cmd(
-        "logs",
-        request::<LogsProps>("logs"),
-        reply::<LogsData>("logs"),
-    );
-    cmd(
-        "stats",
-        request::<MaybeName>("stats"),
-        reply::<crate::stats::StatsData>("stats"),
-    );
+    for command in Command::examples() {
+        let name = command.name();
+        files.push((
+            format!("commands/{name}.request.schema.json"),
+            request_schema(&command),
+        ));
+        files.push((
+            format!("commands/{name}.reply.schema.json"),
+            reply_schema(command.reply_kind(), name),
+        ));
+    }
     files.push((
         "log-line.schema.json".to_owned(),
         root::<LogLine>("Log line"),
@@ -257,6 +161,50 @@ fn request<P: JsonSchema>(name: &str) -> Value {
         }),
         generator.definitions(),
     )
+}
+
+/// The request file of a command: the schema of its properties.
+fn request_schema(command: &Command) -> Value {
+    let name = command.name();
+    match command {
+        Command::Status(_) | Command::List(_) | Command::Stats(_) => request::<MaybeName>(name),
+        Command::Start(_) | Command::Stop(_) => request::<StartStop>(name),
+        Command::Restart(_) | Command::Reload(_) => request::<Restart>(name),
+        Command::Incr(_) | Command::Decr(_) => request::<Resize>(name),
+        Command::Numprocesses(_) => request::<Numprocesses>(name),
+        Command::Signal(_) => request::<SignalProps>(name),
+        Command::Options(_) => request::<Name>(name),
+        Command::Get(_) => request::<GetProps>(name),
+        Command::Set(_) => request::<SetProps>(name),
+        Command::Add(_) => request::<AddProps>(name),
+        Command::Rm(_) => request::<RmProps>(name),
+        Command::Members(_) => request::<MembersRequest>(name),
+        Command::Logs(_) => request::<LogsProps>(name),
+        Command::Numwatchers(_)
+        | Command::Reloadconfig(_)
+        | Command::Dstats(_)
+        | Command::Quit(_)
+        | Command::Ping(_) => request::<Empty>(name),
+    }
+}
+
+/// The reply file of a command: the schema of the data its kind carries.
+fn reply_schema(kind: ReplyKind, name: &str) -> Value {
+    match kind {
+        ReplyKind::Status => reply::<StatusData>(name),
+        ReplyKind::List => reply::<ListData>(name),
+        ReplyKind::Action => reply::<ActionData>(name),
+        ReplyKind::Numprocesses => reply::<NumprocessesData>(name),
+        ReplyKind::Numwatchers => reply::<NumwatchersData>(name),
+        ReplyKind::Options => reply::<OptionsData>(name),
+        ReplyKind::Reload => reply::<ReloadData>(name),
+        ReplyKind::Dstats => reply::<DstatsData>(name),
+        ReplyKind::Ping => reply::<PingData>(name),
+        ReplyKind::Stats => reply::<crate::stats::StatsData>(name),
+        ReplyKind::Members => reply::<MembersData>(name),
+        ReplyKind::Logs => reply::<LogsData>(name),
+        ReplyKind::Empty => reply::<NoData>(name),
+    }
 }
 
 /// A reply to one command: a success carrying `T`, or an error.

@@ -11,11 +11,11 @@ use protocol::command::{
 };
 use protocol::options::OPTION_NAMES;
 use protocol::reply::{
-    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, ReloadData, StatusData,
-    WatcherState,
+    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, ReloadData, ReplyData,
+    StatusData, WatcherState,
 };
 use protocol::{Errno, WatcherOptions};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
 use super::{data, gone, CmdError, Outcome};
@@ -75,9 +75,10 @@ enum Answer {
     Done,
 }
 
-impl From<Result<Outcome, CmdError>> for Answer {
-    fn from(r: Result<Outcome, CmdError>) -> Answer {
-        Answer::Now(r.and_then(|o| o))
+/// A handler's typed data (or error), answered now.
+impl<T: Into<ReplyData>> From<Result<T, CmdError>> for Answer {
+    fn from(r: Result<T, CmdError>) -> Answer {
+        Answer::Now(r.map(Into::into))
     }
 }
 
@@ -99,7 +100,7 @@ impl Supervisor {
     fn handle(&mut self, command: Command, reply: ReplyId) -> Answer {
         match command {
             Command::Status(p) => self.status(&p.name).into(),
-            Command::List(p) => Answer::Now(self.list(p.name.as_deref())),
+            Command::List(p) => self.list(p.name.as_deref()).into(),
             Command::Start(StartStop { name, waiting }) => {
                 self.act(&name, waiting, Supervisor::start_watcher)
             }
@@ -120,10 +121,8 @@ impl Supervisor {
             }
             Command::Numprocesses(Numprocesses { name, nb: None }) => self
                 .watcher(&name)
-                .map(|w| {
-                    data(NumprocessesData {
-                        numprocesses: w.cfg.numprocesses,
-                    })
+                .map(|w| NumprocessesData {
+                    numprocesses: w.cfg.numprocesses,
                 })
                 .into(),
             Command::Numwatchers(_) => Answer::Now(data(NumwatchersData {
@@ -135,10 +134,8 @@ impl Supervisor {
             },
             Command::Options(p) => self
                 .watcher(&p.name)
-                .map(|w| {
-                    data(OptionsData {
-                        options: w.cfg.to_options(),
-                    })
+                .map(|w| OptionsData {
+                    options: w.cfg.to_options(),
                 })
                 .into(),
             Command::Get(p) => self.get(p).into(),
@@ -209,25 +206,25 @@ impl Supervisor {
             .collect()
     }
 
-    fn status(&self, name: &Option<String>) -> Result<Outcome, CmdError> {
+    fn status(&self, name: &Option<String>) -> Result<StatusData, CmdError> {
         let names = self.targets(name)?;
         let ws: Vec<&Watcher> = names.iter().filter_map(|n| self.watchers.get(n)).collect();
-        Ok(data(StatusData {
+        Ok(StatusData {
             statuses: ws.iter().map(|w| (w.cfg.name.clone(), w.state())).collect(),
             watchers: ws.iter().map(|w| w.summary()).collect(),
-        }))
+        })
     }
 
-    fn list(&self, name: Option<&str>) -> Outcome {
+    fn list(&self, name: Option<&str>) -> Result<ListData, CmdError> {
         let Some(n) = name else {
-            return data(ListData {
+            return Ok(ListData {
                 watchers: Some(self.targets(&None).unwrap_or_default()),
                 pids: None,
                 processes: None,
             });
         };
         let w = self.watcher(n)?;
-        data(ListData {
+        Ok(ListData {
             watchers: None,
             pids: Some(
                 w.slots
@@ -260,7 +257,11 @@ impl Supervisor {
         }
     }
 
-    fn resize(&mut self, name: &str, f: impl FnOnce(u32) -> u32) -> Result<Outcome, CmdError> {
+    fn resize(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(u32) -> u32,
+    ) -> Result<NumprocessesData, CmdError> {
         let old = self.watcher(name)?.cfg.numprocesses;
         let n = f(old);
         if let Err(m) = crate::config::check_count("numprocesses", n.into()) {
@@ -277,7 +278,7 @@ impl Supervisor {
         }
         self.ensure(name);
         self.persist();
-        Ok(data(NumprocessesData { numprocesses: n }))
+        Ok(NumprocessesData { numprocesses: n })
     }
 
     /// Refuses a watcher `name` asking for `n` processes when all watchers together
@@ -349,21 +350,13 @@ impl Supervisor {
         Ok(())
     }
 
-    fn get(&self, p: GetProps) -> Result<Outcome, CmdError> {
+    fn get(&self, p: GetProps) -> Result<OptionsData, CmdError> {
         let w = self.watcher(&p.name)?;
         if let Some(bad) = p.keys.iter().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
             return Err(unknown_option(bad));
         }
-        let all = serde_json::to_value(w.cfg.to_options()).unwrap_or_default();
-        let mut picked = Map::new();
-        for k in &p.keys {
-            if let Some(v) = all.get(k) {
-                picked.insert(k.clone(), v.clone());
-            }
-        }
-        let options: WatcherOptions = serde_json::from_value(Value::Object(picked))
-            .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
-        Ok(data(OptionsData { options }))
+        let options = w.cfg.to_options().only(&p.keys);
+        Ok(OptionsData { options })
     }
 
     fn remote_exec_refused(&self, what: &str) -> Option<CmdError> {
@@ -417,22 +410,19 @@ impl Supervisor {
     fn set(&mut self, p: SetProps) -> Result<Vec<String>, CmdError> {
         let w = self.watcher(&p.name)?;
         self.check_set(&p.options)?;
-        let mut merged = match serde_json::to_value(w.cfg.to_options()) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
+        let mut options = w.cfg.to_options();
         for (k, v) in &p.options {
             if v.is_null() {
-                merged.remove(k);
+                options.unset(k);
             } else {
-                merged.insert(k.clone(), v.clone());
+                let one = protocol::options::parse_option(k, v)
+                    .map_err(|e| CmdError::new(Errno::BadOption, e))?;
+                options.overlay(one);
             }
         }
         if p.options.contains_key("respawn") && !p.options.contains_key("restart") {
-            merged.remove("restart");
+            options.restart = None;
         }
-        let options: WatcherOptions = serde_json::from_value(Value::Object(merged))
-            .map_err(|e| CmdError::new(Errno::BadOption, format!("bad option value: {e}")))?;
         let new = watcher_config(&p.name, &options)?;
         if new.numprocesses > w.cfg.numprocesses {
             self.check_node_limit(&p.name, new.numprocesses)?;

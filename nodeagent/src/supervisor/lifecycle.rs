@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use protocol::reply::{ExitStatus, ProcessState};
+use protocol::reply::{ExitStatus, NoData, ProcessState};
 
 use super::live::{later, KILL_GRACE};
 use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Supervisor, Timer};
@@ -452,7 +452,7 @@ impl Supervisor {
         };
         let timeout = restart_budget(&w.cfg);
         let Some(slot) = w.slots.get(&wid) else {
-            return self.reply(reply, Ok(Default::default()));
+            return self.reply(reply, super::data(NoData {}));
         };
         let old_gen = slot.gen;
         if slot.pid.is_none() {

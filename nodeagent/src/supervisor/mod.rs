@@ -17,9 +17,8 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::command::{Command, Restart};
-use protocol::reply::{ActionData, ExitStatus, ListData, WatcherState};
+use protocol::reply::{ActionData, ExitStatus, ReloadData, ReplyData, ReplyKind, WatcherState};
 use protocol::{Errno, WatcherOptions};
-use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::WatcherConfig;
@@ -40,15 +39,12 @@ impl CmdError {
     }
 }
 
-/// A command's result: the reply's fields, or an error.
-pub type Outcome = Result<Map<String, Value>, CmdError>;
+/// A command's result: the reply's typed data, or an error.
+pub type Outcome = Result<ReplyData, CmdError>;
 
-fn data(v: impl serde::Serialize) -> Outcome {
-    match serde_json::to_value(v) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Ok(Map::new()),
-        Err(e) => Err(CmdError::new(Errno::CommandFailed, e.to_string())),
-    }
+/// A successful outcome carrying `d`.
+fn data(d: impl Into<ReplyData>) -> Outcome {
+    Ok(d.into())
 }
 
 /// A lifecycle event, for the transport to publish.
@@ -165,6 +161,14 @@ fn gone() -> CmdError {
     CmdError::new(Errno::ShuttingDown, "the agent is shutting down")
 }
 
+/// The actor answered with data of another kind than its own command gives: a bug.
+fn not_the_kind(wanted: ReplyKind, got: ReplyKind) -> CmdError {
+    CmdError::new(
+        Errno::CommandFailed,
+        format!("internal error: the supervisor answered {got:?} data, where {wanted:?} was due"),
+    )
+}
+
 impl SupervisorHandle {
     /// Runs one watcher command.
     pub async fn exec(&self, command: Command) -> Outcome {
@@ -200,8 +204,10 @@ impl SupervisorHandle {
                     name: Some(name.clone()),
                 }))
                 .await?;
-            let list: ListData = serde_json::from_value(Value::Object(list))
-                .map_err(|e| CmdError::new(Errno::CommandFailed, e.to_string()))?;
+            let kind = list.kind();
+            let ReplyData::List(list) = list else {
+                return Err(not_the_kind(ReplyKind::List, kind));
+            };
             for p in list.processes.unwrap_or_default() {
                 let (tx, rx) = oneshot::channel();
                 self.tx
@@ -236,14 +242,22 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
-    /// Applies a newly read config's watchers.
-    pub async fn reload(&self, watchers: BTreeMap<String, WatcherConfig>) -> Outcome {
+    /// Applies a newly read config's watchers; says what changed.
+    pub async fn reload(
+        &self,
+        watchers: BTreeMap<String, WatcherConfig>,
+    ) -> Result<ReloadData, CmdError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Reload(watchers, tx))
             .await
             .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        let data = rx.await.map_err(|_| gone())??;
+        let kind = data.kind();
+        let ReplyData::Reload(d) = data else {
+            return Err(not_the_kind(ReplyKind::Reload, kind));
+        };
+        Ok(d)
     }
 
     /// Stops every process gracefully and ends the actor.

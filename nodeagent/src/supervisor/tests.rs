@@ -869,3 +869,47 @@ fn every_wait_has_a_bounded_budget() {
     cfg.graceful_timeout = Duration::MAX;
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
 }
+
+/// Every watcher command answers with the type of data its protocol declares
+/// ([`Command::reply_kind`], what ctl reads the reply as); the agent's own commands are
+/// refused here, as dispatch answers them. With the exhaustive matches over `Command`
+/// in dispatch, in the supervisor's handler and in `reply_kind`, a new command cannot
+/// reach a client with data of another type unnoticed.
+#[test]
+fn every_command_answers_with_the_data_it_declares() {
+    let mut watcher_commands = 0;
+    for mut c in Command::examples() {
+        if let Command::Add(a) = &mut c {
+            a.name = "other".into();
+        }
+        let (name, declared) = (c.name(), c.reply_kind());
+        let mut sim = Sim::new(config("sleep"), false);
+        sim.sup.limits.allow_remote_exec = true;
+        let mut input = sim.command(c);
+        let outcome = (0..3).find_map(|_| {
+            let effects = sim
+                .sup
+                .step(std::mem::replace(&mut input, Input::Tick), sim.t0);
+            effects.into_iter().find_map(|e| {
+                if let Effect::Reply { outcome, .. } | Effect::SignalProcesses { outcome, .. } = e {
+                    Some(outcome)
+                } else {
+                    None
+                }
+            })
+        });
+        match outcome {
+            Some(Ok(data)) => {
+                assert_eq!(data.kind(), declared, "{name}");
+                watcher_commands += 1;
+            }
+            Some(Err(e)) => assert!(
+                e.reason.contains("is not a watcher command"),
+                "{name}: {}",
+                e.reason
+            ),
+            None => panic!("{name}: no answer"),
+        }
+    }
+    assert_eq!(watcher_commands, 16);
+}

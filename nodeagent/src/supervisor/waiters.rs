@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::reply::{ActionData, ProcessState};
+use protocol::reply::{ActionData, NoData, ProcessState};
 use protocol::Errno;
 
 use super::live::{later, KILL_GRACE};
@@ -96,7 +96,7 @@ impl Supervisor {
         }
         for w in std::mem::take(&mut self.slot_waiters) {
             match self.slot_outcome(&w) {
-                Some(outcome) => self.reply(w.reply, outcome.map(|()| Default::default())),
+                Some(outcome) => self.reply(w.reply, outcome.and_then(|()| data(NoData {}))),
                 None => self.slot_waiters.push(w),
             }
         }
