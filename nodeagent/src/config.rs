@@ -13,6 +13,8 @@ use protocol::subjects::{validate_node_name, validate_prefix, validate_token};
 use protocol::{IdSpec, RestartPolicy, WatcherOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::sockets::{SocketOptions, SocketSpec};
+
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -72,6 +74,8 @@ struct RawConfig {
     nats: RawNats,
     #[serde(default)]
     watcher: BTreeMap<String, WatcherOptions>,
+    #[serde(default)]
+    socket: BTreeMap<String, SocketOptions>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,6 +331,8 @@ pub struct WatcherConfig {
     pub health_timeout: Duration,
     pub log_max_bytes: u64,
     pub log_backups: u32,
+    /// The sockets its processes get, at fds 3, 4, ... in this order.
+    pub sockets: Vec<String>,
 }
 
 /// The whole config, ready to use.
@@ -336,6 +342,8 @@ pub struct ValidatedConfig {
     pub agent: AgentConfig,
     pub nats: NatsConfig,
     pub watchers: BTreeMap<String, WatcherConfig>,
+    /// The `[socket.NAME]` tables.
+    pub sockets: BTreeMap<String, SocketSpec>,
 }
 
 /// The largest process count one watcher may ask for, whatever the node's
@@ -462,6 +470,11 @@ pub const COUNTS: &[Range<i64>] = &[
         min: -1_000_000,
         max: 1_000_000,
     },
+    Range {
+        key: "backlog",
+        min: crate::sockets::MIN_BACKLOG,
+        max: crate::sockets::MAX_BACKLOG,
+    },
 ];
 
 fn duration_range(key: &str) -> Option<&'static Range<Duration>> {
@@ -537,6 +550,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             Err(mut p) => problems.append(&mut p),
         }
     }
+    let sockets = validate_sockets(&raw.socket, &watchers, &mut problems);
     let total = watchers
         .values()
         .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
@@ -557,10 +571,60 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             agent,
             nats,
             watchers,
+            sockets,
         })
     } else {
         Err(invalid(problems))
     }
+}
+
+/// Validates the `[socket.NAME]` tables, and that every socket a watcher lists is one
+/// of them.
+fn validate_sockets(
+    raw: &BTreeMap<String, SocketOptions>,
+    watchers: &BTreeMap<String, WatcherConfig>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, SocketSpec> {
+    let mut sockets = BTreeMap::new();
+    if raw.len() > crate::sockets::MAX_SOCKETS {
+        problems.push(Problem::at(
+            "[socket]",
+            "NAME",
+            format!(
+                "{} sockets, more than {}; define fewer",
+                raw.len(),
+                crate::sockets::MAX_SOCKETS
+            ),
+        ));
+        return sockets;
+    }
+    for (name, o) in raw {
+        match SocketSpec::from_options(name, o) {
+            Ok(s) => {
+                sockets.insert(name.clone(), s);
+            }
+            Err(list) => problems.extend(
+                list.into_iter()
+                    .map(|(key, message)| Problem {
+                        location: match key {
+                            "" => format!("[socket.{name}]"),
+                            key => format!("[socket.{name}] {key}"),
+                        },
+                        message,
+                    }),
+            ),
+        }
+    }
+    for w in watchers.values() {
+        for s in w.sockets.iter().filter(|s| !raw.contains_key(*s)) {
+            problems.push(Problem::at(
+                &format!("[watcher.{}]", w.name),
+                "sockets",
+                format!("no socket '{s}'; define it in a [socket.{s}] table or remove it"),
+            ));
+        }
+    }
+    sockets
 }
 
 /// Parses a duration such as "500ms", "1s", "2m 30s".
@@ -956,6 +1020,11 @@ impl WatcherConfig {
         );
         let warmup_delay = dur("warmup_delay", &o.warmup_delay, Duration::ZERO);
         let health_timeout = dur("health_timeout", &o.health_timeout, Duration::from_secs(30));
+        let sockets = o.sockets.clone().unwrap_or_default();
+        let texts = o.args.iter().flatten().chain(o.env.iter().flat_map(|e| e.values()));
+        for m in crate::sockets::check_watcher_list(&sockets, texts.map(String::as_str)) {
+            problems.push(Problem::at(&loc, "sockets", m));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -989,6 +1058,7 @@ impl WatcherConfig {
             health_timeout,
             log_max_bytes,
             log_backups,
+            sockets,
         })
     }
 
@@ -1027,6 +1097,7 @@ impl WatcherConfig {
             health_timeout: Some(format_duration(self.health_timeout)),
             log_max_bytes: Some(self.log_max_bytes),
             log_backups: Some(self.log_backups),
+            sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
         }
     }
 
@@ -1042,6 +1113,7 @@ impl WatcherConfig {
             || self.gid_num != other.gid_num
             || self.stdout != other.stdout
             || self.stderr != other.stderr
+            || self.sockets != other.sockets
     }
 }
 

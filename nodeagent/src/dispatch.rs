@@ -113,7 +113,8 @@ impl Node {
             | Command::Get(_)
             | Command::Set(_)
             | Command::Add(_)
-            | Command::Rm(_)) => self.supervisor.exec(c).await,
+            | Command::Rm(_)
+            | Command::Listsockets(_)) => self.supervisor.exec(c).await,
         };
         cmd_reply(id, node, declared, outcome)
     }
@@ -272,7 +273,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner())
                 .set_base(&cfg.watchers);
         }
-        self.supervisor.reload(cfg.watchers).await
+        self.supervisor.reload(cfg.watchers, cfg.sockets).await
     }
 }
 

@@ -20,6 +20,7 @@ use super::{
     Settings, WatcherSnapshot,
 };
 use crate::process;
+use crate::sockets::SocketSet;
 
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -238,7 +239,18 @@ impl Actor {
                 wid,
                 reply: self.keep(reply),
             },
-            Cmd::Reload(watchers, reply) => Input::Reload(watchers, self.keep(reply)),
+            Cmd::Reload(watchers, specs, reply) => {
+                match SocketSet::bind(&specs, &self.sup.sockets) {
+                    Ok(sockets) => Input::Reload(watchers, Box::new(sockets), self.keep(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(CmdError::new(
+                            Errno::CommandFailed,
+                            format!("{e}\nnothing was changed; fix the config and reload again"),
+                        )));
+                        Input::Tick
+                    }
+                }
+            }
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -539,6 +551,7 @@ mod tests {
                 persist: Some(persist),
                 groups: None,
                 max_processes: 10,
+                sockets: SocketSet::default(),
             },
             Box::new(DrainOutput),
         );

@@ -911,5 +911,5 @@ fn every_command_answers_with_the_data_it_declares() {
             None => panic!("{name}: no answer"),
         }
     }
-    assert_eq!(watcher_commands, 16);
+    assert_eq!(watcher_commands, 17);
 }
