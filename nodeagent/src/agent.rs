@@ -287,13 +287,12 @@ fn saved_state(config: &ValidatedConfig) -> Result<Desired, AgentError> {
 /// Binds the config's sockets, before any process starts; a failure names each socket
 /// and its address.
 fn bind_sockets(config: &ValidatedConfig) -> Result<SocketSet, AgentError> {
-    let sockets =
-        SocketSet::bind(&config.sockets, &SocketSet::default()).map_err(|source| {
-            AgentError::Sockets {
-                path: config.path.clone(),
-                source,
-            }
-        })?;
+    let sockets = SocketSet::bind(&config.sockets, &SocketSet::default()).map_err(|source| {
+        AgentError::Sockets {
+            path: config.path.clone(),
+            source,
+        }
+    })?;
     for b in sockets.iter() {
         tracing::info!(socket = %b.spec.name, "listening on {} ({})", b.address, b.kind());
     }

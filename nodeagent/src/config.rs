@@ -603,16 +603,13 @@ fn validate_sockets(
             Ok(s) => {
                 sockets.insert(name.clone(), s);
             }
-            Err(list) => problems.extend(
-                list.into_iter()
-                    .map(|(key, message)| Problem {
-                        location: match key {
-                            "" => format!("[socket.{name}]"),
-                            key => format!("[socket.{name}] {key}"),
-                        },
-                        message,
-                    }),
-            ),
+            Err(list) => problems.extend(list.into_iter().map(|(key, message)| Problem {
+                location: match key {
+                    "" => format!("[socket.{name}]"),
+                    key => format!("[socket.{name}] {key}"),
+                },
+                message,
+            })),
         }
     }
     for w in watchers.values() {
@@ -1021,7 +1018,11 @@ impl WatcherConfig {
         let warmup_delay = dur("warmup_delay", &o.warmup_delay, Duration::ZERO);
         let health_timeout = dur("health_timeout", &o.health_timeout, Duration::from_secs(30));
         let sockets = o.sockets.clone().unwrap_or_default();
-        let texts = o.args.iter().flatten().chain(o.env.iter().flat_map(|e| e.values()));
+        let texts = o
+            .args
+            .iter()
+            .flatten()
+            .chain(o.env.iter().flat_map(|e| e.values()));
         for m in crate::sockets::check_watcher_list(&sockets, texts.map(String::as_str)) {
             problems.push(Problem::at(&loc, "sockets", m));
         }

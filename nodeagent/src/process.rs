@@ -320,13 +320,21 @@ fn candidates(cmd: &str, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
 impl ExecPlan {
     /// The plan, and the read end of its report pipe.
     fn new(spec: &SpawnSpec) -> io::Result<(ExecPlan, OwnedFd)> {
-        let nul = || io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data");
+        let nul = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "nul byte found in provided data",
+            )
+        };
         let mut env = child_env(spec);
         let names: Vec<&str> = spec.listen.iter().map(|(n, _)| n.as_str()).collect();
         env.insert("LISTEN_FDS".into(), names.len().to_string().into());
         env.insert("LISTEN_FDNAMES".into(), names.join(":").into());
         env.remove(OsStr::new("LISTEN_PID"));
-        let candidates = candidates(&spec.cmd, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))?;
+        let candidates = candidates(
+            &spec.cmd,
+            env.get(OsStr::new("PATH")).map(|p| p.as_os_str()),
+        )?;
         let mut strings = Vec::new();
         for a in std::iter::once(&spec.cmd).chain(&spec.args) {
             strings.push(CString::new(a.as_bytes()).map_err(|_| nul())?);
@@ -424,7 +432,10 @@ impl ExecPlan {
                 last = nix::errno::Errno::last_raw();
                 match last {
                     libc::EACCES => denied = true,
-                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV
+                    libc::ENOENT
+                    | libc::ENOTDIR
+                    | libc::ESTALE
+                    | libc::ENODEV
                     | libc::ETIMEDOUT => {}
                     _ => break,
                 }
@@ -433,7 +444,11 @@ impl ExecPlan {
                 last,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT
             );
-            fail(if denied && searched { libc::EACCES } else { last })
+            fail(if denied && searched {
+                libc::EACCES
+            } else {
+                last
+            })
         }
     }
 }

@@ -255,7 +255,9 @@ fn unix_endpoint(
     let mode = mode.and_then(|m| parse_mode(m).map_err(|e| problems.push(("mode", e))).ok());
     let p = Path::new(path);
     let bad = if !p.is_absolute() {
-        Some(format!("{path:?} is not an absolute path; write it like \"/run/web.sock\""))
+        Some(format!(
+            "{path:?} is not an absolute path; write it like \"/run/web.sock\""
+        ))
     } else if path.len() > MAX_UNIX_PATH {
         Some(format!(
             "{path:?} is {} bytes long, longer than a unix socket path may be ({MAX_UNIX_PATH}); \
@@ -424,10 +426,7 @@ impl SocketSet {
                 Ok(b) => {
                     bound.insert(name.clone(), b);
                 }
-                Err(e) => failed.push(format!(
-                    "[socket.{name}] {}: {e}",
-                    spec.endpoint
-                )),
+                Err(e) => failed.push(format!("[socket.{name}] {}: {e}", spec.endpoint)),
             }
         }
         if failed.is_empty() {
@@ -725,9 +724,17 @@ mod tests {
         assert_eq!((s.backlog, s.reuseport), (1024, true));
 
         let cases: &[(&str, SocketOptions, &str)] = &[
-            ("web", tcp(None, 65536), "port: 65536 is out of range; use 0 to 65535"),
+            (
+                "web",
+                tcp(None, 65536),
+                "port: 65536 is out of range; use 0 to 65535",
+            ),
             ("web", tcp(None, -1), "port: -1 is out of range"),
-            ("web", tcp(Some("no such host!"), 80), "host: \"no such host!\" is neither"),
+            (
+                "web",
+                tcp(Some("no such host!"), 80),
+                "host: \"no such host!\" is neither",
+            ),
             (
                 "web",
                 SocketOptions {
@@ -845,19 +852,22 @@ mod tests {
         let e = check_watcher_list(&list(&["a b"]), []);
         assert!(e[0].contains("cannot be a socket name"), "{e:?}");
         let e = check_watcher_list(&list(&["a"]), ["--fd=$(circus.sockets.c)"]);
-        assert!(e[0].contains("socket 'c' is not in this watcher's sockets"), "{e:?}");
+        assert!(
+            e[0].contains("socket 'c' is not in this watcher's sockets"),
+            "{e:?}"
+        );
         let many: Vec<String> = (0..=MAX_PER_WATCHER).map(|i| format!("s{i}")).collect();
         assert!(check_watcher_list(&many, [])[0].contains("more than 64"));
     }
 
-    fn specs(list: &[SocketSpec]) -> BTreeMap<String, SocketSpec> {
-        list.iter().map(|s| (s.name.clone(), s.clone())).collect()
+    fn one(s: &SocketSpec) -> BTreeMap<String, SocketSpec> {
+        BTreeMap::from([(s.name.clone(), s.clone())])
     }
 
     #[test]
     fn binds_keeps_and_rebinds() {
         let web = SocketSpec::from_options("web", &tcp(None, 0)).unwrap();
-        let set = SocketSet::bind(&specs(&[web.clone()]), &SocketSet::default()).unwrap();
+        let set = SocketSet::bind(&one(&web), &SocketSet::default()).unwrap();
         let b = set.get("web").unwrap();
         assert_eq!(b.kind(), "tcp");
         let port: u16 = b.address.rsplit(':').next().unwrap().parse().unwrap();
@@ -866,24 +876,24 @@ mod tests {
         let flags = nix::fcntl::fcntl(b.fd.as_ref(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & nix::fcntl::FdFlag::FD_CLOEXEC.bits(), 0);
         // The same spec keeps its socket; another backlog keeps the fd too.
-        let again = SocketSet::bind(&specs(&[web.clone()]), &set).unwrap();
+        let again = SocketSet::bind(&one(&web), &set).unwrap();
         assert!(Arc::ptr_eq(&again.get("web").unwrap().fd, &b.fd));
         assert!(again.changed_since(&set).is_empty());
         let wider = SocketSpec {
             backlog: 512,
             ..web.clone()
         };
-        let relisted = SocketSet::bind(&specs(&[wider.clone()]), &set).unwrap();
+        let relisted = SocketSet::bind(&one(&wider), &set).unwrap();
         assert!(Arc::ptr_eq(&relisted.get("web").unwrap().fd, &b.fd));
         assert_eq!(
             relisted.changed_since(&set).into_iter().collect::<Vec<_>>(),
             ["web"]
         );
-        let plan = set.plan(&specs(&[wider]));
+        let plan = set.plan(&one(&wider));
         assert_eq!(plan.changed, ["web"]);
         // A taken port: the error names the socket and the address; nothing is kept.
         let taken = SocketSpec::from_options("dup", &tcp(None, i64::from(port))).unwrap();
-        let e = SocketSet::bind(&specs(&[taken]), &SocketSet::default())
+        let e = SocketSet::bind(&one(&taken), &SocketSet::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -905,12 +915,12 @@ mod tests {
             },
         )
         .unwrap();
-        let set = SocketSet::bind(&specs(&[spec.clone()]), &SocketSet::default()).unwrap();
+        let set = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap();
         let m = std::fs::symlink_metadata(&path).unwrap();
         assert!(m.file_type().is_socket());
         assert_eq!(m.mode() & 0o777, 0o640);
         // In use: refused.
-        let e = SocketSet::bind(&specs(&[spec.clone()]), &SocketSet::default()).unwrap_err();
+        let e = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap_err();
         assert!(e.to_string().contains("is in use"), "{e}");
         // Closed with its last holder: the file goes.
         drop(set);
@@ -919,12 +929,12 @@ mod tests {
         let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(stale);
         assert!(path.exists());
-        let set = SocketSet::bind(&specs(&[spec.clone()]), &SocketSet::default()).unwrap();
+        let set = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap();
         assert!(set.contains("u"));
         drop(set);
         // A regular file is not.
         std::fs::write(&path, "data").unwrap();
-        let e = SocketSet::bind(&specs(&[spec]), &SocketSet::default()).unwrap_err();
+        let e = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap_err();
         assert!(e.to_string().contains("exists and is not a socket"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
     }

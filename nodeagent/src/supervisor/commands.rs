@@ -556,8 +556,7 @@ impl Supervisor {
         for (name, cfg) in new {
             match self.watchers.get(&name) {
                 Some(w) if w.removing => {}
-                Some(w) if w.cfg == cfg && !w.cfg.sockets.iter().any(|s| rebound.contains(s)) => {
-                }
+                Some(w) if w.cfg == cfg && !w.cfg.sockets.iter().any(|s| rebound.contains(s)) => {}
                 Some(w) if w.cfg == cfg => {
                     let run = w.run;
                     result.changed.push(name.clone());
