@@ -1326,6 +1326,88 @@ mod tests {
     }
 
     #[test]
+    fn sockets_are_validated_and_watchers_may_list_only_theirs() {
+        let cfg = parse_str(
+            r#"
+[agent]
+name = "n"
+[socket.web]
+host = "::"
+port = 8080
+backlog = 1024
+reuseport = true
+[socket.local]
+path = "/run/x.sock"
+mode = "0660"
+[watcher.w]
+cmd = "srv"
+args = ["--fd", "$(sockets.web)"]
+env = { LOCAL_FD = "$(circus.sockets.local)" }
+sockets = ["web", "local"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.sockets.len(), 2);
+        assert_eq!(cfg.sockets["web"].backlog, 1024);
+        let w = &cfg.watchers["w"];
+        assert_eq!(w.sockets, ["web", "local"]);
+        assert_eq!(
+            &WatcherConfig::from_options("w", &w.to_options()).unwrap(),
+            w
+        );
+        let mut other = w.clone();
+        other.sockets.reverse();
+        assert!(w.spawn_differs(&other), "another order is another fd each");
+        // Without sockets, options show none (older saved states stay equal).
+        let plain = parse_str("[agent]\nname = \"n\"\n[watcher.p]\ncmd = \"x\"\n").unwrap();
+        assert_eq!(plain.watchers["p"].to_options().sockets, None);
+
+        let err = parse_str(
+            r#"
+[agent]
+name = "n"
+[socket.web]
+port = 80
+[socket.bad]
+host = "example.com"
+port = 70000
+[socket.both]
+path = "/a.sock"
+port = 1
+[socket.small]
+port = 1
+backlog = 0
+[socket.rel]
+path = "x.sock"
+[socket."has space"]
+port = 1
+[watcher.w1]
+cmd = "x"
+sockets = ["nope"]
+[watcher.w2]
+cmd = "x"
+args = ["$(sockets.other)"]
+sockets = ["web", "web"]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "[socket.bad] host: \"example.com\" is not an IP address",
+            "[socket.bad] port: 70000 is out of range; use 0 to 65535",
+            "[socket.both]: has both path and host/port",
+            "[socket.small] backlog: 0 is out of range; use 1 to 65535",
+            "[socket.rel] path: \"x.sock\" is not an absolute path",
+            "cannot be a socket name",
+            "[watcher.w1] sockets: no socket 'nope'; define it in a [socket.nope] table",
+            "[watcher.w2] sockets: lists socket 'web' twice",
+            "[watcher.w2] sockets: $(sockets.other) is used but socket 'other' is not in",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+        }
+    }
+
+    #[test]
     fn expands_wid_and_name() {
         assert_eq!(expand("--port=80$(wid)", "web", 3), "--port=803");
         assert_eq!(expand("$(name)-$(circus.wid)", "web", 2), "web-2");

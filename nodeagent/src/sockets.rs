@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,7 +40,8 @@ pub const MAX_UNIX_PATH: usize = 107;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketOptions {
-    /// An IP address (IPv4, or IPv6 with or without brackets) or a host name; TCP.
+    /// An IP address (IPv4, or IPv6 with or without brackets; "localhost" is
+    /// 127.0.0.1); TCP.
     pub host: Option<String>,
     /// 0 to 65535; 0 takes any free port. TCP.
     pub port: Option<i64>,
@@ -215,16 +216,18 @@ fn tcp_endpoint(
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(raw);
-    let host = if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+    // An address, not a name to look up: binding never waits on DNS.
+    let host = if unbracketed.eq_ignore_ascii_case("localhost") {
+        Some("127.0.0.1".to_owned())
+    } else if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         Some(ip.to_string())
-    } else if is_host_name(unbracketed) {
-        Some(unbracketed.to_ascii_lowercase())
     } else {
         problems.push((
             "host",
             format!(
-                "{raw:?} is neither an IP address nor a host name; write an address such as \
-                 \"127.0.0.1\", \"0.0.0.0\", \"::1\" or \"::\""
+                "{raw:?} is not an IP address; write an address of this machine such as \
+                 \"127.0.0.1\", \"0.0.0.0\" (every IPv4 address), \"::1\" or \"::\" \
+                 (every IPv6 address)"
             ),
         ));
         None
@@ -233,18 +236,6 @@ fn tcp_endpoint(
         host: host?,
         port: port?,
     })
-}
-
-/// A DNS name: dot-separated labels of letters, digits and '-', 253 bytes at most.
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn unix_endpoint(
@@ -552,17 +543,6 @@ fn bind_one(spec: &SocketSpec) -> Result<Bound, String> {
     }
 }
 
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve host {host:?}: {e}; give an IP address instead"))?
-        .next()
-        .ok_or_else(|| format!("host {host:?} has no address; give an IP address instead"))
-}
-
 /// A bind error in words, with what to do.
 fn bind_failed(e: &io::Error, what: &str) -> String {
     let hint = match e.kind() {
@@ -581,7 +561,10 @@ fn bind_failed(e: &io::Error, what: &str) -> String {
 }
 
 fn bind_tcp(spec: &SocketSpec, host: &str, port: u16) -> Result<Bound, String> {
-    let addr = resolve(host, port)?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("{host:?} is not an IP address"))?;
+    let addr = SocketAddr::new(ip, port);
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| format!("cannot create a socket: {e}"))?;
     let setup = || -> io::Result<()> {
@@ -705,7 +688,7 @@ mod tests {
         let s = SocketSpec::from_options("any", &tcp(Some("::"), 80)).unwrap();
         assert_eq!(s.endpoint.to_string(), "[::]:80");
         let s = SocketSpec::from_options("h", &tcp(Some("LocalHost"), 80)).unwrap();
-        assert_eq!(s.endpoint.to_string(), "localhost:80");
+        assert_eq!(s.endpoint.to_string(), "127.0.0.1:80");
         let unix = SocketOptions {
             path: Some("/run/web.sock".into()),
             mode: Some("0660".into()),
@@ -733,7 +716,7 @@ mod tests {
             (
                 "web",
                 tcp(Some("no such host!"), 80),
-                "host: \"no such host!\" is neither",
+                "host: \"no such host!\" is not an IP address",
             ),
             (
                 "web",

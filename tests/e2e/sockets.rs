@@ -392,3 +392,49 @@ fn sockets_on_set_need_remote_exec_and_a_known_socket() {
         .expect("web");
     assert_eq!(web["watchers"], serde_json::json!(["w"]));
 }
+
+/// The README's example: `examples/socket_http.py` serves HTTP on the inherited socket,
+/// under either convention.
+#[test]
+fn the_example_web_server_answers_http_on_its_socket() {
+    let nats = NatsServer::start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/socket_http.py");
+    let script = script.canonicalize().expect("examples/socket_http.py");
+    let (py, script) = (python(), script.display());
+    let agent = Agent::start(
+        &nats,
+        "sock8",
+        &format!(
+            r#"
+[socket.http]
+port = 0
+[socket.alt]
+port = 0
+
+[watcher.web]
+cmd = "{py}"
+args = ["{script}"]
+numprocesses = 2
+sockets = ["http"]
+
+[watcher.web-circus]
+cmd = "{py}"
+args = ["{script}", "--fd", "$(sockets.alt)"]
+sockets = ["http", "alt"]
+"#
+        ),
+    );
+    for name in ["http", "alt"] {
+        let addr = address(&agent, name);
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(bound(T))).expect("a read timeout");
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("send a request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read the answer");
+        assert!(
+            answer.starts_with("HTTP/1.0 200") && answer.contains("hello from pid"),
+            "{name}: {answer}"
+        );
+    }
+}
