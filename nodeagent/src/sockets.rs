@@ -459,15 +459,13 @@ impl SocketSet {
             .collect()
     }
 
-    /// The names whose socket is not the one of `old` (bound anew, or new).
+    /// The names whose socket is not the one of `old` (bound anew, or new): processes
+    /// that had the old one must start again to get it. A new backlog or mode keeps
+    /// the socket.
     pub fn changed_since(&self, old: &SocketSet) -> BTreeSet<String> {
         self.bound
             .iter()
-            .filter(|(n, b)| {
-                old.bound
-                    .get(*n)
-                    .is_none_or(|o| !Arc::ptr_eq(&o.fd, &b.fd) || o.spec != b.spec)
-            })
+            .filter(|(n, b)| old.bound.get(*n).is_none_or(|o| !Arc::ptr_eq(&o.fd, &b.fd)))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -868,8 +866,17 @@ mod tests {
         };
         let relisted = SocketSet::bind(&one(&wider), &set).unwrap();
         assert!(Arc::ptr_eq(&relisted.get("web").unwrap().fd, &b.fd));
+        assert!(relisted.changed_since(&set).is_empty());
+        assert_eq!(relisted.get("web").unwrap().spec.backlog, 512);
+        // Another port is another socket.
+        let moved = SocketSpec::from_options("web", &tcp(None, 0)).unwrap();
+        let moved = SocketSpec {
+            reuseport: true,
+            ..moved
+        };
+        let rebound = SocketSet::bind(&one(&moved), &set).unwrap();
         assert_eq!(
-            relisted.changed_since(&set).into_iter().collect::<Vec<_>>(),
+            rebound.changed_since(&set).into_iter().collect::<Vec<_>>(),
             ["web"]
         );
         let plan = set.plan(&one(&wider));

@@ -438,3 +438,39 @@ sockets = ["http", "alt"]
         );
     }
 }
+
+/// A reload that moves a socket binds the new address first, restarts the watchers
+/// that use it, and closes the old one once no process holds it.
+#[test]
+fn a_reload_that_moves_a_socket_restarts_its_watchers_on_the_new_one() {
+    let nats = NatsServer::start();
+    let scripts = tempfile::tempdir().expect("a temporary dir");
+    let server = server_script(scripts.path());
+    let watcher = format!(
+        "[watcher.w]\ncmd = \"{}\"\nargs = [\"{}\", \"systemd\", \"web\"]\nsockets = [\"web\"]\ngraceful_timeout = \"2s\"\n",
+        python(),
+        server.display()
+    );
+    let agent = Agent::start(
+        &nats,
+        "sock9",
+        &format!("[socket.web]\nport = 0\n\n{watcher}"),
+    );
+    let old = address(&agent, "web");
+    let first = ask(&old);
+    let port = free_port();
+    agent.write_watchers(&format!(
+        "[socket.web]\nport = {port}\n[socket.extra]\npath = \"{{dir}}/extra.sock\"\n\n{watcher}"
+    ));
+    let r = agent.ctl_ok(&["reloadconfig"]);
+    assert_eq!(r["changed"], serde_json::json!(["w"]), "{r}");
+    let new = address(&agent, "web");
+    assert_eq!(new, format!("127.0.0.1:{port}"));
+    let line = ask(&new);
+    assert_eq!(field(&line, "LISTEN_PID"), field(&line, "pid"), "{line}");
+    assert_ne!(field(&line, "pid"), field(&first, "pid"), "{line}");
+    assert!(agent.dir().join("extra.sock").exists());
+    wait_until(T, "the old address to be closed", || {
+        TcpStream::connect(&old).is_err()
+    });
+}

@@ -240,8 +240,19 @@ impl Actor {
                 reply: self.keep(reply),
             },
             Cmd::Reload(watchers, specs, reply) => {
+                let plan = self.sup.sockets.plan(&specs);
                 match SocketSet::bind(&specs, &self.sup.sockets) {
-                    Ok(sockets) => Input::Reload(watchers, Box::new(sockets), self.keep(reply)),
+                    Ok(sockets) => {
+                        if plan != Default::default() {
+                            tracing::info!(
+                                "sockets: added {:?}, removed {:?}, changed {:?}",
+                                plan.added,
+                                plan.removed,
+                                plan.changed
+                            );
+                        }
+                        Input::Reload(watchers, Box::new(sockets), self.keep(reply))
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(CmdError::new(
                             Errno::CommandFailed,
