@@ -542,7 +542,7 @@ fn bind_one(spec: &SocketSpec) -> Result<Bound, String> {
 }
 
 /// A bind error in words, with what to do.
-fn bind_failed(e: &io::Error, what: &str) -> String {
+fn bind_failed(e: &io::Error) -> String {
     let hint = match e.kind() {
         io::ErrorKind::AddrInUse => {
             "another process (or another socket of this config) listens there; stop it, \
@@ -555,7 +555,7 @@ fn bind_failed(e: &io::Error, what: &str) -> String {
         io::ErrorKind::AddrNotAvailable => "no interface of this machine has that address",
         _ => "check the address",
     };
-    format!("cannot bind {what}: {e}; {hint}")
+    format!("cannot bind it: {e}; {hint}")
 }
 
 fn bind_tcp(spec: &SocketSpec, host: &str, port: u16) -> Result<Bound, String> {
@@ -578,7 +578,7 @@ fn bind_tcp(spec: &SocketSpec, host: &str, port: u16) -> Result<Bound, String> {
     };
     setup().map_err(|e| format!("cannot set the socket's options: {e}"))?;
     sock.bind(&SockAddr::from(addr))
-        .map_err(|e| bind_failed(&e, &addr.to_string()))?;
+        .map_err(|e| bind_failed(&e))?;
     sock.listen(spec.backlog as i32)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = sock
@@ -625,8 +625,7 @@ fn bind_unix(spec: &SocketSpec, path: &Path, mode: Option<u32>) -> Result<Bound,
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|e| format!("cannot create a socket: {e}"))?;
     let addr = SockAddr::unix(path).map_err(|e| format!("bad path {shown}: {e}"))?;
-    sock.bind(&addr)
-        .map_err(|e| bind_failed(&e, &shown.to_string()))?;
+    sock.bind(&addr).map_err(|e| bind_failed(&e))?;
     // From here on the file is ours: removed again if anything below fails.
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot read the new socket file {shown}: {e}"))?;
