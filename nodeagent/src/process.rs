@@ -259,6 +259,9 @@ struct ExecPlan {
     _pid_var: Box<[u8; PID_VAR_LEN]>,
     pid_var_at: *mut u8,
     argv: Vec<*const nix::libc::c_char>,
+    /// `/bin/sh FILE ARGS...`, for a file without `#!` (ENOEXEC), as execvp does; the
+    /// child puts the file in place of the null at 1.
+    sh_argv: Vec<*const nix::libc::c_char>,
     envp: Vec<*const nix::libc::c_char>,
     /// The sockets, kept open until the spawn is over, and their fds.
     _sockets: Vec<Arc<OwnedFd>>,
@@ -270,6 +273,7 @@ struct ExecPlan {
 }
 
 const PID_VAR: &[u8] = b"LISTEN_PID=";
+const SH: &std::ffi::CStr = c"/bin/sh";
 const PID_VAR_LEN: usize = PID_VAR.len() + 21;
 
 #[allow(unsafe_code)]
@@ -351,6 +355,8 @@ impl ExecPlan {
         let pid_var_at = pid_var.as_mut_ptr();
         let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
+        let mut sh_argv = vec![SH.as_ptr(), std::ptr::null()];
+        sh_argv.extend_from_slice(&argv[1..]);
         let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
         envp.push(pid_var_at.cast_const().cast());
         envp.push(std::ptr::null());
@@ -361,6 +367,7 @@ impl ExecPlan {
             _pid_var: pid_var,
             pid_var_at,
             argv,
+            sh_argv,
             envp,
             sources: spec.listen.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
             temp: vec![-1; spec.listen.len()],
@@ -430,6 +437,11 @@ impl ExecPlan {
             for c in &self.candidates {
                 libc::execve(c.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
                 last = nix::errno::Errno::last_raw();
+                if last == libc::ENOEXEC {
+                    self.sh_argv[1] = c.as_ptr();
+                    libc::execve(SH.as_ptr(), self.sh_argv.as_ptr(), self.envp.as_ptr());
+                    last = nix::errno::Errno::last_raw();
+                }
                 match last {
                     libc::EACCES => denied = true,
                     libc::ENOENT
@@ -698,6 +710,35 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], plain_pid.to_string(), "{out}");
         assert_eq!(lines.last(), Some(&"0"), "{out}");
+        // A script without "#!" runs with /bin/sh, as execvp runs it.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("bare");
+        std::fs::write(&script, "echo bare $LISTEN_FDS $1\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut bare = sp.clone();
+        bare.cmd = script.display().to_string();
+        bare.args = vec!["arg".into()];
+        // (A file just written may be busy for a moment if another test forks meanwhile.)
+        let mut s = (0..100)
+            .find_map(|_| match spawn(&bare) {
+                Err(e) if e.raw_os_error() == Some(Errno::ETXTBSY as i32) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                r => Some(r.unwrap()),
+            })
+            .unwrap();
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        s.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert!(s.child.wait().await.unwrap().success());
+        assert_eq!(out, "bare 2 arg\n");
         // The PATH search found sh; a missing program is an error, as without sockets.
         sp.cmd = "/nonexistent/prog".into();
         let e = spawn(&sp).unwrap_err();
