@@ -404,20 +404,36 @@ impl SocketSet {
         previous: &SocketSet,
     ) -> Result<SocketSet, BindError> {
         let mut bound = BTreeMap::new();
+        let mut adopted = Vec::new();
         let mut failed = Vec::new();
+        let fail = |name: &str, spec: &SocketSpec, e: String| {
+            format!("[socket.{name}] {}: {e}", spec.endpoint)
+        };
         for (name, spec) in specs {
-            let result = match previous.bound.get(name).filter(|b| b.spec == *spec) {
-                Some(same) => Ok(same.clone()),
-                None => match previous.at_same_place(spec) {
-                    Some(old) => adopt(old, spec),
-                    None => bind_one(spec),
-                },
-            };
-            match result {
+            if let Some(same) = previous.bound.get(name).filter(|b| b.spec == *spec) {
+                bound.insert(name.clone(), same.clone());
+            } else if let Some(old) = previous.at_same_place(spec) {
+                adopted.push((name, spec, old));
+            } else {
+                match bind_one(spec) {
+                    Ok(b) => {
+                        bound.insert(name.clone(), b);
+                    }
+                    Err(e) => failed.push(fail(name, spec, e)),
+                }
+            }
+        }
+        if !failed.is_empty() {
+            // The new sockets close here; the old ones are untouched.
+            return Err(BindError(failed));
+        }
+        // Only now, with everything bound, are sockets in use changed.
+        for (name, spec, old) in adopted {
+            match adopt(old, spec) {
                 Ok(b) => {
                     bound.insert(name.clone(), b);
                 }
-                Err(e) => failed.push(format!("[socket.{name}] {}: {e}", spec.endpoint)),
+                Err(e) => failed.push(fail(name, spec, e)),
             }
         }
         if failed.is_empty() {
@@ -907,6 +923,22 @@ mod tests {
         let set = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap();
         let m = std::fs::symlink_metadata(&path).unwrap();
         assert!(m.file_type().is_socket());
+        assert_eq!(m.mode() & 0o777, 0o640);
+        // A reload refused for another socket leaves this one as it was.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = SocketSpec::from_options(
+            "busy",
+            &tcp(None, i64::from(taken.local_addr().unwrap().port())),
+        )
+        .unwrap();
+        let mut narrower = spec.clone();
+        narrower.endpoint = Endpoint::Unix {
+            path: path.clone(),
+            mode: Some(0o600),
+        };
+        let both = BTreeMap::from([("u".to_owned(), narrower), ("busy".to_owned(), busy)]);
+        assert!(SocketSet::bind(&both, &set).is_err());
+        let m = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(m.mode() & 0o777, 0o640);
         // In use: refused.
         let e = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap_err();
