@@ -193,18 +193,14 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let report = if spec.listen.is_empty() {
         None
     } else {
-        let (plan, report) = ExecPlan::new(spec)?;
-        let mut plan = Some(plan);
+        let (mut plan, report) = ExecPlan::new(spec)?;
         #[allow(unsafe_code)]
         // SAFETY: runs in the child between fork and exec, after the closure above; see
         // `ExecPlan::exec`: only async-signal-safe calls, on memory prepared before the
         // fork, no allocation; it never returns to std (exec, or `_exit` after writing
         // the error number to the report pipe).
         unsafe {
-            cmd.pre_exec(move || match plan.as_mut() {
-                Some(p) => p.exec(),
-                None => Ok(()),
-            });
+            cmd.pre_exec(move || plan.exec());
         }
         Some(report)
     };
@@ -277,7 +273,7 @@ const SH: &std::ffi::CStr = c"/bin/sh";
 const PID_VAR_LEN: usize = PID_VAR.len() + 21;
 
 #[allow(unsafe_code)]
-// SAFETY: the raw pointers point into buffers the plan owns (`_strings`, `pid_var`:
+// SAFETY: the raw pointers point into buffers the plan owns (`_strings`, `_pid_var`:
 // heap memory that does not move with the plan), and are only read, or written (the
 // pid's digits), in the forked child, which has a copy of its own.
 unsafe impl Send for ExecPlan {}
