@@ -1,6 +1,6 @@
-//! The agent's wiring: the start-up order (dirs and lock, name check, connection, saved
-//! state, process group ledger, logs, supervisor, membership task, stats, relays, then
-//! serving requests) and the shutdown order (processes first, then leave, drain and
+//! The agent's wiring: the start-up order (dirs and lock, name check, process group
+//! ledger (ending a crashed run's leftovers), sockets, connection, saved state, logs,
+//! supervisor, membership task, stats, relays, then serving requests) and the shutdown order (processes first, then leave, drain and
 //! flush). It handles no request (see [`crate::dispatch`]), touches no process (the
 //! supervisor does), reads nothing from /proc (stats does) and speaks to NATS only
 //! through [`crate::transport`].
@@ -129,6 +129,8 @@ pub async fn run(
     // Held until this function returns: one agent per state dir.
     let _lock = own_dirs(&config)?;
     check_name(&config, &subjects, &identity).await?;
+    // What a crashed run left behind goes first: it may still hold a socket's address.
+    let groups = open_groups(home(&config));
     let sockets = bind_sockets(&config)?;
     let client = transport::connect(&config.nats, &identity.node).await?;
     let bus = Publisher::new(client.clone());
@@ -142,7 +144,7 @@ pub async fn run(
     let (supervisor, sup_task) = supervisor::start(
         watchers,
         stopped,
-        supervisor_settings(&config, &identity, store.clone(), sockets),
+        supervisor_settings(&config, &identity, store.clone(), sockets, groups),
         Box::new(LogCapture {
             logs,
             closed: Some(closed_tx),
@@ -367,12 +369,13 @@ fn supervisor_settings(
     identity: &Identity,
     store: Option<Arc<Mutex<StateStore>>>,
     sockets: SocketSet,
+    groups: Option<Arc<Groups>>,
 ) -> supervisor::Settings {
     supervisor::Settings {
         node: identity.node.clone(),
         allow_remote_exec: config.agent.allow_remote_exec,
         persist: store.map(persister),
-        groups: open_groups(home(config)),
+        groups,
         max_processes: config.agent.max_processes,
         sockets,
     }

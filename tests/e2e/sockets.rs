@@ -474,3 +474,35 @@ fn a_reload_that_moves_a_socket_restarts_its_watchers_on_the_new_one() {
         TcpStream::connect(&old).is_err()
     });
 }
+
+/// After a crash, what is left of the old run (a process its child started, which
+/// inherited the socket) is ended before the socket is bound again, so the agent starts.
+#[test]
+fn after_a_crash_the_agent_binds_its_port_again() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let secs = unique_secs();
+    let mut agent = Agent::start(
+        &nats,
+        "sock10",
+        &format!(
+            "[socket.web]\nport = {port}\n\n[watcher.w]\ncmd = \"sh\"\nargs = [\"-c\", \"sleep {secs} & wait\"]\nsockets = [\"web\"]\n"
+        ),
+    );
+    let (_, leader) = wait_for(T, "a process of w", || agent.pids("w").first().copied());
+    let _cleanup = KillGroupOnDrop(leader);
+    wait_until(T, "the shell and its sleep", || {
+        group_members(leader).len() == 2
+    });
+    agent.kill();
+    // The sleep outlives the shell and holds the listening socket.
+    wait_until(T, "the shell to be gone", || !is_alive(leader));
+    assert_eq!(group_members(leader).len(), 1);
+    agent.start_again();
+    assert_eq!(address(&agent, "web"), format!("127.0.0.1:{port}"));
+    // The new run's shell and sleep (both name it), and nothing of the old run.
+    wait_until(T, "only the new run's shell and sleep", || {
+        count_processes_with_cmdline(&format!("sleep {secs}")) == 2
+            && group_members(leader).is_empty()
+    });
+}
