@@ -83,6 +83,12 @@ fn ask(addr: &str) -> String {
     line
 }
 
+fn one_pid(agent: &Agent, watcher: &str) -> u32 {
+    wait_for(T, &format!("a running process of {watcher}"), || {
+        agent.pids(watcher).first().map(|p| p.1)
+    })
+}
+
 /// The fds of `pid` that are sockets.
 fn socket_fds(pid: u32) -> Vec<String> {
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -179,7 +185,7 @@ args = ["1000"]
     assert_eq!(field(&line, "fd"), "3", "{line}");
     // A watcher without sockets gets no socket and no LISTEN_ variable; one with a
     // socket has that one only, at fd 3 (no leftover copy).
-    let (_, plain) = agent.pids("plain")[0];
+    let plain = one_pid(&agent, "plain");
     assert_eq!(socket_fds(plain), Vec::<String>::new());
     for (_, pid) in agent.pids("sd") {
         assert_eq!(socket_fds(pid), ["3"]);
@@ -243,7 +249,7 @@ sockets = ["web"]
     assert_eq!(row["FD"], web["fd"].to_string());
     assert_eq!(row["WATCHERS"], "w");
     // The process got it at fd 3.
-    let (_, pid) = agent.pids("w")[0];
+    let pid = one_pid(&agent, "w");
     let link = std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("fd 3");
     assert!(link.to_string_lossy().starts_with("socket:"), "{link:?}");
     assert_eq!(env_var(pid, "LISTEN_FDS").as_deref(), Some("1"));
@@ -378,7 +384,7 @@ fn sockets_on_set_need_remote_exec_and_a_known_socket() {
             .is_some_and(|r| r.contains("no socket 'nope'")),
         "{replies:?}"
     );
-    let (_, before) = open.pids("w")[0];
+    let before = one_pid(&open, "w");
     open.ctl_ok(&["set", "w", "sockets", "[\"web\"]"]);
     // What a process gets changed: it was restarted with the socket.
     let pid = wait_for(T, "a new process of w", || {
