@@ -537,6 +537,27 @@ fn adopt(old: &Bound, spec: &SocketSpec) -> Result<Bound, String> {
     })
 }
 
+/// True when a process listens on the unix socket at `path`. The connect does not wait:
+/// a listener whose queue is full counts as live.
+fn listened_on(path: &Path) -> bool {
+    let Ok(sock) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+        return false;
+    };
+    let Ok(addr) = SockAddr::unix(path) else {
+        return false;
+    };
+    if sock.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match sock.connect(&addr) {
+        Ok(()) => true,
+        Err(e) => matches!(
+            e.raw_os_error(),
+            Some(nix::libc::EAGAIN) | Some(nix::libc::EINPROGRESS)
+        ),
+    }
+}
+
 /// The socket as an fd above 0, 1 and 2 (which a child's stdio replaces before the
 /// sockets are moved into place), close-on-exec.
 fn above_stdio(sock: Socket) -> Result<OwnedFd, String> {
@@ -622,7 +643,7 @@ fn bind_unix(spec: &SocketSpec, path: &Path, mode: Option<u32>) -> Result<Bound,
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             // A socket file left by an earlier run is replaced; a live one is not.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if listened_on(path) {
                 return Err(format!(
                     "{shown} is in use: a process listens on it; stop it or pick another path"
                 ));
