@@ -163,6 +163,9 @@ pub(super) struct Actor {
     timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
+    /// The sockets a reload replaces, closed here after the turn rather than in the
+    /// model (closing a unix socket removes its file).
+    retired: Option<SocketSet>,
 }
 
 impl Actor {
@@ -186,6 +189,7 @@ impl Actor {
             batched: false,
             timers: DelayQueue::new(),
             outbox: Vec::new(),
+            retired: None,
         }
     }
 
@@ -217,6 +221,7 @@ impl Actor {
                 _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
             self.turn(input);
+            self.retired = None;
             crate::fatal::inject("supervisor");
             if self.sup.finished() {
                 break;
@@ -251,6 +256,7 @@ impl Actor {
                                 plan.changed
                             );
                         }
+                        self.retired = Some(self.sup.sockets.clone());
                         Input::Reload(watchers, Box::new(sockets), self.keep(reply))
                     }
                     Err(e) => {
