@@ -17,3 +17,4 @@ mod observe;
 mod partition;
 mod robust;
 mod security;
+mod sockets;

@@ -20,6 +20,7 @@ use super::{
     Settings, WatcherSnapshot,
 };
 use crate::process;
+use crate::sockets::SocketSet;
 
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -162,6 +163,9 @@ pub(super) struct Actor {
     timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
+    /// The sockets a reload replaces, closed here after the turn rather than in the
+    /// model (closing a unix socket removes its file).
+    retired: Option<SocketSet>,
 }
 
 impl Actor {
@@ -185,6 +189,7 @@ impl Actor {
             batched: false,
             timers: DelayQueue::new(),
             outbox: Vec::new(),
+            retired: None,
         }
     }
 
@@ -216,6 +221,7 @@ impl Actor {
                 _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
             self.turn(input);
+            self.retired = None;
             crate::fatal::inject("supervisor");
             if self.sup.finished() {
                 break;
@@ -238,7 +244,30 @@ impl Actor {
                 wid,
                 reply: self.keep(reply),
             },
-            Cmd::Reload(watchers, reply) => Input::Reload(watchers, self.keep(reply)),
+            Cmd::Reload(watchers, specs, reply) => {
+                let plan = self.sup.sockets.plan(&specs);
+                match SocketSet::bind(&specs, &self.sup.sockets) {
+                    Ok(sockets) => {
+                        if plan != Default::default() {
+                            tracing::info!(
+                                "sockets: added {:?}, removed {:?}, changed {:?}",
+                                plan.added,
+                                plan.removed,
+                                plan.changed
+                            );
+                        }
+                        self.retired = Some(self.sup.sockets.clone());
+                        Input::Reload(watchers, Box::new(sockets), self.keep(reply))
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CmdError::new(
+                            Errno::CommandFailed,
+                            format!("{e}\nnothing was changed; fix the config and reload again"),
+                        )));
+                        Input::Tick
+                    }
+                }
+            }
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -539,6 +568,7 @@ mod tests {
                 persist: Some(persist),
                 groups: None,
                 max_processes: 10,
+                sockets: SocketSet::default(),
             },
             Box::new(DrainOutput),
         );
