@@ -72,6 +72,9 @@ pub async fn publish_events(
                 if let Some(reason) = ev.reason {
                     event = event.with_reason(reason);
                 }
+                if ev.time > 0.0 {
+                    event.time = ev.time;
+                }
                 bus.publish_json(event.subject(&subjects), &event).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -22,6 +22,19 @@ use super::{
 use crate::process;
 use crate::sockets::SocketSet;
 
+/// One transition at the current time; its events carry the wall-clock time read with
+/// the clock the transition was given.
+fn step(sup: &mut Supervisor, input: Input) -> Vec<Effect> {
+    let (now, unix) = (Instant::now(), protocol::unix_time());
+    let mut effects = sup.step(input, now);
+    for e in &mut effects {
+        if let Effect::Emit(ev) = e {
+            ev.time = unix;
+        }
+    }
+    effects
+}
+
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 use protocol::Errno;
@@ -329,7 +342,7 @@ impl Actor {
             input,
             Input::Timer(_) | Input::Health { .. } | Input::StopCheck { .. } | Input::Tick
         );
-        let mut todo: VecDeque<Effect> = self.sup.step(input, Instant::now()).into();
+        let mut todo: VecDeque<Effect> = step(&mut self.sup, input).into();
         dirty |= !todo.is_empty();
         let mut persist = None;
         while let Some(effect) = todo.pop_front() {
@@ -338,7 +351,7 @@ impl Actor {
                 continue;
             }
             if let Some(result) = self.perform(effect) {
-                let more = self.sup.step(result, Instant::now());
+                let more = step(&mut self.sup, result);
                 for e in more.into_iter().rev() {
                     todo.push_front(e);
                 }

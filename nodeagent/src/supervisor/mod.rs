@@ -58,6 +58,10 @@ pub struct LifecycleEvent {
     pub pid: Option<u32>,
     pub exit: Option<ExitStatus>,
     pub reason: Option<String>,
+    /// When the supervisor saw it (unix seconds): the wall-clock time of the turn whose
+    /// clock reading also armed its timers, so that the gap between two events is what
+    /// the supervisor measured, however late the event reaches the bus.
+    pub time: f64,
 }
 
 /// One live process, for stats.

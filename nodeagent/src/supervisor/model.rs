@@ -431,6 +431,8 @@ impl Supervisor {
             pid: slot.and_then(|s| s.pid),
             exit: slot.and_then(|s| s.last_exit.clone()),
             reason: slot.and_then(|s| s.reason.clone()),
+            // The actor stamps it with its turn's time.
+            time: 0.0,
         }));
     }
 
