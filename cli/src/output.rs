@@ -159,7 +159,7 @@ pub fn render(command: &Command, replies: &[&Reply], multi: bool) -> String {
         ReplyKind::Numprocesses => numprocesses(n, &typed(replies)),
         ReplyKind::Numwatchers => numwatchers(n, &typed(replies)),
         ReplyKind::Options => options(n, &typed(replies)),
-        ReplyKind::Reload => reload(n, &typed(replies)),
+        ReplyKind::Plan => plan(n, &typed(replies)),
         ReplyKind::Dstats => dstats(&typed(replies)),
         ReplyKind::Ping => ping(&typed(replies)),
         ReplyKind::Stats => stats(&typed(replies)),
@@ -333,24 +333,68 @@ fn options(n: Nodes, replies: &[(&str, OptionsData)]) -> String {
     out
 }
 
-fn reload(n: Nodes, replies: &[(&str, ReloadData)]) -> String {
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "-".to_owned()
-        } else {
-            v.join(", ")
-        }
-    };
+/// `key: old -> new; ...`, an unset value shown as `(unset)`.
+fn key_changes(changes: &[KeyChange]) -> String {
+    let v = |v: &Option<Value>| v.as_ref().map_or("(unset)".to_owned(), opt_value);
+    changes
+        .iter()
+        .map(|c| format!("{}: {} -> {}", c.key, v(&c.old), v(&c.new)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `reloadconfig`: what each node applied, or with `--dry-run` would apply.
+fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
     let mut out = String::new();
+    let mut t = n.head(&["CHANGE", "NAME", "DETAIL"]);
     for (node, d) in replies {
-        push_line!(
-            out,
-            "{}reloaded: added {}; removed {}; changed {}",
-            n.prefix(node),
-            list(&d.added),
-            list(&d.removed),
-            list(&d.changed)
-        );
+        if d.dry_run {
+            push_line!(
+                out,
+                "{}dry run: the plan below, nothing was changed",
+                n.prefix(node)
+            );
+        } else {
+            push_line!(out, "{}reloaded: applied the plan below", n.prefix(node));
+        }
+        for w in &d.watchers {
+            let detail = match w.action {
+                PlanAction::Added => "starts if autostart".to_owned(),
+                PlanAction::Removed => "stops and goes".to_owned(),
+                PlanAction::Scaled => key_changes(&w.changes),
+                PlanAction::Changed if w.restart => format!(
+                    "{} (restarted one process at a time)",
+                    key_changes(&w.changes)
+                ),
+                PlanAction::Changed => format!("{} (no restart)", key_changes(&w.changes)),
+            };
+            t.row(n.row(node, [w.action.to_string(), w.name.clone(), detail]));
+        }
+        for s in &d.sockets {
+            t.row(n.row(
+                node,
+                [
+                    format!("socket {}", s.action),
+                    s.name.clone(),
+                    key_changes(&s.changes),
+                ],
+            ));
+        }
+        for k in &d.kept {
+            t.row(n.row(
+                node,
+                [
+                    "kept".to_owned(),
+                    k.clone(),
+                    "runtime changes stay: its entry in the file is unchanged".to_owned(),
+                ],
+            ));
+        }
+    }
+    if t.is_empty() {
+        out.push_str("nothing to change\n");
+    } else {
+        out.push_str(&t.render());
     }
     out
 }
@@ -674,7 +718,17 @@ pub mod wild {
             ),
             (
                 "reloadconfig",
-                json!({"added": ["a"], "removed": ["b"], "changed": ["c"]}),
+                json!({"dry_run": true, "added": ["a"], "removed": ["b"], "changed": ["c"],
+                "scaled": ["d"], "kept": ["e"],
+                "watchers": [{"name": "a", "action": "added"},
+                    {"name": "b", "action": "removed"},
+                    {"name": "c", "action": "changed", "restart": true,
+                     "changes": [{"key": "args", "old": ["x"], "new": ["y"]},
+                                 {"key": "depends_on", "new": ["a"]}]},
+                    {"name": "d", "action": "scaled",
+                     "changes": [{"key": "numprocesses", "old": 1, "new": 2}]}],
+                "sockets": [{"name": "s", "action": "changed",
+                     "changes": [{"key": "port", "old": 1, "new": 2}]}]}),
             ),
             (
                 "dstats",

@@ -12,7 +12,7 @@ use std::time::Instant;
 use protocol::command::{accepted, check_token, Acceptance, Command};
 use protocol::logs::LogsData;
 use protocol::registry::WatcherBrief;
-use protocol::reply::{DstatsData, NoData, PingData, ReloadData, ReplyData, ReplyKind};
+use protocol::reply::{DstatsData, NoData, PingData, PlanData, ReplyData, ReplyKind};
 use protocol::stats::StatsData;
 use protocol::subjects::CmdTarget;
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
@@ -35,6 +35,10 @@ pub struct Node {
     pub supervisor: SupervisorHandle,
     pub(crate) config_path: std::path::PathBuf,
     pub(crate) store: Option<Arc<Mutex<StateStore>>>,
+    /// The config file's watchers as last loaded (at start, then at each reload): a
+    /// reload applies the entries the file changed since, and keeps runtime changes to
+    /// the others.
+    pub(crate) base: Mutex<std::collections::BTreeMap<String, config::WatcherConfig>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cpu_prev: Mutex<Option<(f64, Instant)>>,
     pub(crate) log_dir: std::path::PathBuf,
@@ -95,7 +99,7 @@ impl Node {
             }
             Command::Stats(p) => typed(self.stats(p.name).await),
             Command::Logs(props) => typed(self.logs(props).await),
-            Command::Reloadconfig(_) => typed(self.reload_config().await),
+            Command::Reloadconfig(p) => typed(self.reload_config(p.dry_run).await),
             // The supervisor's own commands, each named so that a new command must be
             // placed here on purpose.
             c @ (Command::Status(_)
@@ -245,8 +249,9 @@ impl Node {
         Ok(data)
     }
 
-    /// Reloads the config file (the `reloadconfig` command, and SIGHUP).
-    pub async fn reload_config(&self) -> Result<ReloadData, CmdError> {
+    /// Reloads the config file (the `reloadconfig` command, and SIGHUP): applies the
+    /// plan between what runs and the file, or with `dry_run` only returns it.
+    pub async fn reload_config(&self, dry_run: bool) -> Result<PlanData, CmdError> {
         let path = self.config_path.clone();
         let cfg = tokio::task::spawn_blocking(move || config::load(&path))
             .await
@@ -266,13 +271,26 @@ impl Node {
                 ),
             ));
         }
-        if let Some(store) = &self.store {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_base(&cfg.watchers);
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let plan = self
+            .supervisor
+            .reload(cfg.watchers.clone(), base, dry_run)
+            .await;
+        // Once applied (even if a rolling restart then failed), the file is the base.
+        let applied = match &plan {
+            Ok(p) => !p.dry_run,
+            Err(e) => e.reason.starts_with("the config was applied"),
+        };
+        if applied {
+            if let Some(store) = &self.store {
+                store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_base(&cfg.watchers);
+            }
+            *self.base.lock().unwrap_or_else(|e| e.into_inner()) = cfg.watchers;
         }
-        self.supervisor.reload(cfg.watchers).await
+        plan
     }
 }
 

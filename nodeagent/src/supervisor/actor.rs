@@ -238,7 +238,7 @@ impl Actor {
                 wid,
                 reply: self.keep(reply),
             },
-            Cmd::Reload(watchers, reply) => Input::Reload(watchers, self.keep(reply)),
+            Cmd::Reload(reload, reply) => Input::Reload(reload, self.keep(reply)),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown

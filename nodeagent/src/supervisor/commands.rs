@@ -11,14 +11,15 @@ use protocol::command::{
 };
 use protocol::options::OPTION_NAMES;
 use protocol::reply::{
-    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, ReloadData, ReplyData,
+    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, PlanData, ReplyData,
     StatusData, WatcherState,
 };
 use protocol::{Errno, WatcherOptions};
 use serde_json::Value;
 
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
-use super::{data, gone, CmdError, Outcome};
+use super::{data, gone, plan, CmdError, Outcome};
+use crate::config::deps::{graph_errors, graph_of};
 use crate::config::{parse_signal, WatcherConfig};
 
 /// What runs, as whom, with what environment, and where it writes: options only a node
@@ -101,15 +102,38 @@ impl Supervisor {
         match command {
             Command::Status(p) => self.status(&p.name).into(),
             Command::List(p) => self.list(p.name.as_deref()).into(),
-            Command::Start(StartStop { name, waiting }) => {
-                self.act(&name, waiting, Supervisor::start_watcher)
-            }
-            Command::Stop(StartStop { name, waiting }) => {
-                self.act(&name, waiting, Supervisor::stop_watcher)
-            }
-            Command::Restart(r) | Command::Reload(r) => {
-                self.act(&r.name, r.waiting, Supervisor::restart_watcher)
-            }
+            Command::Start(StartStop { name, waiting }) => match self.targets(&name) {
+                // The stopped or fatal watchers they depend on start first.
+                Ok(names) => {
+                    let mut all = names.clone();
+                    for n in &names {
+                        all.extend(self.dependencies_to_start(n));
+                    }
+                    all.sort();
+                    all.dedup();
+                    let all = self.start_order(all);
+                    self.act(all, waiting, Supervisor::start_watcher)
+                }
+                Err(e) => Answer::Now(Err(e)),
+            },
+            Command::Stop(StartStop { name, waiting }) => match self.targets(&name) {
+                // The running watchers that depend on them stop first.
+                Ok(names) => {
+                    let mut all = names.clone();
+                    for n in &names {
+                        all.extend(self.dependents_to_stop(n));
+                    }
+                    all.sort();
+                    all.dedup();
+                    let all = self.stop_order(all);
+                    self.act(all, waiting, Supervisor::stop_watcher)
+                }
+                Err(e) => Answer::Now(Err(e)),
+            },
+            Command::Restart(r) | Command::Reload(r) => match self.targets(&r.name) {
+                Ok(names) => self.act(names, r.waiting, Supervisor::restart_watcher),
+                Err(e) => Answer::Now(Err(e)),
+            },
             Command::Incr(Resize { name, nb }) => {
                 self.resize(&name, |n| n.saturating_add(nb)).into()
             }
@@ -145,9 +169,9 @@ impl Supervisor {
             Command::Add(p) => self
                 .add(*p)
                 .map_or_else(|e| Answer::Now(Err(e)), Answer::Settled),
-            Command::Rm(p) => match self.watcher(&p.name) {
+            Command::Rm(p) => match self.watcher(&p.name).and_then(|_| self.check_rm(&p.name)) {
                 Err(e) => Answer::Now(Err(e)),
-                Ok(_) => {
+                Ok(()) => {
                     self.remove_watcher(&p.name);
                     self.persist();
                     if p.waiting {
@@ -236,13 +260,9 @@ impl Supervisor {
         })
     }
 
-    /// Applies `op` to the named watcher (or all, by priority), persists, and replies
-    /// at once or, with `wait`, once the watchers have settled.
-    fn act(&mut self, name: &Option<String>, wait: bool, op: fn(&mut Supervisor, &str)) -> Answer {
-        let names = match self.targets(name) {
-            Ok(names) => names,
-            Err(e) => return Answer::Now(Err(e)),
-        };
+    /// Applies `op` to the watchers `names` in their order, persists, and replies at once
+    /// or, with `wait`, once the watchers have settled.
+    fn act(&mut self, names: Vec<String>, wait: bool, op: fn(&mut Supervisor, &str)) -> Answer {
         for n in &names {
             op(self, n);
         }
@@ -372,6 +392,48 @@ impl Supervisor {
         })
     }
 
+    /// Refuses to remove a watcher that others depend on.
+    fn check_rm(&self, name: &str) -> Result<(), CmdError> {
+        let dependents = self.dependents(name);
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = dependents.iter().map(|d| format!("'{d}'")).collect();
+        Err(CmdError::new(
+            Errno::CommandFailed,
+            format!(
+                "watcher '{name}' cannot be removed: {} depend{} on it; remove {} first, or \
+                 take '{name}' out of {} depends_on (ctl set {} depends_on ...)",
+                list.join(", "),
+                if dependents.len() == 1 { "s" } else { "" },
+                if dependents.len() == 1 { "it" } else { "them" },
+                if dependents.len() == 1 {
+                    "its"
+                } else {
+                    "their"
+                },
+                dependents[0],
+            ),
+        ))
+    }
+
+    /// Refuses a watcher config whose dependencies, with the other watchers, name a
+    /// missing watcher or form a cycle.
+    fn check_dependencies(&self, cfg: &WatcherConfig) -> Result<(), CmdError> {
+        let mut graph = self.graph();
+        if cfg.depends_on.is_empty() && !graph.values().flatten().any(|d| *d == cfg.name) {
+            return Ok(());
+        }
+        graph.insert(cfg.name.clone(), cfg.depends_on.clone());
+        match graph_errors(&graph).into_iter().next() {
+            None => Ok(()),
+            Some(e) => Err(CmdError::new(
+                Errno::BadOption,
+                format!("option 'depends_on': {e}"),
+            )),
+        }
+    }
+
     /// Refuses options a client may not set on this node, or values out of range.
     fn check_set(&self, options: &BTreeMap<String, Value>) -> Result<(), CmdError> {
         if let Some(bad) = options.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
@@ -427,6 +489,9 @@ impl Supervisor {
         if new.numprocesses > w.cfg.numprocesses {
             self.check_node_limit(&p.name, new.numprocesses)?;
         }
+        if new.depends_on != w.cfg.depends_on {
+            self.check_dependencies(&new)?;
+        }
         self.replace_config(&p.name, new);
         self.persist();
         Ok(vec![p.name])
@@ -470,6 +535,7 @@ impl Supervisor {
         options.args = Some(p.args);
         let cfg = watcher_config(&p.name, &options)?;
         self.check_node_limit(&p.name, cfg.numprocesses)?;
+        self.check_dependencies(&cfg)?;
         self.add_watcher(&p.name, cfg, p.start);
         self.persist();
         Ok(vec![p.name])
@@ -479,47 +545,113 @@ impl Supervisor {
         self.watchers
             .insert(name.to_owned(), Watcher::new(cfg, run));
         self.emit(name, "add", None);
+        if run {
+            // The stopped watchers it depends on start first; it waits until they are up.
+            for d in self.dependencies_to_start(name) {
+                self.start_watcher(&d);
+            }
+        }
         self.ensure(name);
     }
 
-    /// Applies a newly read config's watchers: adds, removes and changes them.
-    pub(super) fn reload(&mut self, new: BTreeMap<String, WatcherConfig>, reply: ReplyId) {
-        let mut result = ReloadData {
-            added: vec![],
-            removed: vec![],
-            changed: vec![],
-        };
+    /// The plan between the watchers that run and a newly read config file's watchers
+    /// (`file`; `base` is the file as last loaded), applied unless `dry_run`: removed
+    /// watchers stop (dependents first) and go, changed ones take their new options
+    /// (those whose processes must restart to take them are restarted one process at a
+    /// time by the handle, as `restart --rolling`), scaled ones resize, added ones start
+    /// (after their dependencies). Unchanged watchers are not touched. A plan whose
+    /// watchers would depend on a missing watcher, form a cycle, or ask for more than
+    /// `max_processes` is refused, and nothing changes.
+    pub(super) fn reload(
+        &mut self,
+        file: BTreeMap<String, WatcherConfig>,
+        base: BTreeMap<String, WatcherConfig>,
+        dry_run: bool,
+        reply: ReplyId,
+    ) {
         if self.shutting_down {
             return self.reply(reply, Err(gone()));
         }
-        let old: Vec<String> = self
+        match self.reload_plan(&file, &base) {
+            Ok((target, mut p)) => {
+                p.dry_run = dry_run;
+                if !dry_run {
+                    self.apply_plan(target, &p);
+                }
+                self.reply(reply, data(p));
+            }
+            Err(e) => self.reply(reply, Err(e)),
+        }
+    }
+
+    fn reload_plan(
+        &self,
+        file: &BTreeMap<String, WatcherConfig>,
+        base: &BTreeMap<String, WatcherConfig>,
+    ) -> Result<(BTreeMap<String, WatcherConfig>, PlanData), CmdError> {
+        let running: BTreeMap<String, WatcherConfig> = self
             .watchers
             .iter()
             .filter(|(_, w)| !w.removing)
-            .map(|(n, _)| n.clone())
+            .map(|(n, w)| (n.clone(), w.cfg.clone()))
             .collect();
-        for name in &old {
-            if !new.contains_key(name) {
-                self.remove_watcher(name);
-                result.removed.push(name.clone());
-            }
+        let (target, kept) = plan::target(&running, file, base);
+        let refuse = |what: String| {
+            CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "{what}\nnothing was changed; fix the file (or the runtime changes) and \
+                     reload again"
+                ),
+            )
+        };
+        if let Some(e) = graph_errors(&graph_of(target.values())).first() {
+            return Err(refuse(format!(
+                "with the watchers kept from runtime changes ({}), {e}",
+                kept.join(", ")
+            )));
         }
-        for (name, cfg) in new {
-            match self.watchers.get(&name) {
-                Some(w) if w.removing || w.cfg == cfg => {}
-                Some(_) => {
-                    result.changed.push(name.clone());
-                    self.emit(&name, "reload", None);
-                    self.replace_config(&name, cfg);
-                }
-                None => {
-                    let run = cfg.autostart;
-                    self.add_watcher(&name, cfg, run);
-                    result.added.push(name);
-                }
+        let total = target
+            .values()
+            .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
+        let max = self.limits.max_processes;
+        if total > u64::from(max) {
+            return Err(refuse(format!(
+                "the watchers would ask for {total} processes together, more than \
+                 max_processes = {max}"
+            )));
+        }
+        let mut p = plan::plan(&running, &target, |n| {
+            self.watchers.get(n).is_some_and(|w| w.run)
+        });
+        p.kept = kept;
+        Ok((target, p))
+    }
+
+    fn apply_plan(&mut self, mut target: BTreeMap<String, WatcherConfig>, p: &PlanData) {
+        for name in self.stop_order(p.removed.clone()) {
+            self.remove_watcher(&name);
+        }
+        for name in p.changed.iter().chain(&p.scaled) {
+            let Some(new) = target.remove(name) else {
+                continue;
+            };
+            self.emit(name, "reload", None);
+            self.out.push(Effect::Configure {
+                watcher: name.clone(),
+                stop: (new.stop_signal, new.graceful_timeout),
+            });
+            if let Some(w) = self.watchers.get_mut(name) {
+                w.cfg = new;
+            }
+            self.ensure(name);
+        }
+        for name in self.start_order(p.added.clone()) {
+            if let Some(cfg) = target.remove(&name) {
+                let run = cfg.autostart;
+                self.add_watcher(&name, cfg, run);
             }
         }
         self.persist();
-        self.reply(reply, data(result));
     }
 }

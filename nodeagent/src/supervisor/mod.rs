@@ -8,6 +8,7 @@ mod commands;
 mod lifecycle;
 pub mod live;
 mod model;
+mod plan;
 pub mod policy;
 mod waiters;
 
@@ -17,7 +18,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::command::{Command, Restart};
-use protocol::reply::{ActionData, ExitStatus, ReloadData, ReplyData, ReplyKind, WatcherState};
+use protocol::reply::{ActionData, ExitStatus, PlanData, ReplyData, ReplyKind, WatcherState};
 use protocol::{Errno, WatcherOptions};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -143,8 +144,17 @@ enum Cmd {
         wid: u32,
         reply: oneshot::Sender<Outcome>,
     },
-    Reload(BTreeMap<String, WatcherConfig>, oneshot::Sender<Outcome>),
+    Reload(Box<Reload>, oneshot::Sender<Outcome>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A reload of the config file: its watchers, the file's watchers as last loaded, and
+/// whether only the plan is wanted.
+#[derive(Debug)]
+pub(crate) struct Reload {
+    pub file: BTreeMap<String, WatcherConfig>,
+    pub base: BTreeMap<String, WatcherConfig>,
+    pub dry_run: bool,
 }
 
 /// The handle other rooms use to talk to the supervisor.
@@ -199,33 +209,39 @@ impl SupervisorHandle {
         };
         let mut statuses = BTreeMap::new();
         for name in names {
-            let list = self
-                .exec_plain(Command::List(protocol::command::MaybeName {
-                    name: Some(name.clone()),
-                }))
-                .await?;
-            let kind = list.kind();
-            let ReplyData::List(list) = list else {
-                return Err(not_the_kind(ReplyKind::List, kind));
-            };
-            for p in list.processes.unwrap_or_default() {
-                let (tx, rx) = oneshot::channel();
-                self.tx
-                    .send(Cmd::RestartSlot {
-                        name: name.clone(),
-                        wid: p.wid,
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| gone())?;
-                rx.await.map_err(|_| gone())??;
-            }
+            self.roll(&name).await?;
             statuses.insert(name, WatcherState::Active);
         }
         data(ActionData {
             statuses,
             pids: None,
         })
+    }
+
+    /// Restarts each process of one watcher in turn (see [`Self::rolling_restart`]).
+    async fn roll(&self, name: &str) -> Result<(), CmdError> {
+        let list = self
+            .exec_plain(Command::List(protocol::command::MaybeName {
+                name: Some(name.to_owned()),
+            }))
+            .await?;
+        let kind = list.kind();
+        let ReplyData::List(list) = list else {
+            return Err(not_the_kind(ReplyKind::List, kind));
+        };
+        for p in list.processes.unwrap_or_default() {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Cmd::RestartSlot {
+                    name: name.to_owned(),
+                    wid: p.wid,
+                    reply: tx,
+                })
+                .await
+                .map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())??;
+        }
+        Ok(())
     }
 
     /// Every watcher with its live processes, as of the actor's last change; once the
@@ -242,22 +258,47 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
-    /// Applies a newly read config's watchers; says what changed.
+    /// The plan between the running watchers and a newly read config file's watchers
+    /// (`file`; `base` is the file as last loaded), and unless `dry_run`, applies it:
+    /// returns once added and removed watchers are on their way, scaled ones resized,
+    /// and each changed watcher whose processes must restart has been restarted one
+    /// process at a time (as `restart --rolling`).
     pub async fn reload(
         &self,
-        watchers: BTreeMap<String, WatcherConfig>,
-    ) -> Result<ReloadData, CmdError> {
+        file: BTreeMap<String, WatcherConfig>,
+        base: BTreeMap<String, WatcherConfig>,
+        dry_run: bool,
+    ) -> Result<PlanData, CmdError> {
         let (tx, rx) = oneshot::channel();
+        let reload = Reload {
+            file,
+            base,
+            dry_run,
+        };
         self.tx
-            .send(Cmd::Reload(watchers, tx))
+            .send(Cmd::Reload(Box::new(reload), tx))
             .await
             .map_err(|_| gone())?;
         let data = rx.await.map_err(|_| gone())??;
         let kind = data.kind();
-        let ReplyData::Reload(d) = data else {
-            return Err(not_the_kind(ReplyKind::Reload, kind));
+        let ReplyData::Plan(plan) = data else {
+            return Err(not_the_kind(ReplyKind::Plan, kind));
         };
-        Ok(d)
+        if plan.dry_run {
+            return Ok(plan);
+        }
+        for w in plan.watchers.iter().filter(|w| w.restart) {
+            self.roll(&w.name).await.map_err(|e| {
+                CmdError::new(
+                    e.errno,
+                    format!(
+                        "the config was applied, but the rolling restart of '{}' stopped: {}",
+                        w.name, e.reason
+                    ),
+                )
+            })?;
+        }
+        Ok(plan)
     }
 
     /// Stops every process gracefully and ends the actor.

@@ -205,6 +205,10 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         prop::option::of(duration_string()),
         prop::option::of(prop_oneof![0u64..4096, any::<u64>()]),
         prop::option::of(big_u32()),
+        prop::option::of(prop::collection::vec(
+            prop_oneof![plain_name(), hostile_string()],
+            0..70,
+        )),
     )
         .boxed();
     (a, b, c).prop_map(
@@ -231,6 +235,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 health_timeout,
                 log_max_bytes,
                 log_backups,
+                depends_on,
             ),
         )| WatcherOptions {
             cmd,
@@ -253,6 +258,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             warmup_delay,
             autostart,
             priority,
+            depends_on,
             stdout,
             stderr,
             service,
