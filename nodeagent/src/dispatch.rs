@@ -275,22 +275,20 @@ impl Node {
         let plan = self
             .supervisor
             .reload(cfg.watchers.clone(), base, dry_run)
-            .await;
-        // Once applied (even if a rolling restart then failed), the file is the base.
-        let applied = match &plan {
-            Ok(p) => !p.dry_run,
-            Err(e) => e.reason.starts_with("the config was applied"),
-        };
-        if applied {
-            if let Some(store) = &self.store {
-                store
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .set_base(&cfg.watchers);
-            }
-            *self.base.lock().unwrap_or_else(|e| e.into_inner()) = cfg.watchers;
+            .await?;
+        if dry_run {
+            return Ok(plan);
         }
-        plan
+        // Applied: the file is now the base, even if a restart below fails.
+        if let Some(store) = &self.store {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_base(&cfg.watchers);
+        }
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = cfg.watchers;
+        self.supervisor.restart_changed(&plan).await?;
+        Ok(plan)
     }
 }
 

@@ -269,7 +269,8 @@ pub struct WatcherSummary {
     pub restarts: u32,
     /// The service it answers for.
     pub service: String,
-    /// Why it is fatal.
+    /// Why it is fatal, or what it waits for (a dependency to be up, its dependents to
+    /// stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

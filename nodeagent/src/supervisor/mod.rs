@@ -260,9 +260,9 @@ impl SupervisorHandle {
 
     /// The plan between the running watchers and a newly read config file's watchers
     /// (`file`; `base` is the file as last loaded), and unless `dry_run`, applies it:
-    /// returns once added and removed watchers are on their way, scaled ones resized,
-    /// and each changed watcher whose processes must restart has been restarted one
-    /// process at a time (as `restart --rolling`).
+    /// returns once added and removed watchers are on their way, scaled ones resized and
+    /// changed ones given their new options; [`Self::restart_changed`] then restarts the
+    /// processes that must restart to take them.
     pub async fn reload(
         &self,
         file: BTreeMap<String, WatcherConfig>,
@@ -284,9 +284,12 @@ impl SupervisorHandle {
         let ReplyData::Plan(plan) = data else {
             return Err(not_the_kind(ReplyKind::Plan, kind));
         };
-        if plan.dry_run {
-            return Ok(plan);
-        }
+        Ok(plan)
+    }
+
+    /// Restarts, one process at a time (as `restart --rolling`), each watcher an applied
+    /// plan says must restart to take its change.
+    pub async fn restart_changed(&self, plan: &PlanData) -> Result<(), CmdError> {
         for w in plan.watchers.iter().filter(|w| w.restart) {
             self.roll(&w.name).await.map_err(|e| {
                 CmdError::new(
@@ -298,7 +301,7 @@ impl SupervisorHandle {
                 )
             })?;
         }
-        Ok(plan)
+        Ok(())
     }
 
     /// Stops every process gracefully and ends the actor.

@@ -12,7 +12,7 @@ use protocol::reply::{ExitStatus, ProcessState, WatcherState};
 use protocol::WatcherOptions;
 
 use super::model::{Effect, Input, Limits, Slot, Supervisor, Timer, Watcher};
-use super::waiters::{settle_budget, MAX_WAIT};
+use super::waiters::{dependency_budget, settle_budget, MAX_WAIT};
 use crate::config::WatcherConfig;
 
 /// A supervisor with one watcher "w", driven by hand; each watcher "w" depends on is
@@ -1143,6 +1143,37 @@ fn every_wait_has_a_bounded_budget() {
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
     cfg.graceful_timeout = Duration::MAX;
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
+}
+
+#[test]
+fn a_wait_counts_the_watchers_it_depends_on_and_those_that_depend_on_it() {
+    let mut cfg = config("sleep");
+    cfg.depends_on = vec!["db".into()];
+    let mut sim = Sim::new(cfg, true);
+    let alone = Sim::new(config("sleep"), true);
+    let db = sim.sup.watchers["db"].cfg.clone();
+    for name in ["w", "db"] {
+        sim.sup.wait_settled(vec![name.into()], 1);
+        let w = sim.sup.waiters.pop().unwrap();
+        let own = settle_budget(&sim.sup.watchers[name].cfg);
+        let other = if name == "w" {
+            db.clone()
+        } else {
+            config("sleep")
+        };
+        assert_eq!(
+            w.deadline - sim.t0,
+            own + dependency_budget(&other),
+            "{name}"
+        );
+    }
+    let mut alone = alone;
+    alone.sup.wait_settled(vec!["w".into()], 1);
+    let w = alone.sup.waiters.pop().unwrap();
+    assert_eq!(
+        w.deadline - alone.t0,
+        settle_budget(&alone.sup.watchers["w"].cfg)
+    );
 }
 
 /// Every watcher command answers with the type of data its protocol declares
