@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
 use super::{data, gone, plan, CmdError, Outcome};
-use crate::config::deps::{graph_errors, graph_of};
+use crate::config::deps::{graph_errors, graph_of, DepError};
 use crate::config::{parse_signal, WatcherConfig};
 
 /// What runs, as whom, with what environment, and where it writes: options only a node
@@ -425,7 +425,13 @@ impl Supervisor {
             return Ok(());
         }
         graph.insert(cfg.name.clone(), cfg.depends_on.clone());
-        match graph_errors(&graph).into_iter().next() {
+        // Only what this watcher takes part in: a problem elsewhere (from a saved state)
+        // must not block fixing it.
+        let mine = graph_errors(&graph).into_iter().find(|e| match e {
+            DepError::Missing { watcher, .. } => *watcher == cfg.name,
+            DepError::Cycle(ring) => ring.contains(&cfg.name),
+        });
+        match mine {
             None => Ok(()),
             Some(e) => Err(CmdError::new(
                 Errno::BadOption,

@@ -358,6 +358,11 @@ pub fn start(
         .watchers
         .values()
         .fold(0u64, |n, w| n.saturating_add(w.cfg.numprocesses.into()));
+    // The config's graph was checked; watchers kept from saved runtime changes may
+    // depend on one the file has dropped since. They wait, and the log says why.
+    for e in crate::config::deps::graph_errors(&sup.graph()) {
+        tracing::warn!("{e}; its processes wait until that is fixed (ctl set or the config file)");
+    }
     if total > u64::from(settings.max_processes) {
         tracing::warn!(
             "the watchers ask for {total} processes together (saved state included), more \
