@@ -334,6 +334,7 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
     // As a person reads it.
     let out = agent.ctl(&["reloadconfig", "--dry-run"]);
     out.expect_code(0, "ctl reloadconfig --dry-run");
+    println!("ctl reloadconfig --dry-run:\n{}", out.stdout);
     for needle in [
         "dry run: the plan below, nothing was changed",
         "changed  web",
@@ -366,7 +367,8 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
 
     // The reload applies that plan, and only that.
     let from = noted(&dir).len();
-    let applied = agent.ctl_ok(&["reloadconfig"]);
+    let (applied, took) = timed(|| agent.ctl_ok(&["reloadconfig"]));
+    println!("reloadconfig applied in {took:?}");
     assert_eq!(applied["dry_run"], false, "{applied}");
     assert_eq!(plan_names(&applied), plan_names(&plan), "{applied}");
     // keep: untouched, same processes.

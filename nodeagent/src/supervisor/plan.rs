@@ -89,6 +89,13 @@ pub(super) fn plan(
             plans.push(entry(name, PlanAction::Changed, changes, restart));
         }
     }
+    let rank = |a: PlanAction| match a {
+        PlanAction::Added => 0,
+        PlanAction::Removed => 1,
+        PlanAction::Changed => 2,
+        PlanAction::Scaled => 3,
+    };
+    plans.sort_by(|a, b| (rank(a.action), &a.name).cmp(&(rank(b.action), &b.name)));
     data.watchers = plans;
     data
 }
