@@ -280,6 +280,9 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
     let agent = Agent::start(&nats, "n1", &before);
     let dir = agent.dir().to_owned();
     wait_until(T, "6 processes", || agent.children().len() == 6);
+    wait_until(T, "web's processes to note their start", || {
+        times(&noted(&dir), 0, "start", "web").len() == 2
+    });
     let pids = |w: &str| agent.pids(w);
     let (keep0, db0, old0, web0) = (pids("keep"), pids("db"), pids("old"), pids("web"));
     let start_times = |ps: &[(u32, u32)]| -> Vec<Option<f64>> {
