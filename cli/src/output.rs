@@ -357,7 +357,28 @@ fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
         } else {
             push_line!(out, "{}reloaded: applied the plan below", n.prefix(node));
         }
-        for w in &d.watchers {
+        // An agent of an earlier version sends the names only.
+        let names_only: Vec<WatcherPlan> = if d.watchers.is_empty() {
+            [
+                (PlanAction::Added, &d.added),
+                (PlanAction::Removed, &d.removed),
+                (PlanAction::Changed, &d.changed),
+                (PlanAction::Scaled, &d.scaled),
+            ]
+            .into_iter()
+            .flat_map(|(action, names)| {
+                names.iter().map(move |name| WatcherPlan {
+                    name: name.clone(),
+                    action,
+                    changes: vec![],
+                    restart: false,
+                })
+            })
+            .collect()
+        } else {
+            vec![]
+        };
+        for w in d.watchers.iter().chain(&names_only) {
             let detail = match w.action {
                 PlanAction::Added => "starts if autostart".to_owned(),
                 PlanAction::Removed => "stops and goes".to_owned(),
@@ -366,6 +387,7 @@ fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
                     "{} (restarted one process at a time)",
                     key_changes(&w.changes)
                 ),
+                PlanAction::Changed if w.changes.is_empty() => String::new(),
                 PlanAction::Changed => format!("{} (no restart)", key_changes(&w.changes)),
             };
             t.row(n.row(node, [w.action.to_string(), w.name.clone(), detail]));
@@ -825,6 +847,53 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input:?}");
         }
+    }
+
+    fn reply(node: &str, data: Value) -> Reply {
+        Reply::ok(None, node, 1.0, data)
+    }
+
+    #[test]
+    fn a_reload_plan_reads_as_a_table() {
+        let dry = reply(
+            "n1",
+            serde_json::json!({"dry_run": true, "added": ["new"], "removed": [],
+                "changed": ["web"], "scaled": [], "kept": ["db"],
+                "watchers": [{"name": "new", "action": "added"},
+                    {"name": "web", "action": "changed", "restart": true, "changes": [
+                        {"key": "args", "old": ["1"], "new": ["2"]},
+                        {"key": "health_cmd", "new": ["true"]}]}]}),
+        );
+        let c = Command::Reloadconfig(protocol::command::ReloadconfigProps { dry_run: true });
+        assert_eq!(
+            render(&c, &[&dry], false),
+            "dry run: the plan below, nothing was changed\n\
+             CHANGE   NAME  DETAIL\n\
+             added    new   starts if autostart\n\
+             changed  web   args: [\"1\"] -> [\"2\"]; health_cmd: (unset) -> [\"true\"] \
+             (restarted one process at a time)\n\
+             kept     db    runtime changes stay: its entry in the file is unchanged\n"
+        );
+        // An agent of an earlier version: names only.
+        let old = reply(
+            "n2",
+            serde_json::json!({"added": [], "removed": ["gone"], "changed": ["web"]}),
+        );
+        assert_eq!(
+            render(&c, &[&old], true),
+            "n2: reloaded: applied the plan below\n\
+             NODE  CHANGE   NAME  DETAIL\n\
+             n2    removed  gone  stops and goes\n\
+             n2    changed  web\n"
+        );
+        let none = reply(
+            "n1",
+            serde_json::json!({"added": [], "removed": [], "changed": []}),
+        );
+        assert_eq!(
+            render(&c, &[&none], false),
+            "reloaded: applied the plan below\nnothing to change\n"
+        );
     }
 
     #[test]
