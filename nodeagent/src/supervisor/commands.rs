@@ -103,7 +103,12 @@ impl Supervisor {
             Command::Status(p) => self.status(&p.name).into(),
             Command::List(p) => self.list(p.name.as_deref()).into(),
             Command::Start(StartStop { name, waiting }) => match self.targets(&name) {
-                // The stopped or fatal watchers they depend on start first.
+                // All of them: after their dependencies, then by priority.
+                Ok(names) if name.is_none() => {
+                    let all = self.start_order(names);
+                    self.act(all, waiting, Supervisor::start_watcher)
+                }
+                // The stopped or fatal watchers it depends on start first.
                 Ok(names) => {
                     let mut all = names.clone();
                     for n in &names {
@@ -117,7 +122,12 @@ impl Supervisor {
                 Err(e) => Answer::Now(Err(e)),
             },
             Command::Stop(StartStop { name, waiting }) => match self.targets(&name) {
-                // The running watchers that depend on them stop first.
+                // All of them: before their dependencies, then by priority.
+                Ok(names) if name.is_none() => {
+                    let all = self.stop_order(names);
+                    self.act(all, waiting, Supervisor::stop_watcher)
+                }
+                // The running watchers that depend on it stop first.
                 Ok(names) => {
                     let mut all = names.clone();
                     for n in &names {

@@ -102,8 +102,20 @@ impl Supervisor {
                 w.held = None;
             }
         }
+        // The watchers some watcher with processes depends on, found once (linear).
+        let needed: std::collections::BTreeSet<String> = self
+            .watchers
+            .values()
+            .filter(|w| !w.slots.is_empty())
+            .flat_map(|w| w.cfg.depends_on.iter().cloned())
+            .collect();
         for name in names {
-            self.stop_when_free(&name);
+            if needed.contains(&name) {
+                self.stop_when_free(&name);
+            } else {
+                self.stop_all_slots(&name);
+                self.after_slot_change(&name);
+            }
         }
         self.shutting_down = true;
     }
@@ -135,6 +147,9 @@ impl Supervisor {
                 todo.extend(w.cfg.depends_on.iter().cloned());
                 seen.push(d);
             }
+        }
+        if seen.is_empty() {
+            return seen;
         }
         let down = seen
             .into_iter()
