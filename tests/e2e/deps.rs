@@ -284,6 +284,9 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
         times(&noted(&dir), 0, "start", "web").len() == 2
     });
     let pids = |w: &str| agent.pids(w);
+    // A runtime change the file does not know: keep gets a third process.
+    agent.ctl_ok(&["incr", "keep"]);
+    wait_until(T, "3 processes of keep", || pids("keep").len() == 3);
     let (keep0, db0, old0, web0) = (pids("keep"), pids("db"), pids("old"), pids("web"));
     let start_times = |ps: &[(u32, u32)]| -> Vec<Option<f64>> {
         ps.iter().map(|(_, p)| procs::start_secs(*p)).collect()
@@ -302,6 +305,8 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
     // The dry run: the plan, and nothing changes.
     let plan = agent.ctl_ok(&["reloadconfig", "--dry-run"]);
     assert_eq!(plan["dry_run"], true, "{plan}");
+    // keep's entry in the file did not change: its runtime count stays.
+    assert_eq!(plan["kept"], json!(["keep"]), "{plan}");
     assert_eq!(
         plan_names(&plan),
         (
@@ -346,6 +351,7 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
         "numprocesses: 1 -> 2",
         "added    extra",
         "removed  old",
+        "kept     keep",
     ] {
         assert!(
             out.stdout.contains(needle),
@@ -366,7 +372,7 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
         procs::count_processes_with_cmdline(&format!("sleep {s_extra}")),
         0
     );
-    assert_eq!(agent.children().len(), 6);
+    assert_eq!(agent.children().len(), 7);
 
     // The reload applies that plan, and only that.
     let from = noted(&dir).len();
@@ -374,7 +380,7 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
     println!("reloadconfig applied in {took:?}");
     assert_eq!(applied["dry_run"], false, "{applied}");
     assert_eq!(plan_names(&applied), plan_names(&plan), "{applied}");
-    // keep: untouched, same processes.
+    // keep: untouched, same processes (its runtime third one too).
     assert_eq!(pids("keep"), keep0);
     assert_eq!(start_times(&keep0), keep_started);
     // db: resized, its first process untouched.
