@@ -220,6 +220,9 @@ pub enum Sub {
     },
     /// The agent's own pid, CPU, memory and uptime.
     Dstats,
+    /// The sockets the agent has bound ([socket.NAME] in its config): kind, address
+    /// (with the port actually bound), the agent's fd, and the watchers that get them.
+    Listsockets,
     /// Stop every process and end the agent.
     Quit,
     /// Who answers: version, pid, host, tags, uptime.
@@ -401,6 +404,7 @@ impl Sub {
                 Command::Reloadconfig(ReloadconfigProps { dry_run: *dry_run })
             }
             Sub::Dstats => Command::Dstats(Empty {}),
+            Sub::Listsockets => Command::Listsockets(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
             Sub::Logs {

@@ -254,6 +254,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
                 persist: None,
                 groups: None,
                 max_processes: config.agent.max_processes,
+                sockets: Default::default(),
             },
             Box::new(DrainOutput),
         );

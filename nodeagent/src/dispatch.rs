@@ -24,7 +24,7 @@ use crate::identity::Identity;
 use crate::memberloop::{MembershipHandle, Watchers};
 use crate::state::StateStore;
 use crate::statsloop::StatsHandle;
-use crate::supervisor::{CmdError, Outcome, SupervisorHandle};
+use crate::supervisor::{CmdError, Outcome, Reload, SupervisorHandle};
 
 /// Answers requests for one node.
 pub struct Node {
@@ -117,7 +117,8 @@ impl Node {
             | Command::Get(_)
             | Command::Set(_)
             | Command::Add(_)
-            | Command::Rm(_)) => self.supervisor.exec(c).await,
+            | Command::Rm(_)
+            | Command::Listsockets(_)) => self.supervisor.exec(c).await,
         };
         cmd_reply(id, node, declared, outcome)
     }
@@ -274,12 +275,19 @@ impl Node {
         let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let plan = self
             .supervisor
-            .reload(cfg.watchers.clone(), base, dry_run)
+            .reload(Reload {
+                file: cfg.watchers.clone(),
+                sockets: cfg.sockets,
+                base,
+                dry_run,
+            })
             .await?;
         if dry_run {
             return Ok(plan);
         }
-        // Applied: the file is now the base, even if a restart below fails.
+        // Applied: the file is now the base, even if a restart below fails. A reload
+        // refused (a socket that cannot be bound, a cycle) returned above and left the
+        // base of what runs.
         if let Some(store) = &self.store {
             store
                 .lock()

@@ -16,6 +16,7 @@ pub mod memberloop;
 pub mod membership;
 pub mod process;
 pub mod relay;
+pub mod sockets;
 pub mod state;
 pub mod stats;
 pub mod statsloop;

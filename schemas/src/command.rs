@@ -83,6 +83,8 @@ pub enum Command {
     Members(crate::registry::MembersRequest),
     /// The last lines a watcher's processes printed.
     Logs(crate::logs::LogsProps),
+    /// The sockets the agent has bound, and which watchers get them.
+    Listsockets(Empty),
 }
 
 impl Command {
@@ -112,6 +114,7 @@ impl Command {
             Command::Stats(_) => "stats",
             Command::Members(_) => "members",
             Command::Logs(_) => "logs",
+            Command::Listsockets(_) => "listsockets",
         }
     }
 }
@@ -142,6 +145,7 @@ impl Command {
             Command::Stats(_) => ReplyKind::Stats,
             Command::Members(_) => ReplyKind::Members,
             Command::Logs(_) => ReplyKind::Logs,
+            Command::Listsockets(_) => ReplyKind::Sockets,
         }
     }
 
@@ -207,6 +211,7 @@ impl Command {
                 stream: None,
                 follow_secs: None,
             }),
+            Command::Listsockets(Empty {}),
         ]
     }
 }
@@ -250,7 +255,8 @@ impl Command {
             | Command::Ping(_)
             | Command::Members(_)
             | Command::Stats(_)
-            | Command::Logs(_) => Class::Read,
+            | Command::Logs(_)
+            | Command::Listsockets(_) => Class::Read,
             Command::Numprocesses(p) => match p.nb {
                 None => Class::Read,
                 Some(_) => Class::Write,
@@ -304,7 +310,8 @@ impl Command {
             | Command::Dstats(_)
             | Command::Quit(_)
             | Command::Ping(_)
-            | Command::Members(_) => None,
+            | Command::Members(_)
+            | Command::Listsockets(_) => None,
         }
     }
 }
@@ -391,6 +398,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "stats",
     "members",
     "logs",
+    "listsockets",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -911,6 +919,7 @@ mod tests {
                 Read,
                 "logs",
             ),
+            (r#"{"command":"listsockets"}"#, Read, "listsockets"),
         ];
         let mut seen: Vec<&str> = vec![];
         for (json, class, token) in cases {

@@ -133,6 +133,12 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub log_backups: Option<u32>,
+    /// The node's sockets (`[socket.NAME]` in its config) its processes get, at fds 3,
+    /// 4, ... in this order, with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`;
+    /// `$(sockets.NAME)` in args and env values expands to the fd (at most 64 names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub sockets: Option<Vec<String>>,
 }
 
 /// The options whose values are durations.
@@ -237,6 +243,7 @@ option_fields!(
     health_timeout,
     log_max_bytes,
     log_backups,
+    sockets,
 );
 
 #[cfg(test)]
@@ -274,6 +281,7 @@ mod tests {
             health_timeout: Some(String::new()),
             log_max_bytes: Some(1),
             log_backups: Some(1),
+            sockets: Some(vec![]),
         })
         .unwrap();
         let keys: Vec<&str> = all

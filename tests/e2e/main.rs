@@ -18,3 +18,4 @@ mod observe;
 mod partition;
 mod robust;
 mod security;
+mod sockets;

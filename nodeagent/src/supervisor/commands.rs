@@ -3,7 +3,7 @@
 //! [`Effect::Reply`] (at once, or through a wait). It must not perform effects: no
 //! signals, processes or persistence of its own, only effects for the actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nix::sys::signal::Signal;
 use protocol::command::{
@@ -11,16 +11,17 @@ use protocol::command::{
 };
 use protocol::options::OPTION_NAMES;
 use protocol::reply::{
-    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, PlanData, ReplyData,
-    StatusData, WatcherState,
+    ActionData, KeyChange, ListData, NumprocessesData, NumwatchersData, OptionsData, PlanData,
+    ReplyData, SocketInfo, SocketsData, StatusData, WatcherState,
 };
 use protocol::{Errno, WatcherOptions};
 use serde_json::Value;
 
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
-use super::{data, gone, plan, CmdError, Outcome};
+use super::{data, gone, plan, CmdError, Outcome, Reload};
 use crate::config::deps::{graph_errors, graph_of, DepError};
 use crate::config::{parse_signal, WatcherConfig};
+use crate::sockets::SocketSet;
 
 /// What runs, as whom, with what environment, and where it writes: options only a node
 /// that allows remote exec lets a client set.
@@ -33,6 +34,7 @@ const EXEC_KEYS: &[&str] = &[
     "gid",
     "health_cmd",
     "working_dir",
+    "sockets",
 ];
 
 fn unknown_watcher(name: &str) -> CmdError {
@@ -173,6 +175,7 @@ impl Supervisor {
                 })
                 .into(),
             Command::Get(p) => self.get(p).into(),
+            Command::Listsockets(_) => Answer::Now(data(self.list_sockets())),
             Command::Set(p) => self
                 .set(p)
                 .map_or_else(|e| Answer::Now(Err(e)), Answer::Settled),
@@ -502,6 +505,7 @@ impl Supervisor {
             options.restart = None;
         }
         let new = watcher_config(&p.name, &options)?;
+        self.check_sockets(&new)?;
         if new.numprocesses > w.cfg.numprocesses {
             self.check_node_limit(&p.name, new.numprocesses)?;
         }
@@ -550,6 +554,7 @@ impl Supervisor {
         options.cmd = Some(p.cmd);
         options.args = Some(p.args);
         let cfg = watcher_config(&p.name, &options)?;
+        self.check_sockets(&cfg)?;
         self.check_node_limit(&p.name, cfg.numprocesses)?;
         self.check_dependencies(&cfg)?;
         self.add_watcher(&p.name, cfg, p.start);
@@ -570,28 +575,63 @@ impl Supervisor {
         self.ensure(name);
     }
 
-    /// The plan between the watchers that run and a newly read config file's watchers
-    /// (`file`; `base` is the file as last loaded), applied unless `dry_run`: removed
+    /// Refuses a watcher that lists a socket the node has not bound.
+    fn check_sockets(&self, cfg: &WatcherConfig) -> Result<(), CmdError> {
+        match cfg.sockets.iter().find(|s| !self.sockets.contains(s)) {
+            None => Ok(()),
+            Some(s) => Err(CmdError::new(
+                Errno::BadOption,
+                format!(
+                    "option 'sockets': node '{}' has no socket '{s}'; sockets are defined in \
+                     the node's config ([socket.{s}]), and `ctl listsockets` shows them",
+                    self.limits.node
+                ),
+            )),
+        }
+    }
+
+    /// `listsockets`: every bound socket and the watchers that list it.
+    fn list_sockets(&self) -> SocketsData {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|b| SocketInfo {
+                name: b.spec.name.clone(),
+                kind: b.kind().to_owned(),
+                address: b.address.clone(),
+                fd: b.raw_fd(),
+                watchers: self
+                    .watchers
+                    .values()
+                    .filter(|w| !w.removing && w.cfg.sockets.contains(&b.spec.name))
+                    .map(|w| w.cfg.name.clone())
+                    .collect(),
+            })
+            .collect();
+        SocketsData { sockets }
+    }
+
+    /// The plan between the watchers and sockets that run and a newly read config file
+    /// (`r.base` is the file's watchers as last loaded), applied unless `r.dry_run`, with
+    /// `bound` the file's sockets as the actor bound them (none for a dry run, whose plan
+    /// foretells which sockets binding would replace): the sockets are replaced, removed
     /// watchers stop (dependents first) and go, changed ones take their new options
-    /// (those whose processes must restart to take them are restarted one process at a
-    /// time by the handle, as `restart --rolling`), scaled ones resize, added ones start
-    /// (after their dependencies). Unchanged watchers are not touched. A plan whose
-    /// watchers would depend on a missing watcher, form a cycle, or ask for more than
-    /// `max_processes` is refused, and nothing changes.
-    pub(super) fn reload(
-        &mut self,
-        file: BTreeMap<String, WatcherConfig>,
-        base: BTreeMap<String, WatcherConfig>,
-        dry_run: bool,
-        reply: ReplyId,
-    ) {
+    /// (those whose processes must restart to take them, or to get a socket bound anew,
+    /// are restarted one process at a time by the handle, as `restart --rolling`),
+    /// scaled ones resize, added ones start (after their dependencies). Unchanged
+    /// watchers are not touched. A plan refused by [`Self::check_reload`] changes nothing.
+    pub(super) fn reload(&mut self, r: Reload, bound: Option<SocketSet>, reply: ReplyId) {
         if self.shutting_down {
             return self.reply(reply, Err(gone()));
         }
-        match self.reload_plan(&file, &base) {
+        let moved = self.moved_sockets(&r, bound.as_ref());
+        match self.reload_plan(&r, &moved) {
             Ok((target, mut p)) => {
-                p.dry_run = dry_run;
-                if !dry_run {
+                p.dry_run = r.dry_run;
+                if !r.dry_run {
+                    if let Some(sockets) = bound {
+                        self.sockets = sockets;
+                    }
                     self.apply_plan(target, &p);
                 }
                 self.reply(reply, data(p));
@@ -600,10 +640,46 @@ impl Supervisor {
         }
     }
 
+    /// Whether a reload may go ahead, checked before the actor binds its sockets: its
+    /// watchers may not depend on a missing watcher or form a cycle, list a socket the
+    /// file does not define, or ask for more than `max_processes`.
+    pub(super) fn check_reload(&self, r: &Reload) -> Result<(), CmdError> {
+        if self.shutting_down {
+            return Err(gone());
+        }
+        self.reload_plan(r, &BTreeMap::new()).map(|_| ())
+    }
+
+    /// The sockets a reload binds anew (`bound`, or for a dry run those binding would),
+    /// by name, each as the change of its address: the processes that have the old one
+    /// restart to get it.
+    fn moved_sockets(&self, r: &Reload, bound: Option<&SocketSet>) -> BTreeMap<String, KeyChange> {
+        let rebound: BTreeSet<String> = match bound {
+            Some(b) => b.changed_since(&self.sockets),
+            None => self.sockets.rebinds(&r.sockets),
+        };
+        rebound
+            .into_iter()
+            .filter_map(|name| {
+                let old = self.sockets.get(&name)?.address.clone();
+                let new = match bound.and_then(|b| b.get(&name)) {
+                    Some(b) => b.address.clone(),
+                    None => r.sockets.get(&name)?.endpoint.to_string(),
+                };
+                let change = KeyChange {
+                    key: format!("socket.{name}"),
+                    old: Some(Value::String(old)),
+                    new: Some(Value::String(new)),
+                };
+                Some((name, change))
+            })
+            .collect()
+    }
+
     fn reload_plan(
         &self,
-        file: &BTreeMap<String, WatcherConfig>,
-        base: &BTreeMap<String, WatcherConfig>,
+        r: &Reload,
+        moved: &BTreeMap<String, KeyChange>,
     ) -> Result<(BTreeMap<String, WatcherConfig>, PlanData), CmdError> {
         let running: BTreeMap<String, WatcherConfig> = self
             .watchers
@@ -611,7 +687,7 @@ impl Supervisor {
             .filter(|(_, w)| !w.removing)
             .map(|(n, w)| (n.clone(), w.cfg.clone()))
             .collect();
-        let (target, kept) = plan::target(&running, file, base);
+        let (target, kept) = plan::target(&running, &r.file, &r.base);
         let refuse = |what: String| {
             CmdError::new(
                 Errno::CommandFailed,
@@ -627,6 +703,22 @@ impl Supervisor {
                 kept.join(", ")
             )));
         }
+        // The file's own watchers list only its sockets (the config checks that); one
+        // kept from runtime changes may list a socket the file has dropped since.
+        let unbound = target.values().find_map(|w| {
+            w.sockets
+                .iter()
+                .find(|s| !r.sockets.contains_key(*s))
+                .map(|s| (&w.name, s))
+        });
+        if let Some((w, s)) = unbound {
+            return Err(refuse(format!(
+                "with the watchers kept from runtime changes ({}), watcher '{w}' lists socket \
+                 '{s}', which the file no longer defines; add a [socket.{s}] table, or take \
+                 '{s}' out of the watcher's sockets (ctl set)",
+                kept.join(", ")
+            )));
+        }
         let total = target
             .values()
             .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
@@ -637,9 +729,13 @@ impl Supervisor {
                  max_processes = {max}"
             )));
         }
-        let mut p = plan::plan(&running, &target, |n| {
-            self.watchers.get(n).is_some_and(|w| w.run)
-        });
+        let mut p = plan::plan(
+            &running,
+            &target,
+            |n| self.watchers.get(n).is_some_and(|w| w.run),
+            moved,
+        );
+        p.sockets = plan::sockets(&self.sockets.specs(), &r.sockets);
         p.kept = kept;
         Ok((target, p))
     }

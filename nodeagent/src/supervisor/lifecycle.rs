@@ -32,14 +32,7 @@ impl Supervisor {
             Input::Boot => self.boot(),
             Input::Command(command, reply) => self.command(command, reply),
             Input::RestartSlot { name, wid, reply } => self.restart_slot(&name, wid, reply),
-            Input::Reload(r, reply) => {
-                let super::Reload {
-                    file,
-                    base,
-                    dry_run,
-                } = *r;
-                self.reload(file, base, dry_run, reply)
-            }
+            Input::Reload(r, bound, reply) => self.reload(*r, bound.map(|b| *b), reply),
             Input::Shutdown => self.begin_shutdown(),
             Input::Tick => {}
             Input::Spawned {
@@ -390,6 +383,10 @@ impl Supervisor {
             return;
         };
         let cfg = &w.cfg;
+        let listen = self.sockets.fds(&cfg.sockets);
+        let expand = |s: &str, name: &str, wid: u32| {
+            crate::sockets::expand(&expand(s, name, wid), &cfg.sockets)
+        };
         let mut env: Vec<(String, String)> = vec![
             ("NODEAGENT_WID".into(), wid.to_string()),
             ("NODEAGENT_WATCHER".into(), name.to_owned()),
@@ -415,6 +412,7 @@ impl Supervisor {
                 gid: cfg.gid_num,
                 stdout: cfg.stdout.clone(),
                 stderr: cfg.stderr.clone(),
+                listen: listen.clone().unwrap_or_default(),
             },
             stop: (cfg.stop_signal, cfg.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
@@ -428,7 +426,10 @@ impl Supervisor {
         slot.leader_gone = false;
         slot.after_stop = AfterStop::Remove;
         slot.uptime_reached = false;
-        self.out.push(Effect::Spawn(Box::new(order)));
+        match listen {
+            Ok(_) => self.out.push(Effect::Spawn(Box::new(order))),
+            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
+        }
     }
 
     /// A process started: it is starting until `min_uptime` (and its health check).

@@ -23,6 +23,7 @@ use protocol::{Errno, WatcherOptions};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::WatcherConfig;
+use crate::sockets::{SocketSet, SocketSpec};
 
 /// A command's error: its number and a reason that says what to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +134,8 @@ pub struct Settings {
     pub groups: Option<std::sync::Arc<crate::groups::Groups>>,
     /// The most processes all watchers together may ask for (`[agent] max_processes`).
     pub max_processes: u32,
+    /// The sockets the agent bound, which the watchers' processes get by name.
+    pub sockets: SocketSet,
 }
 
 /// What the handle asks of the actor.
@@ -144,15 +147,18 @@ enum Cmd {
         wid: u32,
         reply: oneshot::Sender<Outcome>,
     },
+    /// The actor binds the sockets (unless a dry run) before the model sees the reload.
     Reload(Box<Reload>, oneshot::Sender<Outcome>),
     Shutdown(oneshot::Sender<()>),
 }
 
-/// A reload of the config file: its watchers, the file's watchers as last loaded, and
-/// whether only the plan is wanted.
+/// A reload of the config file: its watchers and sockets, the file's watchers as last
+/// loaded, and whether only the plan is wanted.
 #[derive(Debug)]
-pub(crate) struct Reload {
+pub struct Reload {
     pub file: BTreeMap<String, WatcherConfig>,
+    /// The file's `[socket.NAME]` tables.
+    pub sockets: BTreeMap<String, SocketSpec>,
     pub base: BTreeMap<String, WatcherConfig>,
     pub dry_run: bool,
 }
@@ -258,23 +264,15 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
-    /// The plan between the running watchers and a newly read config file's watchers
-    /// (`file`; `base` is the file as last loaded), and unless `dry_run`, applies it:
-    /// returns once added and removed watchers are on their way, scaled ones resized and
-    /// changed ones given their new options; [`Self::restart_changed`] then restarts the
-    /// processes that must restart to take them.
-    pub async fn reload(
-        &self,
-        file: BTreeMap<String, WatcherConfig>,
-        base: BTreeMap<String, WatcherConfig>,
-        dry_run: bool,
-    ) -> Result<PlanData, CmdError> {
+    /// The plan between the running watchers and sockets and a newly read config file
+    /// (`reload.base` is the file's watchers as last loaded), and unless `dry_run`,
+    /// applies it: the file's sockets are bound first (a socket that cannot be bound
+    /// refuses the whole reload, and nothing changes); returns once added and removed
+    /// watchers are on their way, scaled ones resized and changed ones given their new
+    /// options; [`Self::restart_changed`] then restarts the processes that must restart
+    /// to take them (or a socket bound anew). A dry run binds nothing.
+    pub async fn reload(&self, reload: Reload) -> Result<PlanData, CmdError> {
         let (tx, rx) = oneshot::channel();
-        let reload = Reload {
-            file,
-            base,
-            dry_run,
-        };
         self.tx
             .send(Cmd::Reload(Box::new(reload), tx))
             .await
@@ -350,6 +348,7 @@ pub fn start(
         },
         std::time::Instant::now(),
     );
+    sup.sockets = settings.sockets.clone();
     for (name, cfg) in watchers {
         let run = cfg.autostart && !stopped.contains(&name);
         sup.watchers.insert(name, model::Watcher::new(cfg, run));

@@ -13,6 +13,7 @@ use super::waiters::{SlotWaiter, Waiter};
 use super::{policy, DesiredState, LifecycleEvent, Outcome, ProcessSnapshot, WatcherSnapshot};
 use crate::config::WatcherConfig;
 use crate::process::SpawnSpec;
+use crate::sockets::SocketSet;
 
 /// Who gets a reply: the actor keeps the channel, the model only its number.
 pub(super) type ReplyId = u64;
@@ -344,7 +345,8 @@ pub(super) enum Input {
         wid: u32,
         reply: ReplyId,
     },
-    Reload(Box<super::Reload>, ReplyId),
+    /// A reload, with the sockets the actor bound for it (none for a dry run).
+    Reload(Box<super::Reload>, Option<Box<SocketSet>>, ReplyId),
     Shutdown,
     /// Nothing happened but time passed (a wait's deadline).
     Tick,
@@ -404,6 +406,8 @@ pub(super) struct Supervisor {
     pub now: Instant,
     /// The effects of the current transition, in order.
     pub out: Vec<Effect>,
+    /// The node's bound sockets, which processes get by name.
+    pub sockets: SocketSet,
 }
 
 impl Supervisor {
@@ -417,6 +421,7 @@ impl Supervisor {
             shutting_down: false,
             now,
             out: Vec::new(),
+            sockets: SocketSet::default(),
         }
     }
 

@@ -2,15 +2,17 @@
 //! applies at start (an entry the file changed since it was last loaded wins; the other
 //! watchers keep their runtime changes, see `state::merge`), and what changes between
 //! the watchers that run and those: added, removed, changed (which keys, old and new),
-//! scaled. It must not perform effects; the supervisor applies the plan.
+//! scaled; and between the sockets bound and the file's `[socket.NAME]` tables. It must
+//! not perform effects (nor bind anything); the supervisor applies the plan.
 
 use std::collections::BTreeMap;
 
 use protocol::options::OPTION_NAMES;
-use protocol::reply::{KeyChange, PlanAction, PlanData, WatcherPlan};
-use serde_json::Value;
+use protocol::reply::{KeyChange, PlanAction, PlanData, SocketPlan, WatcherPlan};
+use serde_json::{json, Value};
 
 use crate::config::WatcherConfig;
+use crate::sockets::{Endpoint, SocketSpec};
 
 /// The watchers after a reload of `file`, given the ones `running` and the file's
 /// watchers as last loaded (`base`); and the watchers that keep runtime changes
@@ -50,11 +52,14 @@ pub(super) fn target(
 }
 
 /// What changes from `running` to `target`; `runs` says whether a watcher's processes
-/// should run (a stopped watcher is not restarted by a change).
+/// should run (a stopped watcher is not restarted by a change). `moved` holds the
+/// sockets bound anew, by name, each as the change of its address: a watcher that keeps
+/// listing one changes too, and its processes restart to get it.
 pub(super) fn plan(
     running: &BTreeMap<String, WatcherConfig>,
     target: &BTreeMap<String, WatcherConfig>,
     runs: impl Fn(&str) -> bool,
+    moved: &BTreeMap<String, KeyChange>,
 ) -> PlanData {
     let mut data = PlanData::default();
     let entry = |name: &str, action, changes, restart| WatcherPlan {
@@ -76,7 +81,15 @@ pub(super) fn plan(
         let Some(new) = target.get(name) else {
             continue;
         };
-        let changes = key_changes(old, new);
+        let mut changes = key_changes(old, new);
+        let moves: Vec<KeyChange> = new
+            .sockets
+            .iter()
+            .filter(|s| old.sockets.contains(s))
+            .filter_map(|s| moved.get(s).cloned())
+            .collect();
+        let socket_moved = !moves.is_empty();
+        changes.extend(moves);
         if changes.is_empty() {
             continue;
         }
@@ -85,7 +98,7 @@ pub(super) fn plan(
             plans.push(entry(name, PlanAction::Scaled, changes, false));
         } else {
             data.changed.push(name.clone());
-            let restart = old.spawn_differs(new) && runs(name);
+            let restart = (old.spawn_differs(new) || socket_moved) && runs(name);
             plans.push(entry(name, PlanAction::Changed, changes, restart));
         }
     }
@@ -98,6 +111,68 @@ pub(super) fn plan(
     plans.sort_by(|a, b| (rank(a.action), &a.name).cmp(&(rank(b.action), &b.name)));
     data.watchers = plans;
     data
+}
+
+/// What changes from the sockets bound (`old`, their specs) to a file's `[socket.NAME]`
+/// tables (`new`): added, removed, then changed sockets with the keys that change.
+pub(super) fn sockets(
+    old: &BTreeMap<String, SocketSpec>,
+    new: &BTreeMap<String, SocketSpec>,
+) -> Vec<SocketPlan> {
+    let entry = |name: &str, action, changes| SocketPlan {
+        name: name.to_owned(),
+        action,
+        changes,
+    };
+    let added = new
+        .keys()
+        .filter(|n| !old.contains_key(*n))
+        .map(|n| entry(n, PlanAction::Added, vec![]));
+    let removed = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .map(|n| entry(n, PlanAction::Removed, vec![]));
+    let changed = new.iter().filter_map(|(n, s)| {
+        let o = old.get(n)?;
+        let changes = socket_key_changes(o, s);
+        (!changes.is_empty()).then(|| entry(n, PlanAction::Changed, changes))
+    });
+    added.chain(removed).chain(changed).collect()
+}
+
+/// A socket's keys as a `[socket.NAME]` table says them (the defaults filled in).
+fn socket_keys(s: &SocketSpec) -> [(&'static str, Option<Value>); 6] {
+    let (host, port, path, mode) = match &s.endpoint {
+        Endpoint::Tcp { host, port } => (Some(json!(host)), Some(json!(port)), None, None),
+        Endpoint::Unix { path, mode } => (
+            None,
+            None,
+            Some(json!(path.display().to_string())),
+            mode.map(|m| json!(format!("{m:04o}"))),
+        ),
+    };
+    [
+        ("host", host),
+        ("port", port),
+        ("path", path),
+        ("mode", mode),
+        ("backlog", Some(json!(s.backlog))),
+        ("reuseport", Some(json!(s.reuseport))),
+    ]
+}
+
+/// The keys of a socket whose values differ.
+fn socket_key_changes(old: &SocketSpec, new: &SocketSpec) -> Vec<KeyChange> {
+    socket_keys(old)
+        .into_iter()
+        .zip(socket_keys(new))
+        .filter(|((_, o), (_, n))| o != n)
+        .map(|((key, old), (_, new))| KeyChange {
+            key: key.to_owned(),
+            old,
+            new,
+        })
+        .collect()
 }
 
 /// The options whose values differ, in the order of [`OPTION_NAMES`].
@@ -158,7 +233,7 @@ mod tests {
             w("db", &["1"], 4),
             w("new", &[], 1),
         ]);
-        let p = plan(&running, &target, |_| true);
+        let p = plan(&running, &target, |_| true, &BTreeMap::new());
         assert_eq!(p.added, ["new"]);
         assert_eq!(p.removed, ["gone"]);
         assert_eq!(p.changed, ["web"]);
@@ -175,10 +250,10 @@ mod tests {
         assert_eq!(db.changes[0].old, Some(json!(1)));
         assert_eq!(db.changes[0].new, Some(json!(4)));
         // A stopped watcher takes a change without a restart.
-        let p = plan(&running, &target, |n| n != "web");
+        let p = plan(&running, &target, |n| n != "web", &BTreeMap::new());
         assert!(!p.watchers.iter().any(|x| x.restart));
         // Nothing differs: an empty plan.
-        let p = plan(&running, &running, |_| true);
+        let p = plan(&running, &running, |_| true, &BTreeMap::new());
         assert_eq!(p, PlanData::default());
     }
 
@@ -188,7 +263,7 @@ mod tests {
         let mut new = old.clone();
         new.priority = 7;
         new.depends_on = vec!["db".into()];
-        let p = plan(&map(&[old]), &map(&[new]), |_| true);
+        let p = plan(&map(&[old]), &map(&[new]), |_| true, &BTreeMap::new());
         assert_eq!(p.changed, ["web"]);
         let keys: Vec<&str> = p.watchers[0]
             .changes
@@ -217,7 +292,7 @@ mod tests {
         assert_eq!(t["a"].numprocesses, 3, "a keeps its runtime count");
         assert_eq!(t["b"].args, ["2"], "the file's edit of b wins");
         assert_eq!(kept, ["a", "extra", "gone"]);
-        let p = plan(&running, &t, |_| true);
+        let p = plan(&running, &t, |_| true, &BTreeMap::new());
         assert_eq!(
             (p.added, p.changed, p.removed),
             (vec!["c".to_string()], vec!["b".to_string()], vec![])
@@ -226,5 +301,87 @@ mod tests {
         let file = map(&[w("b", &["1"], 1), w("gone", &["1"], 1)]);
         let (t, _) = target(&running, &file, &base);
         assert_eq!(t.keys().collect::<Vec<_>>(), ["b", "extra"]);
+    }
+
+    #[test]
+    fn the_socket_plan_names_the_keys_that_change() {
+        use crate::sockets::SocketOptions;
+        let spec = |name: &str, o: SocketOptions| {
+            (name.to_owned(), SocketSpec::from_options(name, &o).unwrap())
+        };
+        let tcp = |port| SocketOptions {
+            port: Some(port),
+            ..Default::default()
+        };
+        let unix = |mode: &str| SocketOptions {
+            path: Some("/run/a.sock".into()),
+            mode: Some(mode.into()),
+            ..Default::default()
+        };
+        let old = BTreeMap::from([
+            spec("web", tcp(8000)),
+            spec("same", tcp(8001)),
+            spec("gone", tcp(8002)),
+            spec("admin", unix("0600")),
+        ]);
+        let new = BTreeMap::from([
+            spec("web", tcp(8080)),
+            spec("same", tcp(8001)),
+            spec("new", tcp(8003)),
+            spec("admin", unix("0660")),
+        ]);
+        let p = sockets(&old, &new);
+        let rows: Vec<(&str, PlanAction)> = p.iter().map(|s| (s.name.as_str(), s.action)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("new", PlanAction::Added),
+                ("gone", PlanAction::Removed),
+                ("admin", PlanAction::Changed),
+                ("web", PlanAction::Changed)
+            ]
+        );
+        assert_eq!(p[2].changes[0].key, "mode");
+        assert_eq!(p[2].changes[0].old, Some(json!("0600")));
+        assert_eq!(p[2].changes[0].new, Some(json!("0660")));
+        assert_eq!(p[3].changes.len(), 1);
+        assert_eq!(
+            (p[3].changes[0].old.clone(), p[3].changes[0].new.clone()),
+            (Some(json!(8000)), Some(json!(8080)))
+        );
+        assert!(sockets(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_watcher_whose_socket_moves_restarts() {
+        let mut web = w("web", &["1"], 2);
+        web.sockets = vec!["s".into()];
+        let moved = BTreeMap::from([(
+            "s".to_owned(),
+            KeyChange {
+                key: "socket.s".into(),
+                old: Some(json!("127.0.0.1:8000")),
+                new: Some(json!("127.0.0.1:8080")),
+            },
+        )]);
+        let running = map(&[web.clone(), w("other", &["1"], 1)]);
+        let p = plan(&running, &running, |_| true, &moved);
+        assert_eq!(p.changed, ["web"]);
+        assert!(p.watchers[0].restart);
+        assert_eq!(p.watchers[0].changes[0].key, "socket.s");
+        // Resized as well: still a change that restarts, not a resize alone.
+        let mut more = web.clone();
+        more.numprocesses = 3;
+        let p = plan(
+            &running,
+            &map(&[more, w("other", &["1"], 1)]),
+            |_| true,
+            &moved,
+        );
+        assert_eq!((p.changed.len(), p.scaled.len()), (1, 0));
+        assert!(p.watchers[0].restart);
+        // A stopped watcher takes it at its next start.
+        let p = plan(&running, &running, |_| false, &moved);
+        assert!(!p.watchers[0].restart);
     }
 }

@@ -1217,5 +1217,182 @@ fn every_command_answers_with_the_data_it_declares() {
             None => panic!("{name}: no answer"),
         }
     }
-    assert_eq!(watcher_commands, 16);
+    assert_eq!(watcher_commands, 17);
+}
+
+/// `add` may list only sockets the node has bound; a process of a watcher with sockets
+/// is spawned with their fds, in the order of its list, and `$(sockets.NAME)` expanded.
+#[test]
+fn added_watchers_get_the_node_s_sockets_by_name() {
+    use crate::sockets::{SocketOptions, SocketSet, SocketSpec};
+    let spec = |name: &str| {
+        let o = SocketOptions {
+            port: Some(0),
+            ..Default::default()
+        };
+        (name.to_owned(), SocketSpec::from_options(name, &o).unwrap())
+    };
+    let sockets = SocketSet::bind(&[spec("a"), spec("b")].into(), &SocketSet::default()).unwrap();
+    let mut sim = Sim::new(config("sleep"), false);
+    sim.sup.limits.allow_remote_exec = true;
+    sim.sup.sockets = sockets.clone();
+    let add = |list: &[&str]| {
+        Command::Add(Box::new(protocol::command::AddProps {
+            name: "x".into(),
+            cmd: "srv".into(),
+            args: vec!["--fd=$(sockets.a)".into()],
+            options: Some(WatcherOptions {
+                sockets: Some(list.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            }),
+            start: true,
+        }))
+    };
+    let input = sim.command(add(&["a", "nope"]));
+    let effects = sim.sup.step(input, sim.t0);
+    let refused = effects.iter().find_map(|e| match e {
+        Effect::Reply {
+            outcome: Err(e), ..
+        } => Some(e.reason.clone()),
+        _ => None,
+    });
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.contains("no socket 'nope'")),
+        "{effects:?}"
+    );
+    let input = sim.command(add(&["b", "a"]));
+    let effects = sim.sup.step(input, sim.t0);
+    let spawn = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Spawn(o) => Some(o.clone()),
+            _ => None,
+        })
+        .expect("a spawn");
+    let names: Vec<&str> = spawn.spec.listen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["b", "a"]);
+    assert!(std::sync::Arc::ptr_eq(
+        &spawn.spec.listen[1].1,
+        &sockets.get("a").unwrap().fd
+    ));
+    assert_eq!(spawn.spec.args, ["--fd=4"]);
+}
+
+/// A reload that moves a socket: the dry run lists the socket's change and the watcher
+/// that would restart, and changes nothing; applied with the sockets the actor bound,
+/// the watcher restarts (by the handle, one process at a time) and the new sockets
+/// replace the old. A watcher kept from runtime changes that lists a socket the file
+/// drops refuses the reload.
+#[test]
+fn a_reload_that_moves_a_socket_restarts_its_watchers_and_a_dry_run_binds_nothing() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use protocol::reply::{PlanAction, PlanData, ReplyData};
+
+    use super::Reload;
+    use crate::sockets::{SocketOptions, SocketSet, SocketSpec};
+
+    let spec = |name: &str, reuseport: bool| {
+        let o = SocketOptions {
+            port: Some(0),
+            reuseport: Some(reuseport),
+            ..Default::default()
+        };
+        (name.to_owned(), SocketSpec::from_options(name, &o).unwrap())
+    };
+    let old: BTreeMap<_, _> = [spec("a", false), spec("b", false)].into();
+    let bound = SocketSet::bind(&old, &SocketSet::default()).unwrap();
+    let mut cfg = config("sleep");
+    cfg.sockets = vec!["a".into()];
+    let mut sim = Sim::new(cfg.clone(), true);
+    sim.sup.sockets = bound.clone();
+    let file = BTreeMap::from([("w".to_owned(), cfg)]);
+    // a moves (another socket: reuseport), b takes another backlog (the same socket),
+    // c is new.
+    let mut new = old.clone();
+    new.extend([spec("a", true), spec("c", false)]);
+    new.get_mut("b").unwrap().backlog = 512;
+    let reload = |dry_run| {
+        Box::new(Reload {
+            file: file.clone(),
+            sockets: new.clone(),
+            base: file.clone(),
+            dry_run,
+        })
+    };
+    let plan_of = |effects: &[Effect]| -> PlanData {
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Reply {
+                    outcome: Ok(ReplyData::Plan(p)),
+                    ..
+                } => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no plan: {effects:?}"))
+    };
+
+    let effects = sim.sup.step(Input::Reload(reload(true), None, 900), sim.t0);
+    let p = plan_of(&effects);
+    assert!(p.dry_run);
+    assert_eq!(p.changed, ["w"]);
+    assert!(p.watchers[0].restart);
+    assert_eq!(p.watchers[0].changes[0].key, "socket.a");
+    let sockets: Vec<(&str, PlanAction)> = p
+        .sockets
+        .iter()
+        .map(|s| (s.name.as_str(), s.action))
+        .collect();
+    assert_eq!(
+        sockets,
+        [
+            ("c", PlanAction::Added),
+            ("a", PlanAction::Changed),
+            ("b", PlanAction::Changed)
+        ]
+    );
+    assert_eq!(p.sockets[1].changes[0].key, "reuseport");
+    assert_eq!(p.sockets[2].changes[0].key, "backlog");
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::Configure { .. })));
+    assert!(Arc::ptr_eq(
+        &sim.sup.sockets.get("a").unwrap().fd,
+        &bound.get("a").unwrap().fd
+    ));
+    assert!(!sim.sup.sockets.contains("c"));
+
+    let rebound = SocketSet::bind(&new, &bound).unwrap();
+    let input = Input::Reload(reload(false), Some(Box::new(rebound.clone())), 901);
+    let effects = sim.sup.step(input, sim.t0);
+    let applied = plan_of(&effects);
+    assert!(!applied.dry_run);
+    assert_eq!(applied.changed, ["w"]);
+    assert!(applied.watchers[0].restart);
+    assert_eq!(applied.sockets, p.sockets);
+    assert!(Arc::ptr_eq(
+        &sim.sup.sockets.get("a").unwrap().fd,
+        &rebound.get("a").unwrap().fd
+    ));
+    assert!(sim.sup.sockets.contains("c"));
+
+    // Kept from runtime changes (the file's entry is as last loaded), "w" lists a socket
+    // the file no longer defines.
+    let mut dropped = reload(false);
+    dropped.sockets.remove("a");
+    let e = sim.sup.check_reload(&dropped).unwrap_err();
+    assert!(e.reason.contains("lists socket 'a'"), "{}", e.reason);
+    let mut runtime = file["w"].clone();
+    runtime.graceful_timeout = Duration::from_secs(3);
+    sim.sup.watchers.get_mut("w").unwrap().cfg = runtime;
+    let e = sim.sup.check_reload(&dropped).unwrap_err();
+    assert!(
+        e.reason.contains("which the file no longer defines"),
+        "{}",
+        e.reason
+    );
 }

@@ -205,6 +205,11 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         prop::option::of(duration_string()),
         prop::option::of(prop_oneof![0u64..4096, any::<u64>()]),
         prop::option::of(big_u32()),
+        // `depends_on` and `sockets`: up to 70 names, past the 64 each allows.
+        prop::option::of(prop::collection::vec(
+            prop_oneof![plain_name(), hostile_string()],
+            0..70,
+        )),
         prop::option::of(prop::collection::vec(
             prop_oneof![plain_name(), hostile_string()],
             0..70,
@@ -236,6 +241,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 log_max_bytes,
                 log_backups,
                 depends_on,
+                sockets,
             ),
         )| WatcherOptions {
             cmd,
@@ -266,6 +272,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             health_timeout,
             log_max_bytes,
             log_backups,
+            sockets,
         },
     )
 }
