@@ -209,9 +209,11 @@ pub enum Sub {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Read the node's config file again and apply what changed: watchers added start,
+    /// Read the node's config file again and apply what changed: its sockets are bound
+    /// first (one that cannot be bound refuses the whole reload), watchers added start,
     /// removed ones stop, scaled ones resize, changed ones restart one process at a time
-    /// when what runs changed; the others are left alone.
+    /// when what runs changed or a socket they list was bound anew; the others are left
+    /// alone.
     Reloadconfig {
         /// Only show the plan (watchers and sockets added, removed, changed with the keys
         /// old -> new, scaled); change nothing. Sent on the read-only `plan` subject.
