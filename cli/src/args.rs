@@ -209,8 +209,17 @@ pub enum Sub {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Read the node's config file again and apply what changed.
-    Reloadconfig,
+    /// Read the node's config file again and apply what changed: its sockets are bound
+    /// first (one that cannot be bound refuses the whole reload), watchers added start,
+    /// removed ones stop, scaled ones resize, changed ones restart one process at a time
+    /// when what runs changed or a socket they list was bound anew; the others are left
+    /// alone.
+    Reloadconfig {
+        /// Only show the plan (watchers and sockets added, removed, changed with the keys
+        /// old -> new, scaled); change nothing. Sent on the read-only `plan` subject.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The agent's own pid, CPU, memory and uptime.
     Dstats,
     /// The sockets the agent has bound ([socket.NAME] in its config): kind, address
@@ -393,7 +402,9 @@ impl Sub {
                 name: watcher.clone(),
                 waiting: !no_wait,
             }),
-            Sub::Reloadconfig => Command::Reloadconfig(Empty {}),
+            Sub::Reloadconfig { dry_run } => {
+                Command::Reloadconfig(ReloadconfigProps { dry_run: *dry_run })
+            }
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Listsockets => Command::Listsockets(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
@@ -428,7 +439,7 @@ impl Sub {
             | Sub::Rm { .. }
             | Sub::Set { .. }
             | Sub::Add { .. }
-            | Sub::Reloadconfig
+            | Sub::Reloadconfig { .. }
             | Sub::Quit => Duration::from_secs(60),
             _ => Duration::from_secs(5),
         }

@@ -159,7 +159,7 @@ pub fn render(command: &Command, replies: &[&Reply], multi: bool) -> String {
         ReplyKind::Numprocesses => numprocesses(n, &typed(replies)),
         ReplyKind::Numwatchers => numwatchers(n, &typed(replies)),
         ReplyKind::Options => options(n, &typed(replies)),
-        ReplyKind::Reload => reload(n, &typed(replies)),
+        ReplyKind::Plan => plan(n, &typed(replies)),
         ReplyKind::Dstats => dstats(&typed(replies)),
         ReplyKind::Ping => ping(&typed(replies)),
         ReplyKind::Stats => stats(&typed(replies)),
@@ -334,24 +334,90 @@ fn options(n: Nodes, replies: &[(&str, OptionsData)]) -> String {
     out
 }
 
-fn reload(n: Nodes, replies: &[(&str, ReloadData)]) -> String {
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "-".to_owned()
-        } else {
-            v.join(", ")
-        }
-    };
+/// `key: old -> new; ...`, an unset value shown as `(unset)`.
+fn key_changes(changes: &[KeyChange]) -> String {
+    let v = |v: &Option<Value>| v.as_ref().map_or("(unset)".to_owned(), opt_value);
+    changes
+        .iter()
+        .map(|c| format!("{}: {} -> {}", c.key, v(&c.old), v(&c.new)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `reloadconfig`: what each node applied, or with `--dry-run` would apply.
+fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
     let mut out = String::new();
+    let mut t = n.head(&["CHANGE", "NAME", "DETAIL"]);
     for (node, d) in replies {
-        push_line!(
-            out,
-            "{}reloaded: added {}; removed {}; changed {}",
-            n.prefix(node),
-            list(&d.added),
-            list(&d.removed),
-            list(&d.changed)
-        );
+        if d.dry_run {
+            push_line!(
+                out,
+                "{}dry run: the plan below, nothing was changed",
+                n.prefix(node)
+            );
+        } else {
+            push_line!(out, "{}reloaded: applied the plan below", n.prefix(node));
+        }
+        // An agent of an earlier version sends the names only.
+        let names_only: Vec<WatcherPlan> = if d.watchers.is_empty() {
+            [
+                (PlanAction::Added, &d.added),
+                (PlanAction::Removed, &d.removed),
+                (PlanAction::Changed, &d.changed),
+                (PlanAction::Scaled, &d.scaled),
+            ]
+            .into_iter()
+            .flat_map(|(action, names)| {
+                names.iter().map(move |name| WatcherPlan {
+                    name: name.clone(),
+                    action,
+                    changes: vec![],
+                    restart: false,
+                })
+            })
+            .collect()
+        } else {
+            vec![]
+        };
+        for w in d.watchers.iter().chain(&names_only) {
+            let detail = match w.action {
+                PlanAction::Added => "starts if autostart".to_owned(),
+                PlanAction::Removed => "stops and goes".to_owned(),
+                PlanAction::Scaled => key_changes(&w.changes),
+                PlanAction::Changed if w.restart => format!(
+                    "{} (restarted one process at a time)",
+                    key_changes(&w.changes)
+                ),
+                PlanAction::Changed if w.changes.is_empty() => String::new(),
+                PlanAction::Changed => format!("{} (no restart)", key_changes(&w.changes)),
+            };
+            t.row(n.row(node, [w.action.to_string(), w.name.clone(), detail]));
+        }
+        for s in &d.sockets {
+            t.row(n.row(
+                node,
+                [
+                    format!("socket {}", s.action),
+                    s.name.clone(),
+                    key_changes(&s.changes),
+                ],
+            ));
+        }
+        for k in &d.kept {
+            t.row(n.row(
+                node,
+                [
+                    "kept".to_owned(),
+                    k.clone(),
+                    "runtime changes stay: its entry in the file is unchanged".to_owned(),
+                ],
+            ));
+        }
+    }
+    if t.is_empty() {
+        out.push_str("nothing to change\n");
+    } else {
+        out.push_str(&t.render());
     }
     out
 }
@@ -699,7 +765,17 @@ pub mod wild {
             ),
             (
                 "reloadconfig",
-                json!({"added": ["a"], "removed": ["b"], "changed": ["c"]}),
+                json!({"dry_run": true, "added": ["a"], "removed": ["b"], "changed": ["c"],
+                "scaled": ["d"], "kept": ["e"],
+                "watchers": [{"name": "a", "action": "added"},
+                    {"name": "b", "action": "removed"},
+                    {"name": "c", "action": "changed", "restart": true,
+                     "changes": [{"key": "args", "old": ["x"], "new": ["y"]},
+                                 {"key": "depends_on", "new": ["a"]}]},
+                    {"name": "d", "action": "scaled",
+                     "changes": [{"key": "numprocesses", "old": 1, "new": 2}]}],
+                "sockets": [{"name": "s", "action": "changed",
+                     "changes": [{"key": "port", "old": 1, "new": 2}]}]}),
             ),
             (
                 "dstats",
@@ -801,6 +877,53 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sanitize(input), want, "{input:?}");
         }
+    }
+
+    fn reply(node: &str, data: Value) -> Reply {
+        Reply::ok(None, node, 1.0, data)
+    }
+
+    #[test]
+    fn a_reload_plan_reads_as_a_table() {
+        let dry = reply(
+            "n1",
+            serde_json::json!({"dry_run": true, "added": ["new"], "removed": [],
+                "changed": ["web"], "scaled": [], "kept": ["db"],
+                "watchers": [{"name": "new", "action": "added"},
+                    {"name": "web", "action": "changed", "restart": true, "changes": [
+                        {"key": "args", "old": ["1"], "new": ["2"]},
+                        {"key": "health_cmd", "new": ["true"]}]}]}),
+        );
+        let c = Command::Reloadconfig(protocol::command::ReloadconfigProps { dry_run: true });
+        assert_eq!(
+            render(&c, &[&dry], false),
+            "dry run: the plan below, nothing was changed\n\
+             CHANGE   NAME  DETAIL\n\
+             added    new   starts if autostart\n\
+             changed  web   args: [\"1\"] -> [\"2\"]; health_cmd: (unset) -> [\"true\"] \
+             (restarted one process at a time)\n\
+             kept     db    runtime changes stay: its entry in the file is unchanged\n"
+        );
+        // An agent of an earlier version: names only.
+        let old = reply(
+            "n2",
+            serde_json::json!({"added": [], "removed": ["gone"], "changed": ["web"]}),
+        );
+        assert_eq!(
+            render(&c, &[&old], true),
+            "n2: reloaded: applied the plan below\n\
+             NODE  CHANGE   NAME  DETAIL\n\
+             n2    removed  gone  stops and goes\n\
+             n2    changed  web\n"
+        );
+        let none = reply(
+            "n1",
+            serde_json::json!({"added": [], "removed": [], "changed": []}),
+        );
+        assert_eq!(
+            render(&c, &[&none], false),
+            "reloaded: applied the plan below\nnothing to change\n"
+        );
     }
 
     #[test]

@@ -183,6 +183,7 @@ pub async fn run(
         supervisor: supervisor.clone(),
         config_path: config.path.clone(),
         store,
+        base: Mutex::new(config.watchers.clone()),
         shutdown: shutdown.clone(),
         cpu_prev: Mutex::new(None),
         log_dir: config.agent.log_dir.clone(),
@@ -418,12 +419,20 @@ async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<
                 return;
             }
             Some(()) = reload.recv() => {
-                match node.reload_config().await {
+                // A reload restarts changed watchers one process at a time; a stop
+                // does not wait for it.
+                let outcome = tokio::select! {
+                    r = node.reload_config(false) => r,
+                    _ = shutdown.cancelled() => return,
+                    _ = panicked.cancelled() => continue,
+                };
+                match outcome {
                     Ok(d) => tracing::info!(
-                        "config reloaded: added {:?}, removed {:?}, changed {:?}",
+                        "config reloaded: added {:?}, removed {:?}, changed {:?}, scaled {:?}",
                         d.added,
                         d.removed,
-                        d.changed
+                        d.changed,
+                        d.scaled
                     ),
                     Err(e) => tracing::error!("config not reloaded: {}", e.reason),
                 }

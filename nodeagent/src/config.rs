@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sockets::{SocketOptions, SocketSpec};
 
+pub mod deps;
+
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -324,6 +326,8 @@ pub struct WatcherConfig {
     pub warmup_delay: Duration,
     pub autostart: bool,
     pub priority: i32,
+    /// Watchers that must be up before this one starts, and that stop after it.
+    pub depends_on: Vec<String>,
     pub stdout: Output,
     pub stderr: Output,
     pub service: String,
@@ -550,6 +554,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             Err(mut p) => problems.append(&mut p),
         }
     }
+    problems.extend(deps::problems(&watchers));
     let sockets = validate_sockets(&raw.socket, &watchers, &mut problems);
     let total = watchers
         .values()
@@ -964,6 +969,10 @@ impl WatcherConfig {
             (None, Some(false)) => RestartPolicy::Never,
             (None, _) => RestartPolicy::Always,
         };
+        let depends_on = o.depends_on.clone().unwrap_or_default();
+        if let Err(m) = deps::check_list(name, &depends_on) {
+            bad("depends_on", m);
+        }
         let service = o.service.clone().unwrap_or_else(|| name.to_owned());
         if let Err(e) = validate_token(&service) {
             bad(
@@ -1052,6 +1061,7 @@ impl WatcherConfig {
             warmup_delay,
             autostart: o.autostart.unwrap_or(true),
             priority,
+            depends_on,
             stdout,
             stderr,
             service,
@@ -1091,6 +1101,7 @@ impl WatcherConfig {
             warmup_delay: Some(format_duration(self.warmup_delay)),
             autostart: Some(self.autostart),
             priority: Some(self.priority),
+            depends_on: (!self.depends_on.is_empty()).then(|| self.depends_on.clone()),
             stdout: Some(self.stdout.as_option()),
             stderr: Some(self.stderr.as_option()),
             service: Some(self.service.clone()),

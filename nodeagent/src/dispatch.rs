@@ -12,7 +12,7 @@ use std::time::Instant;
 use protocol::command::{accepted, check_token, Acceptance, Command};
 use protocol::logs::LogsData;
 use protocol::registry::WatcherBrief;
-use protocol::reply::{DstatsData, NoData, PingData, ReloadData, ReplyData, ReplyKind};
+use protocol::reply::{DstatsData, NoData, PingData, PlanData, ReplyData, ReplyKind};
 use protocol::stats::StatsData;
 use protocol::subjects::CmdTarget;
 use protocol::{parse_request, unix_time, Errno, Reply, Subjects};
@@ -24,7 +24,7 @@ use crate::identity::Identity;
 use crate::memberloop::{MembershipHandle, Watchers};
 use crate::state::StateStore;
 use crate::statsloop::StatsHandle;
-use crate::supervisor::{CmdError, Outcome, SupervisorHandle};
+use crate::supervisor::{CmdError, Outcome, Reload, SupervisorHandle};
 
 /// Answers requests for one node.
 pub struct Node {
@@ -35,6 +35,10 @@ pub struct Node {
     pub supervisor: SupervisorHandle,
     pub(crate) config_path: std::path::PathBuf,
     pub(crate) store: Option<Arc<Mutex<StateStore>>>,
+    /// The config file's watchers as last loaded (at start, then at each reload): a
+    /// reload applies the entries the file changed since, and keeps runtime changes to
+    /// the others.
+    pub(crate) base: Mutex<std::collections::BTreeMap<String, config::WatcherConfig>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cpu_prev: Mutex<Option<(f64, Instant)>>,
     pub(crate) log_dir: std::path::PathBuf,
@@ -95,7 +99,7 @@ impl Node {
             }
             Command::Stats(p) => typed(self.stats(p.name).await),
             Command::Logs(props) => typed(self.logs(props).await),
-            Command::Reloadconfig(_) => typed(self.reload_config().await),
+            Command::Reloadconfig(p) => typed(self.reload_config(p.dry_run).await),
             // The supervisor's own commands, each named so that a new command must be
             // placed here on purpose.
             c @ (Command::Status(_)
@@ -246,8 +250,9 @@ impl Node {
         Ok(data)
     }
 
-    /// Reloads the config file (the `reloadconfig` command, and SIGHUP).
-    pub async fn reload_config(&self) -> Result<ReloadData, CmdError> {
+    /// Reloads the config file (the `reloadconfig` command, and SIGHUP): applies the
+    /// plan between what runs and the file, or with `dry_run` only returns it.
+    pub async fn reload_config(&self, dry_run: bool) -> Result<PlanData, CmdError> {
         let path = self.config_path.clone();
         let cfg = tokio::task::spawn_blocking(move || config::load(&path))
             .await
@@ -267,17 +272,31 @@ impl Node {
                 ),
             ));
         }
-        // The config becomes the base of saved states only once it is applied: a reload
-        // refused (a socket that cannot be bound) leaves the base of what runs.
-        let base = cfg.watchers.clone();
-        let applied = self.supervisor.reload(cfg.watchers, cfg.sockets).await?;
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let plan = self
+            .supervisor
+            .reload(Reload {
+                file: cfg.watchers.clone(),
+                sockets: cfg.sockets,
+                base,
+                dry_run,
+            })
+            .await?;
+        if dry_run {
+            return Ok(plan);
+        }
+        // Applied: the file is now the base, even if a restart below fails. A reload
+        // refused (a socket that cannot be bound, a cycle) returned above and left the
+        // base of what runs.
         if let Some(store) = &self.store {
             store
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .set_base(&base);
+                .set_base(&cfg.watchers);
         }
-        Ok(applied)
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = cfg.watchers;
+        self.supervisor.restart_changed(&plan).await?;
+        Ok(plan)
     }
 }
 

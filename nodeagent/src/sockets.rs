@@ -412,7 +412,7 @@ impl SocketSet {
         for (name, spec) in specs {
             if let Some(same) = previous.bound.get(name).filter(|b| b.spec == *spec) {
                 bound.insert(name.clone(), same.clone());
-            } else if let Some(old) = previous.at_same_place(spec) {
+            } else if let Some(old) = previous.at_same_place(name, spec) {
                 adopted.push((name, spec, old));
             } else {
                 match bind_one(spec) {
@@ -443,10 +443,20 @@ impl SocketSet {
         }
     }
 
-    fn at_same_place(&self, spec: &SocketSpec) -> Option<&Bound> {
-        self.bound.values().find(|b| {
+    /// The bound socket that `spec`, named `name`, takes over: the one of that name if it
+    /// listens at the same place, else another one there (never for port 0, where each
+    /// socket has a port of its own).
+    fn at_same_place(&self, name: &str, spec: &SocketSpec) -> Option<&Bound> {
+        let same = |b: &&Bound| {
             b.spec.endpoint.place() == spec.endpoint.place() && b.spec.reuseport == spec.reuseport
-        })
+        };
+        if let Some(b) = self.bound.get(name).filter(same) {
+            return Some(b);
+        }
+        if matches!(spec.endpoint, Endpoint::Tcp { port: 0, .. }) {
+            return None;
+        }
+        self.bound.values().find(same)
     }
 
     pub fn get(&self, name: &str) -> Option<&Bound> {
@@ -483,6 +493,33 @@ impl SocketSet {
             .iter()
             .filter(|(n, b)| old.bound.get(*n).is_none_or(|o| !Arc::ptr_eq(&o.fd, &b.fd)))
             .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The names whose socket binding `specs` over this set would bind anew (those
+    /// [`Self::changed_since`] would give after [`Self::bind`]), without binding anything.
+    pub fn rebinds(&self, specs: &BTreeMap<String, SocketSpec>) -> BTreeSet<String> {
+        specs
+            .iter()
+            .filter(|(name, spec)| {
+                let mine = self.bound.get(*name);
+                if mine.is_some_and(|b| b.spec == **spec) {
+                    return false;
+                }
+                match (self.at_same_place(name, spec), mine) {
+                    (Some(old), Some(mine)) => !Arc::ptr_eq(&old.fd, &mine.fd),
+                    _ => true,
+                }
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The specs of the bound sockets, by name.
+    pub fn specs(&self) -> BTreeMap<String, SocketSpec> {
+        self.bound
+            .iter()
+            .map(|(n, b)| (n.clone(), b.spec.clone()))
             .collect()
     }
 
@@ -915,6 +952,32 @@ mod tests {
             rebound.changed_since(&set).into_iter().collect::<Vec<_>>(),
             ["web"]
         );
+        // What a dry run foretells, without binding, is what binding does.
+        assert!(set.rebinds(&one(&web)).is_empty());
+        assert!(set.rebinds(&one(&wider)).is_empty());
+        assert_eq!(set.rebinds(&one(&moved)), rebound.changed_since(&set));
+        assert_eq!(set.specs(), one(&web));
+        // Two sockets on port 0 have a port each: a new backlog of one keeps its own.
+        let named = |n: &str| {
+            let spec = SocketSpec {
+                name: n.into(),
+                ..web.clone()
+            };
+            (n.to_owned(), spec)
+        };
+        let two = BTreeMap::from([named("a"), named("b")]);
+        let pair = SocketSet::bind(&two, &SocketSet::default()).unwrap();
+        let mut deeper = two.clone();
+        deeper.get_mut("b").unwrap().backlog = 512;
+        assert!(pair.rebinds(&deeper).is_empty());
+        let relisted = SocketSet::bind(&deeper, &pair).unwrap();
+        assert!(relisted.changed_since(&pair).is_empty());
+        for n in ["a", "b"] {
+            assert!(Arc::ptr_eq(
+                &relisted.get(n).unwrap().fd,
+                &pair.get(n).unwrap().fd
+            ));
+        }
         let plan = set.plan(&one(&wider));
         assert_eq!(plan.changed, ["web"]);
         // A taken port: the error names the socket and the address; nothing is kept.
@@ -961,6 +1024,18 @@ mod tests {
         assert!(SocketSet::bind(&both, &set).is_err());
         let m = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(m.mode() & 0o777, 0o640);
+        // Renamed at the same path: the socket is kept, but counts as new for the name.
+        let renamed = SocketSpec {
+            name: "v".into(),
+            ..spec.clone()
+        };
+        let adopted = SocketSet::bind(&one(&renamed), &set).unwrap();
+        assert!(Arc::ptr_eq(
+            &adopted.get("v").unwrap().fd,
+            &set.get("u").unwrap().fd
+        ));
+        assert_eq!(set.rebinds(&one(&renamed)), adopted.changed_since(&set));
+        drop(adopted);
         // In use: refused.
         let e = SocketSet::bind(&one(&spec), &SocketSet::default()).unwrap_err();
         assert!(e.to_string().contains("is in use"), "{e}");

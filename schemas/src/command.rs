@@ -68,8 +68,9 @@ pub enum Command {
     Add(Box<AddProps>),
     /// Stop and remove a watcher.
     Rm(RmProps),
-    /// Read the config file again and apply what changed.
-    Reloadconfig(Empty),
+    /// Read the config file again and apply what changed; with `dry_run`, only say what
+    /// would change.
+    Reloadconfig(ReloadconfigProps),
     /// The agent's own pid, CPU, memory and uptime.
     Dstats(Empty),
     /// Stop every process and end the agent.
@@ -137,7 +138,7 @@ impl Command {
             }
             Command::Numwatchers(_) => ReplyKind::Numwatchers,
             Command::Options(_) | Command::Get(_) => ReplyKind::Options,
-            Command::Reloadconfig(_) => ReplyKind::Reload,
+            Command::Reloadconfig(_) => ReplyKind::Plan,
             Command::Dstats(_) => ReplyKind::Dstats,
             Command::Quit(_) => ReplyKind::Empty,
             Command::Ping(_) => ReplyKind::Ping,
@@ -198,7 +199,7 @@ impl Command {
                 name: name(),
                 waiting: true,
             }),
-            Command::Reloadconfig(Empty {}),
+            Command::Reloadconfig(ReloadconfigProps::default()),
             Command::Dstats(Empty {}),
             Command::Quit(Empty {}),
             Command::Ping(Empty {}),
@@ -237,6 +238,10 @@ impl std::fmt::Display for Class {
 /// can tell it from `numprocesses` without one (a read).
 pub const RESIZE_TOKEN: &str = "resize";
 
+/// The subject token of `reloadconfig` with `dry_run` (a read: it only shows the plan),
+/// so that a permission can allow it without allowing `reloadconfig` (a write).
+pub const PLAN_TOKEN: &str = "plan";
+
 impl Command {
     /// Whether the command only reads.
     pub fn class(&self) -> Class {
@@ -256,6 +261,10 @@ impl Command {
                 None => Class::Read,
                 Some(_) => Class::Write,
             },
+            Command::Reloadconfig(p) => match p.dry_run {
+                true => Class::Read,
+                false => Class::Write,
+            },
             Command::Start(_)
             | Command::Stop(_)
             | Command::Restart(_)
@@ -266,18 +275,18 @@ impl Command {
             | Command::Set(_)
             | Command::Add(_)
             | Command::Rm(_)
-            | Command::Reloadconfig(_)
             | Command::Quit(_) => Class::Write,
         }
     }
 
     /// The last token of the command's own subject (`cluster.<node>.cmd.<token>`): its
-    /// wire name, except [`RESIZE_TOKEN`] for `numprocesses` with a count.
+    /// wire name, except [`RESIZE_TOKEN`] for `numprocesses` with a count and
+    /// [`PLAN_TOKEN`] for `reloadconfig` with `dry_run`.
     pub fn subject_token(&self) -> &'static str {
-        if let Command::Numprocesses(Numprocesses { nb: Some(_), .. }) = self {
-            RESIZE_TOKEN
-        } else {
-            self.name()
+        match self {
+            Command::Numprocesses(Numprocesses { nb: Some(_), .. }) => RESIZE_TOKEN,
+            Command::Reloadconfig(ReloadconfigProps { dry_run: true }) => PLAN_TOKEN,
+            _ => self.name(),
         }
     }
 
@@ -395,6 +404,16 @@ pub const COMMAND_NAMES: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
+
+/// `reloadconfig`'s properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadconfigProps {
+    /// Only compute and return the plan; change nothing (default false). Sent on the
+    /// `plan` subject token, a read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -885,6 +904,11 @@ mod tests {
             ),
             (r#"{"command":"rm","properties":{"name":"w"}}"#, Write, "rm"),
             (r#"{"command":"reloadconfig"}"#, Write, "reloadconfig"),
+            (
+                r#"{"command":"reloadconfig","properties":{"dry_run":true}}"#,
+                Read,
+                "plan",
+            ),
             (r#"{"command":"dstats"}"#, Read, "dstats"),
             (r#"{"command":"quit"}"#, Write, "quit"),
             (r#"{"command":"ping"}"#, Read, "ping"),
@@ -909,6 +933,7 @@ mod tests {
         }
         // A token is never a command's name unless it is that command.
         assert!(!COMMAND_NAMES.contains(&RESIZE_TOKEN));
+        assert!(!COMMAND_NAMES.contains(&PLAN_TOKEN));
     }
 
     #[test]
@@ -990,5 +1015,11 @@ mod tests {
         let read = cmd(r#"{"command":"numprocesses","properties":{"name":"w"}}"#);
         assert!(check_token(Some("numprocesses"), &read).is_ok());
         assert!(check_token(Some("resize"), &read).is_err());
+        // The dry run is a read on its own token; the reload itself cannot use it.
+        let plan = cmd(r#"{"command":"reloadconfig","properties":{"dry_run":true}}"#);
+        assert!(check_token(Some("plan"), &plan).is_ok());
+        assert!(check_token(Some("reloadconfig"), &plan).is_err());
+        let apply = cmd(r#"{"command":"reloadconfig"}"#);
+        assert!(check_token(Some("plan"), &apply).is_err());
     }
 }

@@ -99,6 +99,12 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1000000, max = 1000000))]
     pub priority: Option<i32>,
+    /// Watchers that must be up (every process running past `min_uptime`, and healthy)
+    /// before this one starts; it stops before they do. Starting this watcher starts
+    /// them first. At most 64 names, each another watcher of the node; no cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub depends_on: Option<Vec<String>>,
     /// Where stdout goes: "capture" (default: rotating files under the agent's log dir,
     /// read with `ctl logs`), "discard", "inherit" (the agent's own), or a file path
     /// (appended to).
@@ -229,6 +235,7 @@ option_fields!(
     warmup_delay,
     autostart,
     priority,
+    depends_on,
     stdout,
     stderr,
     service,
@@ -266,6 +273,7 @@ mod tests {
             warmup_delay: Some(String::new()),
             autostart: Some(true),
             priority: Some(1),
+            depends_on: Some(vec![]),
             stdout: Some(String::new()),
             stderr: Some(String::new()),
             service: Some(String::new()),

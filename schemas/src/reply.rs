@@ -269,7 +269,8 @@ pub struct WatcherSummary {
     pub restarts: u32,
     /// The service it answers for.
     pub service: String,
-    /// Why it is fatal.
+    /// Why it is fatal, or what it waits for (a dependency to be up, its dependents to
+    /// stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -325,12 +326,88 @@ pub struct OptionsData {
     pub options: WatcherOptions,
 }
 
-/// `reloadconfig`: what changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ReloadData {
+/// `reloadconfig`: the plan between the watchers that run and the config file, as
+/// applied, or (`dry_run`) as it would be applied, with nothing changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanData {
+    /// True when the plan was only computed (`reloadconfig --dry-run`): nothing changed.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Watchers the file adds (they start if `autostart`).
     pub added: Vec<String>,
+    /// Watchers the file no longer has (stopped, then removed).
     pub removed: Vec<String>,
+    /// Watchers whose options changed, other than `numprocesses` alone.
     pub changed: Vec<String>,
+    /// Watchers whose `numprocesses` alone changed (resized, nothing restarted).
+    #[serde(default)]
+    pub scaled: Vec<String>,
+    /// Each watcher of the plan, with the keys that change.
+    #[serde(default)]
+    pub watchers: Vec<WatcherPlan>,
+    /// `[socket.NAME]` sections added, removed or changed.
+    #[serde(default)]
+    pub sockets: Vec<SocketPlan>,
+    /// Watchers that differ from the file because of runtime changes (`set`, `incr`,
+    /// `add`, `rm`...) while their entry in the file has not changed since it was last
+    /// loaded: they keep their runtime state.
+    #[serde(default)]
+    pub kept: Vec<String>,
+}
+
+/// What a plan does to a watcher or a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanAction {
+    Added,
+    Removed,
+    Changed,
+    Scaled,
+}
+
+impl std::fmt::Display for PlanAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PlanAction::Added => "added",
+            PlanAction::Removed => "removed",
+            PlanAction::Changed => "changed",
+            PlanAction::Scaled => "scaled",
+        })
+    }
+}
+
+/// One key whose value changes; an absent value is the key unset (its default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyChange {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+/// One watcher of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatcherPlan {
+    pub name: String,
+    pub action: PlanAction,
+    /// The keys that change (changed and scaled watchers).
+    #[serde(default)]
+    pub changes: Vec<KeyChange>,
+    /// Its processes are restarted, one at a time, to take the change (what runs, its
+    /// environment or its output changed).
+    #[serde(default)]
+    pub restart: bool,
+}
+
+/// One `[socket.NAME]` section of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketPlan {
+    pub name: String,
+    pub action: PlanAction,
+    /// The keys that change (changed sockets).
+    #[serde(default)]
+    pub changes: Vec<KeyChange>,
 }
 
 /// `dstats`: the agent's own process.
@@ -402,8 +479,8 @@ pub enum ReplyKind {
     Numwatchers,
     /// [`OptionsData`].
     Options,
-    /// [`ReloadData`].
-    Reload,
+    /// [`PlanData`].
+    Plan,
     /// [`DstatsData`].
     Dstats,
     /// [`PingData`].
@@ -430,7 +507,7 @@ pub enum ReplyData {
     Numprocesses(NumprocessesData),
     Numwatchers(NumwatchersData),
     Options(Box<OptionsData>),
-    Reload(ReloadData),
+    Plan(PlanData),
     Dstats(DstatsData),
     Ping(PingData),
     Stats(crate::stats::StatsData),
@@ -450,7 +527,7 @@ impl ReplyData {
             ReplyData::Numprocesses(_) => ReplyKind::Numprocesses,
             ReplyData::Numwatchers(_) => ReplyKind::Numwatchers,
             ReplyData::Options(_) => ReplyKind::Options,
-            ReplyData::Reload(_) => ReplyKind::Reload,
+            ReplyData::Plan(_) => ReplyKind::Plan,
             ReplyData::Dstats(_) => ReplyKind::Dstats,
             ReplyData::Ping(_) => ReplyKind::Ping,
             ReplyData::Stats(_) => ReplyKind::Stats,
@@ -472,7 +549,7 @@ impl ReplyKind {
             ReplyKind::Numprocesses => ReplyData::Numprocesses(reply.data()?),
             ReplyKind::Numwatchers => ReplyData::Numwatchers(reply.data()?),
             ReplyKind::Options => ReplyData::Options(Box::new(reply.data()?)),
-            ReplyKind::Reload => ReplyData::Reload(reply.data()?),
+            ReplyKind::Plan => ReplyData::Plan(reply.data()?),
             ReplyKind::Dstats => ReplyData::Dstats(reply.data()?),
             ReplyKind::Ping => ReplyData::Ping(reply.data()?),
             ReplyKind::Stats => ReplyData::Stats(reply.data()?),
@@ -502,7 +579,7 @@ into_reply_data!(
     NumprocessesData => Numprocesses,
     NumwatchersData => Numwatchers,
     OptionsData => Options,
-    ReloadData => Reload,
+    PlanData => Plan,
     DstatsData => Dstats,
     PingData => Ping,
     crate::stats::StatsData => Stats,

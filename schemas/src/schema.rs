@@ -198,7 +198,7 @@ fn reply_schema(kind: ReplyKind, name: &str) -> Value {
         ReplyKind::Numprocesses => reply::<NumprocessesData>(name),
         ReplyKind::Numwatchers => reply::<NumwatchersData>(name),
         ReplyKind::Options => reply::<OptionsData>(name),
-        ReplyKind::Reload => reply::<ReloadData>(name),
+        ReplyKind::Plan => reply::<PlanData>(name),
         ReplyKind::Dstats => reply::<DstatsData>(name),
         ReplyKind::Ping => reply::<PingData>(name),
         ReplyKind::Stats => reply::<crate::stats::StatsData>(name),

@@ -166,7 +166,8 @@ fn sane_request() -> impl Strategy<Value = Request> {
             }),
         (plain_name(), any::<bool>())
             .prop_map(|(name, waiting)| Command::Rm(RmProps { name, waiting })),
-        Just(Command::Reloadconfig(Empty {})),
+        Just(Command::Reloadconfig(Default::default())),
+        Just(Command::Reloadconfig(ReloadconfigProps { dry_run: true })),
         Just(Command::Dstats(Empty {})),
         Just(Command::Quit(Empty {})),
         Just(Command::Ping(Empty {})),

@@ -4,6 +4,7 @@
 
 mod auth;
 mod cluster;
+mod deps;
 mod files;
 mod flags;
 mod foundation;

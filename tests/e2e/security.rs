@@ -284,6 +284,17 @@ async fn shipped_roles_let_a_monitor_look_and_keep_agents_to_their_own_subjects(
         "{}",
         out.stderr
     );
+    // The plan of a reload is a read (its own subject); the reload itself is not.
+    let out = ctl_url(&monitor, &["--node", "first", "reloadconfig", "--dry-run"]);
+    out.expect_code(0, "monitor: reloadconfig --dry-run");
+    assert!(out.stdout.contains("dry run"), "{}", out.stdout);
+    let out = ctl_url(&monitor, &["--node", "first", "reloadconfig"]);
+    out.expect_code(4, "monitor: reloadconfig");
+    assert!(
+        out.stderr.contains("cluster.first.cmd.reloadconfig"),
+        "{}",
+        out.stderr
+    );
 
     // Agent first's user may not command node second ...
     let (as_first, mut errors) = connect_as(&nats, "first", "e2e-forger").await;

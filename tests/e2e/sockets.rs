@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -476,6 +476,101 @@ fn a_reload_that_moves_a_socket_restarts_its_watchers_on_the_new_one() {
     assert_eq!(field(&line, "LISTEN_PID"), field(&line, "pid"), "{line}");
     assert_ne!(field(&line, "pid"), field(&first, "pid"), "{line}");
     assert!(agent.dir().join("extra.sock").exists());
+    wait_until(T, "the old address to be closed", || {
+        TcpStream::connect(&old).is_err()
+    });
+}
+
+/// `reloadconfig --dry-run` after a socket's port is edited lists the socket's change
+/// and the watcher that would restart to get it, and changes nothing: the same
+/// processes, the same sockets, the new port not bound. The reload then applies it:
+/// the watcher's processes are replaced, one at a time, on the new socket; a watcher
+/// without sockets is left alone.
+#[test]
+fn a_dry_run_lists_a_moved_socket_and_its_watcher_and_changes_nothing() {
+    let nats = NatsServer::start();
+    let scripts = tempfile::tempdir().expect("a temporary dir");
+    let server = server_script(scripts.path());
+    let secs = unique_secs();
+    let watchers = format!(
+        "[watcher.w]\ncmd = \"{}\"\nargs = [\"{}\", \"systemd\", \"web\"]\nsockets = [\"web\"]\n\
+         numprocesses = 2\ngraceful_timeout = \"2s\"\n\n\
+         [watcher.idle]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n",
+        python(),
+        server.display()
+    );
+    let agent = Agent::start(
+        &nats,
+        "sock10",
+        &format!("[socket.web]\nport = 0\n\n{watchers}"),
+    );
+    wait_until(T, "2 processes of w and 1 of idle", || {
+        agent.pids("w").len() == 2 && agent.pids("idle").len() == 1
+    });
+    let (w0, idle0, listed0) = (agent.pids("w"), agent.pids("idle"), sockets(&agent));
+    let old = address(&agent, "web");
+    let port = free_port();
+    agent.write_watchers(&format!("[socket.web]\nport = {port}\n\n{watchers}"));
+
+    let plan = agent.ctl_ok(&["reloadconfig", "--dry-run"]);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert_eq!(plan["changed"], json!(["w"]), "{plan}");
+    assert_eq!(
+        plan["sockets"],
+        json!([{"name": "web", "action": "changed",
+                "changes": [{"key": "port", "old": 0, "new": port}]}]),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["watchers"],
+        json!([{"name": "w", "action": "changed", "restart": true,
+                "changes": [{"key": "socket.web", "old": old,
+                             "new": format!("127.0.0.1:{port}")}]}]),
+        "{plan}"
+    );
+    let out = agent.ctl(&["reloadconfig", "--dry-run"]);
+    out.expect_code(0, "ctl reloadconfig --dry-run");
+    println!("ctl reloadconfig --dry-run:\n{}", out.stdout);
+    for needle in [
+        "dry run: the plan below, nothing was changed".to_owned(),
+        format!("socket.web: {old} -> 127.0.0.1:{port} (restarted one process at a time)"),
+        "socket changed".to_owned(),
+        format!("port: 0 -> {port}"),
+    ] {
+        assert!(
+            out.stdout.contains(&needle),
+            "no {needle:?} in\n{}",
+            out.stdout
+        );
+    }
+    // Nothing changed.
+    assert_eq!(agent.pids("w"), w0);
+    assert_eq!(agent.pids("idle"), idle0);
+    assert_eq!(sockets(&agent), listed0);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "{port} is bound"
+    );
+    assert!(ask(&old).starts_with("systemd"));
+
+    let (applied, took) = timed(|| agent.ctl_ok(&["reloadconfig"]));
+    println!("reloadconfig applied in {took:?}");
+    assert_eq!(applied["dry_run"], false, "{applied}");
+    assert_eq!(applied["changed"], json!(["w"]), "{applied}");
+    assert_eq!(applied["watchers"][0]["restart"], true, "{applied}");
+    let new = address(&agent, "web");
+    assert_eq!(new, format!("127.0.0.1:{port}"));
+    // The reply came once both processes of w were replaced.
+    let w1 = agent.pids("w");
+    assert_eq!(w1.len(), 2, "{w1:?}");
+    assert!(w1.iter().all(|p| !w0.contains(p)), "{w0:?} -> {w1:?}");
+    let line = ask(&new);
+    let pid: u32 = field(&line, "pid").parse().expect("a pid");
+    assert!(
+        w1.iter().any(|(_, p)| *p == pid),
+        "{line} from none of {w1:?}"
+    );
+    assert_eq!(agent.pids("idle"), idle0);
     wait_until(T, "the old address to be closed", || {
         TcpStream::connect(&old).is_err()
     });

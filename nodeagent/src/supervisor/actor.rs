@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::reply::ExitStatus;
+use protocol::Errno;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 
@@ -17,7 +18,7 @@ use super::live::{later, LIVE};
 use super::model::{Effect, Input, ReplyId, SpawnOrder, Supervisor, Timer};
 use super::{
     CapturedOutput, Cmd, CmdError, DesiredState, LifecycleEvent, Outcome, OutputSink, PersistFn,
-    Settings, WatcherSnapshot,
+    Reload, Settings, WatcherSnapshot,
 };
 use crate::process;
 use crate::sockets::SocketSet;
@@ -37,7 +38,6 @@ fn step(sup: &mut Supervisor, input: Input) -> Vec<Effect> {
 
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
-use protocol::Errno;
 
 /// Where the actor publishes.
 pub(super) struct Outlets {
@@ -257,33 +257,46 @@ impl Actor {
                 wid,
                 reply: self.keep(reply),
             },
-            Cmd::Reload(watchers, specs, reply) => {
-                let plan = self.sup.sockets.plan(&specs);
-                match SocketSet::bind(&specs, &self.sup.sockets) {
-                    Ok(sockets) => {
-                        if plan != Default::default() {
-                            tracing::info!(
-                                "sockets: added {:?}, removed {:?}, changed {:?}",
-                                plan.added,
-                                plan.removed,
-                                plan.changed
-                            );
-                        }
-                        self.retired = Some(self.sup.sockets.clone());
-                        Input::Reload(watchers, Box::new(sockets), self.keep(reply))
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(CmdError::new(
-                            Errno::CommandFailed,
-                            format!("{e}\nnothing was changed; fix the config and reload again"),
-                        )));
-                        Input::Tick
-                    }
-                }
-            }
+            Cmd::Reload(reload, reply) => self.reload(reload, reply),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
+            }
+        }
+    }
+
+    /// A reload as the model's input. Unless it is a dry run, the file's sockets are
+    /// bound first, once the model's checks pass: a reload refused for either changes
+    /// nothing (not even a socket's backlog or mode), and the model never sees it. The
+    /// sockets the reload replaces are closed after the turn.
+    fn reload(&mut self, reload: Box<Reload>, reply: oneshot::Sender<Outcome>) -> Input {
+        if reload.dry_run {
+            return Input::Reload(reload, None, self.keep(reply));
+        }
+        if let Err(e) = self.sup.check_reload(&reload) {
+            let _ = reply.send(Err(e));
+            return Input::Tick;
+        }
+        let changes = self.sup.sockets.plan(&reload.sockets);
+        match SocketSet::bind(&reload.sockets, &self.sup.sockets) {
+            Ok(sockets) => {
+                if changes != Default::default() {
+                    tracing::info!(
+                        "sockets: added {:?}, removed {:?}, changed {:?}",
+                        changes.added,
+                        changes.removed,
+                        changes.changed
+                    );
+                }
+                self.retired = Some(self.sup.sockets.clone());
+                Input::Reload(reload, Some(Box::new(sockets)), self.keep(reply))
+            }
+            Err(e) => {
+                let _ = reply.send(Err(CmdError::new(
+                    Errno::CommandFailed,
+                    format!("{e}\nnothing was changed; fix the config and reload again"),
+                )));
+                Input::Tick
             }
         }
     }

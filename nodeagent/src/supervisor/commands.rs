@@ -3,7 +3,7 @@
 //! [`Effect::Reply`] (at once, or through a wait). It must not perform effects: no
 //! signals, processes or persistence of its own, only effects for the actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nix::sys::signal::Signal;
 use protocol::command::{
@@ -11,14 +11,15 @@ use protocol::command::{
 };
 use protocol::options::OPTION_NAMES;
 use protocol::reply::{
-    ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, ReloadData, ReplyData,
-    SocketInfo, SocketsData, StatusData, WatcherState,
+    ActionData, KeyChange, ListData, NumprocessesData, NumwatchersData, OptionsData, PlanData,
+    ReplyData, SocketInfo, SocketsData, StatusData, WatcherState,
 };
 use protocol::{Errno, WatcherOptions};
 use serde_json::Value;
 
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
-use super::{data, gone, CmdError, Outcome};
+use super::{data, gone, plan, CmdError, Outcome, Reload};
+use crate::config::deps::{graph_errors, graph_of, DepError};
 use crate::config::{parse_signal, WatcherConfig};
 use crate::sockets::SocketSet;
 
@@ -103,15 +104,48 @@ impl Supervisor {
         match command {
             Command::Status(p) => self.status(&p.name).into(),
             Command::List(p) => self.list(p.name.as_deref()).into(),
-            Command::Start(StartStop { name, waiting }) => {
-                self.act(&name, waiting, Supervisor::start_watcher)
-            }
-            Command::Stop(StartStop { name, waiting }) => {
-                self.act(&name, waiting, Supervisor::stop_watcher)
-            }
-            Command::Restart(r) | Command::Reload(r) => {
-                self.act(&r.name, r.waiting, Supervisor::restart_watcher)
-            }
+            Command::Start(StartStop { name, waiting }) => match self.targets(&name) {
+                // All of them: after their dependencies, then by priority.
+                Ok(names) if name.is_none() => {
+                    let all = self.start_order(names);
+                    self.act(all, waiting, Supervisor::start_watcher)
+                }
+                // The stopped or fatal watchers it depends on start first.
+                Ok(names) => {
+                    let mut all = names.clone();
+                    for n in &names {
+                        all.extend(self.dependencies_to_start(n));
+                    }
+                    all.sort();
+                    all.dedup();
+                    let all = self.start_order(all);
+                    self.act(all, waiting, Supervisor::start_watcher)
+                }
+                Err(e) => Answer::Now(Err(e)),
+            },
+            Command::Stop(StartStop { name, waiting }) => match self.targets(&name) {
+                // All of them: before their dependencies, then by priority.
+                Ok(names) if name.is_none() => {
+                    let all = self.stop_order(names);
+                    self.act(all, waiting, Supervisor::stop_watcher)
+                }
+                // The running watchers that depend on it stop first.
+                Ok(names) => {
+                    let mut all = names.clone();
+                    for n in &names {
+                        all.extend(self.dependents_to_stop(n));
+                    }
+                    all.sort();
+                    all.dedup();
+                    let all = self.stop_order(all);
+                    self.act(all, waiting, Supervisor::stop_watcher)
+                }
+                Err(e) => Answer::Now(Err(e)),
+            },
+            Command::Restart(r) | Command::Reload(r) => match self.targets(&r.name) {
+                Ok(names) => self.act(names, r.waiting, Supervisor::restart_watcher),
+                Err(e) => Answer::Now(Err(e)),
+            },
             Command::Incr(Resize { name, nb }) => {
                 self.resize(&name, |n| n.saturating_add(nb)).into()
             }
@@ -148,9 +182,9 @@ impl Supervisor {
             Command::Add(p) => self
                 .add(*p)
                 .map_or_else(|e| Answer::Now(Err(e)), Answer::Settled),
-            Command::Rm(p) => match self.watcher(&p.name) {
+            Command::Rm(p) => match self.watcher(&p.name).and_then(|_| self.check_rm(&p.name)) {
                 Err(e) => Answer::Now(Err(e)),
-                Ok(_) => {
+                Ok(()) => {
                     self.remove_watcher(&p.name);
                     self.persist();
                     if p.waiting {
@@ -239,13 +273,9 @@ impl Supervisor {
         })
     }
 
-    /// Applies `op` to the named watcher (or all, by priority), persists, and replies
-    /// at once or, with `wait`, once the watchers have settled.
-    fn act(&mut self, name: &Option<String>, wait: bool, op: fn(&mut Supervisor, &str)) -> Answer {
-        let names = match self.targets(name) {
-            Ok(names) => names,
-            Err(e) => return Answer::Now(Err(e)),
-        };
+    /// Applies `op` to the watchers `names` in their order, persists, and replies at once
+    /// or, with `wait`, once the watchers have settled.
+    fn act(&mut self, names: Vec<String>, wait: bool, op: fn(&mut Supervisor, &str)) -> Answer {
         for n in &names {
             op(self, n);
         }
@@ -375,6 +405,54 @@ impl Supervisor {
         })
     }
 
+    /// Refuses to remove a watcher that others depend on.
+    fn check_rm(&self, name: &str) -> Result<(), CmdError> {
+        let dependents = self.dependents(name);
+        if dependents.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = dependents.iter().map(|d| format!("'{d}'")).collect();
+        Err(CmdError::new(
+            Errno::CommandFailed,
+            format!(
+                "watcher '{name}' cannot be removed: {} depend{} on it; remove {} first, or \
+                 take '{name}' out of {} depends_on (ctl set {} depends_on ...)",
+                list.join(", "),
+                if dependents.len() == 1 { "s" } else { "" },
+                if dependents.len() == 1 { "it" } else { "them" },
+                if dependents.len() == 1 {
+                    "its"
+                } else {
+                    "their"
+                },
+                dependents[0],
+            ),
+        ))
+    }
+
+    /// Refuses a watcher config whose dependencies, with the other watchers, name a
+    /// missing watcher or form a cycle.
+    fn check_dependencies(&self, cfg: &WatcherConfig) -> Result<(), CmdError> {
+        let mut graph = self.graph();
+        if cfg.depends_on.is_empty() && !graph.values().flatten().any(|d| *d == cfg.name) {
+            return Ok(());
+        }
+        graph.insert(cfg.name.clone(), cfg.depends_on.clone());
+        // Only what this watcher takes part in: a problem elsewhere (from a saved state)
+        // must not block fixing it.
+        let mine = graph_errors(&graph).into_iter().find(|e| match e {
+            DepError::Missing { watcher, .. } => *watcher == cfg.name,
+            DepError::Cycle(ring) => ring.contains(&cfg.name),
+        });
+        match mine {
+            None => Ok(()),
+            Some(e) => Err(CmdError::new(
+                Errno::BadOption,
+                format!("option 'depends_on': {e}"),
+            )),
+        }
+    }
+
     /// Refuses options a client may not set on this node, or values out of range.
     fn check_set(&self, options: &BTreeMap<String, Value>) -> Result<(), CmdError> {
         if let Some(bad) = options.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
@@ -431,6 +509,9 @@ impl Supervisor {
         if new.numprocesses > w.cfg.numprocesses {
             self.check_node_limit(&p.name, new.numprocesses)?;
         }
+        if new.depends_on != w.cfg.depends_on {
+            self.check_dependencies(&new)?;
+        }
         self.replace_config(&p.name, new);
         self.persist();
         Ok(vec![p.name])
@@ -475,6 +556,7 @@ impl Supervisor {
         let cfg = watcher_config(&p.name, &options)?;
         self.check_sockets(&cfg)?;
         self.check_node_limit(&p.name, cfg.numprocesses)?;
+        self.check_dependencies(&cfg)?;
         self.add_watcher(&p.name, cfg, p.start);
         self.persist();
         Ok(vec![p.name])
@@ -484,6 +566,12 @@ impl Supervisor {
         self.watchers
             .insert(name.to_owned(), Watcher::new(cfg, run));
         self.emit(name, "add", None);
+        if run {
+            // The stopped watchers it depends on start first; it waits until they are up.
+            for d in self.dependencies_to_start(name) {
+                self.start_watcher(&d);
+            }
+        }
         self.ensure(name);
     }
 
@@ -523,61 +611,159 @@ impl Supervisor {
         SocketsData { sockets }
     }
 
-    /// Applies a newly read config's watchers and bound sockets: adds, removes and
-    /// changes watchers; a watcher whose socket was bound anew restarts to get it.
-    pub(super) fn reload(
-        &mut self,
-        new: BTreeMap<String, WatcherConfig>,
-        sockets: SocketSet,
-        reply: ReplyId,
-    ) {
-        let mut result = ReloadData {
-            added: vec![],
-            removed: vec![],
-            changed: vec![],
-        };
+    /// The plan between the watchers and sockets that run and a newly read config file
+    /// (`r.base` is the file's watchers as last loaded), applied unless `r.dry_run`, with
+    /// `bound` the file's sockets as the actor bound them (none for a dry run, whose plan
+    /// foretells which sockets binding would replace): the sockets are replaced, removed
+    /// watchers stop (dependents first) and go, changed ones take their new options
+    /// (those whose processes must restart to take them, or to get a socket bound anew,
+    /// are restarted one process at a time by the handle, as `restart --rolling`),
+    /// scaled ones resize, added ones start (after their dependencies). Unchanged
+    /// watchers are not touched. A plan refused by [`Self::check_reload`] changes nothing.
+    pub(super) fn reload(&mut self, r: Reload, bound: Option<SocketSet>, reply: ReplyId) {
         if self.shutting_down {
             return self.reply(reply, Err(gone()));
         }
-        let rebound = sockets.changed_since(&self.sockets);
-        self.sockets = sockets;
-        let old: Vec<String> = self
+        let moved = self.moved_sockets(&r, bound.as_ref());
+        match self.reload_plan(&r, &moved) {
+            Ok((target, mut p)) => {
+                p.dry_run = r.dry_run;
+                if !r.dry_run {
+                    if let Some(sockets) = bound {
+                        self.sockets = sockets;
+                    }
+                    self.apply_plan(target, &p);
+                }
+                self.reply(reply, data(p));
+            }
+            Err(e) => self.reply(reply, Err(e)),
+        }
+    }
+
+    /// Whether a reload may go ahead, checked before the actor binds its sockets: its
+    /// watchers may not depend on a missing watcher or form a cycle, list a socket the
+    /// file does not define, or ask for more than `max_processes`.
+    pub(super) fn check_reload(&self, r: &Reload) -> Result<(), CmdError> {
+        if self.shutting_down {
+            return Err(gone());
+        }
+        self.reload_plan(r, &BTreeMap::new()).map(|_| ())
+    }
+
+    /// The sockets a reload binds anew (`bound`, or for a dry run those binding would),
+    /// by name, each as the change of its address: the processes that have the old one
+    /// restart to get it.
+    fn moved_sockets(&self, r: &Reload, bound: Option<&SocketSet>) -> BTreeMap<String, KeyChange> {
+        let rebound: BTreeSet<String> = match bound {
+            Some(b) => b.changed_since(&self.sockets),
+            None => self.sockets.rebinds(&r.sockets),
+        };
+        rebound
+            .into_iter()
+            .filter_map(|name| {
+                let old = self.sockets.get(&name)?.address.clone();
+                let new = match bound.and_then(|b| b.get(&name)) {
+                    Some(b) => b.address.clone(),
+                    None => r.sockets.get(&name)?.endpoint.to_string(),
+                };
+                let change = KeyChange {
+                    key: format!("socket.{name}"),
+                    old: Some(Value::String(old)),
+                    new: Some(Value::String(new)),
+                };
+                Some((name, change))
+            })
+            .collect()
+    }
+
+    fn reload_plan(
+        &self,
+        r: &Reload,
+        moved: &BTreeMap<String, KeyChange>,
+    ) -> Result<(BTreeMap<String, WatcherConfig>, PlanData), CmdError> {
+        let running: BTreeMap<String, WatcherConfig> = self
             .watchers
             .iter()
             .filter(|(_, w)| !w.removing)
-            .map(|(n, _)| n.clone())
+            .map(|(n, w)| (n.clone(), w.cfg.clone()))
             .collect();
-        for name in &old {
-            if !new.contains_key(name) {
-                self.remove_watcher(name);
-                result.removed.push(name.clone());
-            }
+        let (target, kept) = plan::target(&running, &r.file, &r.base);
+        let refuse = |what: String| {
+            CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "{what}\nnothing was changed; fix the file (or the runtime changes) and \
+                     reload again"
+                ),
+            )
+        };
+        if let Some(e) = graph_errors(&graph_of(target.values())).first() {
+            return Err(refuse(format!(
+                "with the watchers kept from runtime changes ({}), {e}",
+                kept.join(", ")
+            )));
         }
-        for (name, cfg) in new {
-            match self.watchers.get(&name) {
-                Some(w) if w.removing => {}
-                Some(w) if w.cfg == cfg && !w.cfg.sockets.iter().any(|s| rebound.contains(s)) => {}
-                Some(w) if w.cfg == cfg => {
-                    let run = w.run;
-                    result.changed.push(name.clone());
-                    self.emit(&name, "reload", None);
-                    if run {
-                        self.restart_watcher(&name);
-                    }
-                }
-                Some(_) => {
-                    result.changed.push(name.clone());
-                    self.emit(&name, "reload", None);
-                    self.replace_config(&name, cfg);
-                }
-                None => {
-                    let run = cfg.autostart;
-                    self.add_watcher(&name, cfg, run);
-                    result.added.push(name);
-                }
+        // The file's own watchers list only its sockets (the config checks that); one
+        // kept from runtime changes may list a socket the file has dropped since.
+        let unbound = target.values().find_map(|w| {
+            w.sockets
+                .iter()
+                .find(|s| !r.sockets.contains_key(*s))
+                .map(|s| (&w.name, s))
+        });
+        if let Some((w, s)) = unbound {
+            return Err(refuse(format!(
+                "with the watchers kept from runtime changes ({}), watcher '{w}' lists socket \
+                 '{s}', which the file no longer defines; add a [socket.{s}] table, or take \
+                 '{s}' out of the watcher's sockets (ctl set)",
+                kept.join(", ")
+            )));
+        }
+        let total = target
+            .values()
+            .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
+        let max = self.limits.max_processes;
+        if total > u64::from(max) {
+            return Err(refuse(format!(
+                "the watchers would ask for {total} processes together, more than \
+                 max_processes = {max}"
+            )));
+        }
+        let mut p = plan::plan(
+            &running,
+            &target,
+            |n| self.watchers.get(n).is_some_and(|w| w.run),
+            moved,
+        );
+        p.sockets = plan::sockets(&self.sockets.specs(), &r.sockets);
+        p.kept = kept;
+        Ok((target, p))
+    }
+
+    fn apply_plan(&mut self, mut target: BTreeMap<String, WatcherConfig>, p: &PlanData) {
+        for name in self.stop_order(p.removed.clone()) {
+            self.remove_watcher(&name);
+        }
+        for name in p.changed.iter().chain(&p.scaled) {
+            let Some(new) = target.remove(name) else {
+                continue;
+            };
+            self.emit(name, "reload", None);
+            self.out.push(Effect::Configure {
+                watcher: name.clone(),
+                stop: (new.stop_signal, new.graceful_timeout),
+            });
+            if let Some(w) = self.watchers.get_mut(name) {
+                w.cfg = new;
+            }
+            self.ensure(name);
+        }
+        for name in self.start_order(p.added.clone()) {
+            if let Some(cfg) = target.remove(&name) {
+                let run = cfg.autostart;
+                self.add_watcher(&name, cfg, run);
             }
         }
         self.persist();
-        self.reply(reply, data(result));
     }
 }

@@ -13,6 +13,7 @@ use super::live::{later, KILL_GRACE};
 use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Supervisor, Timer};
 use super::policy;
 use super::waiters::{restart_budget, SlotWaiter};
+use crate::config::deps::{start_order, stop_order};
 use crate::config::{expand, Output};
 use crate::process::SpawnSpec;
 
@@ -31,7 +32,7 @@ impl Supervisor {
             Input::Boot => self.boot(),
             Input::Command(command, reply) => self.command(command, reply),
             Input::RestartSlot { name, wid, reply } => self.restart_slot(&name, wid, reply),
-            Input::Reload(watchers, sockets, reply) => self.reload(watchers, *sockets, reply),
+            Input::Reload(r, bound, reply) => self.reload(*r, bound.map(|b| *b), reply),
             Input::Shutdown => self.begin_shutdown(),
             Input::Tick => {}
             Input::Spawned {
@@ -65,35 +66,170 @@ impl Supervisor {
             } => self.stop_check(&name, wid, gen, group_alive),
             Input::Timer(timer) => self.on_timer(timer),
         }
+        self.follow_dependencies();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
 
-    /// Starts the watchers that should run, by priority.
+    /// Starts the watchers that should run: each after the watchers it depends on are
+    /// up (those that should not run are started first, as `start` does), the others by
+    /// priority.
     fn boot(&mut self) {
-        let mut order: Vec<(std::cmp::Reverse<i32>, String)> = self
-            .watchers
-            .iter()
-            .map(|(n, w)| (std::cmp::Reverse(w.cfg.priority), n.clone()))
-            .collect();
-        order.sort();
-        for (_, name) in order {
-            self.ensure(&name);
+        for name in self.start_order(self.watchers.keys().cloned().collect()) {
+            if self.watchers.get(&name).is_some_and(|w| w.run) {
+                self.pull_dependencies(&name);
+                self.ensure(&name);
+            }
         }
     }
 
-    /// Stops every process; the actor ends once they are all gone.
+    /// Stops every process, each watcher's once no watcher that depends on it has any
+    /// left; the actor ends once they are all gone.
     fn begin_shutdown(&mut self) {
-        let names: Vec<String> = self.watchers.keys().cloned().collect();
-        for name in names {
-            if let Some(w) = self.watchers.get_mut(&name) {
+        let names = self.stop_order(self.watchers.keys().cloned().collect());
+        for name in &names {
+            if let Some(w) = self.watchers.get_mut(name) {
                 w.run = false;
                 w.warmup_pending = false;
                 w.restart_pending = false;
+                w.held = None;
             }
-            self.stop_all_slots(&name);
+        }
+        // The watchers some watcher with processes depends on, found once (linear).
+        let needed: std::collections::BTreeSet<String> = self
+            .watchers
+            .values()
+            .filter(|w| !w.slots.is_empty())
+            .flat_map(|w| w.cfg.depends_on.iter().cloned())
+            .collect();
+        for name in names {
+            if needed.contains(&name) {
+                self.stop_when_free(&name);
+            } else {
+                self.stop_all_slots(&name);
+                self.after_slot_change(&name);
+            }
         }
         self.shutting_down = true;
+    }
+
+    /// `names` in the order they start: after their dependencies, then by priority.
+    pub(super) fn start_order(&self, names: Vec<String>) -> Vec<String> {
+        start_order(&names, &self.graph(), |n| self.priority(n))
+    }
+
+    /// `names` in the order they stop: before their dependencies, then by priority.
+    pub(super) fn stop_order(&self, names: Vec<String>) -> Vec<String> {
+        stop_order(&names, &self.graph(), |n| self.priority(n))
+    }
+
+    /// The watchers `name` depends on, directly or not, that are stopped or fatal:
+    /// what starting `name` starts first.
+    pub(super) fn dependencies_to_start(&self, name: &str) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = self
+            .watchers
+            .get(name)
+            .map(|w| w.cfg.depends_on.clone())
+            .unwrap_or_default();
+        while let Some(d) = todo.pop() {
+            if seen.contains(&d) || d == name {
+                continue;
+            }
+            if let Some(w) = self.watchers.get(&d).filter(|w| !w.removing) {
+                todo.extend(w.cfg.depends_on.iter().cloned());
+                seen.push(d);
+            }
+        }
+        if seen.is_empty() {
+            return seen;
+        }
+        let down = seen
+            .into_iter()
+            .filter(|d| {
+                self.watchers
+                    .get(d)
+                    .is_some_and(|w| !w.run || w.state() == protocol::reply::WatcherState::Fatal)
+            })
+            .collect();
+        self.start_order(down)
+    }
+
+    /// The watchers that depend on `name`, directly or not, and should run: what
+    /// stopping `name` stops first.
+    pub(super) fn dependents_to_stop(&self, name: &str) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut todo = self.dependents(name);
+        while let Some(d) = todo.pop() {
+            if seen.contains(&d) || d == name {
+                continue;
+            }
+            todo.extend(self.dependents(&d));
+            seen.push(d);
+        }
+        let running = seen
+            .into_iter()
+            .filter(|d| self.watchers.get(d).is_some_and(|w| w.run))
+            .collect();
+        self.stop_order(running)
+    }
+
+    /// Starts the stopped or fatal watchers `name` depends on (systemd's `Requires=`
+    /// with `After=`); `name` itself then waits until they are up.
+    fn pull_dependencies(&mut self, name: &str) {
+        for d in self.dependencies_to_start(name) {
+            self.start_watcher(&d);
+        }
+    }
+
+    /// Asks a stopping watcher's processes to stop, or holds them until no watcher
+    /// that depends on it has processes left.
+    fn stop_when_free(&mut self, name: &str) {
+        let wait = self.dependents_left(name);
+        let Some(w) = self.watchers.get_mut(name) else {
+            return;
+        };
+        if wait && !w.slots.is_empty() {
+            w.stop_held = true;
+            return;
+        }
+        w.stop_held = false;
+        self.stop_all_slots(name);
+        self.after_slot_change(name);
+    }
+
+    /// After each input: starts the watchers whose dependencies are now up, and stops
+    /// those whose dependents have now stopped, in dependency order, then by priority.
+    fn follow_dependencies(&mut self) {
+        let held: Vec<String> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.held.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !held.is_empty() {
+            for name in self.start_order(held) {
+                if self.dependency_down(&name).is_none() {
+                    if let Some(w) = self.watchers.get_mut(&name) {
+                        w.held = None;
+                    }
+                    self.ensure(&name);
+                }
+            }
+        }
+        let stopping: Vec<String> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.stop_held)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !stopping.is_empty() {
+            for name in self.stop_order(stopping) {
+                if !self.dependents_left(&name) {
+                    self.stop_when_free(&name);
+                }
+            }
+        }
     }
 
     // ----- watcher operations -----
@@ -103,6 +239,11 @@ impl Supervisor {
             return;
         };
         w.run = true;
+        w.stop_held = false;
+        self.pull_dependencies(name);
+        let Some(w) = self.watchers.get_mut(name) else {
+            return;
+        };
         // A fatal or exited slot gets a fresh start.
         w.slots
             .retain(|_, s| !matches!(s.state, ProcessState::Fatal | ProcessState::Exited));
@@ -124,8 +265,9 @@ impl Supervisor {
         w.run = false;
         w.warmup_pending = false;
         w.restart_pending = false;
+        w.held = None;
         self.emit(name, "stop", None);
-        self.stop_all_slots(name);
+        self.stop_when_free(name);
     }
 
     pub(super) fn restart_watcher(&mut self, name: &str) {
@@ -150,8 +292,8 @@ impl Supervisor {
         w.removing = true;
         w.restart_pending = false;
         w.warmup_pending = false;
-        self.stop_all_slots(name);
-        self.after_slot_change(name);
+        w.held = None;
+        self.stop_when_free(name);
     }
 
     fn stop_all_slots(&mut self, name: &str) {
@@ -185,6 +327,20 @@ impl Supervisor {
         let warmup = w.cfg.warmup_delay;
         for wid in excess {
             self.stop_slot(name, wid, false);
+        }
+        // New processes wait until every watcher this one depends on is up.
+        let down = if missing.is_empty() {
+            None
+        } else {
+            self.dependency_down(name)
+        };
+        if let Some(w) = self.watchers.get_mut(name) {
+            if down.is_some() {
+                w.warmup_pending = false;
+                w.held = down;
+                return;
+            }
+            w.held = None;
         }
         let timer = Timer::Warmup {
             name: name.to_owned(),

@@ -8,6 +8,7 @@ mod commands;
 mod lifecycle;
 pub mod live;
 mod model;
+mod plan;
 pub mod policy;
 mod waiters;
 
@@ -17,7 +18,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::command::{Command, Restart};
-use protocol::reply::{ActionData, ExitStatus, ReloadData, ReplyData, ReplyKind, WatcherState};
+use protocol::reply::{ActionData, ExitStatus, PlanData, ReplyData, ReplyKind, WatcherState};
 use protocol::{Errno, WatcherOptions};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -150,13 +151,20 @@ enum Cmd {
         wid: u32,
         reply: oneshot::Sender<Outcome>,
     },
-    /// The actor binds the sockets before the model sees the watchers.
-    Reload(
-        BTreeMap<String, WatcherConfig>,
-        BTreeMap<String, SocketSpec>,
-        oneshot::Sender<Outcome>,
-    ),
+    /// The actor binds the sockets (unless a dry run) before the model sees the reload.
+    Reload(Box<Reload>, oneshot::Sender<Outcome>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A reload of the config file: its watchers and sockets, the file's watchers as last
+/// loaded, and whether only the plan is wanted.
+#[derive(Debug)]
+pub struct Reload {
+    pub file: BTreeMap<String, WatcherConfig>,
+    /// The file's `[socket.NAME]` tables.
+    pub sockets: BTreeMap<String, SocketSpec>,
+    pub base: BTreeMap<String, WatcherConfig>,
+    pub dry_run: bool,
 }
 
 /// The handle other rooms use to talk to the supervisor.
@@ -211,33 +219,39 @@ impl SupervisorHandle {
         };
         let mut statuses = BTreeMap::new();
         for name in names {
-            let list = self
-                .exec_plain(Command::List(protocol::command::MaybeName {
-                    name: Some(name.clone()),
-                }))
-                .await?;
-            let kind = list.kind();
-            let ReplyData::List(list) = list else {
-                return Err(not_the_kind(ReplyKind::List, kind));
-            };
-            for p in list.processes.unwrap_or_default() {
-                let (tx, rx) = oneshot::channel();
-                self.tx
-                    .send(Cmd::RestartSlot {
-                        name: name.clone(),
-                        wid: p.wid,
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| gone())?;
-                rx.await.map_err(|_| gone())??;
-            }
+            self.roll(&name).await?;
             statuses.insert(name, WatcherState::Active);
         }
         data(ActionData {
             statuses,
             pids: None,
         })
+    }
+
+    /// Restarts each process of one watcher in turn (see [`Self::rolling_restart`]).
+    async fn roll(&self, name: &str) -> Result<(), CmdError> {
+        let list = self
+            .exec_plain(Command::List(protocol::command::MaybeName {
+                name: Some(name.to_owned()),
+            }))
+            .await?;
+        let kind = list.kind();
+        let ReplyData::List(list) = list else {
+            return Err(not_the_kind(ReplyKind::List, kind));
+        };
+        for p in list.processes.unwrap_or_default() {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Cmd::RestartSlot {
+                    name: name.to_owned(),
+                    wid: p.wid,
+                    reply: tx,
+                })
+                .await
+                .map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())??;
+        }
+        Ok(())
     }
 
     /// Every watcher with its live processes, as of the actor's last change; once the
@@ -254,24 +268,42 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
-    /// Applies a newly read config's watchers and sockets; says what changed. Sockets
-    /// that cannot be bound refuse the whole reload, and nothing changes.
-    pub async fn reload(
-        &self,
-        watchers: BTreeMap<String, WatcherConfig>,
-        sockets: BTreeMap<String, SocketSpec>,
-    ) -> Result<ReloadData, CmdError> {
+    /// The plan between the running watchers and sockets and a newly read config file
+    /// (`reload.base` is the file's watchers as last loaded), and unless `dry_run`,
+    /// applies it: the file's sockets are bound first (a socket that cannot be bound
+    /// refuses the whole reload, and nothing changes); returns once added and removed
+    /// watchers are on their way, scaled ones resized and changed ones given their new
+    /// options; [`Self::restart_changed`] then restarts the processes that must restart
+    /// to take them (or a socket bound anew). A dry run binds nothing.
+    pub async fn reload(&self, reload: Reload) -> Result<PlanData, CmdError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Reload(watchers, sockets, tx))
+            .send(Cmd::Reload(Box::new(reload), tx))
             .await
             .map_err(|_| gone())?;
         let data = rx.await.map_err(|_| gone())??;
         let kind = data.kind();
-        let ReplyData::Reload(d) = data else {
-            return Err(not_the_kind(ReplyKind::Reload, kind));
+        let ReplyData::Plan(plan) = data else {
+            return Err(not_the_kind(ReplyKind::Plan, kind));
         };
-        Ok(d)
+        Ok(plan)
+    }
+
+    /// Restarts, one process at a time (as `restart --rolling`), each watcher an applied
+    /// plan says must restart to take its change.
+    pub async fn restart_changed(&self, plan: &PlanData) -> Result<(), CmdError> {
+        for w in plan.watchers.iter().filter(|w| w.restart) {
+            self.roll(&w.name).await.map_err(|e| {
+                CmdError::new(
+                    e.errno,
+                    format!(
+                        "the config was applied, but the rolling restart of '{}' stopped: {}",
+                        w.name, e.reason
+                    ),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Stops every process gracefully and ends the actor.
@@ -329,6 +361,11 @@ pub fn start(
         .watchers
         .values()
         .fold(0u64, |n, w| n.saturating_add(w.cfg.numprocesses.into()));
+    // The config's graph was checked; watchers kept from saved runtime changes may
+    // depend on one the file has dropped since. They wait, and the log says why.
+    for e in crate::config::deps::graph_errors(&sup.graph()) {
+        tracing::warn!("{e}; its processes wait until that is fixed (ctl set or the config file)");
+    }
     if total > u64::from(settings.max_processes) {
         tracing::warn!(
             "the watchers ask for {total} processes together (saved state included), more \

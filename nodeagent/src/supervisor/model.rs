@@ -93,6 +93,12 @@ impl Slot {
     pub fn alive(&self) -> bool {
         self.pid.is_some() && !self.leader_gone
     }
+
+    /// Its process is up: running past `min_uptime`, and healthy where a health check
+    /// is set (the slot is then [`ProcessState::Running`]).
+    pub fn up(&self) -> bool {
+        self.state == ProcessState::Running
+    }
 }
 
 /// A watcher: its config, its slots and what it should be doing.
@@ -104,6 +110,11 @@ pub(super) struct Watcher {
     pub restart_pending: bool,
     pub removing: bool,
     pub warmup_pending: bool,
+    /// Its processes wait to start until this dependency is up (`depends_on`).
+    pub held: Option<String>,
+    /// It is stopping, but its processes are asked to stop only once no watcher that
+    /// depends on it has any left.
+    pub stop_held: bool,
 }
 
 impl Watcher {
@@ -115,12 +126,24 @@ impl Watcher {
             restart_pending: false,
             removing: false,
             warmup_pending: false,
+            held: None,
+            stop_held: false,
         }
+    }
+
+    /// Every process of the watcher is up: it should run, and each of its
+    /// `numprocesses` slots holds a process that is up ([`Slot::up`]). What a watcher
+    /// that depends on it waits for.
+    pub fn up(&self) -> bool {
+        self.run
+            && !self.removing
+            && !self.restart_pending
+            && (1..=self.cfg.numprocesses).all(|wid| self.slots.get(&wid).is_some_and(Slot::up))
     }
 
     pub fn state(&self) -> WatcherState {
         let slots = || self.slots.values();
-        if slots().any(|s| s.state == ProcessState::Stopping) || self.removing {
+        if slots().any(|s| s.state == ProcessState::Stopping) || self.removing || self.stop_held {
             WatcherState::Stopping
         } else if !self.run {
             WatcherState::Stopped
@@ -139,6 +162,8 @@ impl Watcher {
     pub fn settled(&self) -> bool {
         !self.restart_pending
             && !self.warmup_pending
+            && self.held.is_none()
+            && !self.stop_held
             && !self
                 .slots
                 .values()
@@ -158,6 +183,14 @@ impl Watcher {
             .values()
             .find(|s| s.state == ProcessState::Fatal)
             .and_then(|s| s.reason.clone())
+            .or_else(|| {
+                let dep = self.held.as_ref()?;
+                Some(format!("waiting for '{dep}' to be up (depends_on)"))
+            })
+            .or_else(|| {
+                self.stop_held
+                    .then(|| "waiting for the watchers that depend on it to stop".to_owned())
+            })
     }
 
     pub fn summary(&self) -> WatcherSummary {
@@ -312,7 +345,8 @@ pub(super) enum Input {
         wid: u32,
         reply: ReplyId,
     },
-    Reload(BTreeMap<String, WatcherConfig>, Box<SocketSet>, ReplyId),
+    /// A reload, with the sockets the actor bound for it (none for a dry run).
+    Reload(Box<super::Reload>, Option<Box<SocketSet>>, ReplyId),
     Shutdown,
     /// Nothing happened but time passed (a wait's deadline).
     Tick,
@@ -458,6 +492,47 @@ impl Supervisor {
 
     pub fn timer(&mut self, after: Duration, timer: Timer) {
         self.out.push(Effect::ArmTimer { after, timer });
+    }
+
+    /// The first dependency of `name` that is not up (or not there), if any.
+    pub fn dependency_down(&self, name: &str) -> Option<String> {
+        let w = self.watchers.get(name)?;
+        w.cfg
+            .depends_on
+            .iter()
+            .find(|d| !self.watchers.get(*d).is_some_and(Watcher::up))
+            .cloned()
+    }
+
+    /// The watchers (not being removed) that depend on `name`, by name.
+    pub fn dependents(&self, name: &str) -> Vec<String> {
+        self.watchers
+            .iter()
+            .filter(|(_, w)| !w.removing && w.cfg.depends_on.iter().any(|d| d == name))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether a watcher that depends on `name` still has processes (or slots).
+    pub fn dependents_left(&self, name: &str) -> bool {
+        self.watchers
+            .values()
+            .any(|w| w.cfg.depends_on.iter().any(|d| d == name) && !w.slots.is_empty())
+    }
+
+    /// The dependency graph of the watchers (without those being removed).
+    pub fn graph(&self) -> BTreeMap<String, Vec<String>> {
+        crate::config::deps::graph_of(
+            self.watchers
+                .values()
+                .filter(|w| !w.removing)
+                .map(|w| &w.cfg),
+        )
+    }
+
+    /// A watcher's priority (0 when there is no such watcher).
+    pub fn priority(&self, name: &str) -> i32 {
+        self.watchers.get(name).map_or(0, |w| w.cfg.priority)
     }
 
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {

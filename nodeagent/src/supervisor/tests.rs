@@ -12,10 +12,12 @@ use protocol::reply::{ExitStatus, ProcessState, WatcherState};
 use protocol::WatcherOptions;
 
 use super::model::{Effect, Input, Limits, Slot, Supervisor, Timer, Watcher};
-use super::waiters::{settle_budget, MAX_WAIT};
+use super::waiters::{dependency_budget, settle_budget, MAX_WAIT};
 use crate::config::WatcherConfig;
 
-/// A supervisor with one watcher "w", driven by hand.
+/// A supervisor with one watcher "w", driven by hand; each watcher "w" depends on is
+/// there too, with the same config (running, but for one named `off`, which is
+/// stopped).
 struct Sim {
     sup: Supervisor,
     t0: Instant,
@@ -46,6 +48,11 @@ enum In {
     RespawnDue(u32),
     Health(u32, bool),
     Warmup,
+    /// The same inputs for another watcher.
+    StopOf(&'static str),
+    RmOf(&'static str),
+    UptimeOf(&'static str, u32),
+    KilledOf(&'static str, u32, bool),
 }
 
 fn config(cmd: &str) -> WatcherConfig {
@@ -78,6 +85,13 @@ impl Sim {
             },
             t0,
         );
+        for dep in &cfg.depends_on {
+            let mut other = cfg.clone();
+            other.name = dep.clone();
+            other.depends_on = vec![];
+            sup.watchers
+                .insert(dep.clone(), Watcher::new(other, dep != "off"));
+        }
         sup.watchers.insert("w".into(), Watcher::new(cfg, run));
         Sim {
             sup,
@@ -94,6 +108,14 @@ impl Sim {
 
     fn gen(&self, wid: u32) -> u64 {
         self.slot(wid).map_or(0, |s| s.gen)
+    }
+
+    fn gen_of(&self, name: &str, wid: u32) -> u64 {
+        self.sup
+            .watchers
+            .get(name)
+            .and_then(|w| w.slots.get(&wid))
+            .map_or(0, |s| s.gen)
     }
 
     fn command(&mut self, c: Command) -> Input {
@@ -165,6 +187,29 @@ impl Sim {
                 ok,
             },
             In::Warmup => Input::Timer(Timer::Warmup { name: name() }),
+            In::StopOf(n) => self.command(Command::Stop(StartStop {
+                name: Some(n.into()),
+                waiting: false,
+            })),
+            In::RmOf(n) => self.command(Command::Rm(RmProps {
+                name: n.into(),
+                waiting: false,
+            })),
+            In::UptimeOf(n, wid) => Input::Timer(Timer::UptimeReached {
+                name: n.into(),
+                wid,
+                gen: self.gen_of(n, wid),
+            }),
+            In::KilledOf(n, wid, alive) => Input::Exited {
+                name: n.into(),
+                wid,
+                gen: self.gen_of(n, wid),
+                exit: ExitStatus {
+                    code: None,
+                    signal: Some("SIGKILL".into()),
+                },
+                group_alive: alive,
+            },
         }
     }
 
@@ -225,6 +270,12 @@ impl Sim {
                 s
             }
         };
+        for (name, w) in self.sup.watchers.iter().filter(|(n, _)| *n != "w") {
+            s.push_str(&format!(" | {name}: {}", w.state()));
+            for slot in w.slots.values() {
+                s.push_str(&format!(" {}:{}", slot.wid, slot.state));
+            }
+        }
         if self.sup.finished() {
             s.push_str(" (finished)");
         }
@@ -234,9 +285,9 @@ impl Sim {
 
 fn timer_name(t: &Timer) -> String {
     match t {
-        Timer::RespawnDue { wid, .. } => format!("respawn-due w/{wid}"),
-        Timer::UptimeReached { wid, .. } => format!("uptime w/{wid}"),
-        Timer::StopCheck { wid, .. } => format!("stop-check w/{wid}"),
+        Timer::RespawnDue { name, wid, .. } => format!("respawn-due {name}/{wid}"),
+        Timer::UptimeReached { name, wid, .. } => format!("uptime {name}/{wid}"),
+        Timer::StopCheck { name, wid, .. } => format!("stop-check {name}/{wid}"),
         Timer::Warmup { name } => format!("warmup {name}"),
     }
 }
@@ -751,6 +802,230 @@ fn lifecycle_table() {
             &[(ms(0), Boot, &[])],
             "stopped",
         ),
+        (
+            "depends_on: a watcher starts once every process of its dependency is up",
+            |c| {
+                c.numprocesses = 2;
+                c.depends_on = vec!["db".into()];
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn db/1",
+                        "emit spawn db/1",
+                        "uptime db/1 in 1s",
+                        "spawn db/2",
+                        "emit spawn db/2",
+                        "uptime db/2 in 1s",
+                    ],
+                ),
+                (ms(1000), UptimeOf("db", 1), &[]),
+                (
+                    ms(1100),
+                    UptimeOf("db", 2),
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+            ],
+            "active 1:starting 2:starting | db: active 1:running 2:running",
+        ),
+        (
+            "depends_on: a stopped dependency is started first (Requires= and After=)",
+            |c| c.depends_on = vec!["off".into()],
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "emit start off",
+                        "spawn off/1",
+                        "emit spawn off/1",
+                        "uptime off/1 in 1s",
+                    ],
+                ),
+                (ms(1000), UptimeOf("off", 1), &SPAWN_1),
+            ],
+            "active 1:starting | off: active 1:running",
+        ),
+        (
+            "depends_on: start of a watcher starts its stopped dependency, then waits",
+            |c| c.depends_on = vec!["off".into()],
+            false,
+            &[
+                (ms(0), Boot, &[]),
+                (
+                    ms(1000),
+                    Start,
+                    &[
+                        "emit start off",
+                        "spawn off/1",
+                        "emit spawn off/1",
+                        "uptime off/1 in 1s",
+                        "emit start w",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(2000), UptimeOf("off", 1), &SPAWN_1),
+            ],
+            "active 1:starting | off: active 1:running",
+        ),
+        (
+            "depends_on: shutdown stops a watcher before its dependency begins stopping",
+            |c| c.depends_on = vec!["db".into()],
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &["spawn db/1", "emit spawn db/1", "uptime db/1 in 1s"],
+                ),
+                (ms(1000), UptimeOf("db", 1), &SPAWN_1),
+                (ms(2000), Uptime(1), &[]),
+                (
+                    ms(3000),
+                    Shutdown,
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(3500),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "SIGTERM db/1",
+                        "stop-check db/1 in 10s",
+                    ],
+                ),
+                (
+                    ms(4000),
+                    KilledOf("db", 1, false),
+                    &["emit exit db/1", "ended"],
+                ),
+            ],
+            "stopped | db: stopped (finished)",
+        ),
+        (
+            "depends_on: stop of a dependency stops its dependents first",
+            |c| c.depends_on = vec!["db".into()],
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &["spawn db/1", "emit spawn db/1", "uptime db/1 in 1s"],
+                ),
+                (ms(1000), UptimeOf("db", 1), &SPAWN_1),
+                (
+                    ms(2000),
+                    StopOf("db"),
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "emit stop db",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (
+                    ms(2500),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "SIGTERM db/1",
+                        "stop-check db/1 in 10s",
+                    ],
+                ),
+                (
+                    ms(3000),
+                    KilledOf("db", 1, false),
+                    &["emit exit db/1", "ended"],
+                ),
+                // Starting the dependent starts the dependency again, then itself.
+                (
+                    ms(4000),
+                    Start,
+                    &[
+                        "emit start db",
+                        "spawn db/1",
+                        "emit spawn db/1",
+                        "uptime db/1 in 1s",
+                        "emit start w",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+            ],
+            "active | db: active 1:starting",
+        ),
+        (
+            "depends_on: rm of a dependency is refused, naming its dependents",
+            |c| c.depends_on = vec!["db".into()],
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &["spawn db/1", "emit spawn db/1", "uptime db/1 in 1s"],
+                ),
+                (
+                    ms(100),
+                    RmOf("db"),
+                    &[
+                        "reply error: watcher 'db' cannot be removed: 'w' depends on it; \
+                       remove it first, or take 'db' out of its depends_on (ctl set w \
+                       depends_on ...)",
+                    ],
+                ),
+            ],
+            "active | db: active 1:starting",
+        ),
+        (
+            "depends_on: a dependency that stopped holds back new processes, not old ones",
+            |c| c.depends_on = vec!["db".into()],
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &["spawn db/1", "emit spawn db/1", "uptime db/1 in 1s"],
+                ),
+                (ms(1000), UptimeOf("db", 1), &SPAWN_1),
+                (ms(2000), Uptime(1), &[]),
+                (
+                    ms(3000),
+                    KilledOf("db", 1, false),
+                    &[
+                        "emit exit db/1",
+                        "SIGKILL db/1",
+                        "ended",
+                        "spawn db/1",
+                        "emit spawn db/1",
+                        "uptime db/1 in 1s",
+                        "emit respawn db/1",
+                    ],
+                ),
+                (ms(3100), Incr(1), &["persist", "reply ok"]),
+                (
+                    ms(4000),
+                    UptimeOf("db", 1),
+                    &["spawn w/2", "emit spawn w/2", "uptime w/2 in 1s"],
+                ),
+            ],
+            "active 1:running 2:starting | db: active 1:running",
+        ),
     ]);
 }
 
@@ -870,6 +1145,37 @@ fn every_wait_has_a_bounded_budget() {
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
 }
 
+#[test]
+fn a_wait_counts_the_watchers_it_depends_on_and_those_that_depend_on_it() {
+    let mut cfg = config("sleep");
+    cfg.depends_on = vec!["db".into()];
+    let mut sim = Sim::new(cfg, true);
+    let alone = Sim::new(config("sleep"), true);
+    let db = sim.sup.watchers["db"].cfg.clone();
+    for name in ["w", "db"] {
+        sim.sup.wait_settled(vec![name.into()], 1);
+        let w = sim.sup.waiters.pop().unwrap();
+        let own = settle_budget(&sim.sup.watchers[name].cfg);
+        let other = if name == "w" {
+            db.clone()
+        } else {
+            config("sleep")
+        };
+        assert_eq!(
+            w.deadline - sim.t0,
+            own + dependency_budget(&other),
+            "{name}"
+        );
+    }
+    let mut alone = alone;
+    alone.sup.wait_settled(vec!["w".into()], 1);
+    let w = alone.sup.waiters.pop().unwrap();
+    assert_eq!(
+        w.deadline - alone.t0,
+        settle_budget(&alone.sup.watchers["w"].cfg)
+    );
+}
+
 /// Every watcher command answers with the type of data its protocol declares
 /// ([`Command::reply_kind`], what ctl reads the reply as); the agent's own commands are
 /// refused here, as dispatch answers them. With the exhaustive matches over `Command`
@@ -972,4 +1278,121 @@ fn added_watchers_get_the_node_s_sockets_by_name() {
         &sockets.get("a").unwrap().fd
     ));
     assert_eq!(spawn.spec.args, ["--fd=4"]);
+}
+
+/// A reload that moves a socket: the dry run lists the socket's change and the watcher
+/// that would restart, and changes nothing; applied with the sockets the actor bound,
+/// the watcher restarts (by the handle, one process at a time) and the new sockets
+/// replace the old. A watcher kept from runtime changes that lists a socket the file
+/// drops refuses the reload.
+#[test]
+fn a_reload_that_moves_a_socket_restarts_its_watchers_and_a_dry_run_binds_nothing() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use protocol::reply::{PlanAction, PlanData, ReplyData};
+
+    use super::Reload;
+    use crate::sockets::{SocketOptions, SocketSet, SocketSpec};
+
+    let spec = |name: &str, reuseport: bool| {
+        let o = SocketOptions {
+            port: Some(0),
+            reuseport: Some(reuseport),
+            ..Default::default()
+        };
+        (name.to_owned(), SocketSpec::from_options(name, &o).unwrap())
+    };
+    let old: BTreeMap<_, _> = [spec("a", false), spec("b", false)].into();
+    let bound = SocketSet::bind(&old, &SocketSet::default()).unwrap();
+    let mut cfg = config("sleep");
+    cfg.sockets = vec!["a".into()];
+    let mut sim = Sim::new(cfg.clone(), true);
+    sim.sup.sockets = bound.clone();
+    let file = BTreeMap::from([("w".to_owned(), cfg)]);
+    // a moves (another socket: reuseport), b takes another backlog (the same socket),
+    // c is new.
+    let mut new = old.clone();
+    new.extend([spec("a", true), spec("c", false)]);
+    new.get_mut("b").unwrap().backlog = 512;
+    let reload = |dry_run| {
+        Box::new(Reload {
+            file: file.clone(),
+            sockets: new.clone(),
+            base: file.clone(),
+            dry_run,
+        })
+    };
+    let plan_of = |effects: &[Effect]| -> PlanData {
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Reply {
+                    outcome: Ok(ReplyData::Plan(p)),
+                    ..
+                } => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no plan: {effects:?}"))
+    };
+
+    let effects = sim.sup.step(Input::Reload(reload(true), None, 900), sim.t0);
+    let p = plan_of(&effects);
+    assert!(p.dry_run);
+    assert_eq!(p.changed, ["w"]);
+    assert!(p.watchers[0].restart);
+    assert_eq!(p.watchers[0].changes[0].key, "socket.a");
+    let sockets: Vec<(&str, PlanAction)> = p
+        .sockets
+        .iter()
+        .map(|s| (s.name.as_str(), s.action))
+        .collect();
+    assert_eq!(
+        sockets,
+        [
+            ("c", PlanAction::Added),
+            ("a", PlanAction::Changed),
+            ("b", PlanAction::Changed)
+        ]
+    );
+    assert_eq!(p.sockets[1].changes[0].key, "reuseport");
+    assert_eq!(p.sockets[2].changes[0].key, "backlog");
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::Configure { .. })));
+    assert!(Arc::ptr_eq(
+        &sim.sup.sockets.get("a").unwrap().fd,
+        &bound.get("a").unwrap().fd
+    ));
+    assert!(!sim.sup.sockets.contains("c"));
+
+    let rebound = SocketSet::bind(&new, &bound).unwrap();
+    let input = Input::Reload(reload(false), Some(Box::new(rebound.clone())), 901);
+    let effects = sim.sup.step(input, sim.t0);
+    let applied = plan_of(&effects);
+    assert!(!applied.dry_run);
+    assert_eq!(applied.changed, ["w"]);
+    assert!(applied.watchers[0].restart);
+    assert_eq!(applied.sockets, p.sockets);
+    assert!(Arc::ptr_eq(
+        &sim.sup.sockets.get("a").unwrap().fd,
+        &rebound.get("a").unwrap().fd
+    ));
+    assert!(sim.sup.sockets.contains("c"));
+
+    // Kept from runtime changes (the file's entry is as last loaded), "w" lists a socket
+    // the file no longer defines.
+    let mut dropped = reload(false);
+    dropped.sockets.remove("a");
+    let e = sim.sup.check_reload(&dropped).unwrap_err();
+    assert!(e.reason.contains("lists socket 'a'"), "{}", e.reason);
+    let mut runtime = file["w"].clone();
+    runtime.graceful_timeout = Duration::from_secs(3);
+    sim.sup.watchers.get_mut("w").unwrap().cfg = runtime;
+    let e = sim.sup.check_reload(&dropped).unwrap_err();
+    assert!(
+        e.reason.contains("which the file no longer defines"),
+        "{}",
+        e.reason
+    );
 }

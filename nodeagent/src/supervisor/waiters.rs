@@ -3,6 +3,7 @@
 //! owns when a wait is over and what it answers; it must not perform effects (its
 //! answers are [`Effect::Reply`](super::model::Effect::Reply)s).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use protocol::reply::{ActionData, NoData, ProcessState};
@@ -50,6 +51,17 @@ pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
         .min(MAX_WAIT)
 }
 
+/// What a watcher related by `depends_on` adds to a wait: its stop (a dependency stops
+/// only after it), or its start and the time its processes take to be up (a dependent
+/// starts only after).
+pub(super) fn dependency_budget(cfg: &WatcherConfig) -> Duration {
+    cfg.graceful_timeout
+        .saturating_add(KILL_GRACE)
+        .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
+        .saturating_add(cfg.min_uptime)
+        .saturating_add(cfg.health_timeout)
+}
+
 /// The longest the restart of one slot may take: stopping, then `min_uptime` and the
 /// health check of the new process, plus a margin; at most [`MAX_WAIT`].
 pub(super) fn restart_budget(cfg: &WatcherConfig) -> Duration {
@@ -73,10 +85,16 @@ impl Supervisor {
 
     /// Replies once `names` have settled, or with an error at their deadline.
     pub(super) fn wait_settled(&mut self, names: Vec<String>, reply: ReplyId) {
+        // A watcher waits for the watchers it depends on to be up before it starts, and
+        // for those that depend on it to stop before it stops.
+        let related = self.related_budgets();
         let budget = names
             .iter()
             .filter_map(|n| self.watchers.get(n))
-            .map(|w| settle_budget(&w.cfg))
+            .map(|w| {
+                let more = related.get(&w.cfg.name).copied().unwrap_or_default();
+                settle_budget(&w.cfg).saturating_add(more).min(MAX_WAIT)
+            })
             .max()
             .unwrap_or(SETTLE_MARGIN);
         self.waiters.push(Waiter {
@@ -84,6 +102,53 @@ impl Supervisor {
             deadline: later(self.now, budget),
             reply,
         });
+    }
+
+    /// For each watcher related to others by `depends_on`, what the others of its
+    /// group (the watchers it depends on, or that depend on it, directly or not) add to
+    /// its waits: the sum of their [`dependency_budget`]s. Linear in the watchers and
+    /// their dependencies.
+    fn related_budgets(&self) -> BTreeMap<String, Duration> {
+        let graph = self.graph();
+        if graph.values().all(Vec::is_empty) {
+            return BTreeMap::new();
+        }
+        let mut next: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (w, deps) in &graph {
+            for d in deps.iter().filter(|d| graph.contains_key(*d)) {
+                next.entry(w.as_str()).or_default().push(d.as_str());
+                next.entry(d.as_str()).or_default().push(w.as_str());
+            }
+        }
+        let cost = |n: &str| {
+            self.watchers
+                .get(n)
+                .map_or(Duration::ZERO, |w| dependency_budget(&w.cfg))
+        };
+        let mut out = BTreeMap::new();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for start in next.keys() {
+            if !seen.insert(start) {
+                continue;
+            }
+            let mut group = vec![*start];
+            let mut todo = vec![*start];
+            while let Some(n) = todo.pop() {
+                for m in next.get(n).into_iter().flatten() {
+                    if seen.insert(m) {
+                        group.push(m);
+                        todo.push(m);
+                    }
+                }
+            }
+            let total = group
+                .iter()
+                .fold(Duration::ZERO, |t, n| t.saturating_add(cost(n)));
+            for n in group {
+                out.insert(n.to_owned(), total.saturating_sub(cost(n)));
+            }
+        }
+        out
     }
 
     /// Answers every wait that is over.

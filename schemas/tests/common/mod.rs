@@ -205,9 +205,14 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         prop::option::of(duration_string()),
         prop::option::of(prop_oneof![0u64..4096, any::<u64>()]),
         prop::option::of(big_u32()),
+        // `depends_on` and `sockets`: up to 70 names, past the 64 each allows.
         prop::option::of(prop::collection::vec(
             prop_oneof![plain_name(), hostile_string()],
-            0..4,
+            0..70,
+        )),
+        prop::option::of(prop::collection::vec(
+            prop_oneof![plain_name(), hostile_string()],
+            0..70,
         )),
     )
         .boxed();
@@ -235,6 +240,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 health_timeout,
                 log_max_bytes,
                 log_backups,
+                depends_on,
                 sockets,
             ),
         )| WatcherOptions {
@@ -258,6 +264,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             warmup_delay,
             autostart,
             priority,
+            depends_on,
             stdout,
             stderr,
             service,
