@@ -214,6 +214,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
         "WATCHER",
         "STATE",
         "PROCESSES",
+        "READY",
         "RESTARTS",
         "SERVICE",
         "REASON",
@@ -226,6 +227,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
                     w.name.clone(),
                     w.state.to_string(),
                     format!("{}/{}", w.running, w.numprocesses),
+                    w.ready.to_string(),
                     w.restarts.to_string(),
                     w.service.clone(),
                     w.reason.clone().unwrap_or_default(),
@@ -242,7 +244,15 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
 
 fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
     let now = protocol::unix_time();
-    let mut t = n.head(&["WID", "PID", "STATE", "AGE", "RESTARTS", "LAST EXIT"]);
+    let mut t = n.head(&[
+        "WID",
+        "PID",
+        "STATE",
+        "HEALTH",
+        "AGE",
+        "RESTARTS",
+        "LAST EXIT",
+    ]);
     let mut names = n.head(&["WATCHER"]);
     for (node, d) in replies {
         for w in d.watchers.iter().flatten() {
@@ -256,6 +266,11 @@ fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
                         p.wid.to_string(),
                         p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         p.state.to_string(),
+                        match (&p.health, &p.reason) {
+                            (Some(h), Some(why)) => format!("{h} ({why})"),
+                            (Some(h), None) => h.to_string(),
+                            (None, _) => "-".into(),
+                        },
                         p.started_at
                             .map(|t| age(now - t))
                             .unwrap_or_else(|| "-".into()),
@@ -392,7 +407,7 @@ fn ping(replies: &[(&str, PingData)]) -> String {
 
 fn stats(replies: &[(&str, StatsData)]) -> String {
     let mut t = Table::new(&[
-        "NODE", "WATCHER", "WID", "PID", "CPU%", "MEM", "AGE", "RESTARTS",
+        "NODE", "WATCHER", "WID", "PID", "HEALTH", "CPU%", "MEM", "AGE", "RESTARTS",
     ]);
     for (node, d) in replies {
         for w in &d.watchers {
@@ -402,6 +417,7 @@ fn stats(replies: &[(&str, StatsData)]) -> String {
                     w.name.clone(),
                     p.wid.to_string(),
                     p.pid.to_string(),
+                    p.health.map_or_else(|| "-".into(), |h| h.to_string()),
                     number(p.cpu_percent),
                     bytes(p.rss_bytes),
                     age(p.age_secs),

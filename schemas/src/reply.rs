@@ -216,6 +216,28 @@ impl std::fmt::Display for ProcessState {
     }
 }
 
+/// How a running process is doing by its checks: `starting` until it is ready (its
+/// `ready` check passed, or no check, and it has run `min_uptime`), then `ready`;
+/// `unhealthy` while its `live` probes fail, or once a check failed and it is being
+/// restarted for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessHealth {
+    Starting,
+    Ready,
+    Unhealthy,
+}
+
+impl std::fmt::Display for ProcessHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProcessHealth::Starting => "starting",
+            ProcessHealth::Ready => "ready",
+            ProcessHealth::Unhealthy => "unhealthy",
+        })
+    }
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExitStatus {
@@ -254,6 +276,12 @@ pub struct ProcessInfo {
     /// How the previous process of this slot ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<ExitStatus>,
+    /// How the current process is doing by its checks, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ProcessHealth>,
+    /// Why its last check failed, while it is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A watcher at a glance.
@@ -265,6 +293,9 @@ pub struct WatcherSummary {
     pub numprocesses: u32,
     /// How many processes run now.
     pub running: u32,
+    /// How many of them are ready (see `ProcessHealth`).
+    #[serde(default)]
+    pub ready: u32,
     /// Restarts of all its slots.
     pub restarts: u32,
     /// The service it answers for.

@@ -1,6 +1,6 @@
 //! The actor: it owns the [`Supervisor`] model and carries out the effects its
-//! transitions return: spawning through [`process`], signals, tokio timers, health
-//! checks, persistence on a writer task of its own, events, replies, and publishing
+//! transitions return: spawning through [`process`], signals, tokio timers, probes
+//! (through [`crate::probe`], notify sockets included), persistence on a writer task of its own, events, replies, and publishing
 //! snapshots and services after each turn that changed them. It must not decide
 //! anything about watchers or slots: that is the model's job.
 
@@ -13,8 +13,8 @@ use protocol::reply::ExitStatus;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 
-use super::live::{later, LIVE};
-use super::model::{Effect, Input, ReplyId, SpawnOrder, Supervisor, Timer};
+use super::live::LIVE;
+use super::model::{Effect, Input, ReplyId, SpawnOrder, Stage, Supervisor, Timer};
 use super::{
     CapturedOutput, Cmd, CmdError, DesiredState, LifecycleEvent, Outcome, OutputSink, PersistFn,
     Settings, WatcherSnapshot,
@@ -41,11 +41,12 @@ enum Report {
         pid: u32,
         status: std::io::Result<std::process::ExitStatus>,
     },
-    Health {
+    Probe {
         name: String,
         wid: u32,
         gen: u64,
-        ok: bool,
+        stage: Stage,
+        result: Result<(), String>,
     },
     Timer(Timer),
 }
@@ -162,6 +163,11 @@ pub(super) struct Actor {
     timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
+    /// Where notify sockets go, if anywhere.
+    notify_dir: Option<std::path::PathBuf>,
+    /// The task listening on each live process's notify socket, by generation; it
+    /// ends (and its socket goes) when the process exits.
+    notify: BTreeMap<u64, tokio::task::JoinHandle<()>>,
 }
 
 impl Actor {
@@ -185,6 +191,11 @@ impl Actor {
             batched: false,
             timers: DelayQueue::new(),
             outbox: Vec::new(),
+            // Without the sockets a crashed earlier run left behind.
+            notify_dir: settings.notify_dir.inspect(|d| {
+                let _ = std::fs::remove_dir_all(d);
+            }),
+            notify: BTreeMap::new(),
         }
     }
 
@@ -221,6 +232,9 @@ impl Actor {
                 break;
             }
         }
+        for (_, task) in std::mem::take(&mut self.notify) {
+            task.abort();
+        }
         if let Some(writer) = self.writer.take() {
             writer.finish().await;
         }
@@ -254,7 +268,7 @@ impl Actor {
     }
 
     /// A task's report as the model's input, with what the actor observed.
-    fn observe(&self, report: Report) -> Input {
+    fn observe(&mut self, report: Report) -> Input {
         match report {
             Report::Exited {
                 name,
@@ -262,20 +276,37 @@ impl Actor {
                 gen,
                 pid,
                 status,
-            } => Input::Exited {
+            } => {
+                if let Some(task) = self.notify.remove(&gen) {
+                    task.abort();
+                }
+                Input::Exited {
+                    name,
+                    wid,
+                    gen,
+                    exit: match status {
+                        Ok(s) => process::exit_status(s),
+                        Err(_) => ExitStatus {
+                            code: None,
+                            signal: None,
+                        },
+                    },
+                    group_alive: process::group_alive(pid),
+                }
+            }
+            Report::Probe {
                 name,
                 wid,
                 gen,
-                exit: match status {
-                    Ok(s) => process::exit_status(s),
-                    Err(_) => ExitStatus {
-                        code: None,
-                        signal: None,
-                    },
-                },
-                group_alive: process::group_alive(pid),
+                stage,
+                result,
+            } => Input::Probe {
+                name,
+                wid,
+                gen,
+                stage,
+                result,
             },
-            Report::Health { name, wid, gen, ok } => Input::Health { name, wid, gen, ok },
             Report::Timer(Timer::StopCheck {
                 name,
                 wid,
@@ -298,7 +329,7 @@ impl Actor {
         // (a slot going from starting to running shows in no snapshot).
         let mut dirty = !matches!(
             input,
-            Input::Timer(_) | Input::Health { .. } | Input::StopCheck { .. } | Input::Tick
+            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick
         );
         let mut todo: VecDeque<Effect> = self.sup.step(input, Instant::now()).into();
         dirty |= !todo.is_empty();
@@ -373,13 +404,26 @@ impl Actor {
                     tracing::warn!(watcher, wid, pid, "cannot send {signal}: {e}");
                 }
             }
-            Effect::HealthCheck {
+            Effect::Probe {
                 watcher,
                 wid,
                 gen,
-                argv,
+                stage,
+                check,
                 timeout,
-            } => self.health_check(watcher, wid, gen, argv, timeout),
+            } => {
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    let result = crate::probe::run(&check, timeout).await;
+                    let _ = tx.send(Report::Probe {
+                        name: watcher,
+                        wid,
+                        gen,
+                        stage,
+                        result,
+                    });
+                });
+            }
             Effect::ArmTimer { after, timer } => {
                 // Every duration is bounded well below the wheel's limit (about two
                 // years) by the option ranges; the cap only keeps `insert` from panicking.
@@ -427,11 +471,32 @@ impl Actor {
             watcher: name,
             wid,
             gen,
-            spec,
             stop,
+            mut spec,
             capture,
             respawn,
+            notify,
         } = order;
+        let socket = if notify {
+            match self.notify_socket(gen, spec.uid) {
+                Ok(socket) => {
+                    let path = socket.path().display().to_string();
+                    spec.env.push(("NOTIFY_SOCKET".into(), path));
+                    Some(socket)
+                }
+                Err(e) => {
+                    return Input::SpawnFailed {
+                        reason: format!("cannot make the notify socket of {:?}: {e}", spec.cmd),
+                        name,
+                        wid,
+                        gen,
+                        respawn,
+                    }
+                }
+            }
+        } else {
+            None
+        };
         let mut spawned = match process::spawn(&spec) {
             Ok(s) => s,
             Err(e) => {
@@ -451,6 +516,26 @@ impl Actor {
         }
         LIVE.configure(&name, stop.0, stop.1);
         LIVE.started(pid, &name);
+        if let Some(socket) = socket {
+            let tx = self.reports_tx.clone();
+            let owned = name.clone();
+            let task = tokio::spawn(async move {
+                if socket.ready().await.is_ok() {
+                    let _ = tx.send(Report::Probe {
+                        name: owned,
+                        wid,
+                        gen,
+                        stage: Stage::Ready,
+                        result: Ok(()),
+                    });
+                }
+                // Later datagrams (STATUS=...) are not read; the socket stays until
+                // the process exits, so that they do not fail.
+                std::future::pending::<()>().await;
+                drop(socket);
+            });
+            self.notify.insert(gen, task);
+        }
         let tx = self.reports_tx.clone();
         let owned = name.clone();
         tokio::spawn(async move {
@@ -486,27 +571,22 @@ impl Actor {
         }
     }
 
-    fn health_check(&self, name: String, wid: u32, gen: u64, argv: Vec<String>, timeout: Duration) {
-        let tx = self.reports_tx.clone();
-        tokio::spawn(async move {
-            let deadline = later(Instant::now(), timeout);
-            let ok = loop {
-                let status = tokio::process::Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .status();
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left.max(Duration::from_millis(1)), status).await {
-                    Ok(Ok(s)) if s.success() => break true,
-                    _ if Instant::now() >= deadline => break false,
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
-            let _ = tx.send(Report::Health { name, wid, gen, ok });
-        });
+    /// A notify socket for the process of generation `gen`, in the notify dir.
+    fn notify_socket(
+        &self,
+        gen: u64,
+        uid: Option<u32>,
+    ) -> std::io::Result<crate::probe::NotifySocket> {
+        let Some(dir) = &self.notify_dir else {
+            return Err(std::io::Error::other(
+                "this agent has no directory for notify sockets",
+            ));
+        };
+        crate::probe::NotifySocket::bind(
+            dir,
+            &format!("{gen}-{:x}.sock", uuid::Uuid::new_v4().as_u64_pair().0),
+            uid,
+        )
     }
 }
 
@@ -538,6 +618,7 @@ mod tests {
                 allow_remote_exec: true,
                 persist: Some(persist),
                 groups: None,
+                notify_dir: None,
                 max_processes: 10,
             },
             Box::new(DrainOutput),
