@@ -407,7 +407,7 @@ fn ping(replies: &[(&str, PingData)]) -> String {
 
 fn stats(replies: &[(&str, StatsData)]) -> String {
     let mut t = Table::new(&[
-        "NODE", "WATCHER", "WID", "PID", "HEALTH", "CPU%", "MEM", "AGE", "RESTARTS",
+        "NODE", "WATCHER", "WID", "PID", "CPU%", "MEM", "AGE", "RESTARTS",
     ]);
     for (node, d) in replies {
         for w in &d.watchers {
@@ -417,7 +417,6 @@ fn stats(replies: &[(&str, StatsData)]) -> String {
                     w.name.clone(),
                     p.wid.to_string(),
                     p.pid.to_string(),
-                    p.health.map_or_else(|| "-".into(), |h| h.to_string()),
                     number(p.cpu_percent),
                     bytes(p.rss_bytes),
                     age(p.age_secs),

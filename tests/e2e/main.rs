@@ -15,5 +15,6 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod probes;
 mod robust;
 mod security;
