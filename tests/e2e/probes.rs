@@ -329,7 +329,7 @@ async fn a_process_not_ready_in_time_is_stopped_and_its_start_fails() {
     eprintln!("start: {:?}\n{}{}", out.took, out.stdout, out.stderr);
     out.expect_code(1, "a start whose process is never ready");
     for needle in [
-        "process 1 of 'w' was not ready: not ready: health check did not pass within 1s",
+        "process 1 of 'w' did not come up: not ready: health check did not pass within 1s",
         &format!("tcp 127.0.0.1:{port}"),
         "refused",
     ] {
@@ -428,4 +428,35 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
     assert!(!is_alive(old), "the unhealthy process {old} still runs");
     assert!(is_alive(new));
     assert_eq!(processes(&agent, "w")[0]["restarts"], 1);
+}
+
+/// Without checks, a process is starting for `min_uptime`, then ready, in `list`,
+/// `status` and the stats, and its wire state is as before (`starting`, `running`).
+#[test]
+fn without_checks_a_process_is_ready_after_min_uptime_everywhere() {
+    let nats = NatsServer::start();
+    let secs = unique_secs();
+    let w = format!(
+        "[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nmin_uptime = \"300ms\"\n\
+         numprocesses = 2\n"
+    );
+    let agent = Agent::start_config(&nats, &node("a", &w));
+    wait_until(T, "both processes ready in list", || {
+        let ps = processes(&agent, "w");
+        ps.len() == 2
+            && ps
+                .iter()
+                .all(|p| p["state"] == "running" && p["health"] == "ready")
+    });
+    assert_eq!(ready_count(&agent, "w"), 2);
+    let table = agent.ctl(&["status", "w"]).table();
+    assert_eq!(table[0]["READY"], "2", "{table:?}");
+    let table = agent.ctl(&["list", "w"]).table();
+    assert!(table.iter().all(|r| r["HEALTH"] == "ready"), "{table:?}");
+    // The stats stream's sample follows without any other change.
+    wait_until(T, "stats saying both are ready", || {
+        let stats = agent.ctl_ok(&["stats", "w"]);
+        let ps = stats["watchers"][0]["processes"].as_array().cloned();
+        ps.is_some_and(|ps| ps.len() == 2 && ps.iter().all(|p| p["health"] == "ready"))
+    });
 }

@@ -325,12 +325,21 @@ impl Actor {
     /// One turn: the transition, its effects (a spawn's result goes back to the model
     /// before the next effect), then the published state, then replies and events.
     fn turn(&mut self, input: Input) {
-        // A timer or a report that returns no effect changes nothing that is published
-        // (a slot going from starting to running shows in no snapshot).
-        let mut dirty = !matches!(
-            input,
-            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick
-        );
+        // A timer or a report that returns no effect changes nothing that is published,
+        // but for a process's health (in the snapshot: stats), which changes when it
+        // has run min_uptime or a probe answered.
+        let mut dirty = match &input {
+            Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. } => true,
+            Input::Timer(_) | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Boot
+            | Input::Command(..)
+            | Input::RestartSlot { .. }
+            | Input::Reload(..)
+            | Input::Shutdown
+            | Input::Spawned { .. }
+            | Input::SpawnFailed { .. }
+            | Input::Exited { .. } => true,
+        };
         let mut todo: VecDeque<Effect> = self.sup.step(input, Instant::now()).into();
         dirty |= !todo.is_empty();
         let mut persist = None;

@@ -139,8 +139,9 @@ impl Slot {
             last_exit: self.last_exit.clone(),
             health: self.health(),
             reason: match self.health() {
+                Some(ProcessHealth::Unhealthy) if self.health_failed => self.reason.clone(),
                 Some(ProcessHealth::Unhealthy) => self.check_error.clone(),
-                _ => None,
+                Some(ProcessHealth::Starting | ProcessHealth::Ready) | None => None,
             },
         }
     }

@@ -1094,7 +1094,7 @@ fn lifecycle_table() {
                         "emit unhealthy w/1",
                         "SIGTERM w/1",
                         "stop-check w/1 in 10s",
-                        "reply error: process 1 of 'w' was not ready: not ready: health check \
+                        "reply error: process 1 of 'w' did not come up: not ready: health check \
                          did not pass within 4s (last: refused); it is restarted as its restart \
                          policy says, and `ctl list w` shows how it goes",
                     ],

@@ -132,7 +132,7 @@ impl Supervisor {
             let watcher = self.watchers.get(n)?;
             watcher.slots.values().find_map(|s| match &s.not_ready {
                 Some((gen, why)) if *gen >= since_gen => Some(format!(
-                    "process {} of '{n}' was not ready: {why}; it is restarted as its \
+                    "process {} of '{n}' did not come up: {why}; it is restarted as its \
                      restart policy says, and `ctl list {n}` shows how it goes",
                     s.wid
                 )),
