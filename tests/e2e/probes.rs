@@ -73,11 +73,13 @@ fn server(dir: &Path) -> PathBuf {
     path
 }
 
-/// A prefix `p` such that ports `p1` and `p2` (`"{p}$(wid)"`) are free now.
+/// A prefix `p` such that ports `p1` and `p2` (`"{p}$(wid)"`) are free now, below the
+/// range the kernel hands out for outgoing connections and port 0 (so that no
+/// client or server of another test takes them meanwhile).
 fn port_prefix() -> u32 {
     let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
     (0..200)
-        .map(|i| 2000 + (free_port() as u32 + i * 37) % 4000)
+        .map(|i| 1100 + (free_port() as u32 + i * 37) % 2000)
         .find(|p| free(p * 10 + 1) && free(p * 10 + 2))
         .expect("two free ports")
 }
@@ -317,7 +319,7 @@ async fn a_process_not_ready_in_time_is_stopped_and_its_start_fails() {
     client.flush().await.expect("flush");
     let secs = unique_secs();
     // Nothing ever listens on the port.
-    let port = free_port();
+    let port = port_prefix() * 10 + 1;
     let w = format!(
         "[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nautostart = false\n\
          min_uptime = \"100ms\"\nmax_retry = 1\nrestart_delay = \"200ms\"\n\
@@ -370,7 +372,7 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
     let tmp = tempfile::tempdir().expect("a temp dir");
     let script = server(tmp.path());
     let sick = tmp.path().join("sick");
-    let port = free_port();
+    let port = port_prefix() * 10 + 1;
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let mut sub = client
