@@ -340,6 +340,16 @@ mod tests {
         let path = sock.path().to_owned();
         drop(sock);
         assert!(!path.exists());
+        // A watcher with a uid: that user owns its socket and may reach it through a
+        // directory it cannot list.
+        if nix::unistd::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            let theirs = NotifySocket::bind(&notify, "2.sock", Some(65534)).unwrap();
+            let meta = std::fs::metadata(theirs.path()).unwrap();
+            assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
+            let dmode = std::fs::metadata(&notify).unwrap().permissions().mode();
+            assert_eq!(dmode & 0o777, 0o711);
+        }
         let long = "x".repeat(120);
         let e = NotifySocket::bind(&notify, &long, None).unwrap_err();
         assert!(e.to_string().contains("shorter state_dir"), "{e}");
