@@ -189,9 +189,10 @@ impl std::fmt::Display for WatcherState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
-    /// Running, but not yet for `min_uptime` (or not yet healthy).
+    /// Running, but not yet up: not yet for `min_uptime`, or its `ready` check has not
+    /// passed yet.
     Starting,
-    /// Running past `min_uptime`.
+    /// Up: running past `min_uptime`, and ready where it has a `ready` check.
     Running,
     /// Asked to stop; waiting for it to exit.
     Stopping,

@@ -1,8 +1,9 @@
 //! The slot lifecycle as pure transitions: an input (a command, an exit, a timer, a
-//! spawn's result) and the time in, the new state and a list of effects out. It owns
-//! the decisions to spawn, respawn (through [`policy`]), stop with SIGKILL escalation,
-//! warm up and check health. It must not perform effects: no process calls, signals,
-//! tasks, clocks or channels; the actor carries out what it returns.
+//! spawn's or a probe's result) and the time in, the new state and a list of effects
+//! out. It owns the decisions to spawn, respawn (through [`policy`]), stop with SIGKILL
+//! escalation, warm up, and check readiness and liveness (which probe when, and what a
+//! result or a deadline does). It must not perform effects: no process calls, signals,
+//! probes, tasks, clocks or channels; the actor carries out what it returns.
 
 use std::time::{Duration, Instant};
 
