@@ -462,3 +462,55 @@ fn without_checks_a_process_is_ready_after_min_uptime_everywhere() {
         ps.is_some_and(|ps| ps.len() == 2 && ps.iter().all(|p| p["health"] == "ready"))
     });
 }
+
+/// Over NATS: a check that runs a command needs allow_remote_exec, as health_cmd does;
+/// a tcp check does not, and a hostile one is refused with its range.
+#[test]
+fn a_remote_exec_check_is_refused_and_a_tcp_check_is_set() {
+    let nats = NatsServer::start();
+    let secs = unique_secs();
+    let w = format!("[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n");
+    let agent = Agent::start_config(&nats, &node("a", &w));
+    let refused = |args: &[&str], errno: u32| {
+        let (out, replies) = agent.ctl_json(args);
+        out.expect_code(1, &format!("{args:?}"));
+        assert_eq!(replies[0]["errno"], errno, "{args:?}: {}", replies[0]);
+        replies[0]["reason"].as_str().unwrap_or_default().to_owned()
+    };
+    for (key, value) in [
+        ("ready", r#"{"exec": ["touch", "/tmp/owned"]}"#),
+        (
+            "live",
+            r#"{"exec": ["touch", "/tmp/owned"], "failures": 1}"#,
+        ),
+        ("health_cmd", r#"["touch", "/tmp/owned"]"#),
+    ] {
+        let reason = refused(&["set", "w", key, value], 5);
+        assert!(reason.contains("allow_remote_exec"), "{reason}");
+    }
+    let reason = refused(
+        &[
+            "set",
+            "w",
+            "live",
+            r#"{"tcp": "127.0.0.1:1", "failures": 0}"#,
+        ],
+        2,
+    );
+    assert!(
+        reason.contains("option 'live.failures': 0 is out of range; use 1 to 1000"),
+        "{reason}"
+    );
+    agent.ctl_ok(&[
+        "set",
+        "w",
+        "ready",
+        r#"{"tcp": "127.0.0.1:80$(wid)", "timeout": "5s"}"#,
+    ]);
+    let got = agent.ctl_ok(&["get", "w", "ready"]);
+    assert_eq!(
+        got["options"]["ready"],
+        serde_json::json!({"tcp": "127.0.0.1:80$(wid)", "timeout": "5s", "interval": "200ms"}),
+        "{got}"
+    );
+}
