@@ -406,9 +406,10 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
     assert_eq!(processes(&agent, "w")[0]["pid"], old);
 
     std::fs::write(&sick, "").expect("make it sick");
+    let sick_at = std::time::Instant::now();
     let ev = next_event(&mut sub, |v| v["kind"] == "unhealthy").await;
     std::fs::remove_file(&sick).expect("make it well");
-    eprintln!("unhealthy: {ev}");
+    eprintln!("unhealthy after {:?}: {ev}", sick_at.elapsed());
     assert_eq!(ev["pid"], old, "{ev}");
     assert_eq!(ev["wid"], 1, "{ev}");
     let reason = ev["reason"].as_str().unwrap_or_default();
@@ -427,6 +428,7 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
         let ps = processes(&agent, "w");
         ps.len() == 1 && ps[0]["pid"] == new && ps[0]["health"] == "ready"
     });
+    eprintln!("ready again {:?} after it fell sick", sick_at.elapsed());
     assert!(!is_alive(old), "the unhealthy process {old} still runs");
     assert!(is_alive(new));
     assert_eq!(processes(&agent, "w")[0]["restarts"], 1);

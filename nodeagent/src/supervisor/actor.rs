@@ -21,6 +21,11 @@ use super::{
 };
 use crate::process;
 
+/// How late a change of health alone (a process ready, a probe's result) may be
+/// published: such changes are published together, so that thousands of processes
+/// becoming ready do not each copy the whole snapshot.
+const HEALTH_LAG: Duration = Duration::from_millis(100);
+
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 use protocol::Errno;
@@ -163,6 +168,8 @@ pub(super) struct Actor {
     timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
+    /// When health changes not yet published are due to be.
+    health_due: Option<Instant>,
     /// Where notify sockets go, if anywhere.
     notify_dir: Option<std::path::PathBuf>,
     /// The task listening on each live process's notify socket, by generation; it
@@ -196,6 +203,7 @@ impl Actor {
                 let _ = std::fs::remove_dir_all(d);
             }),
             notify: BTreeMap::new(),
+            health_due: None,
         }
     }
 
@@ -204,7 +212,10 @@ impl Actor {
         let mut open = true;
         self.turn(Input::Boot);
         loop {
-            let deadline = self.sup.next_deadline();
+            let deadline = match (self.sup.next_deadline(), self.health_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if std::mem::take(&mut self.batched) {
                 // Let heartbeats, stats and replies run between batches of spawns.
                 tokio::task::yield_now().await;
@@ -325,12 +336,15 @@ impl Actor {
     /// One turn: the transition, its effects (a spawn's result goes back to the model
     /// before the next effect), then the published state, then replies and events.
     fn turn(&mut self, input: Input) {
-        // A timer or a report that returns no effect changes nothing that is published,
-        // but for a process's health (in the snapshot: stats), which changes when it
-        // has run min_uptime or a probe answered.
+        // A timer or a report that returns no effect changes nothing that is published
+        // but, at most, a process's health (once it has run min_uptime, or a probe
+        // answered): that is published within HEALTH_LAG, once for many such turns.
+        let health = matches!(
+            input,
+            Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
+        );
         let mut dirty = match &input {
-            Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. } => true,
-            Input::Timer(_) | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
             Input::Boot
             | Input::Command(..)
             | Input::RestartSlot { .. }
@@ -341,7 +355,10 @@ impl Actor {
             | Input::Exited { .. } => true,
         };
         let mut todo: VecDeque<Effect> = self.sup.step(input, Instant::now()).into();
-        dirty |= !todo.is_empty();
+        // Arming a timer or starting a probe changes nothing published either.
+        dirty |= todo
+            .iter()
+            .any(|e| !matches!(e, Effect::ArmTimer { .. } | Effect::Probe { .. }));
         let mut persist = None;
         while let Some(effect) = todo.pop_front() {
             if let Effect::Persist(state) = effect {
@@ -358,8 +375,12 @@ impl Actor {
         if let (Some(state), Some(writer)) = (persist, self.writer.as_mut()) {
             writer.save(state);
         }
-        if dirty {
+        let now = Instant::now();
+        if dirty || self.health_due.is_some_and(|due| now >= due) {
             self.publish();
+            self.health_due = None;
+        } else if health && self.health_due.is_none() {
+            self.health_due = Some(now + HEALTH_LAG);
         }
         for effect in std::mem::take(&mut self.outbox) {
             match effect {
