@@ -214,6 +214,9 @@ pub enum Sub {
     Reloadconfig,
     /// The agent's own pid, CPU, memory and uptime.
     Dstats,
+    /// The sockets the agent has bound ([socket.NAME] in its config): kind, address
+    /// (with the port actually bound), the agent's fd, and the watchers that get them.
+    Listsockets,
     /// Stop every process and end the agent.
     Quit,
     /// Who answers: version, pid, host, tags, uptime.
@@ -394,6 +397,7 @@ impl Sub {
             }),
             Sub::Reloadconfig => Command::Reloadconfig(Empty {}),
             Sub::Dstats => Command::Dstats(Empty {}),
+            Sub::Listsockets => Command::Listsockets(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
             Sub::Logs {

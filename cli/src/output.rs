@@ -165,6 +165,7 @@ pub fn render(command: &Command, replies: &[&Reply], multi: bool) -> String {
         ReplyKind::Stats => stats(&typed(replies)),
         ReplyKind::Members => members(&typed(replies)),
         ReplyKind::Logs => logs(n, &typed(replies)),
+        ReplyKind::Sockets => sockets(n, &typed(replies)),
         ReplyKind::Empty => empty(command, n, &typed(replies)),
     }
 }
@@ -370,6 +371,29 @@ fn reload(n: Nodes, replies: &[(&str, ReloadData)]) -> String {
     out
 }
 
+fn sockets(n: Nodes, replies: &[(&str, SocketsData)]) -> String {
+    let mut t = n.head(&["NAME", "KIND", "ADDRESS", "FD", "WATCHERS"]);
+    for (node, d) in replies {
+        for s in &d.sockets {
+            t.row(n.row(
+                node,
+                [
+                    s.name.clone(),
+                    s.kind.clone(),
+                    s.address.clone(),
+                    s.fd.to_string(),
+                    s.watchers.join(","),
+                ],
+            ));
+        }
+    }
+    if t.is_empty() {
+        "no sockets\n".to_owned()
+    } else {
+        t.render()
+    }
+}
+
 fn dstats(replies: &[(&str, DstatsData)]) -> String {
     let mut t = Table::new(&[
         "NODE", "PID", "CPU%", "RSS", "THREADS", "CHILDREN", "UPTIME", "VERSION",
@@ -484,7 +508,8 @@ fn empty(command: &Command, n: Nodes, replies: &[(&str, NoData)]) -> String {
             | Command::Ping(_)
             | Command::Stats(_)
             | Command::Members(_)
-            | Command::Logs(_) => push_line!(out, "{}ok", n.prefix(node)),
+            | Command::Logs(_)
+            | Command::Listsockets(_) => push_line!(out, "{}ok", n.prefix(node)),
         }
     }
     out
@@ -709,6 +734,11 @@ pub mod wild {
             ),
             ("quit", json!({})),
             ("members", json!({"members": []})),
+            (
+                "listsockets",
+                json!({"sockets": [{"name": "web", "kind": "tcp",
+                "address": "127.0.0.1:8080", "fd": 7, "watchers": ["w"]}]}),
+            ),
         ]
     }
 

@@ -158,7 +158,8 @@ fn how(sub: &Sub, command: &Command, target: &Target) -> Result<Send, String> {
         | Command::Quit(_)
         | Command::Ping(_)
         | Command::Stats(_)
-        | Command::Members(_) => Send::Plain,
+        | Command::Members(_)
+        | Command::Listsockets(_) => Send::Plain,
     })
 }
 

@@ -256,6 +256,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
                 groups: None,
                 notify_dir: None,
                 max_processes: config.agent.max_processes,
+                sockets: Default::default(),
             },
             Box::new(DrainOutput),
         );

@@ -1,6 +1,6 @@
-//! The agent's wiring: the start-up order (dirs and lock, name check, connection, saved
-//! state, process group ledger, logs, supervisor, membership task, stats, relays, then
-//! serving requests) and the shutdown order (processes first, then leave, drain and
+//! The agent's wiring: the start-up order (dirs and lock, name check, process group
+//! ledger (ending a crashed run's leftovers), sockets, connection, saved state, logs,
+//! supervisor, membership task, stats, relays, then serving requests) and the shutdown order (processes first, then leave, drain and
 //! flush). It handles no request (see [`crate::dispatch`]), touches no process (the
 //! supervisor does), reads nothing from /proc (stats does) and speaks to NATS only
 //! through [`crate::transport`].
@@ -24,6 +24,7 @@ use crate::logs::{Closing, LogManager};
 use crate::memberloop::{self, MembershipHandle, MembershipSettings};
 use crate::membership::{MembershipConfig, SuspectAfter};
 use crate::relay;
+use crate::sockets::{BindError, SocketSet};
 use crate::state::{self, StateStore};
 use crate::supervisor::{self, CapturedOutput, OutputSink, SupervisorHandle};
 use crate::transport::{self, Publisher, TransportError};
@@ -45,6 +46,12 @@ pub enum AgentError {
     Logs(crate::logs::LogError),
     #[error("stopped after an internal error: {0}")]
     Panicked(String),
+    /// A `[socket.NAME]` could not be bound: a config error.
+    #[error("invalid config {path}: {source}")]
+    Sockets {
+        path: std::path::PathBuf,
+        source: BindError,
+    },
 }
 
 /// Hands captured output to the rotating log files. When the supervisor drops it (it
@@ -122,18 +129,22 @@ pub async fn run(
     // Held until this function returns: one agent per state dir.
     let _lock = own_dirs(&config)?;
     check_name(&config, &subjects, &identity).await?;
+    // What a crashed run left behind goes first: it may still hold a socket's address.
+    let groups = open_groups(home(&config));
+    let sockets = bind_sockets(&config)?;
     let client = transport::connect(&config.nats, &identity.node).await?;
     let bus = Publisher::new(client.clone());
     crate::fatal::arm_faults(home(&config));
 
-    let (watchers, stopped, store) = saved_state(&config)?;
+    let (mut watchers, stopped, store) = saved_state(&config)?;
+    keep_known_sockets(&mut watchers, &config, &sockets);
     let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
     let log_feed = logs.feed();
     let (closed_tx, logs_closed) = oneshot::channel();
     let (supervisor, sup_task) = supervisor::start(
         watchers,
         stopped,
-        supervisor_settings(&config, &identity, store.clone()),
+        supervisor_settings(&config, &identity, store.clone(), sockets, groups),
         Box::new(LogCapture {
             logs,
             closed: Some(closed_tx),
@@ -275,6 +286,46 @@ fn saved_state(config: &ValidatedConfig) -> Result<Desired, AgentError> {
     }
 }
 
+/// Binds the config's sockets, before any process starts; a failure names each socket
+/// and its address.
+fn bind_sockets(config: &ValidatedConfig) -> Result<SocketSet, AgentError> {
+    let sockets = SocketSet::bind(&config.sockets, &SocketSet::default()).map_err(|source| {
+        AgentError::Sockets {
+            path: config.path.clone(),
+            source,
+        }
+    })?;
+    for b in sockets.iter() {
+        tracing::info!(socket = %b.spec.name, "listening on {} ({})", b.address, b.kind());
+    }
+    Ok(sockets)
+}
+
+/// A watcher restored from the saved state may list a socket the config no longer
+/// defines: it takes the config's version of itself, or is left out, with a warning.
+fn keep_known_sockets(
+    watchers: &mut BTreeMap<String, WatcherConfig>,
+    config: &ValidatedConfig,
+    sockets: &SocketSet,
+) {
+    watchers.retain(|name, w| {
+        let Some(missing) = w.sockets.iter().find(|s| !sockets.contains(s)) else {
+            return true;
+        };
+        match config.watchers.get(name) {
+            Some(from_config) => {
+                tracing::warn!(watcher = %name, "saved state lists socket '{missing}', which the config no longer defines; using the config's watcher");
+                *w = from_config.clone();
+                true
+            }
+            None => {
+                tracing::warn!(watcher = %name, "saved watcher lists socket '{missing}', which the config no longer defines; it is dropped");
+                false
+            }
+        }
+    });
+}
+
 /// What the supervisor calls to save the desired state in `store`.
 fn persister(store: Arc<Mutex<StateStore>>) -> supervisor::PersistFn {
     Box::new(move |w: &BTreeMap<String, (WatcherOptions, bool)>| {
@@ -317,14 +368,17 @@ fn supervisor_settings(
     config: &ValidatedConfig,
     identity: &Identity,
     store: Option<Arc<Mutex<StateStore>>>,
+    sockets: SocketSet,
+    groups: Option<Arc<Groups>>,
 ) -> supervisor::Settings {
     supervisor::Settings {
         node: identity.node.clone(),
         allow_remote_exec: config.agent.allow_remote_exec,
         persist: store.map(persister),
-        groups: open_groups(home(config)),
+        groups,
         notify_dir: Some(home(config).join("notify")),
         max_processes: config.agent.max_processes,
+        sockets,
     }
 }
 

@@ -14,6 +14,8 @@ use protocol::subjects::{validate_node_name, validate_prefix, validate_token};
 use protocol::{IdSpec, RestartPolicy, WatcherOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::sockets::{SocketOptions, SocketSpec};
+
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -73,6 +75,8 @@ struct RawConfig {
     nats: RawNats,
     #[serde(default)]
     watcher: BTreeMap<String, WatcherOptions>,
+    #[serde(default)]
+    socket: BTreeMap<String, SocketOptions>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +335,8 @@ pub struct WatcherConfig {
     pub live: Option<LiveConfig>,
     pub log_max_bytes: u64,
     pub log_backups: u32,
+    /// The sockets its processes get, at fds 3, 4, ... in this order.
+    pub sockets: Vec<String>,
 }
 
 /// What a readiness or liveness probe checks. The strings are as configured, with
@@ -570,6 +576,8 @@ pub struct ValidatedConfig {
     pub agent: AgentConfig,
     pub nats: NatsConfig,
     pub watchers: BTreeMap<String, WatcherConfig>,
+    /// The `[socket.NAME]` tables.
+    pub sockets: BTreeMap<String, SocketSpec>,
 }
 
 /// The largest process count one watcher may ask for, whatever the node's
@@ -721,6 +729,11 @@ pub const COUNTS: &[Range<i64>] = &[
         min: 1,
         max: 1000,
     },
+    Range {
+        key: "backlog",
+        min: crate::sockets::MIN_BACKLOG,
+        max: crate::sockets::MAX_BACKLOG,
+    },
 ];
 
 fn duration_range(key: &str) -> Option<&'static Range<Duration>> {
@@ -796,6 +809,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             Err(mut p) => problems.append(&mut p),
         }
     }
+    let sockets = validate_sockets(&raw.socket, &watchers, &mut problems);
     let total = watchers
         .values()
         .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
@@ -816,10 +830,57 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
             agent,
             nats,
             watchers,
+            sockets,
         })
     } else {
         Err(invalid(problems))
     }
+}
+
+/// Validates the `[socket.NAME]` tables, and that every socket a watcher lists is one
+/// of them.
+fn validate_sockets(
+    raw: &BTreeMap<String, SocketOptions>,
+    watchers: &BTreeMap<String, WatcherConfig>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, SocketSpec> {
+    let mut sockets = BTreeMap::new();
+    if raw.len() > crate::sockets::MAX_SOCKETS {
+        problems.push(Problem::at(
+            "[socket]",
+            "NAME",
+            format!(
+                "{} sockets, more than {}; define fewer",
+                raw.len(),
+                crate::sockets::MAX_SOCKETS
+            ),
+        ));
+        return sockets;
+    }
+    for (name, o) in raw {
+        match SocketSpec::from_options(name, o) {
+            Ok(s) => {
+                sockets.insert(name.clone(), s);
+            }
+            Err(list) => problems.extend(list.into_iter().map(|(key, message)| Problem {
+                location: match key {
+                    "" => format!("[socket.{name}]"),
+                    key => format!("[socket.{name}] {key}"),
+                },
+                message,
+            })),
+        }
+    }
+    for w in watchers.values() {
+        for s in w.sockets.iter().filter(|s| !raw.contains_key(*s)) {
+            problems.push(Problem::at(
+                &format!("[watcher.{}]", w.name),
+                "sockets",
+                format!("no socket '{s}'; define it in a [socket.{s}] table or remove it"),
+            ));
+        }
+    }
+    sockets
 }
 
 /// Parses a duration such as "500ms", "1s", "2m 30s".
@@ -1302,6 +1363,15 @@ impl WatcherConfig {
             }
         };
         problems.append(&mut checks);
+        let sockets = o.sockets.clone().unwrap_or_default();
+        let texts = o
+            .args
+            .iter()
+            .flatten()
+            .chain(o.env.iter().flat_map(|e| e.values()));
+        for m in crate::sockets::check_watcher_list(&sockets, texts.map(String::as_str)) {
+            problems.push(Problem::at(&loc, "sockets", m));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -1335,6 +1405,7 @@ impl WatcherConfig {
             live,
             log_max_bytes,
             log_backups,
+            sockets,
         })
     }
 
@@ -1375,6 +1446,7 @@ impl WatcherConfig {
             live: self.live.as_ref().map(LiveConfig::to_options),
             log_max_bytes: Some(self.log_max_bytes),
             log_backups: Some(self.log_backups),
+            sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
         }
     }
 
@@ -1390,6 +1462,7 @@ impl WatcherConfig {
             || self.gid_num != other.gid_num
             || self.stdout != other.stdout
             || self.stderr != other.stderr
+            || self.sockets != other.sockets
     }
 }
 
@@ -1740,6 +1813,88 @@ mod tests {
         assert_eq!(split_host_port("localhost:5"), Ok(("localhost", 5)));
         assert!(split_host_port(":5").is_err());
         assert!(split_host_port("h:0").is_err());
+    }
+
+    #[test]
+    fn sockets_are_validated_and_watchers_may_list_only_theirs() {
+        let cfg = parse_str(
+            r#"
+[agent]
+name = "n"
+[socket.web]
+host = "::"
+port = 8080
+backlog = 1024
+reuseport = true
+[socket.local]
+path = "/run/x.sock"
+mode = "0660"
+[watcher.w]
+cmd = "srv"
+args = ["--fd", "$(sockets.web)"]
+env = { LOCAL_FD = "$(circus.sockets.local)" }
+sockets = ["web", "local"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.sockets.len(), 2);
+        assert_eq!(cfg.sockets["web"].backlog, 1024);
+        let w = &cfg.watchers["w"];
+        assert_eq!(w.sockets, ["web", "local"]);
+        assert_eq!(
+            &WatcherConfig::from_options("w", &w.to_options()).unwrap(),
+            w
+        );
+        let mut other = w.clone();
+        other.sockets.reverse();
+        assert!(w.spawn_differs(&other), "another order is another fd each");
+        // Without sockets, options show none (older saved states stay equal).
+        let plain = parse_str("[agent]\nname = \"n\"\n[watcher.p]\ncmd = \"x\"\n").unwrap();
+        assert_eq!(plain.watchers["p"].to_options().sockets, None);
+
+        let err = parse_str(
+            r#"
+[agent]
+name = "n"
+[socket.web]
+port = 80
+[socket.bad]
+host = "example.com"
+port = 70000
+[socket.both]
+path = "/a.sock"
+port = 1
+[socket.small]
+port = 1
+backlog = 0
+[socket.rel]
+path = "x.sock"
+[socket."has space"]
+port = 1
+[watcher.w1]
+cmd = "x"
+sockets = ["nope"]
+[watcher.w2]
+cmd = "x"
+args = ["$(sockets.other)"]
+sockets = ["web", "web"]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "[socket.bad] host: \"example.com\" is not an IP address",
+            "[socket.bad] port: 70000 is out of range; use 0 to 65535",
+            "[socket.both]: has both path and host/port",
+            "[socket.small] backlog: 0 is out of range; use 1 to 65535",
+            "[socket.rel] path: \"x.sock\" is not an absolute path",
+            "cannot be a socket name",
+            "[watcher.w1] sockets: no socket 'nope'; define it in a [socket.nope] table",
+            "[watcher.w2] sockets: lists socket 'web' twice",
+            "[watcher.w2] sockets: $(sockets.other) is used but socket 'other' is not in",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+        }
     }
 
     #[test]

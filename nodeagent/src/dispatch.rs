@@ -113,7 +113,8 @@ impl Node {
             | Command::Get(_)
             | Command::Set(_)
             | Command::Add(_)
-            | Command::Rm(_)) => self.supervisor.exec(c).await,
+            | Command::Rm(_)
+            | Command::Listsockets(_)) => self.supervisor.exec(c).await,
         };
         cmd_reply(id, node, declared, outcome)
     }
@@ -266,13 +267,17 @@ impl Node {
                 ),
             ));
         }
+        // The config becomes the base of saved states only once it is applied: a reload
+        // refused (a socket that cannot be bound) leaves the base of what runs.
+        let base = cfg.watchers.clone();
+        let applied = self.supervisor.reload(cfg.watchers, cfg.sockets).await?;
         if let Some(store) = &self.store {
             store
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .set_base(&cfg.watchers);
+                .set_base(&base);
         }
-        self.supervisor.reload(cfg.watchers).await
+        Ok(applied)
     }
 }
 

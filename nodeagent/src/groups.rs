@@ -252,6 +252,7 @@ fn end_leftovers(old: &Record) -> usize {
         return 0;
     }
     let mut killed = 0;
+    let mut ended = Vec::new();
     for (&pgid, &start) in &old.groups {
         let members = members_of(pgid, start, old.session);
         if members.is_empty() {
@@ -267,8 +268,34 @@ fn end_leftovers(old: &Record) -> usize {
             let _ = process::signal_pid(*pid, Signal::SIGKILL);
         }
         killed += members.len();
+        ended.extend(members.iter().map(|p| (*p, start_time(*p))));
     }
+    wait_gone(&ended);
     killed
+}
+
+/// How long the start waits for the leftovers it killed to be gone.
+const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits, at most [`LEFTOVER_WAIT`], until each process killed has exited (a zombie
+/// has: its files, a listening socket among them, are closed), so that what they held
+/// is free for this run.
+fn wait_gone(killed: &[(u32, Option<u64>)]) {
+    let alive = |(pid, start): &(u32, Option<u64>)| {
+        let Ok(p) = procfs::process::Process::new(i32::try_from(*pid).unwrap_or(i32::MAX)) else {
+            return false;
+        };
+        p.stat()
+            .is_ok_and(|s| Some(s.starttime) == *start && s.state != 'Z')
+    };
+    let until = std::time::Instant::now() + LEFTOVER_WAIT;
+    while killed.iter().any(alive) {
+        if std::time::Instant::now() > until {
+            tracing::warn!("some processes of a previous run survive SIGKILL; going on");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]

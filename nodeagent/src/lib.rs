@@ -17,6 +17,7 @@ pub mod membership;
 pub mod probe;
 pub mod process;
 pub mod relay;
+pub mod sockets;
 pub mod state;
 pub mod stats;
 pub mod statsloop;

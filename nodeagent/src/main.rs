@@ -108,6 +108,11 @@ fn main() -> ExitCode {
                 eprintln!("nodeagent: {e}");
                 ExitCode::from(fatal::EXIT_PANIC)
             }
+            Ok(Err(e @ AgentError::Sockets { .. })) => {
+                // A socket that cannot be bound is a config error; nothing was started.
+                eprintln!("nodeagent: {e}");
+                ExitCode::from(2)
+            }
             Ok(Err(e)) => {
                 // Processes started before the failure are stopped, not orphaned.
                 LIVE.stop_all().await;

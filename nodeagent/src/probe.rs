@@ -221,6 +221,7 @@ mod tests {
             gid: None,
             stdout: Output::Discard,
             stderr: Output::Discard,
+            listen: Vec::new(),
         }
     }
 

@@ -1,12 +1,16 @@
 //! The only code that spawns processes and sends signals: process groups, the parent
-//! death signal, uid/gid, stdio. It keeps no state and knows nothing of watchers.
+//! death signal, uid/gid, stdio, listening sockets passed at fds 3, 4, ... It keeps no
+//! state and knows nothing of watchers.
 
-use std::ffi::CString;
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
@@ -28,6 +32,10 @@ pub struct SpawnSpec {
     pub gid: Option<u32>,
     pub stdout: Output,
     pub stderr: Output,
+    /// Listening sockets, with their names, that the process gets at fds 3, 4, ... in
+    /// this order, with systemd's `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`.
+    /// Empty: nothing of the kind is passed.
+    pub listen: Vec<(String, Arc<OwnedFd>)>,
 }
 
 /// A started process. Its pid is also its process group id.
@@ -181,7 +189,32 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    // With sockets, the child execs itself, once it knows its pid for LISTEN_PID.
+    let report = if spec.listen.is_empty() {
+        None
+    } else {
+        let (mut plan, report) = ExecPlan::new(spec)?;
+        #[allow(unsafe_code)]
+        // SAFETY: runs in the child between fork and exec, after the closure above; see
+        // `ExecPlan::exec`: only async-signal-safe calls, on memory prepared before the
+        // fork, no allocation; it never returns to std (exec, or `_exit` after writing
+        // the error number to the report pipe).
+        unsafe {
+            cmd.pre_exec(move || plan.exec());
+        }
+        Some(report)
+    };
+    let spawned = cmd.spawn();
+    // The closure held the report pipe's write end: the child has the only copy now.
+    drop(cmd);
+    if let Some(report) = report.filter(|_| spawned.is_ok()) {
+        if let Some(errno) = read_report(report) {
+            // It has exited; the runtime reaps it.
+            drop(spawned);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+    }
+    let mut child = spawned.map_err(|e| {
         if shown.is_empty() || e.raw_os_error().is_none() {
             return e;
         }
@@ -208,6 +241,239 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         child,
         pid,
     })
+}
+
+/// What a child that gets sockets needs to exec itself with `LISTEN_PID` set to its own
+/// pid, which is known only after the fork: every string and pointer array built
+/// before, with room for the pid's digits, and the fds to move into place.
+struct ExecPlan {
+    /// Where the program may be, in the order execvp would try (the child's PATH).
+    candidates: Vec<CString>,
+    /// Owns what `argv` and `envp` point to.
+    _strings: Vec<CString>,
+    /// `LISTEN_PID=` and room for the digits and a NUL; `envp` points to it.
+    _pid_var: Box<[u8; PID_VAR_LEN]>,
+    pid_var_at: *mut u8,
+    argv: Vec<*const nix::libc::c_char>,
+    /// `/bin/sh FILE ARGS...`, for a file without `#!` (ENOEXEC), as execvp does; the
+    /// child puts the file in place of the null at 1.
+    sh_argv: Vec<*const nix::libc::c_char>,
+    envp: Vec<*const nix::libc::c_char>,
+    /// The sockets, kept open until the spawn is over, and their fds.
+    _sockets: Vec<Arc<OwnedFd>>,
+    sources: Vec<RawFd>,
+    /// Scratch room for the sockets' temporary copies in the child.
+    temp: Vec<RawFd>,
+    /// The write end of the pipe the child reports a failed exec on.
+    report: OwnedFd,
+}
+
+const PID_VAR: &[u8] = b"LISTEN_PID=";
+const SH: &std::ffi::CStr = c"/bin/sh";
+const PID_VAR_LEN: usize = PID_VAR.len() + 21;
+
+#[allow(unsafe_code)]
+// SAFETY: the raw pointers point into buffers the plan owns (`_strings`, `_pid_var`:
+// heap memory that does not move with the plan), and are only read, or written (the
+// pid's digits), in the forked child, which has a copy of its own.
+unsafe impl Send for ExecPlan {}
+#[allow(unsafe_code)]
+// SAFETY: as for Send; nothing is written through a shared reference.
+unsafe impl Sync for ExecPlan {}
+
+/// The environment a process gets, as std would build it from `spec`.
+fn child_env(spec: &SpawnSpec) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = if spec.clear_env {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        BTreeMap::from([("PATH".into(), path)])
+    } else {
+        std::env::vars_os().collect()
+    };
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+/// Where execvp would look for `cmd`, in order, under the child's `PATH`.
+fn candidates(cmd: &str, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
+    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "the command holds a NUL byte");
+    if cmd.is_empty() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    if cmd.contains('/') {
+        return Ok(vec![CString::new(cmd).map_err(nul)?]);
+    }
+    let path = path.unwrap_or(OsStr::new("/bin:/usr/bin"));
+    path.as_bytes()
+        .split(|b| *b == b':')
+        .map(|dir| {
+            let mut full = dir.to_vec();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(cmd.as_bytes());
+            CString::new(full).map_err(nul)
+        })
+        .collect()
+}
+
+impl ExecPlan {
+    /// The plan, and the read end of its report pipe.
+    fn new(spec: &SpawnSpec) -> io::Result<(ExecPlan, OwnedFd)> {
+        let nul = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "nul byte found in provided data",
+            )
+        };
+        let mut env = child_env(spec);
+        let names: Vec<&str> = spec.listen.iter().map(|(n, _)| n.as_str()).collect();
+        env.insert("LISTEN_FDS".into(), names.len().to_string().into());
+        env.insert("LISTEN_FDNAMES".into(), names.join(":").into());
+        env.remove(OsStr::new("LISTEN_PID"));
+        let candidates = candidates(
+            &spec.cmd,
+            env.get(OsStr::new("PATH")).map(|p| p.as_os_str()),
+        )?;
+        let mut strings = Vec::new();
+        for a in std::iter::once(&spec.cmd).chain(&spec.args) {
+            strings.push(CString::new(a.as_bytes()).map_err(|_| nul())?);
+        }
+        let argc = strings.len();
+        for (k, v) in &env {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            strings.push(CString::new(kv).map_err(|_| nul())?);
+        }
+        let mut pid_var = Box::new([0u8; PID_VAR_LEN]);
+        pid_var[..PID_VAR.len()].copy_from_slice(PID_VAR);
+        let pid_var_at = pid_var.as_mut_ptr();
+        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut sh_argv = vec![SH.as_ptr(), std::ptr::null()];
+        sh_argv.extend_from_slice(&argv[1..]);
+        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(pid_var_at.cast_const().cast());
+        envp.push(std::ptr::null());
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let plan = ExecPlan {
+            candidates,
+            _strings: strings,
+            _pid_var: pid_var,
+            pid_var_at,
+            argv,
+            sh_argv,
+            envp,
+            sources: spec.listen.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
+            temp: vec![-1; spec.listen.len()],
+            _sockets: spec.listen.iter().map(|(_, fd)| fd.clone()).collect(),
+            report: write,
+        };
+        Ok((plan, read))
+    }
+
+    /// In the child: moves the sockets to fds 3, 4, ... (close-on-exec cleared), sets
+    /// `LISTEN_PID` to its own pid and execs the program as execvp would. Never returns
+    /// when it could set up: a failed exec writes the error number to the report pipe
+    /// and exits 127.
+    ///
+    /// Only async-signal-safe system calls (fcntl, dup2, getpid, execve, write, _exit)
+    /// on memory prepared before the fork; no allocation.
+    fn exec(&mut self) -> io::Result<()> {
+        use nix::libc;
+        let n = self.sources.len();
+        let floor = 3 + n as i32;
+        #[allow(unsafe_code)]
+        // SAFETY: plain system calls on fds and on buffers this plan owns; `pid_var_at`
+        // points to `PID_VAR_LEN` bytes; `argv` and `envp` are NULL-terminated arrays of
+        // NUL-terminated strings that live as long as the plan.
+        unsafe {
+            // Above the targets first, so that moving one in place clobbers no other.
+            let report = libc::fcntl(self.report.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor);
+            if report < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fail = |errno: i32| -> ! {
+                let bytes = errno.to_ne_bytes();
+                libc::write(report, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127)
+            };
+            for i in 0..n {
+                let fd = libc::fcntl(self.sources[i], libc::F_DUPFD_CLOEXEC, floor);
+                if fd < 0 {
+                    fail(nix::errno::Errno::last_raw());
+                }
+                self.temp[i] = fd;
+            }
+            for i in 0..n {
+                // dup2 leaves close-on-exec cleared on the target.
+                if libc::dup2(self.temp[i], 3 + i as i32) < 0 {
+                    fail(nix::errno::Errno::last_raw());
+                }
+            }
+            let mut pid = libc::getpid() as u32;
+            let mut digits = [0u8; 10];
+            let mut len = 0;
+            loop {
+                digits[len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
+                }
+            }
+            let at = self.pid_var_at.add(PID_VAR.len());
+            for i in 0..len {
+                *at.add(i) = digits[len - 1 - i];
+            }
+            *at.add(len) = 0;
+            let mut denied = false;
+            let mut last = libc::ENOENT;
+            for c in &self.candidates {
+                libc::execve(c.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+                last = nix::errno::Errno::last_raw();
+                if last == libc::ENOEXEC {
+                    self.sh_argv[1] = c.as_ptr();
+                    libc::execve(SH.as_ptr(), self.sh_argv.as_ptr(), self.envp.as_ptr());
+                    last = nix::errno::Errno::last_raw();
+                }
+                match last {
+                    libc::EACCES => denied = true,
+                    libc::ENOENT
+                    | libc::ENOTDIR
+                    | libc::ESTALE
+                    | libc::ENODEV
+                    | libc::ETIMEDOUT => {}
+                    _ => break,
+                }
+            }
+            let searched = matches!(
+                last,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT
+            );
+            fail(if denied && searched {
+                libc::EACCES
+            } else {
+                last
+            })
+        }
+    }
+}
+
+/// Reads the error number a child wrote before it exited, or `None` once it exec'd.
+fn read_report(read: OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&read, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    (got == buf.len()).then(|| i32::from_ne_bytes(buf))
 }
 
 fn as_pid(pid: u32) -> io::Result<Pid> {
@@ -284,6 +550,7 @@ mod tests {
             gid: None,
             stdout: Output::Capture,
             stderr: Output::Discard,
+            listen: Vec::new(),
         }
     }
 
@@ -395,6 +662,101 @@ mod tests {
         let e = spawn(&sp).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         assert!(!dir.path().join("root.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn sockets_arrive_at_3_and_up_with_listen_pid_its_own() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sp = spec(
+            "sh",
+            &[
+                "-c",
+                "echo $LISTEN_PID $$ $LISTEN_FDS $LISTEN_FDNAMES; \
+                 readlink /proc/$$/fd/3 /proc/$$/fd/4; \
+                 ls -l /proc/$$/fd | grep -c socket:; true",
+            ],
+        );
+        sp.listen = vec![
+            ("web".into(), Arc::new(OwnedFd::from(a))),
+            ("admin".into(), Arc::new(OwnedFd::from(b))),
+        ];
+        async fn run(sp: &SpawnSpec) -> (u32, String) {
+            let mut s = spawn(sp).unwrap();
+            let mut out = String::new();
+            use tokio::io::AsyncReadExt;
+            s.stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .await
+                .unwrap();
+            assert!(s.child.wait().await.unwrap().success(), "{out}");
+            (s.pid, out)
+        }
+        let (pid, out) = run(&sp).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], format!("{pid} {pid} 2 web:admin"), "{out}");
+        assert!(lines[1].starts_with("socket:") && lines[2].starts_with("socket:"));
+        // The two sockets and no other copy of them; nothing without sockets.
+        assert_eq!(lines[3], "2", "{out}");
+        let mut plain = sp.clone();
+        plain.listen.clear();
+        let (plain_pid, out) = run(&plain).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], plain_pid.to_string(), "{out}");
+        assert_eq!(lines.last(), Some(&"0"), "{out}");
+        // A script without "#!" runs with /bin/sh, as execvp runs it.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("bare");
+        std::fs::write(&script, "echo bare $LISTEN_FDS $1\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut bare = sp.clone();
+        bare.cmd = script.display().to_string();
+        bare.args = vec!["arg".into()];
+        // (A file just written may be busy for a moment if another test forks meanwhile.)
+        let mut s = (0..100)
+            .find_map(|_| match spawn(&bare) {
+                Err(e) if e.raw_os_error() == Some(Errno::ETXTBSY as i32) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                r => Some(r.unwrap()),
+            })
+            .unwrap();
+        let mut out = String::new();
+        use tokio::io::AsyncReadExt;
+        s.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert!(s.child.wait().await.unwrap().success());
+        assert_eq!(out, "bare 2 arg\n");
+        // The PATH search found sh; a missing program is an error, as without sockets.
+        sp.cmd = "/nonexistent/prog".into();
+        let e = spawn(&sp).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        sp.cmd = "no-such-program-anywhere".into();
+        let e = spawn(&sp).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn the_program_is_looked_up_as_execvp_does() {
+        let c = |cmd: &str, path: &str| {
+            candidates(cmd, Some(OsStr::new(path)))
+                .unwrap()
+                .into_iter()
+                .map(|c| c.into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(c("sh", "/a:/b/c"), ["/a/sh", "/b/c/sh"]);
+        assert_eq!(c("sh", "/a::/b"), ["/a/sh", "sh", "/b/sh"]);
+        assert_eq!(c("./run", "/a"), ["./run"]);
+        assert!(candidates("", None).is_err());
     }
 
     #[test]

@@ -65,6 +65,17 @@ fn toml_value() -> impl Strategy<Value = String> {
             format!("{{ {} }}", cells.join(", "))
         }),
         Just("1e300".to_owned()),
+        (-2i64..70_000).prop_map(|n| n.to_string()),
+        select(
+            &[
+                "\"::1\"",
+                "\"[::]\"",
+                "\"0.0.0.0\"",
+                "\"/run/a.sock\"",
+                "\"0660\""
+            ][..]
+        )
+        .prop_map(str::to_owned),
         Just("nan".to_owned()),
         Just("inf".to_owned()),
     ]
@@ -97,6 +108,8 @@ const NATS_KEYS: &[&str] = &[
     "system_events_account",
 ];
 
+const SOCKET_KEYS: &[&str] = &["host", "port", "path", "mode", "backlog", "reuseport"];
+
 /// A config that is nearly right: the real tables and keys, values of any kind.
 fn near_valid_toml() -> impl Strategy<Value = String> {
     let entries = |keys: &'static [&'static str]| {
@@ -118,13 +131,18 @@ fn near_valid_toml() -> impl Strategy<Value = String> {
             0..8,
         ),
     );
+    let socket = (
+        prop_oneof![3 => plain_name(), 1 => hostile_string()],
+        entries(SOCKET_KEYS),
+    );
     (
         prop::option::of(plain_name()),
         entries(AGENT_KEYS),
         entries(NATS_KEYS),
         prop::collection::vec(watcher, 0..3),
+        prop::collection::vec(socket, 0..3),
     )
-        .prop_map(|(name, agent, nats, watchers)| {
+        .prop_map(|(name, agent, nats, watchers, sockets)| {
             let mut s = String::from("[agent]\n");
             let mut seen = std::collections::BTreeSet::new();
             if let Some(n) = name {
@@ -146,6 +164,10 @@ fn near_valid_toml() -> impl Strategy<Value = String> {
             table(&mut s, Default::default(), nats);
             for (name, opts) in watchers {
                 s.push_str(&format!("[watcher.{}]\n", toml::Value::String(name)));
+                table(&mut s, Default::default(), opts);
+            }
+            for (name, opts) in sockets {
+                s.push_str(&format!("[socket.{}]\n", toml::Value::String(name)));
                 table(&mut s, Default::default(), opts);
             }
             s

@@ -82,6 +82,8 @@ pub enum Command {
     Members(crate::registry::MembersRequest),
     /// The last lines a watcher's processes printed.
     Logs(crate::logs::LogsProps),
+    /// The sockets the agent has bound, and which watchers get them.
+    Listsockets(Empty),
 }
 
 impl Command {
@@ -111,6 +113,7 @@ impl Command {
             Command::Stats(_) => "stats",
             Command::Members(_) => "members",
             Command::Logs(_) => "logs",
+            Command::Listsockets(_) => "listsockets",
         }
     }
 }
@@ -141,6 +144,7 @@ impl Command {
             Command::Stats(_) => ReplyKind::Stats,
             Command::Members(_) => ReplyKind::Members,
             Command::Logs(_) => ReplyKind::Logs,
+            Command::Listsockets(_) => ReplyKind::Sockets,
         }
     }
 
@@ -206,6 +210,7 @@ impl Command {
                 stream: None,
                 follow_secs: None,
             }),
+            Command::Listsockets(Empty {}),
         ]
     }
 }
@@ -245,7 +250,8 @@ impl Command {
             | Command::Ping(_)
             | Command::Members(_)
             | Command::Stats(_)
-            | Command::Logs(_) => Class::Read,
+            | Command::Logs(_)
+            | Command::Listsockets(_) => Class::Read,
             Command::Numprocesses(p) => match p.nb {
                 None => Class::Read,
                 Some(_) => Class::Write,
@@ -295,7 +301,8 @@ impl Command {
             | Command::Dstats(_)
             | Command::Quit(_)
             | Command::Ping(_)
-            | Command::Members(_) => None,
+            | Command::Members(_)
+            | Command::Listsockets(_) => None,
         }
     }
 }
@@ -382,6 +389,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "stats",
     "members",
     "logs",
+    "listsockets",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -887,6 +895,7 @@ mod tests {
                 Read,
                 "logs",
             ),
+            (r#"{"command":"listsockets"}"#, Read, "listsockets"),
         ];
         let mut seen: Vec<&str> = vec![];
         for (json, class, token) in cases {

@@ -134,6 +134,12 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub log_backups: Option<u32>,
+    /// The node's sockets (`[socket.NAME]` in its config) its processes get, at fds 3,
+    /// 4, ... in this order, with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`;
+    /// `$(sockets.NAME)` in args and env values expands to the fd (at most 64 names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub sockets: Option<Vec<String>>,
 }
 
 /// A readiness check: exactly one of `tcp`, `http`, `exec` or `notify`. `$(wid)`,
@@ -294,6 +300,7 @@ option_fields!(
     live,
     log_max_bytes,
     log_backups,
+    sockets,
 );
 
 #[cfg(test)]
@@ -332,6 +339,7 @@ mod tests {
             live: Some(LiveCheck::default()),
             log_max_bytes: Some(1),
             log_backups: Some(1),
+            sockets: Some(vec![]),
         })
         .unwrap();
         let keys: Vec<&str> = all

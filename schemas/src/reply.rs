@@ -393,6 +393,29 @@ pub struct PingData {
     pub uptime_secs: f64,
 }
 
+/// One listening socket of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketInfo {
+    /// Its name, `[socket.NAME]` in the node's config.
+    pub name: String,
+    /// "tcp" or "unix".
+    pub kind: String,
+    /// Where it listens: `127.0.0.1:8080` (the port actually bound, also when the
+    /// config says 0), `[::1]:8080`, or the unix socket's path.
+    pub address: String,
+    /// Its fd in the agent (processes get it at 3, 4, ... in the order of their
+    /// watcher's `sockets`).
+    pub fd: i32,
+    /// The watchers that list it in `sockets`.
+    pub watchers: Vec<String>,
+}
+
+/// `listsockets`: the sockets the agent has bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketsData {
+    pub sockets: Vec<SocketInfo>,
+}
+
 /// The type of data a command's successful reply carries; [`Command::reply_kind`]
 /// says which one each command gets.
 ///
@@ -423,6 +446,8 @@ pub enum ReplyKind {
     Members,
     /// [`crate::logs::LogsData`].
     Logs,
+    /// [`SocketsData`].
+    Sockets,
     /// [`NoData`].
     Empty,
 }
@@ -443,6 +468,7 @@ pub enum ReplyData {
     Stats(crate::stats::StatsData),
     Members(crate::registry::MembersData),
     Logs(crate::logs::LogsData),
+    Sockets(SocketsData),
     Empty(NoData),
 }
 
@@ -462,6 +488,7 @@ impl ReplyData {
             ReplyData::Stats(_) => ReplyKind::Stats,
             ReplyData::Members(_) => ReplyKind::Members,
             ReplyData::Logs(_) => ReplyKind::Logs,
+            ReplyData::Sockets(_) => ReplyKind::Sockets,
             ReplyData::Empty(_) => ReplyKind::Empty,
         }
     }
@@ -483,6 +510,7 @@ impl ReplyKind {
             ReplyKind::Stats => ReplyData::Stats(reply.data()?),
             ReplyKind::Members => ReplyData::Members(reply.data()?),
             ReplyKind::Logs => ReplyData::Logs(reply.data()?),
+            ReplyKind::Sockets => ReplyData::Sockets(reply.data()?),
             ReplyKind::Empty => ReplyData::Empty(reply.data()?),
         })
     }
@@ -512,5 +540,6 @@ into_reply_data!(
     crate::stats::StatsData => Stats,
     crate::registry::MembersData => Members,
     crate::logs::LogsData => Logs,
+    SocketsData => Sockets,
     NoData => Empty,
 );

@@ -184,7 +184,8 @@ fn request_schema(command: &Command) -> Value {
         | Command::Reloadconfig(_)
         | Command::Dstats(_)
         | Command::Quit(_)
-        | Command::Ping(_) => request::<Empty>(name),
+        | Command::Ping(_)
+        | Command::Listsockets(_) => request::<Empty>(name),
     }
 }
 
@@ -203,6 +204,7 @@ fn reply_schema(kind: ReplyKind, name: &str) -> Value {
         ReplyKind::Stats => reply::<crate::stats::StatsData>(name),
         ReplyKind::Members => reply::<MembersData>(name),
         ReplyKind::Logs => reply::<LogsData>(name),
+        ReplyKind::Sockets => reply::<SocketsData>(name),
         ReplyKind::Empty => reply::<NoData>(name),
     }
 }

@@ -380,6 +380,9 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
         .iter()
         .map(|x| x.children().into_iter().collect())
         .collect();
+    // Each new process's spawn, as its own agent tells it (the agents share this
+    // machine's clock): the order of the nodes is read from these, not from samples.
+    let spawns = Subscription::new(&nats.url(), "cluster.*.events.w.spawn");
 
     let mut cmd = e2e::bins::hermetic(bin("ctl"));
     cmd.args([
@@ -396,11 +399,8 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
     .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().expect("run ctl"));
-    // Per node: the fewest live processes seen, when the first old pid went, and when
-    // the last one did.
+    // Per node: the fewest live processes seen.
     let mut lowest = [usize::MAX; 3];
-    let mut first_gone: [Option<Duration>; 3] = [None; 3];
-    let mut all_gone: [Option<Duration>; 3] = [None; 3];
     let mut samples = 0u64;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for ctl") {
@@ -411,15 +411,8 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
             "ctl hangs"
         );
         for (i, agent) in all.iter().enumerate() {
-            let now: BTreeSet<u32> = agent.children().into_iter().collect();
-            lowest[i] = lowest[i].min(now.len());
-            let alive_old = old[i].intersection(&now).count();
-            if alive_old < 3 && first_gone[i].is_none() {
-                first_gone[i] = Some(started.elapsed());
-            }
-            if alive_old == 0 && all_gone[i].is_none() {
-                all_gone[i] = Some(started.elapsed());
-            }
+            // A process that ended but is not reaped yet is gone for a client.
+            lowest[i] = lowest[i].min(agent.running_children().len());
         }
         samples += 1;
         // A few ms per turn: enough samples, without starving the agents of CPU.
@@ -435,9 +428,29 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
     };
     let stdout = read(child.stdout.as_mut().map(|r| r as &mut dyn std::io::Read));
     let stderr = read(child.stderr.as_mut().map(|r| r as &mut dyn std::io::Read));
+    // Per node, in the agents' time: its first and its last spawn.
+    let mut first_spawn: [Option<f64>; 3] = [None; 3];
+    let mut last_spawn: [Option<f64>; 3] = [None; 3];
+    let mut spawned = [0usize; 3];
+    while spawned.iter().sum::<usize>() < 9 {
+        let Some((subject, body)) = spawns.next(T) else {
+            panic!("only {spawned:?} spawns were told");
+        };
+        let e: Value = serde_json::from_slice(&body).expect("an event is JSON");
+        let time = e["time"].as_f64().unwrap_or_default();
+        let Some(i) = ["a", "b", "c"]
+            .iter()
+            .position(|n| subject.starts_with(&format!("cluster.{n}.")))
+        else {
+            continue;
+        };
+        spawned[i] += 1;
+        first_spawn[i] = Some(first_spawn[i].map_or(time, |t: f64| t.min(time)));
+        last_spawn[i] = Some(last_spawn[i].map_or(time, |t: f64| t.max(time)));
+    }
     eprintln!(
         "rolling restart of 3 nodes x 3 processes took {took:?}, {samples} samples; \
-         lowest {lowest:?}; first old pid gone {first_gone:?}; all gone {all_gone:?}"
+         lowest {lowest:?}; first spawn {first_spawn:?}; last spawn {last_spawn:?}"
     );
     assert!(status.success(), "ctl exited {status}\n{stdout}\n{stderr}");
     for (i, n) in ["a", "b", "c"].iter().enumerate() {
@@ -464,15 +477,18 @@ fn a_rolling_restart_goes_node_by_node_and_keeps_n_minus_1_up() {
     };
     for pair in order.windows(2) {
         let (done, next) = (pair[0], pair[1]);
-        let done_at = all_gone[done].expect("every old pid of the earlier node went");
-        let next_at = first_gone[next].expect("an old pid of the later node went");
+        // The later node's first replacement starts after the earlier node's last one
+        // has run its min_uptime (300 ms; 50 ms off for where in the agent's turn an
+        // event is stamped): never two nodes at once.
+        let done_at = last_spawn[done].expect("the earlier node spawned") + 0.25;
+        let next_at = first_spawn[next].expect("the later node spawned");
         assert!(
             done_at <= next_at,
             "node {next} began ({next_at:?}) before node {done} was done ({done_at:?})"
         );
     }
     for (i, agent) in all.iter().enumerate() {
-        let now = agent.children();
+        let now = agent.running_children();
         assert_eq!(now.len(), 3, "node {}", agent.name());
         assert!(
             now.iter().all(|p| !old[i].contains(p)),

@@ -562,6 +562,7 @@ fn the_traffic_of_a_session_matches_the_schemas() {
         &["dstats"],
         &["ping"],
         &["logs", "w"],
+        &["listsockets"],
         &["restart", "w"],
         &["stop", "w"],
         &["start", "w"],

@@ -18,3 +18,4 @@ mod partition;
 mod probes;
 mod robust;
 mod security;
+mod sockets;

@@ -301,6 +301,15 @@ impl Agent {
         kids
     }
 
+    /// The agent's children that still run: a zombie the agent has not reaped yet (its
+    /// stop already finished, the agent's wait task not yet scheduled) is left out.
+    pub fn running_children(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| procs::stat(*p).is_some_and(|s| !s.is_dead()))
+            .collect()
+    }
+
     /// The marker in the environment of the agent and of what it starts.
     pub fn marker(&self) -> &str {
         self.marker.marker()

@@ -20,6 +20,7 @@ use super::{
     Settings, WatcherSnapshot,
 };
 use crate::process;
+use crate::sockets::SocketSet;
 
 /// How late a change of health alone (a process ready, a probe's result) may be
 /// published: such changes are published together, so that thousands of processes
@@ -175,6 +176,9 @@ pub(super) struct Actor {
     /// The task listening on each live process's notify socket, by generation; it
     /// ends (and its socket goes) when the process exits.
     notify: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// The sockets a reload replaces, closed here after the turn rather than in the
+    /// model (closing a unix socket removes its file).
+    retired: Option<SocketSet>,
 }
 
 impl Actor {
@@ -204,6 +208,7 @@ impl Actor {
             }),
             notify: BTreeMap::new(),
             health_due: None,
+            retired: None,
         }
     }
 
@@ -238,6 +243,7 @@ impl Actor {
                 _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
             self.turn(input);
+            self.retired = None;
             crate::fatal::inject("supervisor");
             if self.sup.finished() {
                 break;
@@ -263,7 +269,30 @@ impl Actor {
                 wid,
                 reply: self.keep(reply),
             },
-            Cmd::Reload(watchers, reply) => Input::Reload(watchers, self.keep(reply)),
+            Cmd::Reload(watchers, specs, reply) => {
+                let plan = self.sup.sockets.plan(&specs);
+                match SocketSet::bind(&specs, &self.sup.sockets) {
+                    Ok(sockets) => {
+                        if plan != Default::default() {
+                            tracing::info!(
+                                "sockets: added {:?}, removed {:?}, changed {:?}",
+                                plan.added,
+                                plan.removed,
+                                plan.changed
+                            );
+                        }
+                        self.retired = Some(self.sup.sockets.clone());
+                        Input::Reload(watchers, Box::new(sockets), self.keep(reply))
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CmdError::new(
+                            Errno::CommandFailed,
+                            format!("{e}\nnothing was changed; fix the config and reload again"),
+                        )));
+                        Input::Tick
+                    }
+                }
+            }
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -650,6 +679,7 @@ mod tests {
                 groups: None,
                 notify_dir: None,
                 max_processes: 10,
+                sockets: SocketSet::default(),
             },
             Box::new(DrainOutput),
         );

@@ -12,7 +12,7 @@ use protocol::command::{
 use protocol::options::OPTION_NAMES;
 use protocol::reply::{
     ActionData, ListData, NumprocessesData, NumwatchersData, OptionsData, ReloadData, ReplyData,
-    StatusData, WatcherState,
+    SocketInfo, SocketsData, StatusData, WatcherState,
 };
 use protocol::{Errno, WatcherOptions};
 use serde_json::Value;
@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
 use super::{data, gone, CmdError, Outcome};
 use crate::config::{parse_signal, WatcherConfig};
+use crate::sockets::SocketSet;
 
 /// What runs, as whom, with what environment, and where it writes: options only a node
 /// that allows remote exec lets a client set.
@@ -32,6 +33,7 @@ const EXEC_KEYS: &[&str] = &[
     "gid",
     "health_cmd",
     "working_dir",
+    "sockets",
 ];
 
 fn unknown_watcher(name: &str) -> CmdError {
@@ -179,6 +181,7 @@ impl Supervisor {
                 })
                 .into(),
             Command::Get(p) => self.get(p).into(),
+            Command::Listsockets(_) => Answer::Now(data(self.list_sockets())),
             Command::Set(p) => self
                 .set(p)
                 .map_or_else(|e| Answer::Now(Err(e)), Answer::Settled),
@@ -488,6 +491,7 @@ impl Supervisor {
             options.restart = None;
         }
         let new = watcher_config(&p.name, &options)?;
+        self.check_sockets(&new)?;
         if new.numprocesses > w.cfg.numprocesses {
             self.check_node_limit(&p.name, new.numprocesses)?;
         }
@@ -533,6 +537,7 @@ impl Supervisor {
         options.cmd = Some(p.cmd);
         options.args = Some(p.args);
         let cfg = watcher_config(&p.name, &options)?;
+        self.check_sockets(&cfg)?;
         self.check_node_limit(&p.name, cfg.numprocesses)?;
         self.add_watcher(&p.name, cfg, p.start);
         self.persist();
@@ -546,8 +551,50 @@ impl Supervisor {
         self.ensure(name);
     }
 
-    /// Applies a newly read config's watchers: adds, removes and changes them.
-    pub(super) fn reload(&mut self, new: BTreeMap<String, WatcherConfig>, reply: ReplyId) {
+    /// Refuses a watcher that lists a socket the node has not bound.
+    fn check_sockets(&self, cfg: &WatcherConfig) -> Result<(), CmdError> {
+        match cfg.sockets.iter().find(|s| !self.sockets.contains(s)) {
+            None => Ok(()),
+            Some(s) => Err(CmdError::new(
+                Errno::BadOption,
+                format!(
+                    "option 'sockets': node '{}' has no socket '{s}'; sockets are defined in \
+                     the node's config ([socket.{s}]), and `ctl listsockets` shows them",
+                    self.limits.node
+                ),
+            )),
+        }
+    }
+
+    /// `listsockets`: every bound socket and the watchers that list it.
+    fn list_sockets(&self) -> SocketsData {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|b| SocketInfo {
+                name: b.spec.name.clone(),
+                kind: b.kind().to_owned(),
+                address: b.address.clone(),
+                fd: b.raw_fd(),
+                watchers: self
+                    .watchers
+                    .values()
+                    .filter(|w| !w.removing && w.cfg.sockets.contains(&b.spec.name))
+                    .map(|w| w.cfg.name.clone())
+                    .collect(),
+            })
+            .collect();
+        SocketsData { sockets }
+    }
+
+    /// Applies a newly read config's watchers and bound sockets: adds, removes and
+    /// changes watchers; a watcher whose socket was bound anew restarts to get it.
+    pub(super) fn reload(
+        &mut self,
+        new: BTreeMap<String, WatcherConfig>,
+        sockets: SocketSet,
+        reply: ReplyId,
+    ) {
         let mut result = ReloadData {
             added: vec![],
             removed: vec![],
@@ -556,6 +603,8 @@ impl Supervisor {
         if self.shutting_down {
             return self.reply(reply, Err(gone()));
         }
+        let rebound = sockets.changed_since(&self.sockets);
+        self.sockets = sockets;
         let old: Vec<String> = self
             .watchers
             .iter()
@@ -570,7 +619,16 @@ impl Supervisor {
         }
         for (name, cfg) in new {
             match self.watchers.get(&name) {
-                Some(w) if w.removing || w.cfg == cfg => {}
+                Some(w) if w.removing => {}
+                Some(w) if w.cfg == cfg && !w.cfg.sockets.iter().any(|s| rebound.contains(s)) => {}
+                Some(w) if w.cfg == cfg => {
+                    let run = w.run;
+                    result.changed.push(name.clone());
+                    self.emit(&name, "reload", None);
+                    if run {
+                        self.restart_watcher(&name);
+                    }
+                }
                 Some(_) => {
                     result.changed.push(name.clone());
                     self.emit(&name, "reload", None);

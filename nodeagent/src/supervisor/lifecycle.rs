@@ -33,7 +33,7 @@ impl Supervisor {
             Input::Boot => self.boot(),
             Input::Command(command, reply) => self.command(command, reply),
             Input::RestartSlot { name, wid, reply } => self.restart_slot(&name, wid, reply),
-            Input::Reload(watchers, reply) => self.reload(watchers, reply),
+            Input::Reload(watchers, sockets, reply) => self.reload(watchers, *sockets, reply),
             Input::Shutdown => self.begin_shutdown(),
             Input::Tick => {}
             Input::Spawned {
@@ -235,6 +235,10 @@ impl Supervisor {
             return;
         };
         let cfg = &w.cfg;
+        let listen = self.sockets.fds(&cfg.sockets);
+        let expand = |s: &str, name: &str, wid: u32| {
+            crate::sockets::expand(&expand(s, name, wid), &cfg.sockets)
+        };
         let capture = cfg.stdout == Output::Capture || cfg.stderr == Output::Capture;
         let order = SpawnOrder {
             watcher: name.to_owned(),
@@ -250,6 +254,7 @@ impl Supervisor {
                 gid: cfg.gid_num,
                 stdout: cfg.stdout.clone(),
                 stderr: cfg.stderr.clone(),
+                listen: listen.clone().unwrap_or_default(),
             },
             stop: (cfg.stop_signal, cfg.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
@@ -266,7 +271,10 @@ impl Supervisor {
         slot.uptime_reached = false;
         slot.live_failures = 0;
         slot.check_error = None;
-        self.out.push(Effect::Spawn(Box::new(order)));
+        match listen {
+            Ok(_) => self.out.push(Effect::Spawn(Box::new(order))),
+            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
+        }
     }
 
     /// A process started: it is starting until `min_uptime` has passed and its
@@ -359,6 +367,7 @@ impl Supervisor {
                 gid: w.cfg.gid_num,
                 stdout: Output::Discard,
                 stderr: Output::Discard,
+                listen: Vec::new(),
             }),
             Probe::Notify => return,
         };
@@ -929,7 +938,8 @@ impl Supervisor {
 }
 
 /// The environment of a process of watcher `cfg` (and of its `exec` checks): the
-/// agent's own variables, then the watcher's `env` with `$(wid)` and `$(name)` expanded.
+/// agent's own variables, then the watcher's `env` with `$(wid)`, `$(name)` and
+/// `$(sockets.NAME)` expanded.
 fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(String, String)> {
     let name = cfg.name.as_str();
     let mut env: Vec<(String, String)> = vec![
@@ -937,10 +947,11 @@ fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(String, String
         ("NODEAGENT_WATCHER".into(), name.to_owned()),
         ("NODEAGENT_NODE".into(), node.to_owned()),
     ];
-    env.extend(
-        cfg.env
-            .iter()
-            .map(|(k, v)| (k.clone(), expand(v, name, wid))),
-    );
+    env.extend(cfg.env.iter().map(|(k, v)| {
+        (
+            k.clone(),
+            crate::sockets::expand(&expand(v, name, wid), &cfg.sockets),
+        )
+    }));
     env
 }

@@ -205,6 +205,7 @@ mod tests {
             gid: None,
             stdout: crate::config::Output::Discard,
             stderr: crate::config::Output::Discard,
+            listen: vec![],
         };
         let mut polite = process::spawn(&spec("sleep 1000 & wait")).unwrap();
         let mut stubborn = process::spawn(&spec("trap '' TERM; sleep 1000 & wait")).unwrap();

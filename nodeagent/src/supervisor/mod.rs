@@ -22,6 +22,7 @@ use protocol::{Errno, WatcherOptions};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::WatcherConfig;
+use crate::sockets::{SocketSet, SocketSpec};
 
 /// A command's error: its number and a reason that says what to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +138,8 @@ pub struct Settings {
     pub notify_dir: Option<std::path::PathBuf>,
     /// The most processes all watchers together may ask for (`[agent] max_processes`).
     pub max_processes: u32,
+    /// The sockets the agent bound, which the watchers' processes get by name.
+    pub sockets: SocketSet,
 }
 
 /// What the handle asks of the actor.
@@ -148,7 +151,12 @@ enum Cmd {
         wid: u32,
         reply: oneshot::Sender<Outcome>,
     },
-    Reload(BTreeMap<String, WatcherConfig>, oneshot::Sender<Outcome>),
+    /// The actor binds the sockets before the model sees the watchers.
+    Reload(
+        BTreeMap<String, WatcherConfig>,
+        BTreeMap<String, SocketSpec>,
+        oneshot::Sender<Outcome>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -248,14 +256,16 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
-    /// Applies a newly read config's watchers; says what changed.
+    /// Applies a newly read config's watchers and sockets; says what changed. Sockets
+    /// that cannot be bound refuse the whole reload, and nothing changes.
     pub async fn reload(
         &self,
         watchers: BTreeMap<String, WatcherConfig>,
+        sockets: BTreeMap<String, SocketSpec>,
     ) -> Result<ReloadData, CmdError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Reload(watchers, tx))
+            .send(Cmd::Reload(watchers, sockets, tx))
             .await
             .map_err(|_| gone())?;
         let data = rx.await.map_err(|_| gone())??;
@@ -312,6 +322,7 @@ pub fn start(
         },
         std::time::Instant::now(),
     );
+    sup.sockets = settings.sockets.clone();
     for (name, cfg) in watchers {
         let run = cfg.autostart && !stopped.contains(&name);
         sup.watchers.insert(name, model::Watcher::new(cfg, run));

@@ -16,6 +16,7 @@ use super::{policy, DesiredState, LifecycleEvent, Outcome, ProcessSnapshot, Watc
 use crate::config::WatcherConfig;
 use crate::probe::Check;
 use crate::process::SpawnSpec;
+use crate::sockets::SocketSet;
 
 /// Who gets a reply: the actor keeps the channel, the model only its number.
 pub(super) type ReplyId = u64;
@@ -401,7 +402,7 @@ pub(super) enum Input {
         wid: u32,
         reply: ReplyId,
     },
-    Reload(BTreeMap<String, WatcherConfig>, ReplyId),
+    Reload(BTreeMap<String, WatcherConfig>, Box<SocketSet>, ReplyId),
     Shutdown,
     /// Nothing happened but time passed (a wait's deadline).
     Tick,
@@ -463,6 +464,8 @@ pub(super) struct Supervisor {
     pub now: Instant,
     /// The effects of the current transition, in order.
     pub out: Vec<Effect>,
+    /// The node's bound sockets, which processes get by name.
+    pub sockets: SocketSet,
 }
 
 impl Supervisor {
@@ -476,6 +479,7 @@ impl Supervisor {
             shutting_down: false,
             now,
             out: Vec::new(),
+            sockets: SocketSet::default(),
         }
     }
 

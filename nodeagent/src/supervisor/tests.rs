@@ -1269,7 +1269,67 @@ fn every_command_answers_with_the_data_it_declares() {
             None => panic!("{name}: no answer"),
         }
     }
-    assert_eq!(watcher_commands, 16);
+    assert_eq!(watcher_commands, 17);
+}
+
+/// `add` may list only sockets the node has bound; a process of a watcher with sockets
+/// is spawned with their fds, in the order of its list, and `$(sockets.NAME)` expanded.
+#[test]
+fn added_watchers_get_the_node_s_sockets_by_name() {
+    use crate::sockets::{SocketOptions, SocketSet, SocketSpec};
+    let spec = |name: &str| {
+        let o = SocketOptions {
+            port: Some(0),
+            ..Default::default()
+        };
+        (name.to_owned(), SocketSpec::from_options(name, &o).unwrap())
+    };
+    let sockets = SocketSet::bind(&[spec("a"), spec("b")].into(), &SocketSet::default()).unwrap();
+    let mut sim = Sim::new(config("sleep"), false);
+    sim.sup.limits.allow_remote_exec = true;
+    sim.sup.sockets = sockets.clone();
+    let add = |list: &[&str]| {
+        Command::Add(Box::new(protocol::command::AddProps {
+            name: "x".into(),
+            cmd: "srv".into(),
+            args: vec!["--fd=$(sockets.a)".into()],
+            options: Some(WatcherOptions {
+                sockets: Some(list.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            }),
+            start: true,
+        }))
+    };
+    let input = sim.command(add(&["a", "nope"]));
+    let effects = sim.sup.step(input, sim.t0);
+    let refused = effects.iter().find_map(|e| match e {
+        Effect::Reply {
+            outcome: Err(e), ..
+        } => Some(e.reason.clone()),
+        _ => None,
+    });
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|r| r.contains("no socket 'nope'")),
+        "{effects:?}"
+    );
+    let input = sim.command(add(&["b", "a"]));
+    let effects = sim.sup.step(input, sim.t0);
+    let spawn = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Spawn(o) => Some(o.clone()),
+            _ => None,
+        })
+        .expect("a spawn");
+    let names: Vec<&str> = spawn.spec.listen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["b", "a"]);
+    assert!(std::sync::Arc::ptr_eq(
+        &spawn.spec.listen[1].1,
+        &sockets.get("a").unwrap().fd
+    ));
+    assert_eq!(spawn.spec.args, ["--fd=4"]);
 }
 
 /// `set` of a check: one that runs a command needs `allow_remote_exec`, as `health_cmd`

@@ -207,6 +207,10 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         prop::option::of(duration_string()),
         prop::option::of(prop_oneof![0u64..4096, any::<u64>()]),
         prop::option::of(big_u32()),
+        prop::option::of(prop::collection::vec(
+            prop_oneof![plain_name(), hostile_string()],
+            0..4,
+        )),
     )
         .boxed();
     let d = (
@@ -237,6 +241,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 health_timeout,
                 log_max_bytes,
                 log_backups,
+                sockets,
             ),
             (ready, live),
         )| WatcherOptions {
@@ -269,6 +274,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             live,
             log_max_bytes,
             log_backups,
+            sockets,
         },
     )
 }
