@@ -1,8 +1,9 @@
 //! Readiness and liveness checks on real processes: each `ready` form (tcp, http,
 //! exec, notify) holds a start and each step of a rolling restart until the new process
 //! is ready; a process not ready in time is stopped and its start counted as failed;
-//! a process failing its `live` check is restarted with an `unhealthy` event. The test
-//! servers are small Python programs that become ready after a delay.
+//! a process failing its `live` check is restarted with an `unhealthy` event; a process
+//! that gets a shared socket reports ready by notify too. The test servers are small
+//! Python programs that become ready after a delay.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -515,4 +516,84 @@ fn a_remote_exec_check_is_refused_and_a_tcp_check_is_set() {
         serde_json::json!({"tcp": "127.0.0.1:80$(wid)", "timeout": "5s", "interval": "200ms"}),
         "{got}"
     );
+}
+
+/// A server on the socket the agent passes at fd 3 that, after `DELAY`, reports
+/// READY=1 and answers each connection with its pid and the socket variables it got.
+const SOCKET_SERVER: &str = r#"
+import os, socket, sys, time
+sock = socket.socket(fileno=3)
+time.sleep(float(sys.argv[1]))
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    c, _ = sock.accept()
+    with c:
+        c.sendall(("pid=%d LISTEN_FDS=%s LISTEN_PID=%s\n" % (
+            os.getpid(), os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID"))).encode())
+"#;
+
+/// A watcher with a shared socket and a notify check: its processes get both the socket
+/// (at fd 3, with LISTEN_*) and NOTIFY_SOCKET, a start waits until they report ready,
+/// and they answer on the socket.
+#[test]
+fn a_watcher_with_a_socket_is_ready_by_notify_and_answers_on_it() {
+    let tmp = tempfile::tempdir().expect("a temp dir");
+    let script = tmp.path().join("socket_server.py");
+    std::fs::write(&script, SOCKET_SERVER).expect("write the server");
+    let nats = NatsServer::start();
+    let watchers = format!(
+        "[socket.web]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+         [watcher.w]\ncmd = \"{py}\"\nargs = [\"{script}\", \"{delay}\"]\nnumprocesses = 2\n\
+         autostart = false\nmin_uptime = \"100ms\"\ngraceful_timeout = \"5s\"\n\
+         sockets = [\"web\"]\n\
+         ready = {{ notify = true, interval = \"100ms\", timeout = \"20s\" }}\n",
+        py = python(),
+        script = script.display(),
+        delay = DELAY.as_secs_f64(),
+    );
+    let agent = Agent::start_config(&nats, &node("a", &watchers));
+
+    let out = agent.ctl(&["start", "w"]);
+    out.expect_code(0, "ctl start w");
+    assert!(
+        out.took >= DELAY - Duration::from_millis(100),
+        "start returned after {:?}, before the processes could be ready",
+        out.took
+    );
+    let pids = all_ready(&agent, "w", 2);
+    assert_eq!(ready_count(&agent, "w"), 2);
+    for pid in &pids {
+        let notify = env_var(*pid, "NOTIFY_SOCKET")
+            .unwrap_or_else(|| panic!("{pid} has no NOTIFY_SOCKET: {:?}", environ(*pid)));
+        assert!(
+            Path::new(&notify).starts_with(agent.state_dir().join("notify")),
+            "{notify}"
+        );
+        assert_eq!(env_var(*pid, "LISTEN_FDS").as_deref(), Some("1"));
+        assert_eq!(env_var(*pid, "LISTEN_PID"), Some(pid.to_string()));
+    }
+
+    let listed = agent.ctl_ok(&["listsockets"]);
+    let web = listed["sockets"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+        .unwrap_or_else(|| panic!("no socket web in {listed}"))
+        .clone();
+    assert_eq!(web["watchers"], serde_json::json!(["w"]), "{web}");
+    let addr = web["address"].as_str().expect("an address").to_owned();
+    let mut conn =
+        std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    conn.set_read_timeout(Some(bound(T)))
+        .expect("a read timeout");
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut line)
+        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    let pid = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    assert!(pids.contains(&pid), "{line:?} is not from {pids:?}");
+    assert!(line.contains("LISTEN_FDS=1 "), "{line:?}");
 }
