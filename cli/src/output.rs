@@ -215,6 +215,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
         "WATCHER",
         "STATE",
         "PROCESSES",
+        "READY",
         "RESTARTS",
         "SERVICE",
         "REASON",
@@ -227,6 +228,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
                     w.name.clone(),
                     w.state.to_string(),
                     format!("{}/{}", w.running, w.numprocesses),
+                    w.ready.to_string(),
                     w.restarts.to_string(),
                     w.service.clone(),
                     w.reason.clone().unwrap_or_default(),
@@ -243,7 +245,15 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
 
 fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
     let now = protocol::unix_time();
-    let mut t = n.head(&["WID", "PID", "STATE", "AGE", "RESTARTS", "LAST EXIT"]);
+    let mut t = n.head(&[
+        "WID",
+        "PID",
+        "STATE",
+        "HEALTH",
+        "AGE",
+        "RESTARTS",
+        "LAST EXIT",
+    ]);
     let mut names = n.head(&["WATCHER"]);
     for (node, d) in replies {
         for w in d.watchers.iter().flatten() {
@@ -257,6 +267,11 @@ fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
                         p.wid.to_string(),
                         p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         p.state.to_string(),
+                        match (&p.health, &p.reason) {
+                            (Some(h), Some(why)) => format!("{h} ({why})"),
+                            (Some(h), None) => h.to_string(),
+                            (None, _) => "-".into(),
+                        },
                         p.started_at
                             .map(|t| age(now - t))
                             .unwrap_or_else(|| "-".into()),

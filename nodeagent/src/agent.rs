@@ -377,6 +377,7 @@ fn supervisor_settings(
         allow_remote_exec: config.agent.allow_remote_exec,
         persist: store.map(persister),
         groups,
+        notify_dir: Some(home(config).join("notify")),
         max_processes: config.agent.max_processes,
         sockets,
     }

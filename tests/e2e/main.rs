@@ -16,6 +16,7 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod probes;
 mod robust;
 mod security;
 mod sockets;

@@ -53,7 +53,7 @@ fn data(d: impl Into<ReplyData>) -> Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
     pub watcher: String,
-    /// spawn, exit, respawn, flapping, start, stop, add, rm, reload.
+    /// spawn, exit, respawn, flapping, unhealthy, start, stop, add, rm, reload.
     pub kind: &'static str,
     pub wid: Option<u32>,
     pub pid: Option<u32>,
@@ -73,6 +73,8 @@ pub struct ProcessSnapshot {
     /// Unix time it started.
     pub started_at: f64,
     pub restarts: u32,
+    /// How it is doing by its checks.
+    pub health: Option<protocol::reply::ProcessHealth>,
 }
 
 /// One watcher, for stats and membership announcements.
@@ -136,6 +138,9 @@ pub struct Settings {
     pub persist: Option<PersistFn>,
     /// Where every process group started is noted, for the next start after a crash.
     pub groups: Option<std::sync::Arc<crate::groups::Groups>>,
+    /// A private directory for the notify sockets of watchers with
+    /// `ready = { notify = true }`; without one such processes cannot start.
+    pub notify_dir: Option<std::path::PathBuf>,
     /// The most processes all watchers together may ask for (`[agent] max_processes`).
     pub max_processes: u32,
     /// The sockets the agent bound, which the watchers' processes get by name.
@@ -210,8 +215,9 @@ impl SupervisorHandle {
     }
 
     /// Restarts each process of the watcher(s) in turn; each new process must be up
-    /// (past `min_uptime`, and healthy where a health check is set) before the next
-    /// one is stopped, so at most one process of a watcher is down at any moment.
+    /// (ready: past `min_uptime`, and its `ready` check passed where one is set) before
+    /// the next one is stopped, so at most one process of a watcher is down at any
+    /// moment.
     async fn rolling_restart(&self, r: &Restart) -> Outcome {
         let names: Vec<String> = match &r.name {
             Some(n) => vec![n.clone()],
