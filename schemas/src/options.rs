@@ -133,6 +133,19 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub sockets: Option<Vec<String>>,
+    /// How many new processes a rolling restart starts next to the ones they replace
+    /// before stopping them (default 1 when the watcher has `sockets`, else 0; 0 to
+    /// 100000, at most numprocesses at a time). With 1 or more, the new process starts
+    /// first and the old one stops once the new one is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_surge: Option<u32>,
+    /// How many processes a rolling restart may stop before their replacements start
+    /// (default 0 when the watcher has `sockets`, else 1; 0 to 100000, at most
+    /// numprocesses at a time). Used when max_surge is 0; not both may be 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_unavailable: Option<u32>,
 }
 
 /// The options whose values are durations.
@@ -237,6 +250,8 @@ option_fields!(
     log_max_bytes,
     log_backups,
     sockets,
+    max_surge,
+    max_unavailable,
 );
 
 #[cfg(test)]
@@ -274,6 +289,8 @@ mod tests {
             log_max_bytes: Some(1),
             log_backups: Some(1),
             sockets: Some(vec![]),
+            max_surge: Some(1),
+            max_unavailable: Some(0),
         })
         .unwrap();
         let keys: Vec<&str> = all

@@ -232,10 +232,17 @@ impl Supervisor {
             pids: Some(
                 w.slots
                     .values()
+                    .flat_map(Slot::processes)
                     .filter_map(|s| s.pid.filter(|_| s.alive()))
                     .collect(),
             ),
-            processes: Some(w.slots.values().map(Slot::info).collect()),
+            processes: Some(
+                w.slots
+                    .values()
+                    .flat_map(Slot::processes)
+                    .map(Slot::info)
+                    .collect(),
+            ),
         })
     }
 
@@ -323,6 +330,7 @@ impl Supervisor {
         let pids: Vec<u32> = w
             .slots
             .values()
+            .flat_map(Slot::processes)
             .filter(|s| s.alive())
             .filter_map(|s| s.pid)
             .collect();

@@ -13,7 +13,7 @@ use super::live::{later, KILL_GRACE};
 use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Supervisor, Timer};
 use super::policy;
 use super::waiters::{restart_budget, SlotWaiter};
-use crate::config::{expand, Output};
+use crate::config::{expand, Output, Rollout};
 use crate::process::SpawnSpec;
 
 /// How often a stopping group is checked once its leader is gone or SIGKILL was sent.
@@ -65,6 +65,7 @@ impl Supervisor {
             } => self.stop_check(&name, wid, gen, group_alive),
             Input::Timer(timer) => self.on_timer(timer),
         }
+        self.advance_surges();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
@@ -222,10 +223,38 @@ impl Supervisor {
     fn spawn_slot(&mut self, name: &str, wid: u32, respawn: bool) {
         let gen = self.next_gen;
         self.next_gen += 1;
-        let node = self.limits.node.clone();
-        let Some(w) = self.watchers.get_mut(name) else {
+        let Some((order, listen)) = self.spawn_order(name, wid, gen, respawn) else {
             return;
         };
+        let Some(slot) = self
+            .watchers
+            .get_mut(name)
+            .and_then(|w| w.slots.get_mut(&wid))
+        else {
+            return;
+        };
+        slot.gen = gen;
+        slot.kill_at = None;
+        slot.leader_gone = false;
+        slot.after_stop = AfterStop::Remove;
+        slot.uptime_reached = false;
+        match listen {
+            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
+        }
+    }
+
+    /// The order to start generation `gen` of a slot, and whether its sockets can be
+    /// passed (the reason when not).
+    pub(super) fn spawn_order(
+        &self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        respawn: bool,
+    ) -> Option<(SpawnOrder, Result<(), String>)> {
+        let node = self.limits.node.clone();
+        let w = self.watchers.get(name)?;
         let cfg = &w.cfg;
         let listen = self.sockets.fds(&cfg.sockets);
         let expand = |s: &str, name: &str, wid: u32| {
@@ -262,18 +291,7 @@ impl Supervisor {
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
             respawn,
         };
-        let Some(slot) = w.slots.get_mut(&wid) else {
-            return;
-        };
-        slot.gen = gen;
-        slot.kill_at = None;
-        slot.leader_gone = false;
-        slot.after_stop = AfterStop::Remove;
-        slot.uptime_reached = false;
-        match listen {
-            Ok(_) => self.out.push(Effect::Spawn(Box::new(order))),
-            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
-        }
+        Some((order, listen.map(|_| ())))
     }
 
     /// A process started: it is starting until `min_uptime` (and its health check).
@@ -287,7 +305,7 @@ impl Supervisor {
             w.cfg.health_cmd.clone(),
             w.cfg.health_timeout,
         );
-        let Some(slot) = w.slots.get_mut(&wid).filter(|s| s.gen == gen) else {
+        let Some(slot) = self.slot_mut(name, wid, gen) else {
             return;
         };
         slot.pid = Some(pid);
@@ -296,7 +314,9 @@ impl Supervisor {
         slot.reason = None;
         slot.healthy = health.is_none();
         slot.health_failed = false;
-        self.emit_slot(name, wid, "spawn");
+        // Said of this process, which may be a replacement next to the slot's own.
+        let said = slot.clone();
+        self.emit(name, "spawn", Some(&said));
         let timer = Timer::UptimeReached {
             name: name.to_owned(),
             wid,
@@ -329,7 +349,10 @@ impl Supervisor {
         tracing::warn!(watcher = name, wid, "{reason}");
         slot.pid = None;
         slot.started = None;
-        slot.reason = Some(reason);
+        slot.reason = Some(reason.clone());
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, reason);
+        }
         self.after_exit(name, wid, None);
         if respawn {
             self.emit_slot(name, wid, "respawn");
@@ -351,8 +374,15 @@ impl Supervisor {
         }
     }
 
-    /// Asks one slot's process to stop. `respawn` starts it again once stopped.
+    /// Asks one slot's process, and its replacement if one is starting, to stop.
+    /// `respawn` starts it again once stopped.
     pub(super) fn stop_slot(&mut self, name: &str, wid: u32, respawn: bool) {
+        self.stop_replacement(name, wid);
+        self.stop_process(name, wid, respawn);
+    }
+
+    /// Asks one slot's own process to stop (not its replacement).
+    pub(super) fn stop_process(&mut self, name: &str, wid: u32, respawn: bool) {
         let now = self.now;
         let Some(w) = self.watchers.get_mut(name) else {
             return;
@@ -397,7 +427,7 @@ impl Supervisor {
     }
 
     /// A slot's process and its whole group are gone after a stop.
-    fn finish_stop(&mut self, name: &str, wid: u32) {
+    pub(super) fn finish_stop(&mut self, name: &str, wid: u32) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -408,6 +438,14 @@ impl Supervisor {
         let ended = slot.pid.take();
         slot.kill_at = None;
         slot.leader_gone = false;
+        if slot.replacement.is_some() {
+            self.replacement_takes_over(name, wid);
+            if let Some(pid) = ended {
+                self.out.push(Effect::Ended { pid });
+            }
+            self.after_slot_change(name);
+            return;
+        }
         match (slot.after_stop, wanted) {
             (AfterStop::Respawn, true) => {
                 slot.restarts += 1;
@@ -429,7 +467,7 @@ impl Supervisor {
     }
 
     /// After slots went away: a pending restart starts anew, a removed watcher goes.
-    fn after_slot_change(&mut self, name: &str) {
+    pub(super) fn after_slot_change(&mut self, name: &str) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -463,7 +501,22 @@ impl Supervisor {
             return self.reply(reply, super::data(NoData {}));
         };
         let old_gen = slot.gen;
-        if slot.pid.is_none() {
+        let surge = matches!(w.cfg.rollout(), Rollout::Surge(_));
+        if slot.replacement.is_some() {
+            return self.reply(
+                reply,
+                Err(super::CmdError::new(
+                    protocol::Errno::CommandFailed,
+                    format!(
+                        "process {wid} of '{name}' is already being replaced; wait for \
+                         that restart to end"
+                    ),
+                )),
+            );
+        }
+        if surge && slot.alive() && slot.state != ProcessState::Stopping {
+            self.start_replacement(name, wid);
+        } else if slot.pid.is_none() {
             // Nothing runs in this slot: start it afresh.
             if let Some(w) = self.watchers.get_mut(name) {
                 w.slots.insert(wid, Slot::new(wid));
@@ -478,6 +531,7 @@ impl Supervisor {
             old_gen,
             deadline: later(self.now, timeout),
             reply,
+            failure: None,
         });
     }
 
@@ -530,7 +584,7 @@ impl Supervisor {
         };
         if !group_alive {
             if slot.leader_gone {
-                self.finish_stop(name, wid);
+                self.finish(name, wid, gen);
             }
             return;
         }
@@ -543,7 +597,7 @@ impl Supervisor {
                 "the process group survived SIGKILL for {KILL_GRACE:?} (uninterruptible \
                  sleep?); giving up on it"
             );
-            self.finish_stop(name, wid);
+            self.finish(name, wid, gen);
             return;
         }
         if kill_due {
@@ -604,7 +658,7 @@ impl Supervisor {
                     };
                     self.timer(STOP_POLL, timer);
                 }
-                _ => self.finish_stop(name, wid),
+                _ => self.finish(name, wid, gen),
             }
             return;
         }
@@ -621,6 +675,9 @@ impl Supervisor {
         if let Some(slot) = self.slot_mut(name, wid, gen) {
             slot.pid = None;
         }
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, format!("exited ({exit})"));
+        }
         self.after_exit(name, wid, Some(exit));
     }
 
@@ -635,6 +692,13 @@ impl Supervisor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
+        if slot.replacement.is_some() {
+            // The old process ended on its own during the overlap: its replacement,
+            // already started, takes the slot.
+            self.replacement_takes_over(name, wid);
+            self.after_slot_change(name);
+            return;
+        }
         let uptime = slot
             .started
             .map(|(t, _)| now.saturating_duration_since(t))

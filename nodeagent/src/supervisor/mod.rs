@@ -9,6 +9,7 @@ mod lifecycle;
 pub mod live;
 mod model;
 pub mod policy;
+mod surge;
 mod waiters;
 
 #[cfg(test)]
@@ -197,9 +198,11 @@ impl SupervisorHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Restarts each process of the watcher(s) in turn; each new process must be up
-    /// (past `min_uptime`, and healthy where a health check is set) before the next
-    /// one is stopped, so at most one process of a watcher is down at any moment.
+    /// Restarts the processes of the watcher(s) a few at a time (see
+    /// [`WatcherConfig::rollout`]): with surge, each replacement starts next to its old
+    /// process, which stops once the replacement is up; otherwise each process stops,
+    /// then starts again. Every new process must be up (past `min_uptime`, and healthy
+    /// where a health check is set) before the next ones are restarted.
     async fn rolling_restart(&self, r: &Restart) -> Outcome {
         let names: Vec<String> = match &r.name {
             Some(n) => vec![n.clone()],
@@ -216,17 +219,20 @@ impl SupervisorHandle {
             let ReplyData::List(list) = list else {
                 return Err(not_the_kind(ReplyKind::List, kind));
             };
-            for p in list.processes.unwrap_or_default() {
-                let (tx, rx) = oneshot::channel();
-                self.tx
-                    .send(Cmd::RestartSlot {
-                        name: name.clone(),
-                        wid: p.wid,
-                        reply: tx,
-                    })
-                    .await
-                    .map_err(|_| gone())?;
-                rx.await.map_err(|_| gone())??;
+            let mut wids: Vec<u32> = list
+                .processes
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.wid)
+                .collect();
+            // A slot shows twice while a replacement runs next to its process.
+            wids.dedup();
+            let at_once = self.rollout_batch(&name).await?;
+            for batch in wids.chunks(at_once) {
+                let restarts = batch.iter().map(|wid| self.restart_slot(&name, *wid));
+                for outcome in futures::future::join_all(restarts).await {
+                    outcome?;
+                }
             }
             statuses.insert(name, WatcherState::Active);
         }
@@ -234,6 +240,39 @@ impl SupervisorHandle {
             statuses,
             pids: None,
         })
+    }
+
+    /// How many processes of `name` a rolling restart replaces at once.
+    async fn rollout_batch(&self, name: &str) -> Result<usize, CmdError> {
+        let options = self
+            .exec_plain(Command::Options(protocol::command::Name {
+                name: name.to_owned(),
+            }))
+            .await?;
+        let kind = options.kind();
+        let ReplyData::Options(o) = options else {
+            return Err(not_the_kind(ReplyKind::Options, kind));
+        };
+        let n = WatcherConfig::from_options(name, &o.options)
+            .map(|c| match c.rollout() {
+                crate::config::Rollout::Surge(n) | crate::config::Rollout::Unavailable(n) => n,
+            })
+            .unwrap_or(1);
+        Ok(usize::try_from(n).unwrap_or(1).max(1))
+    }
+
+    /// Restarts one slot; answers once its new process is up.
+    async fn restart_slot(&self, name: &str, wid: u32) -> Result<(), CmdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::RestartSlot {
+                name: name.to_owned(),
+                wid,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map(|_| ())
     }
 
     /// Every watcher with its live processes, as of the actor's last change; once the

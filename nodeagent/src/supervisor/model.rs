@@ -55,6 +55,11 @@ pub(super) struct Slot {
     /// Its health check gave up (health_timeout passed without a success).
     pub health_failed: bool,
     pub uptime_reached: bool,
+    /// During a restart with surge: the slot's new process, started next to this one
+    /// with a newer generation (same wid). It takes the slot once this one is gone.
+    pub replacement: Option<Box<Slot>>,
+    /// Of a replacement: when it must be up, or the restart gives up on it.
+    pub up_by: Option<Instant>,
 }
 
 impl Slot {
@@ -76,7 +81,14 @@ impl Slot {
             healthy: false,
             health_failed: false,
             uptime_reached: false,
+            replacement: None,
+            up_by: None,
         }
+    }
+
+    /// The slot's process, then its replacement if one is there.
+    pub fn processes(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::once(self).chain(self.replacement.as_deref())
     }
 
     pub fn info(&self) -> ProcessInfo {
@@ -194,6 +206,7 @@ impl Watcher {
             processes: self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .filter(|s| s.alive())
                 .filter_map(|s| {
                     Some(ProcessSnapshot {
@@ -458,11 +471,21 @@ impl Supervisor {
         self.out.push(Effect::ArmTimer { after, timer });
     }
 
+    /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
+        let slot = self.watchers.get_mut(name)?.slots.get_mut(&wid)?;
+        if slot.gen == gen {
+            return Some(slot);
+        }
+        slot.replacement.as_deref_mut().filter(|r| r.gen == gen)
+    }
+
+    /// Whether generation `gen` is the replacement in a slot (see [`Slot::replacement`]).
+    pub fn is_replacement(&self, name: &str, wid: u32, gen: u64) -> bool {
         self.watchers
-            .get_mut(name)?
-            .slots
-            .get_mut(&wid)
-            .filter(|s| s.gen == gen)
+            .get(name)
+            .and_then(|w| w.slots.get(&wid))
+            .and_then(|s| s.replacement.as_deref())
+            .is_some_and(|r| r.gen == gen)
     }
 }

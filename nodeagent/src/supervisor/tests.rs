@@ -46,6 +46,14 @@ enum In {
     RespawnDue(u32),
     Health(u32, bool),
     Warmup,
+    /// Time passes with no input (a wait's deadline).
+    Tick,
+    /// The replacement of a slot (a restart with surge) has run for `min_uptime`.
+    NewUptime(u32),
+    /// The leader of a slot's replacement exited with a code; its group is gone.
+    NewExit(u32, i32),
+    /// The leader of a slot's replacement was killed; whether its group still runs.
+    NewKilled(u32, bool),
 }
 
 fn config(cmd: &str) -> WatcherConfig {
@@ -94,6 +102,12 @@ impl Sim {
 
     fn gen(&self, wid: u32) -> u64 {
         self.slot(wid).map_or(0, |s| s.gen)
+    }
+
+    fn new_gen(&self, wid: u32) -> u64 {
+        self.slot(wid)
+            .and_then(|s| s.replacement.as_deref())
+            .map_or(0, |r| r.gen)
     }
 
     fn command(&mut self, c: Command) -> Input {
@@ -165,6 +179,16 @@ impl Sim {
                 ok,
             },
             In::Warmup => Input::Timer(Timer::Warmup { name: name() }),
+            In::Tick => Input::Tick,
+            In::NewUptime(wid) => Input::Timer(Timer::UptimeReached {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+            }),
+            In::NewExit(wid, code) => exited(wid, self.new_gen(wid), Some(code), None, false),
+            In::NewKilled(wid, alive) => {
+                exited(wid, self.new_gen(wid), None, Some("SIGKILL".into()), alive)
+            }
         }
     }
 
@@ -221,6 +245,9 @@ impl Sim {
                 let mut s = w.state().to_string();
                 for slot in w.slots.values() {
                     s.push_str(&format!(" {}:{}", slot.wid, slot.state));
+                    if let Some(r) = &slot.replacement {
+                        s.push_str(&format!("+{}", r.state));
+                    }
                 }
                 s
             }
@@ -297,6 +324,10 @@ fn run_table(rows: &[Row<'_>]) {
 }
 
 fn same(_: &mut WatcherConfig) {}
+
+fn surge(c: &mut WatcherConfig) {
+    c.max_surge = Some(1);
+}
 
 const SPAWN_1: [&str; 3] = ["spawn w/1", "emit spawn w/1", "uptime w/1 in 1s"];
 
@@ -559,6 +590,206 @@ fn lifecycle_table() {
                 (ms(4000), Uptime(1), &["reply ok"]),
             ],
             "active 1:running",
+        ),
+        (
+            "with surge, the replacement starts first; the old process stops once it is up",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(2500), Tick, &[]),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(3500),
+                    Killed(1, false),
+                    &["emit exit w/1", "ended", "reply ok"],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement that exits goes; the old process keeps running",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    NewExit(1, 3),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         exited (exit code 3); the old process keeps running",
+                    ],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement not up by its deadline is stopped; the old one stays",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(30_000), Tick, &[]),
+                (
+                    ms(38_000),
+                    Tick,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         was not up in time (still starting); the old process keeps running",
+                    ],
+                ),
+                (ms(39_000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, the old process exiting on its own hands the slot to the replacement",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Exit(1, 0),
+                    &["emit exit w/1", "SIGKILL w/1", "ended"],
+                ),
+                (ms(3000), Uptime(1), &["reply ok"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "a stop during the overlap stops both processes of the slot",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped",
+        ),
+        (
+            "a shutdown during the overlap ends once both processes are gone",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Shutdown,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                    ],
+                ),
+                (ms(3000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped (finished)",
+        ),
+        (
+            "a decr during the overlap stops both processes of the slot above the count",
+            |c| {
+                c.numprocesses = 2;
+                c.max_surge = Some(1);
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+                (ms(1000), Uptime(2), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(2),
+                    &["spawn w/2", "emit spawn w/2", "uptime w/2 in 1s"],
+                ),
+                (
+                    ms(2500),
+                    Decr(1),
+                    &[
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(2, false), &["emit exit w/2", "ended"]),
+                (
+                    ms(3100),
+                    Killed(2, false),
+                    &[
+                        "emit exit w/2",
+                        "ended",
+                        "reply error: process 2 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "active 1:starting",
         ),
         (
             "a restart of the watcher starts anew once every process stopped",

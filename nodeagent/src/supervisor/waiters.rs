@@ -37,6 +37,8 @@ pub(super) struct SlotWaiter {
     pub old_gen: u64,
     pub deadline: Instant,
     pub reply: ReplyId,
+    /// Why its replacement could not take over (a restart with surge), once known.
+    pub failure: Option<String>,
 }
 
 /// The longest a watcher may take to settle after a command: stopping (its graceful
@@ -47,6 +49,15 @@ pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
         .saturating_add(KILL_GRACE)
         .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
         .saturating_add(SETTLE_MARGIN)
+        .min(MAX_WAIT)
+}
+
+/// The longest a replacement may take to be up in a restart with surge: `min_uptime`
+/// and the health check, plus a margin.
+pub(super) fn surge_budget(cfg: &WatcherConfig) -> Duration {
+    cfg.min_uptime
+        .saturating_add(cfg.health_timeout)
+        .saturating_add(Duration::from_secs(5))
         .min(MAX_WAIT)
 }
 
@@ -68,6 +79,7 @@ impl Supervisor {
             .iter()
             .map(|w| w.deadline)
             .chain(self.waiters.iter().map(|w| w.deadline))
+            .chain(self.next_surge_deadline())
             .min()
     }
 
@@ -141,6 +153,9 @@ impl Supervisor {
         else {
             return failed(format!("{who} went away during the restart"));
         };
+        if let Some(why) = &sw.failure {
+            return failed(format!("{who} was not replaced: {why}"));
+        }
         let new = s.gen > sw.old_gen;
         let down = matches!(
             s.state,

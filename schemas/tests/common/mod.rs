@@ -211,7 +211,8 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         )),
     )
         .boxed();
-    (a, b, c).prop_map(
+    let d = (prop::option::of(big_u32()), prop::option::of(big_u32()));
+    (a, b, c, d).prop_map(
         |(
             (cmd, args, numprocesses, env, copy_env, working_dir, uid, gid, stop_signal),
             (
@@ -237,6 +238,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 log_backups,
                 sockets,
             ),
+            (max_surge, max_unavailable),
         )| WatcherOptions {
             cmd,
             args,
@@ -266,6 +268,8 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             log_max_bytes,
             log_backups,
             sockets,
+            max_surge,
+            max_unavailable,
         },
     )
 }
