@@ -18,3 +18,4 @@ mod partition;
 mod robust;
 mod security;
 mod sockets;
+mod surge;
