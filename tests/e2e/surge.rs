@@ -38,6 +38,11 @@ fn example_server() -> PathBuf {
 
 /// A socket-served web watcher with `n` processes and the default rollout (surge).
 fn web(n: u32) -> String {
+    web_with(n, "")
+}
+
+/// The same with `extra` keys.
+fn web_with(n: u32, extra: &str) -> String {
     format!(
         r#"
 [socket.http]
@@ -51,6 +56,7 @@ numprocesses = {n}
 sockets = ["http"]
 min_uptime = "300ms"
 graceful_timeout = "10s"
+{extra}
 "#,
         py = python(),
         server = example_server().display(),
@@ -129,9 +135,9 @@ fn pid_set(agent: &Agent, watcher: &str) -> BTreeSet<u32> {
 
 /// Restarts the web watcher of `n` processes rolling under a client's loop of
 /// requests: none fails, and every process is replaced.
-fn no_request_fails(node: &str, n: u32) {
+fn no_request_fails(node: &str, n: u32, extra: &str) {
     let nats = NatsServer::start();
-    let agent = Agent::start(&nats, node, &web(n));
+    let agent = Agent::start(&nats, node, &web_with(n, extra));
     let addr = http_address(&agent);
     wait_until(T, "every process of web up", || {
         let st = agent.ctl_ok(&["status", "web"]);
@@ -153,8 +159,8 @@ fn no_request_fails(node: &str, n: u32) {
         (tally, took)
     });
     eprintln!(
-        "figures: {n} process(es): {} requests during a rolling restart of {:.1}s, {} \
-         failed, slowest {:.1} ms",
+        "figures: {n} process(es) {extra:?}: {} requests (20 before and after a rolling \
+         restart of {:.1}s), {} failed, slowest {:.1} ms",
         tally.requests,
         took.as_secs_f64(),
         tally.failures.len(),
@@ -189,12 +195,19 @@ fn no_request_fails(node: &str, n: u32) {
 
 #[test]
 fn no_request_fails_during_a_rolling_restart_of_two_processes() {
-    no_request_fails("surge2", 2);
+    no_request_fails("surge2", 2, "");
 }
 
 #[test]
 fn no_request_fails_during_a_rolling_restart_of_one_process() {
-    no_request_fails("surge1", 1);
+    no_request_fails("surge1", 1, "");
+}
+
+/// Stopping first, a request waits in the shared socket's queue while no process
+/// accepts (it is not refused, as the agent holds the socket): slower, still no failure.
+#[test]
+fn stopping_first_makes_requests_wait_not_fail() {
+    no_request_fails("surge0", 1, "max_surge = 0");
 }
 
 /// The events of `nodes` as they come, until `done` says enough.
@@ -282,6 +295,73 @@ async fn each_replacement_starts_before_the_old_process_exits() {
     let exit1 = event_pos(&seen, "surge3", "exit", old[0].1).expect("exit of slot 1");
     let spawn2 = event_pos(&seen, "surge3", "spawn", new[1].1).expect("spawn of slot 2");
     assert!(exit1 < spawn2, "{seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_surge_2_replaces_two_slots_at_once() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut sub = client
+        .subscribe("cluster.surge6.events.w.>")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let secs = unique_secs();
+    let agent = Agent::start(
+        &nats,
+        "surge6",
+        &format!(
+            "[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nnumprocesses = 3\n\
+             max_surge = 2\nmin_uptime = \"300ms\"\n"
+        ),
+    );
+    let agent = &agent;
+    wait_until(T, "3 processes of w", || agent.pids("w").len() == 3);
+    let old = agent.pids("w");
+    let out = tokio::task::block_in_place(|| agent.ctl(&["restart", "w", "--rolling"]));
+    out.expect_code(0, "restart w --rolling");
+    let new = agent.pids("w");
+    let set = |v: &[(u32, u32)]| -> BTreeSet<u32> { v.iter().map(|p| p.1).collect() };
+    let seen = events_until(&mut sub, |s| replaced(s, "surge6", &set(&old), &set(&new))).await;
+    surged(&seen, "surge6", &old, &new);
+    let at = |kind: &str, pid: u32| event_pos(&seen, "surge6", kind, pid).expect("an event");
+    // Slots 1 and 2 together: both replacements spawned before either old one exited;
+    // slot 3 after both.
+    let first_exit = at("exit", old[0].1).min(at("exit", old[1].1));
+    assert!(at("spawn", new[0].1) < first_exit && at("spawn", new[1].1) < first_exit);
+    assert!(at("spawn", new[2].1) > at("exit", old[0].1).max(at("exit", old[1].1)));
+}
+
+#[test]
+fn max_surge_and_max_unavailable_on_get_and_set() {
+    let nats = NatsServer::start();
+    let secs = unique_secs();
+    let agent = Agent::start(
+        &nats,
+        "surge7",
+        &format!("[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nnumprocesses = 2\n"),
+    );
+    agent.ctl_ok(&["set", "w", "max_surge", "2"]);
+    let got = agent.ctl_ok(&["get", "w", "max_surge", "max_unavailable"]);
+    assert_eq!(got["options"]["max_surge"], 2, "{got}");
+    let (out, replies) = agent.ctl_json(&["set", "w", "max_surge", "0", "max_unavailable", "0"]);
+    assert_ne!(out.code, 0);
+    let reason = replies[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("'max_surge': is 0 and so is max_unavailable"),
+        "{reason}"
+    );
+    let (out, replies) = agent.ctl_json(&["set", "w", "max_unavailable", "100001"]);
+    assert_ne!(out.code, 0);
+    let reason = replies[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("'max_unavailable': 100001 is out of range; use 0 to 100000"),
+        "{reason}"
+    );
+    let (out, _) = agent.ctl_json(&["set", "w", "max_surge", "1.5"]);
+    assert_ne!(out.code, 0);
+    let got = agent.ctl_ok(&["get", "w", "max_surge"]);
+    assert_eq!(got["options"]["max_surge"], 2, "nothing changed: {got}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
