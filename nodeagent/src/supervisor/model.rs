@@ -154,6 +154,7 @@ impl Watcher {
             && !self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .any(|s| s.state == ProcessState::Stopping)
     }
 

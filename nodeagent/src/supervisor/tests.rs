@@ -676,6 +676,45 @@ fn lifecycle_table() {
             "active 1:running",
         ),
         (
+            "max_surge = 0 keeps stopping first",
+            |c| c.max_surge = Some(0),
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping",
+        ),
+        (
+            "a restart of a slot already being replaced is refused; the first goes on",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2100),
+                    RestartSlot(1),
+                    &[
+                        "reply error: process 1 of 'w' is already being replaced; wait for \
+                       that restart to end",
+                    ],
+                ),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping+running",
+        ),
+        (
             "a stop during the overlap stops both processes of the slot",
             surge,
             true,
