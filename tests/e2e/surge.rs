@@ -19,7 +19,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
-/// How long one request may take before it counts as failed.
+/// How long one request may take before it counts as failed (scaled by the slack).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Python to run: the system's, not a version manager's shim (which wants a home).
@@ -74,10 +74,11 @@ fn http_address(agent: &Agent) -> SocketAddr {
 
 /// One GET on a fresh connection: the pid that answered, or what went wrong.
 fn get(addr: SocketAddr) -> Result<u32, String> {
-    let mut s = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(REQUEST_TIMEOUT))
+    let timeout = bound(REQUEST_TIMEOUT);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(REQUEST_TIMEOUT))
+    s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
         .map_err(|e| format!("send: {e}"))?;
@@ -461,8 +462,10 @@ health_timeout = "1s"
     assert_ne!(out.code, 0, "{}", out.stdout);
     let reason = replies[0]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("process 1 of 'slow' was not replaced: its replacement was not up in time")
-            && reason.contains("the old process keeps running"),
+        reason.contains(
+            "process 1 of 'slow' was not replaced: its replacement failed: health check did \
+             not pass within health_timeout"
+        ) && reason.contains("the old process keeps running"),
         "{reason}"
     );
     wait_until(T, "slow back to its one process", || {

@@ -170,8 +170,14 @@ impl Supervisor {
                 };
                 if up(r) && slot.state != ProcessState::Stopping {
                     up_now.push((name.clone(), slot.wid));
-                } else if !up(r) && r.up_by.is_some_and(|t| now >= t) {
-                    late.push((name.clone(), slot.wid, r.state));
+                } else if up(r) || r.state == ProcessState::Stopping {
+                    continue;
+                } else if r.health_failed {
+                    let why = r.reason.as_deref().unwrap_or("its health check failed");
+                    late.push((name.clone(), slot.wid, format!("failed: {why}")));
+                } else if r.up_by.is_some_and(|t| now >= t) {
+                    let why = format!("was not up in time (still {})", r.state);
+                    late.push((name.clone(), slot.wid, why));
                 }
             }
         }
@@ -180,11 +186,8 @@ impl Supervisor {
             // starts afresh.
             self.stop_process(&name, wid, true);
         }
-        for (name, wid, state) in late {
-            let why = format!(
-                "its replacement was not up in time (still {state}); the old process \
-                 keeps running"
-            );
+        for (name, wid, why) in late {
+            let why = format!("its replacement {why}; the old process keeps running");
             tracing::warn!(watcher = name, wid, "{why}");
             self.fail_restart(&name, wid, why);
             self.stop_replacement(&name, wid);

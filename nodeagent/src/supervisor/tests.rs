@@ -54,6 +54,8 @@ enum In {
     NewExit(u32, i32),
     /// The leader of a slot's replacement was killed; whether its group still runs.
     NewKilled(u32, bool),
+    /// The health check of a slot's replacement passed or gave up.
+    NewHealth(u32, bool),
 }
 
 fn config(cmd: &str) -> WatcherConfig {
@@ -189,6 +191,12 @@ impl Sim {
             In::NewKilled(wid, alive) => {
                 exited(wid, self.new_gen(wid), None, Some("SIGKILL".into()), alive)
             }
+            In::NewHealth(wid, ok) => Input::Health {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+                ok,
+            },
         }
     }
 
@@ -655,6 +663,42 @@ fn lifecycle_table() {
                     ],
                 ),
                 (ms(39_000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement's failed health check stops it; the old one stays",
+            |c| {
+                c.max_surge = Some(1);
+                c.health_cmd = Some(vec!["check".into()]);
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[SPAWN_1[0], SPAWN_1[1], SPAWN_1[2], "health w/1"],
+                ),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1100), Health(1, true), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(1),
+                    &[SPAWN_1[0], SPAWN_1[1], SPAWN_1[2], "health w/1"],
+                ),
+                (ms(3000), NewUptime(1), &[]),
+                (
+                    ms(4000),
+                    NewHealth(1, false),
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         failed: health check did not pass within health_timeout; the old \
+                         process keeps running",
+                    ],
+                ),
+                (ms(4500), NewKilled(1, false), &["emit exit w/1", "ended"]),
             ],
             "active 1:running",
         ),
