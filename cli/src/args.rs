@@ -268,7 +268,9 @@ pub enum Sub {
 #[derive(Args, Debug, Clone)]
 pub struct RestartArgs {
     pub watcher: Option<String>,
-    /// Restart one process at a time, each new one up before the next.
+    /// Replace the processes a few at a time (the watcher's max_surge/max_unavailable):
+    /// with surge the new process starts first and the old one stops once it is up;
+    /// otherwise each stops, then starts; each new one up before the next.
     #[arg(long)]
     pub rolling: bool,
     /// With --rolling and several nodes: how many nodes restart at once.
