@@ -514,17 +514,9 @@ impl Supervisor {
                 )),
             );
         }
-        if surge && slot.alive() && slot.state != ProcessState::Stopping {
-            self.start_replacement(name, wid);
-        } else if slot.pid.is_none() {
-            // Nothing runs in this slot: start it afresh.
-            if let Some(w) = self.watchers.get_mut(name) {
-                w.slots.insert(wid, Slot::new(wid));
-            }
-            self.spawn_slot(name, wid, false);
-        } else {
-            self.stop_slot(name, wid, true);
-        }
+        let replace_first = surge && slot.alive() && slot.state != ProcessState::Stopping;
+        let idle = slot.pid.is_none();
+        // Waiting before anything starts: a replacement that fails at once says so here.
         self.slot_waiters.push(SlotWaiter {
             name: name.to_owned(),
             wid,
@@ -533,6 +525,17 @@ impl Supervisor {
             reply,
             failure: None,
         });
+        if replace_first {
+            self.start_replacement(name, wid);
+        } else if idle {
+            // Nothing runs in this slot: start it afresh.
+            if let Some(w) = self.watchers.get_mut(name) {
+                w.slots.insert(wid, Slot::new(wid));
+            }
+            self.spawn_slot(name, wid, false);
+        } else {
+            self.stop_slot(name, wid, true);
+        }
     }
 
     // ----- timers and exits -----

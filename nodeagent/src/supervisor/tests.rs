@@ -1287,3 +1287,27 @@ fn added_watchers_get_the_node_s_sockets_by_name() {
     ));
     assert_eq!(spawn.spec.args, ["--fd=4"]);
 }
+
+#[test]
+fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
+    let mut cfg = config("sleep");
+    cfg.max_surge = Some(1);
+    let mut sim = Sim::new(cfg, true);
+    sim.step(ms(0), In::Boot);
+    sim.step(ms(1000), In::Uptime(1));
+    let old = sim.slot(1).and_then(|s| s.pid);
+    if let Some(w) = sim.sup.watchers.get_mut("w") {
+        w.cfg.cmd = "/nonexistent/server".into();
+    }
+    let got = sim.step(ms(2000), In::RestartSlot(1));
+    assert_eq!(
+        got,
+        [
+            "spawn w/1",
+            "reply error: process 1 of 'w' was not replaced: its replacement cannot start \
+             \"/nonexistent/server\": not found; the old process keeps running"
+        ]
+    );
+    assert_eq!(sim.end(), "active 1:running");
+    assert_eq!(sim.slot(1).and_then(|s| s.pid), old);
+}
