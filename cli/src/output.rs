@@ -399,10 +399,9 @@ fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
                 PlanAction::Added => "starts if autostart".to_owned(),
                 PlanAction::Removed => "stops and goes".to_owned(),
                 PlanAction::Scaled => key_changes(&w.changes),
-                PlanAction::Changed if w.restart => format!(
-                    "{} (restarted one process at a time)",
-                    key_changes(&w.changes)
-                ),
+                PlanAction::Changed if w.restart => {
+                    format!("{} (rolling restart)", key_changes(&w.changes))
+                }
                 PlanAction::Changed if w.changes.is_empty() => String::new(),
                 PlanAction::Changed => format!("{} (no restart)", key_changes(&w.changes)),
             };
@@ -916,7 +915,7 @@ mod tests {
              CHANGE   NAME  DETAIL\n\
              added    new   starts if autostart\n\
              changed  web   args: [\"1\"] -> [\"2\"]; health_cmd: (unset) -> [\"true\"] \
-             (restarted one process at a time)\n\
+             (rolling restart)\n\
              kept     db    runtime changes stay: its entry in the file is unchanged\n"
         );
         // An agent of an earlier version: names only.

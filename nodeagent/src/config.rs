@@ -341,6 +341,20 @@ pub struct WatcherConfig {
     pub log_backups: u32,
     /// The sockets its processes get, at fds 3, 4, ... in this order.
     pub sockets: Vec<String>,
+    /// `max_surge` as set (see [`WatcherConfig::rollout`] for the value in force).
+    pub max_surge: Option<u32>,
+    /// `max_unavailable` as set (see [`WatcherConfig::rollout`]).
+    pub max_unavailable: Option<u32>,
+}
+
+/// How a rolling restart replaces a watcher's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// Start `n` replacements next to their old processes, each old one stopping once
+    /// its replacement is up.
+    Surge(u32),
+    /// Stop `n` processes, then start their replacements (the classic way).
+    Unavailable(u32),
 }
 
 /// What a readiness or liveness probe checks. The strings are as configured, with
@@ -732,6 +746,16 @@ pub const COUNTS: &[Range<i64>] = &[
         key: "live.failures",
         min: 1,
         max: 1000,
+    },
+    Range {
+        key: "max_surge",
+        min: 0,
+        max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "max_unavailable",
+        min: 0,
+        max: MAX_PROCESSES as i64,
     },
     Range {
         key: "backlog",
@@ -1208,6 +1232,23 @@ impl WatcherConfig {
                 bad(key, m);
             }
         }
+        for (key, value) in [
+            ("max_surge", o.max_surge),
+            ("max_unavailable", o.max_unavailable),
+        ] {
+            if let Some(Err(m)) = value.map(|v| check_count(key, i64::from(v))) {
+                bad(key, m);
+            }
+        }
+        if o.max_surge == Some(0) && o.max_unavailable == Some(0) {
+            bad(
+                "max_surge",
+                "is 0 and so is max_unavailable, so a rolling restart could replace \
+                 nothing; set max_surge = 1 (start the new process first) or \
+                 max_unavailable = 1 (stop the old one first)"
+                    .into(),
+            );
+        }
         let stop_signal = match &o.stop_signal {
             None => Signal::SIGTERM,
             Some(s) => parse_signal(s).unwrap_or_else(|m| {
@@ -1416,7 +1457,27 @@ impl WatcherConfig {
             log_max_bytes,
             log_backups,
             sockets,
+            max_surge: o.max_surge,
+            max_unavailable: o.max_unavailable,
         })
+    }
+
+    /// How a rolling restart goes: with surge when `max_surge` is 1 or more (by default
+    /// when the watcher has sockets), otherwise stopping first; at most `numprocesses`
+    /// (and at least 1) processes at a time.
+    pub fn rollout(&self) -> Rollout {
+        let shared = !self.sockets.is_empty();
+        let surge = self.max_surge.unwrap_or(match self.max_unavailable {
+            Some(0) => 1,
+            Some(_) => 0,
+            None => u32::from(shared),
+        });
+        let at_most = |n: u32| n.clamp(1, self.numprocesses.max(1));
+        if surge > 0 {
+            Rollout::Surge(at_most(surge))
+        } else {
+            Rollout::Unavailable(at_most(self.max_unavailable.unwrap_or(1)))
+        }
     }
 
     /// Every option with its value in force, as `options` shows them.
@@ -1458,6 +1519,8 @@ impl WatcherConfig {
             log_max_bytes: Some(self.log_max_bytes),
             log_backups: Some(self.log_backups),
             sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
+            max_surge: self.max_surge,
+            max_unavailable: self.max_unavailable,
         }
     }
 
@@ -1586,6 +1649,59 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{err}\n--- lacks: {needle}");
         }
+    }
+
+    #[test]
+    fn max_surge_and_max_unavailable_pick_the_rollout() {
+        let opts =
+            |surge: Option<u32>, unavailable: Option<u32>, n: u32, sockets: bool| WatcherOptions {
+                cmd: Some("x".into()),
+                numprocesses: Some(n),
+                max_surge: surge,
+                max_unavailable: unavailable,
+                sockets: sockets.then(|| vec!["web".into()]),
+                ..Default::default()
+            };
+        let cases = [
+            // (max_surge, max_unavailable, numprocesses, has sockets, rollout)
+            (None, None, 2, true, Rollout::Surge(1)),
+            (None, None, 2, false, Rollout::Unavailable(1)),
+            (Some(1), None, 2, false, Rollout::Surge(1)),
+            (None, Some(0), 2, false, Rollout::Surge(1)),
+            (None, Some(2), 3, true, Rollout::Unavailable(2)),
+            (Some(0), None, 2, true, Rollout::Unavailable(1)),
+            (Some(5), Some(0), 2, true, Rollout::Surge(2)),
+            (Some(1), Some(1), 2, false, Rollout::Surge(1)),
+            (Some(0), Some(9), 0, false, Rollout::Unavailable(1)),
+        ];
+        for (surge, unavailable, n, sockets, want) in cases {
+            let cfg =
+                WatcherConfig::from_options("w", &opts(surge, unavailable, n, sockets)).unwrap();
+            assert_eq!(
+                cfg.rollout(),
+                want,
+                "{surge:?} {unavailable:?} {n} {sockets}"
+            );
+            assert_eq!(cfg.to_options().max_surge, surge);
+        }
+        let err = WatcherConfig::from_options("w", &opts(Some(0), Some(0), 2, false)).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0]
+                .to_string()
+                .contains("max_surge: is 0 and so is max_unavailable"),
+            "{}",
+            err[0]
+        );
+        let err =
+            WatcherConfig::from_options("w", &opts(Some(200_000), None, 2, false)).unwrap_err();
+        assert!(
+            err[0]
+                .to_string()
+                .contains("max_surge: 200000 is out of range; use 0 to 100000"),
+            "{}",
+            err[0]
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1000000, max = 1000000))]
     pub priority: Option<i32>,
-    /// Watchers that must be up (every process running past `min_uptime`, and healthy)
+    /// Watchers that must be up (every process running past `min_uptime`, and ready)
     /// before this one starts; it stops before they do. Starting this watcher starts
     /// them first. At most 64 names, each another watcher of the node; no cycles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +146,19 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub sockets: Option<Vec<String>>,
+    /// How many new processes a rolling restart starts next to the ones they replace
+    /// before stopping them (default 1 when the watcher has `sockets`, else 0; 0 to
+    /// 100000, at most numprocesses at a time). With 1 or more, the new process starts
+    /// first and the old one stops once the new one is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_surge: Option<u32>,
+    /// How many processes a rolling restart may stop before their replacements start
+    /// (default 0 when the watcher has `sockets`, else 1; 0 to 100000, at most
+    /// numprocesses at a time). Used when max_surge is 0; not both may be 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_unavailable: Option<u32>,
 }
 
 /// A readiness check: exactly one of `tcp`, `http`, `exec` or `notify`. `$(wid)`,
@@ -308,6 +321,8 @@ option_fields!(
     log_max_bytes,
     log_backups,
     sockets,
+    max_surge,
+    max_unavailable,
 );
 
 #[cfg(test)]
@@ -348,6 +363,8 @@ mod tests {
             log_max_bytes: Some(1),
             log_backups: Some(1),
             sockets: Some(vec![]),
+            max_surge: Some(1),
+            max_unavailable: Some(0),
         })
         .unwrap();
         let keys: Vec<&str> = all

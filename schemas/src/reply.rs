@@ -426,8 +426,9 @@ pub struct WatcherPlan {
     /// The keys that change (changed and scaled watchers).
     #[serde(default)]
     pub changes: Vec<KeyChange>,
-    /// Its processes are restarted, one at a time, to take the change (what runs, its
-    /// environment or its output changed).
+    /// Its processes are restarted as `restart --rolling` does (its max_surge and
+    /// max_unavailable) to take the change (what runs, its environment or its output
+    /// changed).
     #[serde(default)]
     pub restart: bool,
 }

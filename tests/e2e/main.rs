@@ -20,3 +20,4 @@ mod probes;
 mod robust;
 mod security;
 mod sockets;
+mod surge;

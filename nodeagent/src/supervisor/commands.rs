@@ -306,10 +306,17 @@ impl Supervisor {
             pids: Some(
                 w.slots
                     .values()
+                    .flat_map(Slot::processes)
                     .filter_map(|s| s.pid.filter(|_| s.alive()))
                     .collect(),
             ),
-            processes: Some(w.slots.values().map(Slot::info).collect()),
+            processes: Some(
+                w.slots
+                    .values()
+                    .flat_map(Slot::processes)
+                    .map(Slot::info)
+                    .collect(),
+            ),
         })
     }
 
@@ -393,6 +400,7 @@ impl Supervisor {
         let pids: Vec<u32> = w
             .slots
             .values()
+            .flat_map(Slot::processes)
             .filter(|s| s.alive())
             .filter_map(|s| s.pid)
             .collect();
@@ -681,7 +689,7 @@ impl Supervisor {
     /// foretells which sockets binding would replace): the sockets are replaced, removed
     /// watchers stop (dependents first) and go, changed ones take their new options
     /// (those whose processes must restart to take them, or to get a socket bound anew,
-    /// are restarted one process at a time by the handle, as `restart --rolling`),
+    /// are restarted by the handle as `restart --rolling` restarts them),
     /// scaled ones resize, added ones start (after their dependencies). Unchanged
     /// watchers are not touched. A plan refused by [`Self::check_reload`] changes nothing.
     pub(super) fn reload(&mut self, r: Reload, bound: Option<SocketSet>, reply: ReplyId) {

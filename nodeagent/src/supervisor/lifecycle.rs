@@ -15,7 +15,7 @@ use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Stage, S
 use super::policy;
 use super::waiters::{restart_budget, SlotWaiter};
 use crate::config::deps::{start_order, stop_order};
-use crate::config::{expand, format_duration, Output, Probe, WatcherConfig};
+use crate::config::{expand, format_duration, Output, Probe, Rollout, WatcherConfig};
 use crate::probe::Check;
 use crate::process::SpawnSpec;
 
@@ -75,6 +75,7 @@ impl Supervisor {
             Input::Timer(timer) => self.on_timer(timer),
         }
         self.follow_dependencies();
+        self.advance_surges();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
@@ -386,10 +387,38 @@ impl Supervisor {
     fn spawn_slot(&mut self, name: &str, wid: u32, respawn: bool) {
         let gen = self.next_gen;
         self.next_gen += 1;
-        let node = self.limits.node.clone();
-        let Some(w) = self.watchers.get_mut(name) else {
+        let Some((order, listen)) = self.spawn_order(name, wid, gen, respawn) else {
             return;
         };
+        let Some(slot) = self
+            .watchers
+            .get_mut(name)
+            .and_then(|w| w.slots.get_mut(&wid))
+        else {
+            return;
+        };
+        slot.gen = gen;
+        slot.kill_at = None;
+        slot.leader_gone = false;
+        slot.after_stop = AfterStop::Remove;
+        slot.uptime_reached = false;
+        match listen {
+            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
+        }
+    }
+
+    /// The order to start generation `gen` of a slot, and whether its sockets can be
+    /// passed (the reason when not).
+    pub(super) fn spawn_order(
+        &self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        respawn: bool,
+    ) -> Option<(SpawnOrder, Result<(), String>)> {
+        let node = self.limits.node.clone();
+        let w = self.watchers.get(name)?;
         let cfg = &w.cfg;
         let listen = self.sockets.fds(&cfg.sockets);
         let expand = |s: &str, name: &str, wid: u32| {
@@ -417,20 +446,7 @@ impl Supervisor {
             respawn,
             notify: cfg.ready.as_ref().is_some_and(|r| r.probe == Probe::Notify),
         };
-        let Some(slot) = w.slots.get_mut(&wid) else {
-            return;
-        };
-        slot.gen = gen;
-        slot.kill_at = None;
-        slot.leader_gone = false;
-        slot.after_stop = AfterStop::Remove;
-        slot.uptime_reached = false;
-        slot.live_failures = 0;
-        slot.check_error = None;
-        match listen {
-            Ok(_) => self.out.push(Effect::Spawn(Box::new(order))),
-            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
-        }
+        Some((order, listen.map(|_| ())))
     }
 
     /// A process started: it is starting until `min_uptime` has passed and its
@@ -441,7 +457,7 @@ impl Supervisor {
             return;
         };
         let (min_uptime, ready) = (w.cfg.min_uptime, w.cfg.ready.clone());
-        let Some(slot) = w.slots.get_mut(&wid).filter(|s| s.gen == gen) else {
+        let Some(slot) = self.slot_mut(name, wid, gen) else {
             return;
         };
         slot.pid = Some(pid);
@@ -450,7 +466,9 @@ impl Supervisor {
         slot.reason = None;
         slot.healthy = ready.is_none();
         slot.health_failed = false;
-        self.emit_slot(name, wid, "spawn");
+        // Said of this process, which may be a replacement next to the slot's own.
+        let said = slot.clone();
+        self.emit(name, "spawn", Some(&said));
         let timer = Timer::UptimeReached {
             name: name.to_owned(),
             wid,
@@ -479,7 +497,10 @@ impl Supervisor {
         tracing::warn!(watcher = name, wid, "{reason}");
         slot.pid = None;
         slot.started = None;
-        slot.reason = Some(reason);
+        slot.reason = Some(reason.clone());
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, reason);
+        }
         self.after_exit(name, wid, None);
         if respawn {
             self.emit_slot(name, wid, "respawn");
@@ -495,7 +516,7 @@ impl Supervisor {
         let Some(w) = self.watchers.get(name) else {
             return;
         };
-        let Some(slot) = w.slots.get(&wid).filter(|s| s.gen == gen) else {
+        let Some(slot) = self.slot(name, wid, gen) else {
             return;
         };
         let (Some(pid), Some((started, _))) = (slot.pid, slot.started) else {
@@ -607,7 +628,7 @@ impl Supervisor {
                                 "liveness check failed {n} time{} in a row (last: {why})",
                                 if n == 1 { "" } else { "s" }
                             );
-                            self.check_failed(name, wid, reason, false);
+                            self.check_failed(name, wid, gen, reason, false);
                         } else {
                             self.timer(interval, next);
                         }
@@ -643,22 +664,38 @@ impl Supervisor {
 
     /// A process failed a check: it is stopped as a stop would, with an `unhealthy`
     /// event, and then the restart policy decides (a readiness failure counting as a
-    /// failed start).
-    fn check_failed(&mut self, name: &str, wid: u32, reason: String, failed_start: bool) {
-        let Some(s) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+    /// failed start). A replacement that fails one is stopped and the slot's own
+    /// process keeps running; the restart waiting on it fails saying why.
+    fn check_failed(&mut self, name: &str, wid: u32, gen: u64, reason: String, failed_start: bool) {
+        let replacement = self.is_replacement(name, wid, gen);
+        let Some(s) = self.slot_mut(name, wid, gen) else {
             return;
         };
-        tracing::warn!(watcher = name, wid, "{reason}; restarting it");
         s.health_failed = true;
         if failed_start {
             s.not_ready = Some((s.gen, reason.clone()));
         }
-        s.reason = Some(reason);
-        self.emit_slot(name, wid, "unhealthy");
+        s.reason = Some(reason.clone());
+        let said = s.clone();
+        self.emit(name, "unhealthy", Some(&said));
+        if replacement {
+            let old_stopping = self
+                .watchers
+                .get(name)
+                .and_then(|w| w.slots.get(&wid))
+                .is_some_and(|s| s.state == ProcessState::Stopping);
+            let then = if old_stopping {
+                "the old process was stopping already; the slot starts afresh"
+            } else {
+                "the old process keeps running"
+            };
+            let why = format!("its replacement failed: {reason}; {then}");
+            tracing::warn!(watcher = name, wid, "{why}");
+            self.fail_restart(name, wid, why);
+            self.stop_replacement(name, wid);
+            return;
+        }
+        tracing::warn!(watcher = name, wid, "{reason}; restarting it");
         self.stop_slot_then(name, wid, AfterStop::Unhealthy { failed_start });
     }
 
@@ -691,11 +728,19 @@ impl Supervisor {
             "not ready: health check did not pass within {} (last: {last})",
             format_duration(timeout)
         );
-        self.check_failed(name, wid, reason, true);
+        self.check_failed(name, wid, gen, reason, true);
     }
 
-    /// Asks one slot's process to stop. `respawn` starts it again once stopped.
+    /// Asks one slot's process, and its replacement if one is starting, to stop.
+    /// `respawn` starts it again once stopped.
     pub(super) fn stop_slot(&mut self, name: &str, wid: u32, respawn: bool) {
+        self.stop_replacement(name, wid);
+        self.stop_process(name, wid, respawn);
+    }
+
+    /// Asks one slot's own process to stop (not its replacement). `respawn` starts it
+    /// again once stopped.
+    pub(super) fn stop_process(&mut self, name: &str, wid: u32, respawn: bool) {
         let after = if respawn {
             AfterStop::Respawn
         } else {
@@ -746,7 +791,7 @@ impl Supervisor {
     }
 
     /// A slot's process and its whole group are gone after a stop.
-    fn finish_stop(&mut self, name: &str, wid: u32) {
+    pub(super) fn finish_stop(&mut self, name: &str, wid: u32) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -757,6 +802,14 @@ impl Supervisor {
         let ended = slot.pid.take();
         slot.kill_at = None;
         slot.leader_gone = false;
+        if slot.replacement.is_some() {
+            self.replacement_takes_over(name, wid);
+            if let Some(pid) = ended {
+                self.out.push(Effect::Ended { pid });
+            }
+            self.after_slot_change(name);
+            return;
+        }
         let mut unhealthy = None;
         match (slot.after_stop, wanted) {
             (AfterStop::Respawn, true) => {
@@ -822,7 +875,7 @@ impl Supervisor {
     }
 
     /// After slots went away: a pending restart starts anew, a removed watcher goes.
-    fn after_slot_change(&mut self, name: &str) {
+    pub(super) fn after_slot_change(&mut self, name: &str) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -856,7 +909,33 @@ impl Supervisor {
             return self.reply(reply, super::data(NoData {}));
         };
         let old_gen = slot.gen;
-        if slot.pid.is_none() {
+        let surge = matches!(w.cfg.rollout(), Rollout::Surge(_));
+        if slot.replacement.is_some() {
+            return self.reply(
+                reply,
+                Err(super::CmdError::new(
+                    protocol::Errno::CommandFailed,
+                    format!(
+                        "process {wid} of '{name}' is already being replaced; wait for \
+                         that restart to end"
+                    ),
+                )),
+            );
+        }
+        let replace_first = surge && slot.alive() && slot.state != ProcessState::Stopping;
+        let idle = slot.pid.is_none();
+        // Waiting before anything starts: a replacement that fails at once says so here.
+        self.slot_waiters.push(SlotWaiter {
+            name: name.to_owned(),
+            wid,
+            old_gen,
+            deadline: later(self.now, timeout),
+            reply,
+            failure: None,
+        });
+        if replace_first {
+            self.start_replacement(name, wid);
+        } else if idle {
             // Nothing runs in this slot: start it afresh.
             if let Some(w) = self.watchers.get_mut(name) {
                 w.slots.insert(wid, Slot::new(wid));
@@ -865,13 +944,6 @@ impl Supervisor {
         } else {
             self.stop_slot(name, wid, true);
         }
-        self.slot_waiters.push(SlotWaiter {
-            name: name.to_owned(),
-            wid,
-            old_gen,
-            deadline: later(self.now, timeout),
-            reply,
-        });
     }
 
     // ----- timers and exits -----
@@ -940,7 +1012,7 @@ impl Supervisor {
         };
         if !group_alive {
             if slot.leader_gone {
-                self.finish_stop(name, wid);
+                self.finish(name, wid, gen);
             }
             return;
         }
@@ -953,7 +1025,7 @@ impl Supervisor {
                 "the process group survived SIGKILL for {KILL_GRACE:?} (uninterruptible \
                  sleep?); giving up on it"
             );
-            self.finish_stop(name, wid);
+            self.finish(name, wid, gen);
             return;
         }
         if kill_due {
@@ -1014,7 +1086,7 @@ impl Supervisor {
                     };
                     self.timer(STOP_POLL, timer);
                 }
-                _ => self.finish_stop(name, wid),
+                _ => self.finish(name, wid, gen),
             }
             return;
         }
@@ -1031,6 +1103,9 @@ impl Supervisor {
         if let Some(slot) = self.slot_mut(name, wid, gen) {
             slot.pid = None;
         }
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, format!("exited ({exit})"));
+        }
         self.after_exit(name, wid, Some(exit));
     }
 
@@ -1045,6 +1120,13 @@ impl Supervisor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
+        if slot.replacement.is_some() {
+            // The old process ended on its own during the overlap: its replacement,
+            // already started, takes the slot.
+            self.replacement_takes_over(name, wid);
+            self.after_slot_change(name);
+            return;
+        }
         let uptime = slot
             .started
             .map(|(t, _)| now.saturating_duration_since(t))

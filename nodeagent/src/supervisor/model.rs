@@ -78,6 +78,11 @@ pub(super) struct Slot {
     /// The generation of the last process of this slot that was not ready in time, and
     /// why; kept across restarts so that a wait can tell.
     pub not_ready: Option<(u64, String)>,
+    /// During a restart with surge: the slot's new process, started next to this one
+    /// with a newer generation (same wid). It takes the slot once this one is gone.
+    pub replacement: Option<Box<Slot>>,
+    /// Of a replacement: when it must be up, or the restart gives up on it.
+    pub up_by: Option<Instant>,
 }
 
 impl Slot {
@@ -102,6 +107,8 @@ impl Slot {
             live_failures: 0,
             check_error: None,
             not_ready: None,
+            replacement: None,
+            up_by: None,
         }
     }
 
@@ -130,6 +137,11 @@ impl Slot {
             | ProcessState::Exited
             | ProcessState::Fatal => None,
         }
+    }
+
+    /// The slot's process, then its replacement if one is there.
+    pub fn processes(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::once(self).chain(self.replacement.as_deref())
     }
 
     pub fn info(&self) -> ProcessInfo {
@@ -221,6 +233,7 @@ impl Watcher {
             && !self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .any(|s| s.state == ProcessState::Stopping)
     }
 
@@ -300,6 +313,7 @@ impl Watcher {
             processes: self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .filter(|s| s.alive())
                 .filter_map(|s| {
                     Some(ProcessSnapshot {
@@ -624,11 +638,30 @@ impl Supervisor {
         self.watchers.get(name).map_or(0, |w| w.cfg.priority)
     }
 
+    /// The process of generation `gen` in a slot: the slot's own, or its replacement.
+    pub fn slot(&self, name: &str, wid: u32, gen: u64) -> Option<&Slot> {
+        let slot = self.watchers.get(name)?.slots.get(&wid)?;
+        if slot.gen == gen {
+            return Some(slot);
+        }
+        slot.replacement.as_deref().filter(|r| r.gen == gen)
+    }
+
+    /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
+        let slot = self.watchers.get_mut(name)?.slots.get_mut(&wid)?;
+        if slot.gen == gen {
+            return Some(slot);
+        }
+        slot.replacement.as_deref_mut().filter(|r| r.gen == gen)
+    }
+
+    /// Whether generation `gen` is the replacement in a slot (see [`Slot::replacement`]).
+    pub fn is_replacement(&self, name: &str, wid: u32, gen: u64) -> bool {
         self.watchers
-            .get_mut(name)?
-            .slots
-            .get_mut(&wid)
-            .filter(|s| s.gen == gen)
+            .get(name)
+            .and_then(|w| w.slots.get(&wid))
+            .and_then(|s| s.replacement.as_deref())
+            .is_some_and(|r| r.gen == gen)
     }
 }

@@ -66,6 +66,18 @@ enum In {
     RmOf(&'static str),
     UptimeOf(&'static str, u32),
     KilledOf(&'static str, u32, bool),
+    /// Time passes with no input (a wait's deadline).
+    Tick,
+    /// The replacement of a slot (a restart with surge) has run for `min_uptime`.
+    NewUptime(u32),
+    /// The leader of a slot's replacement exited with a code; its group is gone.
+    NewExit(u32, i32),
+    /// The leader of a slot's replacement was killed; whether its group still runs.
+    NewKilled(u32, bool),
+    /// A readiness probe of a slot's replacement passed or failed.
+    NewReady(u32, bool),
+    /// A slot's replacement had `ready.timeout` to be ready.
+    NewReadyDeadline(u32),
 }
 
 fn config(cmd: &str) -> WatcherConfig {
@@ -129,6 +141,12 @@ impl Sim {
             .get(name)
             .and_then(|w| w.slots.get(&wid))
             .map_or(0, |s| s.gen)
+    }
+
+    fn new_gen(&self, wid: u32) -> u64 {
+        self.slot(wid)
+            .and_then(|s| s.replacement.as_deref())
+            .map_or(0, |r| r.gen)
     }
 
     fn command(&mut self, c: Command) -> Input {
@@ -251,6 +269,28 @@ impl Sim {
                 },
                 group_alive: alive,
             },
+            In::Tick => Input::Tick,
+            In::NewUptime(wid) => Input::Timer(Timer::UptimeReached {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+            }),
+            In::NewExit(wid, code) => exited(wid, self.new_gen(wid), Some(code), None, false),
+            In::NewKilled(wid, alive) => {
+                exited(wid, self.new_gen(wid), None, Some("SIGKILL".into()), alive)
+            }
+            In::NewReady(wid, ok) => Input::Probe {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+                stage: Stage::Ready,
+                result: if ok { Ok(()) } else { Err("refused".into()) },
+            },
+            In::NewReadyDeadline(wid) => Input::Timer(Timer::ReadyDeadline {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+            }),
         }
     }
 
@@ -307,6 +347,9 @@ impl Sim {
                 let mut s = w.state().to_string();
                 for slot in w.slots.values() {
                     s.push_str(&format!(" {}:{}", slot.wid, slot.state));
+                    if let Some(r) = &slot.replacement {
+                        s.push_str(&format!("+{}", r.state));
+                    }
                 }
                 s
             }
@@ -444,6 +487,10 @@ const SPAWN_READY_1: [&str; 5] = [
 ];
 
 const LIVE_PROBE: &str = "probe live-probe w/1 tcp 127.0.0.1:801 within 500ms";
+
+fn surge(c: &mut WatcherConfig) {
+    c.max_surge = Some(1);
+}
 
 const SPAWN_1: [&str; 3] = ["spawn w/1", "emit spawn w/1", "uptime w/1 in 1s"];
 
@@ -686,6 +733,275 @@ fn lifecycle_table() {
                 (ms(4000), Uptime(1), &["reply ok"]),
             ],
             "active 1:running",
+        ),
+        (
+            "with surge, the replacement starts first; the old process stops once it is up",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(2500), Tick, &[]),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(3500),
+                    Killed(1, false),
+                    &["emit exit w/1", "ended", "reply ok"],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement that exits goes; the old process keeps running",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    NewExit(1, 3),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         exited (exit code 3); the old process keeps running",
+                    ],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement not up by its deadline is stopped; the old one stays",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(30_000), Tick, &[]),
+                (
+                    ms(38_000),
+                    Tick,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         was not up in time (still starting); the old process keeps running",
+                    ],
+                ),
+                (ms(39_000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement's failed ready check stops it; the old one stays",
+            |c| {
+                c.max_surge = Some(1);
+                ready_tcp(c);
+            },
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1100), Ready(1, true), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_READY_1),
+                (ms(3000), NewUptime(1), &[]),
+                (ms(3100), NewReady(1, false), &["ready-probe w/1 in 100ms"]),
+                (
+                    ms(6000),
+                    NewReadyDeadline(1),
+                    &[
+                        "emit unhealthy w/1",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         failed: not ready: health check did not pass within 4s (last: \
+                         refused); the old process keeps running",
+                    ],
+                ),
+                (ms(6500), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, the old process exiting on its own hands the slot to the replacement",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Exit(1, 0),
+                    &["emit exit w/1", "SIGKILL w/1", "ended"],
+                ),
+                (ms(3000), Uptime(1), &["reply ok"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "max_surge = 0 keeps stopping first",
+            |c| c.max_surge = Some(0),
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping",
+        ),
+        (
+            "a restart of a slot already being replaced is refused; the first goes on",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2100),
+                    RestartSlot(1),
+                    &[
+                        "reply error: process 1 of 'w' is already being replaced; wait for \
+                       that restart to end",
+                    ],
+                ),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping+running",
+        ),
+        (
+            "a stop during the overlap stops both processes of the slot",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped",
+        ),
+        (
+            "a shutdown during the overlap ends once both processes are gone",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Shutdown,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                    ],
+                ),
+                (ms(3000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped (finished)",
+        ),
+        (
+            "a decr during the overlap stops both processes of the slot above the count",
+            |c| {
+                c.numprocesses = 2;
+                c.max_surge = Some(1);
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+                (ms(1000), Uptime(2), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(2),
+                    &["spawn w/2", "emit spawn w/2", "uptime w/2 in 1s"],
+                ),
+                (
+                    ms(2500),
+                    Decr(1),
+                    &[
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(2, false), &["emit exit w/2", "ended"]),
+                (
+                    ms(3100),
+                    Killed(2, false),
+                    &[
+                        "emit exit w/2",
+                        "ended",
+                        "reply error: process 2 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "active 1:starting",
         ),
         (
             "a restart of the watcher starts anew once every process stopped",
@@ -1841,4 +2157,28 @@ fn set_of_checks_is_gated_and_health_cmd_spells_ready_exec() {
             e.reason
         );
     }
+}
+
+#[test]
+fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
+    let mut cfg = config("sleep");
+    cfg.max_surge = Some(1);
+    let mut sim = Sim::new(cfg, true);
+    sim.step(ms(0), In::Boot);
+    sim.step(ms(1000), In::Uptime(1));
+    let old = sim.slot(1).and_then(|s| s.pid);
+    if let Some(w) = sim.sup.watchers.get_mut("w") {
+        w.cfg.cmd = "/nonexistent/server".into();
+    }
+    let got = sim.step(ms(2000), In::RestartSlot(1));
+    assert_eq!(
+        got,
+        [
+            "spawn w/1",
+            "reply error: process 1 of 'w' was not replaced: its replacement cannot start \
+             \"/nonexistent/server\": not found; the old process keeps running"
+        ]
+    );
+    assert_eq!(sim.end(), "active 1:running");
+    assert_eq!(sim.slot(1).and_then(|s| s.pid), old);
 }

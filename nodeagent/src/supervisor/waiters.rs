@@ -43,6 +43,8 @@ pub(super) struct SlotWaiter {
     pub old_gen: u64,
     pub deadline: Instant,
     pub reply: ReplyId,
+    /// Why its replacement could not take over (a restart with surge), once known.
+    pub failure: Option<String>,
 }
 
 /// The longest a watcher may take to settle after a command: stopping (its graceful
@@ -74,6 +76,19 @@ pub(super) fn dependency_budget(cfg: &WatcherConfig) -> Duration {
         .saturating_add(ready)
 }
 
+/// The longest a replacement may take to be up in a restart with surge: `min_uptime`
+/// and the readiness check (`ready.timeout`, 30s without one), plus a margin.
+pub(super) fn surge_budget(cfg: &WatcherConfig) -> Duration {
+    let ready = cfg
+        .ready
+        .as_ref()
+        .map_or(crate::config::READY_TIMEOUT, |r| r.timeout);
+    cfg.min_uptime
+        .saturating_add(ready)
+        .saturating_add(Duration::from_secs(5))
+        .min(MAX_WAIT)
+}
+
 /// The longest the restart of one slot may take: stopping, then `min_uptime` and the
 /// readiness check of the new process (`ready.timeout`, 30s without one), plus a
 /// margin; at most [`MAX_WAIT`].
@@ -97,6 +112,7 @@ impl Supervisor {
             .iter()
             .map(|w| w.deadline)
             .chain(self.waiters.iter().map(|w| w.deadline))
+            .chain(self.next_surge_deadline())
             .min()
     }
 
@@ -247,12 +263,15 @@ impl Supervisor {
         else {
             return failed(format!("{who} went away during the restart"));
         };
+        if let Some(why) = &sw.failure {
+            return failed(format!("{who} was not replaced: {why}"));
+        }
         let new = s.gen > sw.old_gen;
         let down = matches!(
             s.state,
             ProcessState::Fatal | ProcessState::Backoff | ProcessState::Exited
         );
-        if new && s.state == ProcessState::Running {
+        if new && s.is_ready() {
             Some(Ok(()))
         } else if new && (s.health_failed || down) {
             let why = s

@@ -221,6 +221,8 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
     let d = (
         prop::option::of(ready_check()),
         prop::option::of(live_check()),
+        prop::option::of(big_u32()),
+        prop::option::of(big_u32()),
     );
     (a, b, c, d).prop_map(
         |(
@@ -249,7 +251,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 depends_on,
                 sockets,
             ),
-            (ready, live),
+            (ready, live, max_surge, max_unavailable),
         )| WatcherOptions {
             cmd,
             args,
@@ -282,6 +284,8 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             log_max_bytes,
             log_backups,
             sockets,
+            max_surge,
+            max_unavailable,
         },
     )
 }
