@@ -470,8 +470,8 @@ pub struct Restart {
     pub waiting: bool,
     /// Replace the processes a few at a time, as the watcher's `max_surge` and
     /// `max_unavailable` say: with surge, each new process starts next to the old one,
-    /// which stops once the new one is up (past `min_uptime`, and its health check where
-    /// set); otherwise each stops, then starts. Each new one is up before the next.
+    /// which stops once the new one is up (past `min_uptime`, and its `ready` check passed
+    /// where set); otherwise each stops, then starts. Each new one is up before the next.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rolling: bool,
 }

@@ -149,7 +149,8 @@ pub struct WatcherOptions {
     /// How many new processes a rolling restart starts next to the ones they replace
     /// before stopping them (default 1 when the watcher has `sockets`, else 0; 0 to
     /// 100000, at most numprocesses at a time). With 1 or more, the new process starts
-    /// first and the old one stops once the new one is up.
+    /// first and the old one stops once the new one is up (past `min_uptime`, and
+    /// ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_surge: Option<u32>,

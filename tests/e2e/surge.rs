@@ -4,7 +4,8 @@
 //! before the process it replaces exits (from the agent's events), on one node and node
 //! by node across a cluster; a replacement that exits or is not up in time leaves the
 //! old process running, and the restart says where it stopped; a stop, `rm` or agent
-//! shutdown during the overlap leaves no process behind.
+//! shutdown during the overlap leaves no process behind; with a `ready` check, the old
+//! process runs until its replacement passes it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -463,8 +464,8 @@ health_timeout = "1s"
     let reason = replies[0]["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains(
-            "process 1 of 'slow' was not replaced: its replacement failed: health check did \
-             not pass within health_timeout"
+            "process 1 of 'slow' was not replaced: its replacement failed: not ready: health \
+             check did not pass within 1s"
         ) && reason.contains("the old process keeps running"),
         "{reason}"
     );
@@ -544,4 +545,223 @@ fn stop_rm_and_shutdown_during_the_overlap_leave_no_process() {
     for pid in &pids {
         assert!(!is_alive(*pid), "process {pid} outlived the agent");
     }
+}
+
+/// A server on the shared socket (fd 3) that warms up for `delay` seconds before it
+/// accepts, then answers one readiness probe (a GET on 127.0.0.1:`port`) and closes
+/// that port, so that the next process of its slot can listen there. Just before it
+/// answers the probe it writes `<dir>/ready-<wid>-<pid>` with the time it started and
+/// the time it answered.
+const WARMING_SERVER: &str = r#"
+import http.server, os, signal, socket, sys, threading, time
+started = time.time()
+port, delay, wid, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+time.sleep(delay)
+hs = socket.socket()
+hs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+for _ in range(300):
+    try:
+        hs.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        time.sleep(0.05)
+hs.listen(8)
+
+def answer_one_probe():
+    c, _ = hs.accept()
+    c.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    path = os.path.join(out, "ready-%s-%d" % (wid, os.getpid()))
+    with open(path + ".tmp", "w") as f:
+        f.write("%f %f\n" % (started, time.time()))
+    os.rename(path + ".tmp", path)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+    hs.close()
+
+threading.Thread(target=answer_one_probe, daemon=True).start()
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from pid %d\n" % os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("", 0), Hello, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+server.daemon_threads = False
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever()
+server.server_close()
+"#;
+
+/// How long the warming server is not ready.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// A prefix `p` such that ports `p1` and `p2` (`"{p}$(wid)"`) are free now: 31001 to
+/// 32692, below the range the kernel hands out for outgoing connections and port 0,
+/// and above the ports the probes tests take.
+fn health_port_prefix() -> u32 {
+    let free = |p: u32| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+    (0..200)
+        .map(|i| 3100 + (free_port() as u32 + i * 41) % 170)
+        .find(|p| free(p * 10 + 1) && free(p * 10 + 2))
+        .expect("two free ports")
+}
+
+/// The replacements that passed their readiness probe so far: (wid, pid) -> (started,
+/// answered), as the servers wrote them.
+fn ready_files(dir: &Path) -> std::collections::BTreeMap<(u32, u32), (f64, f64)> {
+    let mut found = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("read the dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("ready-") else {
+            continue;
+        };
+        let Some((wid, pid)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(wid), Ok(pid)) = (wid.parse(), pid.parse()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let times: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if let [started, answered] = times[..] {
+            found.insert((wid, pid), (started, answered));
+        }
+    }
+    found
+}
+
+/// A watcher with a shared socket and an http readiness check, whose processes are not
+/// ready for a second: during a `restart --rolling` with surge, no old process leaves
+/// /proc before its replacement has passed its readiness probe, and a client's loop of
+/// requests on the socket sees no failure.
+#[test]
+fn with_a_ready_check_the_old_process_stays_until_its_replacement_is_ready() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let script = dir.path().join("warming.py");
+    std::fs::write(&script, WARMING_SERVER).expect("write the server");
+    let prefix = health_port_prefix();
+    let config = format!(
+        r#"
+[socket.http]
+host = "127.0.0.1"
+port = 0
+
+[watcher.web]
+cmd = "{py}"
+args = ["{script}", "{prefix}$(wid)", "{delay}", "$(wid)", "{dir}"]
+numprocesses = 2
+sockets = ["http"]
+max_surge = 1
+min_uptime = "300ms"
+graceful_timeout = "10s"
+ready = {{ http = "http://127.0.0.1:{prefix}$(wid)/ready", timeout = "20s", interval = "100ms" }}
+"#,
+        py = python(),
+        script = script.display(),
+        delay = WARMUP.as_secs_f64(),
+        dir = dir.path().display(),
+    );
+    let agent = Agent::start(&nats, "surge-ready", &config);
+    let addr = http_address(&agent);
+    wait_until(T, "both processes of web ready", || {
+        agent.ctl_ok(&["status", "web"])["watchers"][0]["ready"].as_u64() == Some(2)
+    });
+    let old = agent.pids("web");
+    let old_pids: BTreeSet<u32> = old.iter().map(|p| p.1).collect();
+    let url = nats.url();
+    let (stop, done) = (AtomicBool::new(false), AtomicU64::new(0));
+    let (tally, restart, checks) = std::thread::scope(|s| {
+        let client = s.spawn(|| load(addr, &stop, &done));
+        wait_requests(&done, 20);
+        let restart = s.spawn(|| {
+            ctl_url(
+                &url,
+                &["--node", "surge-ready", "restart", "web", "--rolling"],
+            )
+        });
+        // Until the restart ends and every old process is gone: an old process that
+        // has left /proc has a replacement in its slot that answered its probe (the
+        // server writes its file before it answers, and the agent stops the old
+        // process only after the answer).
+        let mut checks = 0u32;
+        wait_until(
+            T,
+            "the rolling restart over, every old process gone",
+            || {
+                let gone: Vec<(u32, u32)> = old
+                    .iter()
+                    .filter(|(_, pid)| !is_alive(*pid))
+                    .copied()
+                    .collect();
+                let ready = ready_files(dir.path());
+                for (wid, pid) in &gone {
+                    assert!(
+                        ready.keys().any(|(w, p)| w == wid && !old_pids.contains(p)),
+                        "old process {pid} of slot {wid} left /proc before its replacement was \
+                     ready; ready so far: {ready:?}"
+                    );
+                }
+                checks += 1;
+                restart.is_finished() && gone.len() == old.len()
+            },
+        );
+        let out = restart.join().expect("the restart");
+        wait_requests(&done, 20);
+        stop.store(true, Ordering::Relaxed);
+        (client.join().expect("the client"), out, checks)
+    });
+    restart.expect_code(0, "restart web --rolling");
+    let new = agent.pids("web");
+    let ready = ready_files(dir.path());
+    let mut warmups = Vec::new();
+    for (wid, pid) in &new {
+        assert!(
+            !old_pids.contains(pid),
+            "slot {wid} was not replaced: {new:?}"
+        );
+        assert!(is_alive(*pid), "new process {pid} is not in /proc");
+        let (started, answered) = ready
+            .get(&(*wid, *pid))
+            .unwrap_or_else(|| panic!("no readiness answer from {pid}: {ready:?}"));
+        warmups.push(answered - started);
+        assert!(
+            answered - started >= WARMUP.as_secs_f64() * 0.95,
+            "replacement {pid} was ready after {:.2}s",
+            answered - started
+        );
+    }
+    eprintln!(
+        "figures: ready check with surge: {} requests, {} failed, slowest {:.1} ms; \
+         replacements ready after {warmups:.2?} s; {checks} /proc checks",
+        tally.requests,
+        tally.failures.len(),
+        tally.slowest.as_secs_f64() * 1000.0
+    );
+    assert!(
+        tally.failures.is_empty(),
+        "failed requests: {:?}",
+        tally.failures
+    );
+    assert!(
+        !tally.pids.is_disjoint(&old_pids),
+        "no answer from the old processes: {:?}",
+        tally.pids
+    );
 }
