@@ -124,6 +124,16 @@ fn load(addr: SocketAddr, stop: &AtomicBool, done: &AtomicU64) -> Tally {
     t
 }
 
+/// Sets the client's stop flag when dropped, so that a failed assertion ends the client
+/// loop (and the scope that waits for it) instead of hanging.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn wait_requests(done: &AtomicU64, more: u64) {
     let from = done.load(Ordering::Relaxed);
     wait_until(T, &format!("{more} more requests"), || {
@@ -149,6 +159,7 @@ fn no_request_fails(node: &str, n: u32, extra: &str) {
     let (stop, done) = (AtomicBool::new(false), AtomicU64::new(0));
     let (tally, took) = std::thread::scope(|s| {
         let client = s.spawn(|| load(addr, &stop, &done));
+        let _stop = StopOnDrop(&stop);
         wait_requests(&done, 20);
         let (out, took) = timed(|| agent.ctl(&["restart", "web", "--rolling"]));
         let restarted = out.code == 0;
@@ -689,6 +700,7 @@ ready = {{ http = "http://127.0.0.1:{prefix}$(wid)/ready", timeout = "20s", inte
     let (stop, done) = (AtomicBool::new(false), AtomicU64::new(0));
     let (tally, restart, checks) = std::thread::scope(|s| {
         let client = s.spawn(|| load(addr, &stop, &done));
+        let _stop = StopOnDrop(&stop);
         wait_requests(&done, 20);
         let restart = s.spawn(|| {
             ctl_url(
