@@ -122,12 +122,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum Sub {
     /// The state of each watcher (or of one).
     Status { watcher: Option<String> },
-    /// The watchers, or one watcher's processes (wid, pid, state, restarts).
+    /// The watchers, or one watcher's processes (wid, pid, state, health, restarts).
     List { watcher: Option<String> },
     /// Start a watcher, or all.
     Start {
         watcher: Option<String>,
-        /// Reply at once instead of when the processes run.
+        /// Reply at once instead of when the processes run (and, for a watcher with a
+        /// ready check, are ready).
         #[arg(long)]
         no_wait: bool,
     },
@@ -211,9 +212,9 @@ pub enum Sub {
     },
     /// Read the node's config file again and apply what changed: its sockets are bound
     /// first (one that cannot be bound refuses the whole reload), watchers added start,
-    /// removed ones stop, scaled ones resize, changed ones restart one process at a time
-    /// when what runs changed or a socket they list was bound anew; the others are left
-    /// alone.
+    /// removed ones stop, scaled ones resize, changed ones restart as `restart --rolling`
+    /// does (max_surge/max_unavailable) when what runs changed or a socket they list was
+    /// bound anew; the others are left alone.
     Reloadconfig {
         /// Only show the plan (watchers and sockets added, removed, changed with the keys
         /// old -> new, scaled); change nothing. Sent on the read-only `plan` subject.
@@ -277,13 +278,16 @@ pub enum Sub {
 #[derive(Args, Debug, Clone)]
 pub struct RestartArgs {
     pub watcher: Option<String>,
-    /// Restart one process at a time, each new one up before the next.
+    /// Replace the processes a few at a time (the watcher's max_surge/max_unavailable):
+    /// with surge the new process starts first and the old one stops once it is up;
+    /// otherwise each stops, then starts; each new one up (past min_uptime, and ready)
+    /// before the next.
     #[arg(long)]
     pub rolling: bool,
     /// With --rolling and several nodes: how many nodes restart at once.
     #[arg(long, default_value_t = 1, requires = "rolling")]
     pub batch: usize,
-    /// Reply at once instead of when the restart is done.
+    /// Reply at once instead of when the restart is done (the new processes ready).
     #[arg(long)]
     pub no_wait: bool,
 }

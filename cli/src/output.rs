@@ -215,6 +215,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
         "WATCHER",
         "STATE",
         "PROCESSES",
+        "READY",
         "RESTARTS",
         "SERVICE",
         "REASON",
@@ -227,6 +228,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
                     w.name.clone(),
                     w.state.to_string(),
                     format!("{}/{}", w.running, w.numprocesses),
+                    w.ready.to_string(),
                     w.restarts.to_string(),
                     w.service.clone(),
                     w.reason.clone().unwrap_or_default(),
@@ -243,7 +245,15 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
 
 fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
     let now = protocol::unix_time();
-    let mut t = n.head(&["WID", "PID", "STATE", "AGE", "RESTARTS", "LAST EXIT"]);
+    let mut t = n.head(&[
+        "WID",
+        "PID",
+        "STATE",
+        "HEALTH",
+        "AGE",
+        "RESTARTS",
+        "LAST EXIT",
+    ]);
     let mut names = n.head(&["WATCHER"]);
     for (node, d) in replies {
         for w in d.watchers.iter().flatten() {
@@ -257,6 +267,11 @@ fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
                         p.wid.to_string(),
                         p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         p.state.to_string(),
+                        match (&p.health, &p.reason) {
+                            (Some(h), Some(why)) => format!("{h} ({why})"),
+                            (Some(h), None) => h.to_string(),
+                            (None, _) => "-".into(),
+                        },
                         p.started_at
                             .map(|t| age(now - t))
                             .unwrap_or_else(|| "-".into()),
@@ -384,10 +399,9 @@ fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
                 PlanAction::Added => "starts if autostart".to_owned(),
                 PlanAction::Removed => "stops and goes".to_owned(),
                 PlanAction::Scaled => key_changes(&w.changes),
-                PlanAction::Changed if w.restart => format!(
-                    "{} (restarted one process at a time)",
-                    key_changes(&w.changes)
-                ),
+                PlanAction::Changed if w.restart => {
+                    format!("{} (rolling restart)", key_changes(&w.changes))
+                }
                 PlanAction::Changed if w.changes.is_empty() => String::new(),
                 PlanAction::Changed => format!("{} (no restart)", key_changes(&w.changes)),
             };
@@ -901,7 +915,7 @@ mod tests {
              CHANGE   NAME  DETAIL\n\
              added    new   starts if autostart\n\
              changed  web   args: [\"1\"] -> [\"2\"]; health_cmd: (unset) -> [\"true\"] \
-             (restarted one process at a time)\n\
+             (rolling restart)\n\
              kept     db    runtime changes stay: its entry in the file is unchanged\n"
         );
         // An agent of an earlier version: names only.

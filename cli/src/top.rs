@@ -702,6 +702,7 @@ mod tests {
             rss_bytes: rss,
             age_secs: age,
             restarts: wid - 1,
+            health: None,
         }
     }
 

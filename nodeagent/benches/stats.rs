@@ -70,6 +70,7 @@ fn input(children: &Children) -> Vec<WatcherInput> {
                     pid: c.id(),
                     started_at,
                     restarts: 0,
+                    health: None,
                 })
                 .collect(),
         })
@@ -253,6 +254,7 @@ fn measure_path(server: &Server, n: usize, interval: Duration, window: Duration)
                 allow_remote_exec: false,
                 persist: None,
                 groups: None,
+                notify_dir: None,
                 max_processes: config.agent.max_processes,
                 sockets: Default::default(),
             },

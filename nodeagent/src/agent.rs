@@ -377,6 +377,7 @@ fn supervisor_settings(
         allow_remote_exec: config.agent.allow_remote_exec,
         persist: store.map(persister),
         groups,
+        notify_dir: Some(home(config).join("notify")),
         max_processes: config.agent.max_processes,
         sockets,
     }
@@ -419,7 +420,7 @@ async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<
                 return;
             }
             Some(()) = reload.recv() => {
-                // A reload restarts changed watchers one process at a time; a stop
+                // A reload restarts changed watchers as a rolling restart; a stop
                 // does not wait for it.
                 let outcome = tokio::select! {
                     r = node.reload_config(false) => r,

@@ -9,6 +9,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use protocol::options::{LiveCheck, ReadyCheck};
 use protocol::subjects::{validate_node_name, validate_prefix, validate_token};
 use protocol::{IdSpec, RestartPolicy, WatcherOptions};
 use serde::{Deserialize, Serialize};
@@ -331,12 +332,259 @@ pub struct WatcherConfig {
     pub stdout: Output,
     pub stderr: Output,
     pub service: String,
-    pub health_cmd: Option<Vec<String>>,
-    pub health_timeout: Duration,
+    /// When a new process counts as up (`ready`, or `health_cmd`); none: once it has
+    /// run `min_uptime`.
+    pub ready: Option<ReadyConfig>,
+    /// How a ready process shows it still works (`live`).
+    pub live: Option<LiveConfig>,
     pub log_max_bytes: u64,
     pub log_backups: u32,
     /// The sockets its processes get, at fds 3, 4, ... in this order.
     pub sockets: Vec<String>,
+    /// `max_surge` as set (see [`WatcherConfig::rollout`] for the value in force).
+    pub max_surge: Option<u32>,
+    /// `max_unavailable` as set (see [`WatcherConfig::rollout`]).
+    pub max_unavailable: Option<u32>,
+}
+
+/// How a rolling restart replaces a watcher's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// Start `n` replacements next to their old processes, each old one stopping once
+    /// its replacement is up.
+    Surge(u32),
+    /// Stop `n` processes, then start their replacements (the classic way).
+    Unavailable(u32),
+}
+
+/// What a readiness or liveness probe checks. The strings are as configured, with
+/// `$(wid)` and `$(name)` unexpanded; a probe of one process has them expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connection to "host:port" (an IPv6 host in brackets) succeeds.
+    Tcp(String),
+    /// An HTTP/1.1 GET of an `http://` URL answers 2xx.
+    Http(String),
+    /// A command exits 0 (`$(pid)` expands too).
+    Exec(Vec<String>),
+    /// The process sends `READY=1` to its `NOTIFY_SOCKET` (readiness only).
+    Notify,
+}
+
+impl Probe {
+    /// The probe of process `wid` of watcher `name` (pid `pid`): every value expanded.
+    pub fn expanded(&self, name: &str, wid: u32, pid: u32) -> Probe {
+        match self {
+            Probe::Tcp(t) => Probe::Tcp(expand(t, name, wid)),
+            Probe::Http(u) => Probe::Http(expand(u, name, wid)),
+            Probe::Exec(argv) => Probe::Exec(
+                argv.iter()
+                    .map(|a| expand(a, name, wid).replace("$(pid)", &pid.to_string()))
+                    .collect(),
+            ),
+            Probe::Notify => Probe::Notify,
+        }
+    }
+
+    /// What it checks, in a few words, for reasons and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Probe::Tcp(t) => format!("tcp {t}"),
+            Probe::Http(u) => format!("http {u}"),
+            Probe::Exec(argv) => format!("exec {}", argv.first().map_or("", |a| a.as_str())),
+            Probe::Notify => "notify".into(),
+        }
+    }
+}
+
+/// `ready` (or `health_cmd`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyConfig {
+    pub probe: Probe,
+    /// How long a new process may take to be ready.
+    pub timeout: Duration,
+    /// The pause between two probes until it is.
+    pub interval: Duration,
+}
+
+/// `live`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    pub probe: Probe,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Failed probes in a row that restart the process.
+    pub failures: u32,
+}
+
+/// The defaults of `ready` and `live`.
+pub const READY_TIMEOUT: Duration = secs(30);
+pub const READY_INTERVAL: Duration = millis(200);
+pub const LIVE_TIMEOUT: Duration = secs(5);
+pub const LIVE_INTERVAL: Duration = secs(10);
+pub const LIVE_FAILURES: u32 = 3;
+
+/// The longest `tcp` target and `http` URL, the most `exec` arguments and the longest
+/// one.
+const MAX_TARGET_LEN: usize = 2048;
+const MAX_EXEC_ARGS: usize = 256;
+const MAX_ARG_LEN: usize = 4096;
+
+/// Splits "host:port" (an IPv6 host in brackets) into its host and port.
+pub fn split_host_port(target: &str) -> Result<(&str, u16), String> {
+    let hint = "write it as \"host:port\", e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"";
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{target:?} has no port; {hint}"))?;
+    let host = match host.strip_prefix('[') {
+        Some(h) => h
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{target:?} has an unclosed '['; {hint}"))?,
+        None if host.contains(':') => {
+            return Err(format!("{target:?}: an IPv6 host goes in brackets; {hint}"))
+        }
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(format!("{target:?} has no host; {hint}"));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{target:?}: {port:?} is not a port (1 to 65535); {hint}"))?;
+    Ok((host, port))
+}
+
+/// An `http://` URL split into what a request needs: the "host:port" to connect to,
+/// the Host header and the path (with its query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub connect: String,
+    pub host_header: String,
+    pub path: String,
+}
+
+/// Reads an `http://host[:port][/path]` URL. Only plain HTTP: no https, no user info;
+/// no spaces or control characters (they would end up in the request line).
+pub fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
+    if let Some(c) = url.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{url:?} holds {c:?}; a URL has no spaces or control characters"
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        let why = if url.starts_with("https://") {
+            "https is not supported (use http, or a tcp or exec check)"
+        } else {
+            "it does not start with http://"
+        };
+        return Err(format!("{url:?}: {why}"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(format!("{url:?}: user info is not supported"));
+    }
+    let path = tail.split('#').next().unwrap_or("");
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let has_port = match authority.rsplit_once(':') {
+        Some((h, _)) => !h.ends_with(':') && (h.starts_with('[') || !h.contains(':')),
+        None => false,
+    };
+    let connect = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    split_host_port(&connect).map_err(|e| format!("{url:?}: {e}"))?;
+    Ok(HttpTarget {
+        connect,
+        host_header: authority.to_owned(),
+        path,
+    })
+}
+
+/// Checks a probe's target as watcher `name`'s first process would probe it.
+fn check_probe(probe: &Probe, name: &str) -> Result<(), String> {
+    let sample = probe.expanded(name, 1, 1);
+    match (probe, &sample) {
+        (Probe::Tcp(raw), Probe::Tcp(t)) => {
+            if raw.len() > MAX_TARGET_LEN {
+                return Err(format!("tcp: longer than {MAX_TARGET_LEN} bytes"));
+            }
+            split_host_port(t)
+                .map(|_| ())
+                .map_err(|e| format!("tcp: {e}"))
+        }
+        (Probe::Http(raw), Probe::Http(u)) => {
+            if raw.len() > MAX_TARGET_LEN {
+                return Err(format!("http: longer than {MAX_TARGET_LEN} bytes"));
+            }
+            parse_http_url(u)
+                .map(|_| ())
+                .map_err(|e| format!("http: {e}"))
+        }
+        (Probe::Exec(argv), _) => {
+            if argv.first().is_none_or(|a| a.trim().is_empty()) {
+                Err("exec: is empty; give a program and its arguments, e.g. [\"curl\", \"-f\", \"http://127.0.0.1:8080/\"]".into())
+            } else if argv.len() > MAX_EXEC_ARGS {
+                Err(format!("exec: more than {MAX_EXEC_ARGS} arguments"))
+            } else if argv
+                .iter()
+                .any(|a| a.len() > MAX_ARG_LEN || a.contains('\0'))
+            {
+                Err(format!(
+                    "exec: an argument is longer than {MAX_ARG_LEN} bytes or holds a NUL byte"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The one probe a check names: exactly one of its forms.
+fn one_probe(
+    tcp: &Option<String>,
+    http: &Option<String>,
+    exec: &Option<Vec<String>>,
+    notify: Option<bool>,
+    forms: &str,
+) -> Result<Probe, String> {
+    let mut found = Vec::new();
+    if let Some(t) = tcp {
+        found.push(Probe::Tcp(t.clone()));
+    }
+    if let Some(u) = http {
+        found.push(Probe::Http(u.clone()));
+    }
+    if let Some(a) = exec {
+        found.push(Probe::Exec(a.clone()));
+    }
+    if notify == Some(true) {
+        found.push(Probe::Notify);
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!("checks nothing; give one of {forms}")),
+        _ => {
+            let names: Vec<String> = found
+                .iter()
+                .map(|p| p.describe().split(' ').next().unwrap_or("").to_owned())
+                .collect();
+            Err(format!(
+                "has {}; give exactly one of {forms}",
+                names.join(" and ")
+            ))
+        }
+    }
 }
 
 /// The whole config, ready to use.
@@ -403,6 +651,26 @@ pub const WATCHER_DURATIONS: &[Range<Duration>] = &[
     Range {
         key: "health_timeout",
         min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "ready.timeout",
+        min: Duration::ZERO,
+        max: secs(3600),
+    },
+    Range {
+        key: "ready.interval",
+        min: millis(50),
+        max: secs(3600),
+    },
+    Range {
+        key: "live.timeout",
+        min: millis(100),
+        max: secs(600),
+    },
+    Range {
+        key: "live.interval",
+        min: millis(100),
         max: secs(3600),
     },
 ];
@@ -473,6 +741,21 @@ pub const COUNTS: &[Range<i64>] = &[
         key: "priority",
         min: -1_000_000,
         max: 1_000_000,
+    },
+    Range {
+        key: "live.failures",
+        min: 1,
+        max: 1000,
+    },
+    Range {
+        key: "max_surge",
+        min: 0,
+        max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "max_unavailable",
+        min: 0,
+        max: MAX_PROCESSES as i64,
     },
     Range {
         key: "backlog",
@@ -949,6 +1232,23 @@ impl WatcherConfig {
                 bad(key, m);
             }
         }
+        for (key, value) in [
+            ("max_surge", o.max_surge),
+            ("max_unavailable", o.max_unavailable),
+        ] {
+            if let Some(Err(m)) = value.map(|v| check_count(key, i64::from(v))) {
+                bad(key, m);
+            }
+        }
+        if o.max_surge == Some(0) && o.max_unavailable == Some(0) {
+            bad(
+                "max_surge",
+                "is 0 and so is max_unavailable, so a rolling restart could replace \
+                 nothing; set max_surge = 1 (start the new process first) or \
+                 max_unavailable = 1 (stop the old one first)"
+                    .into(),
+            );
+        }
         let stop_signal = match &o.stop_signal {
             None => Signal::SIGTERM,
             Some(s) => parse_signal(s).unwrap_or_else(|m| {
@@ -981,8 +1281,28 @@ impl WatcherConfig {
             );
         }
         if let Some(h) = &o.health_cmd {
-            if h.is_empty() {
-                bad("health_cmd", "is empty; give a program and its arguments, e.g. [\"curl\", \"-f\", \"http://127.0.0.1:8080/\"]".into());
+            if let Err(m) = check_probe(&Probe::Exec(h.clone()), name) {
+                bad("health_cmd", m.trim_start_matches("exec: ").to_owned());
+            }
+        }
+        if o.ready.is_some() {
+            for key in ["health_cmd", "health_timeout"] {
+                if o.health_cmd.is_some() && key == "health_cmd"
+                    || o.health_timeout.is_some() && key == "health_timeout"
+                {
+                    bad(
+                        key,
+                        format!(
+                            "set together with ready; {key} is another spelling of ready.{}, \
+                             keep one",
+                            if key == "health_cmd" {
+                                "exec"
+                            } else {
+                                "timeout"
+                            }
+                        ),
+                    );
+                }
             }
         }
         if let Some(dir) = &o.working_dir {
@@ -1025,7 +1345,74 @@ impl WatcherConfig {
             Duration::from_secs(15),
         );
         let warmup_delay = dur("warmup_delay", &o.warmup_delay, Duration::ZERO);
-        let health_timeout = dur("health_timeout", &o.health_timeout, Duration::from_secs(30));
+        let health_timeout = dur("health_timeout", &o.health_timeout, READY_TIMEOUT);
+        let mut checks = Vec::new();
+        let ready = match (&o.ready, &o.health_cmd) {
+            (Some(r), _) => {
+                let probe = one_probe(
+                    &r.tcp,
+                    &r.http,
+                    &r.exec,
+                    r.notify,
+                    "tcp, http, exec or notify",
+                )
+                .and_then(|p| check_probe(&p, name).map(|()| p));
+                let timeout = dur("ready.timeout", &r.timeout, READY_TIMEOUT);
+                let interval = dur("ready.interval", &r.interval, READY_INTERVAL);
+                match probe {
+                    Ok(probe) => Some(ReadyConfig {
+                        probe,
+                        timeout,
+                        interval,
+                    }),
+                    Err(m) => {
+                        checks.push(Problem {
+                            location: format!("{loc} ready"),
+                            message: m,
+                        });
+                        None
+                    }
+                }
+            }
+            (None, Some(cmd)) => Some(ReadyConfig {
+                probe: Probe::Exec(cmd.clone()),
+                timeout: health_timeout,
+                interval: READY_INTERVAL,
+            }),
+            (None, None) => None,
+        };
+        let live = match &o.live {
+            None => None,
+            Some(l) => {
+                let probe = one_probe(&l.tcp, &l.http, &l.exec, None, "tcp, http or exec")
+                    .and_then(|p| check_probe(&p, name).map(|()| p));
+                let timeout = dur("live.timeout", &l.timeout, LIVE_TIMEOUT);
+                let interval = dur("live.interval", &l.interval, LIVE_INTERVAL);
+                let failures = l.failures.unwrap_or(LIVE_FAILURES);
+                if let Err(m) = check_count("live.failures", failures.into()) {
+                    checks.push(Problem {
+                        location: format!("{loc} live.failures"),
+                        message: m,
+                    });
+                }
+                match probe {
+                    Ok(probe) => Some(LiveConfig {
+                        probe,
+                        timeout,
+                        interval,
+                        failures,
+                    }),
+                    Err(m) => {
+                        checks.push(Problem {
+                            location: format!("{loc} live"),
+                            message: m,
+                        });
+                        None
+                    }
+                }
+            }
+        };
+        problems.append(&mut checks);
         let sockets = o.sockets.clone().unwrap_or_default();
         let texts = o
             .args
@@ -1065,12 +1452,32 @@ impl WatcherConfig {
             stdout,
             stderr,
             service,
-            health_cmd: o.health_cmd.clone(),
-            health_timeout,
+            ready,
+            live,
             log_max_bytes,
             log_backups,
             sockets,
+            max_surge: o.max_surge,
+            max_unavailable: o.max_unavailable,
         })
+    }
+
+    /// How a rolling restart goes: with surge when `max_surge` is 1 or more (by default
+    /// when the watcher has sockets), otherwise stopping first; at most `numprocesses`
+    /// (and at least 1) processes at a time.
+    pub fn rollout(&self) -> Rollout {
+        let shared = !self.sockets.is_empty();
+        let surge = self.max_surge.unwrap_or(match self.max_unavailable {
+            Some(0) => 1,
+            Some(_) => 0,
+            None => u32::from(shared),
+        });
+        let at_most = |n: u32| n.clamp(1, self.numprocesses.max(1));
+        if surge > 0 {
+            Rollout::Surge(at_most(surge))
+        } else {
+            Rollout::Unavailable(at_most(self.max_unavailable.unwrap_or(1)))
+        }
     }
 
     /// Every option with its value in force, as `options` shows them.
@@ -1105,11 +1512,15 @@ impl WatcherConfig {
             stdout: Some(self.stdout.as_option()),
             stderr: Some(self.stderr.as_option()),
             service: Some(self.service.clone()),
-            health_cmd: self.health_cmd.clone(),
-            health_timeout: Some(format_duration(self.health_timeout)),
+            health_cmd: None,
+            health_timeout: None,
+            ready: self.ready.as_ref().map(ReadyConfig::to_options),
+            live: self.live.as_ref().map(LiveConfig::to_options),
             log_max_bytes: Some(self.log_max_bytes),
             log_backups: Some(self.log_backups),
             sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
+            max_surge: self.max_surge,
+            max_unavailable: self.max_unavailable,
         }
     }
 
@@ -1126,6 +1537,42 @@ impl WatcherConfig {
             || self.stdout != other.stdout
             || self.stderr != other.stderr
             || self.sockets != other.sockets
+    }
+}
+
+impl ReadyConfig {
+    fn to_options(&self) -> ReadyCheck {
+        let mut r = ReadyCheck {
+            timeout: Some(format_duration(self.timeout)),
+            interval: Some(format_duration(self.interval)),
+            ..Default::default()
+        };
+        match &self.probe {
+            Probe::Tcp(t) => r.tcp = Some(t.clone()),
+            Probe::Http(u) => r.http = Some(u.clone()),
+            Probe::Exec(a) => r.exec = Some(a.clone()),
+            Probe::Notify => r.notify = Some(true),
+        }
+        r
+    }
+}
+
+impl LiveConfig {
+    fn to_options(&self) -> LiveCheck {
+        let mut l = LiveCheck {
+            timeout: Some(format_duration(self.timeout)),
+            interval: Some(format_duration(self.interval)),
+            failures: Some(self.failures),
+            ..Default::default()
+        };
+        match &self.probe {
+            Probe::Tcp(t) => l.tcp = Some(t.clone()),
+            Probe::Http(u) => l.http = Some(u.clone()),
+            Probe::Exec(a) => l.exec = Some(a.clone()),
+            // Refused when the config is read.
+            Probe::Notify => {}
+        }
+        l
     }
 }
 
@@ -1202,6 +1649,59 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{err}\n--- lacks: {needle}");
         }
+    }
+
+    #[test]
+    fn max_surge_and_max_unavailable_pick_the_rollout() {
+        let opts =
+            |surge: Option<u32>, unavailable: Option<u32>, n: u32, sockets: bool| WatcherOptions {
+                cmd: Some("x".into()),
+                numprocesses: Some(n),
+                max_surge: surge,
+                max_unavailable: unavailable,
+                sockets: sockets.then(|| vec!["web".into()]),
+                ..Default::default()
+            };
+        let cases = [
+            // (max_surge, max_unavailable, numprocesses, has sockets, rollout)
+            (None, None, 2, true, Rollout::Surge(1)),
+            (None, None, 2, false, Rollout::Unavailable(1)),
+            (Some(1), None, 2, false, Rollout::Surge(1)),
+            (None, Some(0), 2, false, Rollout::Surge(1)),
+            (None, Some(2), 3, true, Rollout::Unavailable(2)),
+            (Some(0), None, 2, true, Rollout::Unavailable(1)),
+            (Some(5), Some(0), 2, true, Rollout::Surge(2)),
+            (Some(1), Some(1), 2, false, Rollout::Surge(1)),
+            (Some(0), Some(9), 0, false, Rollout::Unavailable(1)),
+        ];
+        for (surge, unavailable, n, sockets, want) in cases {
+            let cfg =
+                WatcherConfig::from_options("w", &opts(surge, unavailable, n, sockets)).unwrap();
+            assert_eq!(
+                cfg.rollout(),
+                want,
+                "{surge:?} {unavailable:?} {n} {sockets}"
+            );
+            assert_eq!(cfg.to_options().max_surge, surge);
+        }
+        let err = WatcherConfig::from_options("w", &opts(Some(0), Some(0), 2, false)).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(
+            err[0]
+                .to_string()
+                .contains("max_surge: is 0 and so is max_unavailable"),
+            "{}",
+            err[0]
+        );
+        let err =
+            WatcherConfig::from_options("w", &opts(Some(200_000), None, 2, false)).unwrap_err();
+        assert!(
+            err[0]
+                .to_string()
+                .contains("max_surge: 200000 is out of range; use 0 to 100000"),
+            "{}",
+            err[0]
+        );
     }
 
     #[test]
@@ -1334,6 +1834,112 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("[agent] max_processes: the watchers ask for 6 processes together, more than max_processes = 5"), "{err}");
+    }
+
+    #[test]
+    fn ready_and_live_checks_parse_with_defaults_and_ranges() {
+        let w = |extra: &str| {
+            parse_str(&format!(
+                "[agent]\nname = \"a\"\n[watcher.w]\ncmd = \"x\"\n{extra}\n"
+            ))
+            .map(|c| c.watchers["w"].clone())
+        };
+        let c = w(
+            "ready = { tcp = \"127.0.0.1:80$(wid)\" }\nlive = { http = \"http://[::1]:8080/h\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ready,
+            Some(ReadyConfig {
+                probe: Probe::Tcp("127.0.0.1:80$(wid)".into()),
+                timeout: READY_TIMEOUT,
+                interval: READY_INTERVAL,
+            })
+        );
+        assert_eq!(
+            c.live,
+            Some(LiveConfig {
+                probe: Probe::Http("http://[::1]:8080/h".into()),
+                timeout: LIVE_TIMEOUT,
+                interval: LIVE_INTERVAL,
+                failures: LIVE_FAILURES,
+            })
+        );
+        let again = WatcherConfig::from_options("w", &c.to_options()).unwrap();
+        assert_eq!(again, c);
+        let c = w("ready = { notify = true, timeout = \"5s\", interval = \"50ms\" }").unwrap();
+        assert_eq!(c.ready.unwrap().probe, Probe::Notify);
+        // health_cmd is ready.exec, health_timeout its timeout; options spell it `ready`.
+        let c = w("health_cmd = [\"true\"]\nhealth_timeout = \"2s\"").unwrap();
+        let r = c.ready.clone().unwrap();
+        assert_eq!(r.probe, Probe::Exec(vec!["true".into()]));
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        let o = c.to_options();
+        assert_eq!(o.health_cmd, None);
+        assert_eq!(o.ready.unwrap().exec, Some(vec!["true".into()]));
+        // health_timeout alone is accepted, as older configs and state files have it.
+        assert_eq!(w("health_timeout = \"30s\"").unwrap().ready, None);
+        for (line, needle) in [
+            (
+                "ready = { tcp = \"h:1\" }\nhealth_cmd = [\"true\"]",
+                "[watcher.w] health_cmd: set together with ready; health_cmd is another spelling of ready.exec",
+            ),
+            (
+                "ready = { tcp = \"h:1\" }\nhealth_timeout = \"1s\"",
+                "[watcher.w] health_timeout: set together with ready",
+            ),
+            ("ready = {}", "[watcher.w] ready: checks nothing; give one of tcp, http, exec or notify"),
+            ("ready = { notify = false }", "[watcher.w] ready: checks nothing"),
+            (
+                "ready = { tcp = \"h:1\", http = \"http://h/\" }",
+                "[watcher.w] ready: has tcp and http; give exactly one",
+            ),
+            ("live = { notify = true }", "unknown field `notify`"),
+            ("ready = { tcp = \"h:1\", failures = 2 }", "unknown field `failures`"),
+            ("ready = { tcp = \"nohost\" }", "[watcher.w] ready: tcp: \"nohost\" has no port"),
+            ("ready = { tcp = \"h:70000\" }", "is not a port (1 to 65535)"),
+            ("ready = { tcp = \"::1:80\" }", "an IPv6 host goes in brackets"),
+            ("ready = { http = \"https://h/\" }", "https is not supported"),
+            ("ready = { http = \"ftp://h/\" }", "does not start with http://"),
+            ("ready = { http = \"http://u@h/\" }", "user info is not supported"),
+            ("ready = { http = \"http://h/a b\" }", "no spaces or control characters"),
+            ("ready = { http = \"http://h/\\r\\nX: y\" }", "no spaces or control characters"),
+            ("ready = { exec = [] }", "[watcher.w] ready: exec: is empty"),
+            ("health_cmd = []", "[watcher.w] health_cmd: is empty"),
+            ("ready = { tcp = \"h:1\", timeout = \"2h\" }", "[watcher.w] ready.timeout: 2h is out of range; use 0s to 1h"),
+            ("ready = { tcp = \"h:1\", interval = \"10ms\" }", "[watcher.w] ready.interval: 10ms is out of range; use 50ms to 1h"),
+            ("live = { tcp = \"h:1\", timeout = \"11m\" }", "[watcher.w] live.timeout: 11m is out of range; use 100ms to 10m"),
+            ("live = { tcp = \"h:1\", interval = \"0s\" }", "[watcher.w] live.interval: 0s is out of range; use 100ms to 1h"),
+            ("live = { tcp = \"h:1\", failures = 0 }", "[watcher.w] live.failures: 0 is out of range; use 1 to 1000"),
+            ("live = { tcp = \"h:1\", failures = 1001 }", "live.failures: 1001 is out of range"),
+        ] {
+            let err = w(line).unwrap_err().to_string();
+            assert!(err.contains(needle), "{line}: {err}");
+        }
+        let long = format!("ready = {{ tcp = \"{}:1\" }}", "h".repeat(3000));
+        assert!(w(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than 2048 bytes"));
+    }
+
+    #[test]
+    fn http_urls_and_tcp_targets_split() {
+        let t = parse_http_url("http://127.0.0.1:8080/health?x=1#frag").unwrap();
+        assert_eq!(t.connect, "127.0.0.1:8080");
+        assert_eq!(t.host_header, "127.0.0.1:8080");
+        assert_eq!(t.path, "/health?x=1");
+        let t = parse_http_url("http://example.com").unwrap();
+        assert_eq!(
+            (t.connect.as_str(), t.path.as_str()),
+            ("example.com:80", "/")
+        );
+        let t = parse_http_url("http://[::1]/x").unwrap();
+        assert_eq!(t.connect, "[::1]:80");
+        assert_eq!(split_host_port("[::1]:80"), Ok(("::1", 80)));
+        assert_eq!(split_host_port("localhost:5"), Ok(("localhost", 5)));
+        assert!(split_host_port(":5").is_err());
+        assert!(split_host_port("h:0").is_err());
     }
 
     #[test]

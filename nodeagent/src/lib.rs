@@ -14,6 +14,7 @@ pub mod identity;
 pub mod logs;
 pub mod memberloop;
 pub mod membership;
+pub mod probe;
 pub mod process;
 pub mod relay;
 pub mod sockets;

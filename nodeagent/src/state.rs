@@ -356,7 +356,12 @@ pub fn merge(
     let mut watchers = BTreeMap::new();
     let mut stopped = BTreeSet::new();
     for (name, cfg) in config {
-        let unchanged = saved.base.get(name) == Some(&cfg.to_options());
+        // Compared as configs too: an older agent spelled some options otherwise
+        // (health_cmd and health_timeout, now `ready`).
+        let unchanged = saved.base.get(name).is_some_and(|base| {
+            *base == cfg.to_options()
+                || WatcherConfig::from_options(name, base).is_ok_and(|b| b == *cfg)
+        });
         if !unchanged {
             watchers.insert(name.clone(), cfg.clone());
             continue;
@@ -455,6 +460,46 @@ mod tests {
         let (ws, _) = merge(&edited, saved);
         assert_eq!(ws["b"].numprocesses, 4);
         assert_eq!(ws["a"].numprocesses, 3);
+    }
+
+    /// A state written by an agent that spelled the readiness check `health_cmd` and
+    /// `health_timeout` (and wrote `health_timeout` for every watcher) still matches
+    /// the same config, so its runtime changes come back.
+    #[test]
+    fn a_state_with_the_older_spelling_of_checks_still_matches_its_config() {
+        let cfg = |n: u32| {
+            WatcherConfig::from_options(
+                "a",
+                &WatcherOptions {
+                    cmd: Some("sleep".into()),
+                    numprocesses: Some(n),
+                    health_cmd: Some(vec!["true".into()]),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let older = |c: &WatcherConfig| {
+            let mut o = c.to_options();
+            o.ready = None;
+            o.health_cmd = Some(vec!["true".into()]);
+            o.health_timeout = Some("30s".into());
+            o
+        };
+        let config = map(&[cfg(1)]);
+        let saved = SavedState {
+            watchers: [(
+                "a".to_string(),
+                SavedWatcher {
+                    options: older(&cfg(3)),
+                    run: true,
+                },
+            )]
+            .into(),
+            base: [("a".to_string(), older(&cfg(1)))].into(),
+        };
+        let (ws, _) = merge(&config, Some(saved));
+        assert_eq!(ws["a"], cfg(3));
     }
 
     #[test]

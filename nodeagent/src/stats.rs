@@ -34,6 +34,8 @@ pub struct ProcessInput {
     pub started_at: f64,
     /// How many times its slot was started again after an exit.
     pub restarts: u32,
+    /// How it is doing by its checks.
+    pub health: Option<protocol::reply::ProcessHealth>,
 }
 
 /// The most stat files kept open between samples, whatever the open files limit.
@@ -153,6 +155,7 @@ impl Sampler {
                     rss_bytes: reading.rss_pages.saturating_mul(self.page_size),
                     age_secs: (unix_now - p.started_at).max(0.0),
                     restarts: p.restarts,
+                    health: p.health,
                 });
             }
             processes.sort_by_key(|p| p.wid);
@@ -383,6 +386,7 @@ mod tests {
                 pid,
                 started_at: protocol::unix_time() - 5.0,
                 restarts: 3,
+                health: Some(protocol::reply::ProcessHealth::Ready),
             }],
         }]
     }

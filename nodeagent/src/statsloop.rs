@@ -49,6 +49,7 @@ async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) ->
                     pid: p.pid,
                     started_at: p.started_at,
                     restarts: p.restarts,
+                    health: p.health,
                 })
                 .collect(),
         })

@@ -44,7 +44,8 @@ pub enum Command {
     Start(StartStop),
     /// Stop one watcher or all; waits until the processes are gone unless `waiting` is false.
     Stop(StartStop),
-    /// Restart one watcher or all (all at once, or one process at a time with `rolling`).
+    /// Restart one watcher or all (all at once, or a few processes at a time with
+    /// `rolling`).
     Restart(Restart),
     /// Same as restart, Circus's name for it.
     Reload(Restart),
@@ -467,8 +468,10 @@ pub struct Restart {
     /// Reply only once the restart is done (default true).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub waiting: bool,
-    /// Restart one process at a time, each new one up (past `min_uptime`, and its
-    /// health check where set) before the next is stopped.
+    /// Replace the processes a few at a time, as the watcher's `max_surge` and
+    /// `max_unavailable` say: with surge, each new process starts next to the old one,
+    /// which stops once the new one is up (past `min_uptime`, and its `ready` check passed
+    /// where set); otherwise each stops, then starts. Each new one is up before the next.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rolling: bool,
 }

@@ -23,6 +23,10 @@ pub enum EventKind {
     Respawn,
     /// A slot failed `max_retry` starts in a row and turned fatal (`wid`, `reason`).
     Flapping,
+    /// A process failed its checks and is restarted: its `ready` check did not pass
+    /// within `ready.timeout`, or its `live` check failed `live.failures` times in a
+    /// row (`pid`, `wid`, `reason`).
+    Unhealthy,
     /// A watcher was started.
     Start,
     /// A watcher was stopped.
@@ -41,11 +45,12 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Spawn,
         EventKind::Exit,
         EventKind::Respawn,
         EventKind::Flapping,
+        EventKind::Unhealthy,
         EventKind::Start,
         EventKind::Stop,
         EventKind::Add,
@@ -62,6 +67,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::Respawn => "respawn",
             EventKind::Flapping => "flapping",
+            EventKind::Unhealthy => "unhealthy",
             EventKind::Start => "start",
             EventKind::Stop => "stop",
             EventKind::Add => "add",

@@ -99,7 +99,7 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1000000, max = 1000000))]
     pub priority: Option<i32>,
-    /// Watchers that must be up (every process running past `min_uptime`, and healthy)
+    /// Watchers that must be up (every process running past `min_uptime`, and ready)
     /// before this one starts; it stops before they do. Starting this watcher starts
     /// them first. At most 64 names, each another watcher of the node; no cycles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,14 +116,21 @@ pub struct WatcherOptions {
     /// The service this watcher belongs to (default: the watcher's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-    /// A command that exits 0 once a new process is ready; a rolling restart waits for
-    /// it. `$(wid)`, `$(name)` and `$(pid)` expand.
+    /// Another spelling of `ready = { exec = [...] }`: a command that exits 0 once a new
+    /// process is ready. `$(wid)`, `$(name)` and `$(pid)` expand. Not together with
+    /// `ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_cmd: Option<Vec<String>>,
-    /// How long the health check may keep failing before the start counts as failed
-    /// (default "30s"; 0s to 1h).
+    /// Another spelling of `ready.timeout`, with `health_cmd` (default "30s"; 0s to 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<String>,
+    /// When a new process counts as up: one of `tcp`, `http`, `exec` or `notify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyCheck>,
+    /// How a running, ready process shows it still works: one of `tcp`, `http` or
+    /// `exec`; after `failures` failed probes in a row it is restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveCheck>,
     /// Rotate a captured log file when it reaches this many bytes (default 10 MiB; 1024
     /// to 1 TiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +146,75 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub sockets: Option<Vec<String>>,
+    /// How many new processes a rolling restart starts next to the ones they replace
+    /// before stopping them (default 1 when the watcher has `sockets`, else 0; 0 to
+    /// 100000, at most numprocesses at a time). With 1 or more, the new process starts
+    /// first and the old one stops once the new one is up (past `min_uptime`, and
+    /// ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_surge: Option<u32>,
+    /// How many processes a rolling restart may stop before their replacements start
+    /// (default 0 when the watcher has `sockets`, else 1; 0 to 100000, at most
+    /// numprocesses at a time). Used when max_surge is 0; not both may be 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_unavailable: Option<u32>,
+}
+
+/// A readiness check: exactly one of `tcp`, `http`, `exec` or `notify`. `$(wid)`,
+/// `$(name)` (and in `exec`, `$(pid)`) expand in the values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyCheck {
+    /// Ready once a TCP connection to "host:port" succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Ready once a GET of this "http://" URL answers 2xx (plain HTTP/1.1; no https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Ready once this command exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Ready once the process sends "READY=1" to the socket in `NOTIFY_SOCKET` (the
+    /// systemd notify protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<bool>,
+    /// How long a new process may take to be ready; then it is stopped and its start
+    /// counts as failed (default "30s"; 100ms to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How often it is probed until ready (default "500ms"; 50ms to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// A liveness check: exactly one of `tcp`, `http` or `exec`, probed every `interval`
+/// while the process is ready.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveCheck {
+    /// Alive while a TCP connection to "host:port" succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Alive while a GET of this "http://" URL answers 2xx (plain HTTP/1.1; no https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Alive while this command exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// How long one probe may take before it counts as failed (default "5s"; 100ms to
+    /// 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// The time between two probes (default "10s"; 100ms to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Failed probes in a row after which the process is restarted (default 3; 1 to
+    /// 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failures: Option<u32>,
 }
 
 /// The options whose values are durations.
@@ -241,9 +317,13 @@ option_fields!(
     service,
     health_cmd,
     health_timeout,
+    ready,
+    live,
     log_max_bytes,
     log_backups,
     sockets,
+    max_surge,
+    max_unavailable,
 );
 
 #[cfg(test)]
@@ -279,9 +359,13 @@ mod tests {
             service: Some(String::new()),
             health_cmd: Some(vec![]),
             health_timeout: Some(String::new()),
+            ready: Some(ReadyCheck::default()),
+            live: Some(LiveCheck::default()),
             log_max_bytes: Some(1),
             log_backups: Some(1),
             sockets: Some(vec![]),
+            max_surge: Some(1),
+            max_unavailable: Some(0),
         })
         .unwrap();
         let keys: Vec<&str> = all

@@ -189,9 +189,10 @@ impl std::fmt::Display for WatcherState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
-    /// Running, but not yet for `min_uptime` (or not yet healthy).
+    /// Running, but not yet up: not yet for `min_uptime`, or its `ready` check has not
+    /// passed yet.
     Starting,
-    /// Running past `min_uptime`.
+    /// Up: running past `min_uptime`, and ready where it has a `ready` check.
     Running,
     /// Asked to stop; waiting for it to exit.
     Stopping,
@@ -212,6 +213,28 @@ impl std::fmt::Display for ProcessState {
             ProcessState::Backoff => "backoff",
             ProcessState::Exited => "exited",
             ProcessState::Fatal => "fatal",
+        })
+    }
+}
+
+/// How a running process is doing by its checks: `starting` until it is ready (its
+/// `ready` check passed, or no check, and it has run `min_uptime`), then `ready`;
+/// `unhealthy` while its `live` probes fail, or once a check failed and it is being
+/// restarted for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessHealth {
+    Starting,
+    Ready,
+    Unhealthy,
+}
+
+impl std::fmt::Display for ProcessHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProcessHealth::Starting => "starting",
+            ProcessHealth::Ready => "ready",
+            ProcessHealth::Unhealthy => "unhealthy",
         })
     }
 }
@@ -254,6 +277,12 @@ pub struct ProcessInfo {
     /// How the previous process of this slot ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<ExitStatus>,
+    /// How the current process is doing by its checks, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ProcessHealth>,
+    /// Why its last check failed, while it is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A watcher at a glance.
@@ -265,6 +294,9 @@ pub struct WatcherSummary {
     pub numprocesses: u32,
     /// How many processes run now.
     pub running: u32,
+    /// How many of them are ready (see `ProcessHealth`).
+    #[serde(default)]
+    pub ready: u32,
     /// Restarts of all its slots.
     pub restarts: u32,
     /// The service it answers for.
@@ -394,8 +426,9 @@ pub struct WatcherPlan {
     /// The keys that change (changed and scaled watchers).
     #[serde(default)]
     pub changes: Vec<KeyChange>,
-    /// Its processes are restarted, one at a time, to take the change (what runs, its
-    /// environment or its output changed).
+    /// Its processes are restarted as `restart --rolling` does (its max_surge and
+    /// max_unavailable) to take the change (what runs, its environment or its output
+    /// changed).
     #[serde(default)]
     pub restart: bool,
 }

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::reply::WatcherState;
+use crate::reply::{ProcessHealth, WatcherState};
 
 /// One sample of a node, published on `cluster.<node>.stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -114,6 +114,9 @@ pub struct ProcessStats {
     pub age_secs: f64,
     /// How many times its slot was started again after an exit.
     pub restarts: u32,
+    /// How it is doing by its checks: starting, ready or unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ProcessHealth>,
 }
 
 #[cfg(test)]
@@ -147,6 +150,7 @@ mod tests {
                     rss_bytes: 4096,
                     age_secs: 3.0,
                     restarts: 0,
+                    health: Some(ProcessHealth::Ready),
                 }],
             }],
         }

@@ -346,7 +346,7 @@ fn reloadconfig_shows_its_plan_then_applies_only_that() {
     for needle in [
         "dry run: the plan below, nothing was changed",
         "changed  web",
-        "env: {\"VERSION\":\"1\"} -> {\"VERSION\":\"2\"} (restarted one process at a time)",
+        "env: {\"VERSION\":\"1\"} -> {\"VERSION\":\"2\"} (rolling restart)",
         "scaled   db",
         "numprocesses: 1 -> 2",
         "added    extra",

@@ -16,6 +16,8 @@ mod membership;
 mod nats_outage;
 mod observe;
 mod partition;
+mod probes;
 mod robust;
 mod security;
 mod sockets;
+mod surge;

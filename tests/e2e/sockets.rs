@@ -533,7 +533,7 @@ fn a_dry_run_lists_a_moved_socket_and_its_watcher_and_changes_nothing() {
     println!("ctl reloadconfig --dry-run:\n{}", out.stdout);
     for needle in [
         "dry run: the plan below, nothing was changed".to_owned(),
-        format!("socket.web: {old} -> 127.0.0.1:{port} (restarted one process at a time)"),
+        format!("socket.web: {old} -> 127.0.0.1:{port} (rolling restart)"),
         "socket changed".to_owned(),
         format!("port: 0 -> {port}"),
     ] {

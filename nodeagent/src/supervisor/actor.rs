@@ -1,6 +1,6 @@
 //! The actor: it owns the [`Supervisor`] model and carries out the effects its
-//! transitions return: spawning through [`process`], signals, tokio timers, health
-//! checks, persistence on a writer task of its own, events, replies, and publishing
+//! transitions return: spawning through [`process`], signals, tokio timers, probes
+//! (through [`crate::probe`], notify sockets included), persistence on a writer task of its own, events, replies, and publishing
 //! snapshots and services after each turn that changed them. It must not decide
 //! anything about watchers or slots: that is the model's job.
 
@@ -14,8 +14,8 @@ use protocol::Errno;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 
-use super::live::{later, LIVE};
-use super::model::{Effect, Input, ReplyId, SpawnOrder, Supervisor, Timer};
+use super::live::LIVE;
+use super::model::{Effect, Input, ReplyId, SpawnOrder, Stage, Supervisor, Timer};
 use super::{
     CapturedOutput, Cmd, CmdError, DesiredState, LifecycleEvent, Outcome, OutputSink, PersistFn,
     Reload, Settings, WatcherSnapshot,
@@ -36,6 +36,11 @@ fn step(sup: &mut Supervisor, input: Input) -> Vec<Effect> {
     effects
 }
 
+/// How late a change of health alone (a process ready, a probe's result) may be
+/// published: such changes are published together, so that thousands of processes
+/// becoming ready do not each copy the whole snapshot.
+const HEALTH_LAG: Duration = Duration::from_millis(100);
+
 /// The longest a timer is armed for (the timer wheel panics past about two years).
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -55,11 +60,12 @@ enum Report {
         pid: u32,
         status: std::io::Result<std::process::ExitStatus>,
     },
-    Health {
+    Probe {
         name: String,
         wid: u32,
         gen: u64,
-        ok: bool,
+        stage: Stage,
+        result: Result<(), String>,
     },
     Timer(Timer),
 }
@@ -176,6 +182,13 @@ pub(super) struct Actor {
     timers: DelayQueue<Timer>,
     /// Replies and events of this turn, sent once the snapshot is published.
     outbox: Vec<Effect>,
+    /// When health changes not yet published are due to be.
+    health_due: Option<Instant>,
+    /// Where notify sockets go, if anywhere.
+    notify_dir: Option<std::path::PathBuf>,
+    /// The task listening on each live process's notify socket, by generation; it
+    /// ends (and its socket goes) when the process exits.
+    notify: BTreeMap<u64, tokio::task::JoinHandle<()>>,
     /// The sockets a reload replaces, closed here after the turn rather than in the
     /// model (closing a unix socket removes its file).
     retired: Option<SocketSet>,
@@ -202,6 +215,12 @@ impl Actor {
             batched: false,
             timers: DelayQueue::new(),
             outbox: Vec::new(),
+            // Without the sockets a crashed earlier run left behind.
+            notify_dir: settings.notify_dir.inspect(|d| {
+                let _ = std::fs::remove_dir_all(d);
+            }),
+            notify: BTreeMap::new(),
+            health_due: None,
             retired: None,
         }
     }
@@ -211,7 +230,10 @@ impl Actor {
         let mut open = true;
         self.turn(Input::Boot);
         loop {
-            let deadline = self.sup.next_deadline();
+            let deadline = match (self.sup.next_deadline(), self.health_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if std::mem::take(&mut self.batched) {
                 // Let heartbeats, stats and replies run between batches of spawns.
                 tokio::task::yield_now().await;
@@ -239,6 +261,9 @@ impl Actor {
             if self.sup.finished() {
                 break;
             }
+        }
+        for (_, task) in std::mem::take(&mut self.notify) {
+            task.abort();
         }
         if let Some(writer) = self.writer.take() {
             writer.finish().await;
@@ -309,7 +334,7 @@ impl Actor {
     }
 
     /// A task's report as the model's input, with what the actor observed.
-    fn observe(&self, report: Report) -> Input {
+    fn observe(&mut self, report: Report) -> Input {
         match report {
             Report::Exited {
                 name,
@@ -317,20 +342,37 @@ impl Actor {
                 gen,
                 pid,
                 status,
-            } => Input::Exited {
+            } => {
+                if let Some(task) = self.notify.remove(&gen) {
+                    task.abort();
+                }
+                Input::Exited {
+                    name,
+                    wid,
+                    gen,
+                    exit: match status {
+                        Ok(s) => process::exit_status(s),
+                        Err(_) => ExitStatus {
+                            code: None,
+                            signal: None,
+                        },
+                    },
+                    group_alive: process::group_alive(pid),
+                }
+            }
+            Report::Probe {
                 name,
                 wid,
                 gen,
-                exit: match status {
-                    Ok(s) => process::exit_status(s),
-                    Err(_) => ExitStatus {
-                        code: None,
-                        signal: None,
-                    },
-                },
-                group_alive: process::group_alive(pid),
+                stage,
+                result,
+            } => Input::Probe {
+                name,
+                wid,
+                gen,
+                stage,
+                result,
             },
-            Report::Health { name, wid, gen, ok } => Input::Health { name, wid, gen, ok },
             Report::Timer(Timer::StopCheck {
                 name,
                 wid,
@@ -350,13 +392,28 @@ impl Actor {
     /// before the next effect), then the published state, then replies and events.
     fn turn(&mut self, input: Input) {
         // A timer or a report that returns no effect changes nothing that is published
-        // (a slot going from starting to running shows in no snapshot).
-        let mut dirty = !matches!(
+        // but, at most, a process's health (once it has run min_uptime, or a probe
+        // answered): that is published within HEALTH_LAG, once for many such turns.
+        let health = matches!(
             input,
-            Input::Timer(_) | Input::Health { .. } | Input::StopCheck { .. } | Input::Tick
+            Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
         );
+        let mut dirty = match &input {
+            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Boot
+            | Input::Command(..)
+            | Input::RestartSlot { .. }
+            | Input::Reload(..)
+            | Input::Shutdown
+            | Input::Spawned { .. }
+            | Input::SpawnFailed { .. }
+            | Input::Exited { .. } => true,
+        };
         let mut todo: VecDeque<Effect> = step(&mut self.sup, input).into();
-        dirty |= !todo.is_empty();
+        // Arming a timer or starting a probe changes nothing published either.
+        dirty |= todo
+            .iter()
+            .any(|e| !matches!(e, Effect::ArmTimer { .. } | Effect::Probe { .. }));
         let mut persist = None;
         while let Some(effect) = todo.pop_front() {
             if let Effect::Persist(state) = effect {
@@ -373,8 +430,12 @@ impl Actor {
         if let (Some(state), Some(writer)) = (persist, self.writer.as_mut()) {
             writer.save(state);
         }
-        if dirty {
+        let now = Instant::now();
+        if dirty || self.health_due.is_some_and(|due| now >= due) {
             self.publish();
+            self.health_due = None;
+        } else if health && self.health_due.is_none() {
+            self.health_due = Some(now + HEALTH_LAG);
         }
         for effect in std::mem::take(&mut self.outbox) {
             match effect {
@@ -428,13 +489,26 @@ impl Actor {
                     tracing::warn!(watcher, wid, pid, "cannot send {signal}: {e}");
                 }
             }
-            Effect::HealthCheck {
+            Effect::Probe {
                 watcher,
                 wid,
                 gen,
-                argv,
+                stage,
+                check,
                 timeout,
-            } => self.health_check(watcher, wid, gen, argv, timeout),
+            } => {
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    let result = crate::probe::run(&check, timeout).await;
+                    let _ = tx.send(Report::Probe {
+                        name: watcher,
+                        wid,
+                        gen,
+                        stage,
+                        result,
+                    });
+                });
+            }
             Effect::ArmTimer { after, timer } => {
                 // Every duration is bounded well below the wheel's limit (about two
                 // years) by the option ranges; the cap only keeps `insert` from panicking.
@@ -482,11 +556,32 @@ impl Actor {
             watcher: name,
             wid,
             gen,
-            spec,
             stop,
+            mut spec,
             capture,
             respawn,
+            notify,
         } = order;
+        let socket = if notify {
+            match self.notify_socket(gen, spec.uid) {
+                Ok(socket) => {
+                    let path = socket.path().display().to_string();
+                    spec.env.push(("NOTIFY_SOCKET".into(), path));
+                    Some(socket)
+                }
+                Err(e) => {
+                    return Input::SpawnFailed {
+                        reason: format!("cannot make the notify socket of {:?}: {e}", spec.cmd),
+                        name,
+                        wid,
+                        gen,
+                        respawn,
+                    }
+                }
+            }
+        } else {
+            None
+        };
         let mut spawned = match process::spawn(&spec) {
             Ok(s) => s,
             Err(e) => {
@@ -506,6 +601,26 @@ impl Actor {
         }
         LIVE.configure(&name, stop.0, stop.1);
         LIVE.started(pid, &name);
+        if let Some(socket) = socket {
+            let tx = self.reports_tx.clone();
+            let owned = name.clone();
+            let task = tokio::spawn(async move {
+                if socket.ready().await.is_ok() {
+                    let _ = tx.send(Report::Probe {
+                        name: owned,
+                        wid,
+                        gen,
+                        stage: Stage::Ready,
+                        result: Ok(()),
+                    });
+                }
+                // Later datagrams (STATUS=...) are not read; the socket stays until
+                // the process exits, so that they do not fail.
+                std::future::pending::<()>().await;
+                drop(socket);
+            });
+            self.notify.insert(gen, task);
+        }
         let tx = self.reports_tx.clone();
         let owned = name.clone();
         tokio::spawn(async move {
@@ -541,27 +656,22 @@ impl Actor {
         }
     }
 
-    fn health_check(&self, name: String, wid: u32, gen: u64, argv: Vec<String>, timeout: Duration) {
-        let tx = self.reports_tx.clone();
-        tokio::spawn(async move {
-            let deadline = later(Instant::now(), timeout);
-            let ok = loop {
-                let status = tokio::process::Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .status();
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left.max(Duration::from_millis(1)), status).await {
-                    Ok(Ok(s)) if s.success() => break true,
-                    _ if Instant::now() >= deadline => break false,
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
-            let _ = tx.send(Report::Health { name, wid, gen, ok });
-        });
+    /// A notify socket for the process of generation `gen`, in the notify dir.
+    fn notify_socket(
+        &self,
+        gen: u64,
+        uid: Option<u32>,
+    ) -> std::io::Result<crate::probe::NotifySocket> {
+        let Some(dir) = &self.notify_dir else {
+            return Err(std::io::Error::other(
+                "this agent has no directory for notify sockets",
+            ));
+        };
+        crate::probe::NotifySocket::bind(
+            dir,
+            &format!("{gen}-{:x}.sock", uuid::Uuid::new_v4().as_u64_pair().0),
+            uid,
+        )
     }
 }
 
@@ -593,6 +703,7 @@ mod tests {
                 allow_remote_exec: true,
                 persist: Some(persist),
                 groups: None,
+                notify_dir: None,
                 max_processes: 10,
                 sockets: SocketSet::default(),
             },

@@ -68,12 +68,50 @@ fn watcher_config(name: &str, options: &WatcherOptions) -> Result<WatcherConfig,
     })
 }
 
+/// Applies `set KEY VALUE` for `health_cmd` or `health_timeout`, the other spelling of
+/// `ready.exec` and `ready.timeout`, to a watcher's options (which spell its readiness
+/// check as `ready`): `health_cmd` makes the check that command, keeping its timeout
+/// and interval; `health_timeout` sets the check's timeout; null removes an exec check,
+/// or the timeout.
+fn health_spelling(options: &mut WatcherOptions, key: &str, value: &Value) -> Result<(), CmdError> {
+    let one = if value.is_null() {
+        WatcherOptions::default()
+    } else {
+        protocol::options::parse_option(key, value)
+            .map_err(|e| CmdError::new(Errno::BadOption, e))?
+    };
+    match (key, one.health_cmd, one.health_timeout) {
+        ("health_cmd", Some(cmd), _) => {
+            let r = options.ready.take().unwrap_or_default();
+            options.ready = Some(protocol::options::ReadyCheck {
+                exec: Some(cmd),
+                timeout: r.timeout,
+                interval: r.interval,
+                ..Default::default()
+            });
+        }
+        ("health_cmd", None, _) => {
+            if options.ready.as_ref().is_some_and(|r| r.exec.is_some()) {
+                options.ready = None;
+            }
+        }
+        (_, _, timeout) => match options.ready.as_mut() {
+            Some(r) => r.timeout = timeout,
+            // No check: the value is kept, as a config may give it alone.
+            None => options.health_timeout = timeout,
+        },
+    }
+    Ok(())
+}
+
 /// What a handler does with the command's reply.
 enum Answer {
     /// Reply now.
     Now(Outcome),
     /// Reply once these watchers have settled.
     Settled(Vec<String>),
+    /// Reply once these watchers have settled and their processes are ready.
+    Up(Vec<String>),
     /// The handler has replied (or will).
     Done,
 }
@@ -88,6 +126,7 @@ impl<T: Into<ReplyData>> From<Result<T, CmdError>> for Answer {
 impl Supervisor {
     /// Runs one watcher command and answers `reply`.
     pub(super) fn command(&mut self, command: Command, reply: ReplyId) {
+        let since_gen = self.next_gen;
         let answer = if self.shutting_down {
             Answer::Now(Err(gone()))
         } else {
@@ -95,7 +134,8 @@ impl Supervisor {
         };
         match answer {
             Answer::Now(outcome) => self.reply(reply, outcome),
-            Answer::Settled(names) => self.wait_settled(names, reply),
+            Answer::Settled(names) => self.wait_settled(names, reply, None),
+            Answer::Up(names) => self.wait_settled(names, reply, Some(since_gen)),
             Answer::Done => {}
         }
     }
@@ -266,10 +306,17 @@ impl Supervisor {
             pids: Some(
                 w.slots
                     .values()
+                    .flat_map(Slot::processes)
                     .filter_map(|s| s.pid.filter(|_| s.alive()))
                     .collect(),
             ),
-            processes: Some(w.slots.values().map(Slot::info).collect()),
+            processes: Some(
+                w.slots
+                    .values()
+                    .flat_map(Slot::processes)
+                    .map(Slot::info)
+                    .collect(),
+            ),
         })
     }
 
@@ -281,7 +328,7 @@ impl Supervisor {
         }
         self.persist();
         if wait {
-            Answer::Settled(names)
+            Answer::Up(names)
         } else {
             Answer::Now(data(ActionData {
                 statuses: self.statuses(&names),
@@ -353,6 +400,7 @@ impl Supervisor {
         let pids: Vec<u32> = w
             .slots
             .values()
+            .flat_map(Slot::processes)
             .filter(|s| s.alive())
             .filter_map(|s| s.pid)
             .collect();
@@ -480,6 +528,28 @@ impl Supervisor {
                 return Err(e);
             }
         }
+        // A check that runs a command is a program started remotely.
+        let runs_a_command = |(k, v): &(&String, &Value)| {
+            matches!(k.as_str(), "ready" | "live") && v.get("exec").is_some_and(|e| !e.is_null())
+        };
+        if let Some((k, _)) = options.iter().find(runs_a_command) {
+            if let Some(e) = self.remote_exec_refused(&format!("setting '{k}' with exec")) {
+                return Err(e);
+            }
+        }
+        let spelled = |k: &&String| matches!(k.as_str(), "health_cmd" | "health_timeout");
+        if options.contains_key("ready") {
+            if let Some(k) = options.keys().find(spelled) {
+                return Err(CmdError::new(
+                    Errno::BadOption,
+                    format!(
+                        "option '{k}': set together with 'ready'; {k} is another spelling of \
+                         ready.{}, keep one",
+                        if k == "health_cmd" { "exec" } else { "timeout" }
+                    ),
+                ));
+            }
+        }
         for (k, v) in options.iter().filter(|(_, v)| !v.is_null()) {
             protocol::options::check_option(k, v)
                 .map_err(|e| CmdError::new(Errno::BadOption, e))?;
@@ -493,7 +563,9 @@ impl Supervisor {
         self.check_set(&p.options)?;
         let mut options = w.cfg.to_options();
         for (k, v) in &p.options {
-            if v.is_null() {
+            if matches!(k.as_str(), "health_cmd" | "health_timeout") {
+                health_spelling(&mut options, k, v)?;
+            } else if v.is_null() {
                 options.unset(k);
             } else {
                 let one = protocol::options::parse_option(k, v)
@@ -617,7 +689,7 @@ impl Supervisor {
     /// foretells which sockets binding would replace): the sockets are replaced, removed
     /// watchers stop (dependents first) and go, changed ones take their new options
     /// (those whose processes must restart to take them, or to get a socket bound anew,
-    /// are restarted one process at a time by the handle, as `restart --rolling`),
+    /// are restarted by the handle as `restart --rolling` restarts them),
     /// scaled ones resize, added ones start (after their dependencies). Unchanged
     /// watchers are not touched. A plan refused by [`Self::check_reload`] changes nothing.
     pub(super) fn reload(&mut self, r: Reload, bound: Option<SocketSet>, reply: ReplyId) {

@@ -1,8 +1,9 @@
 //! The slot lifecycle as pure transitions: an input (a command, an exit, a timer, a
-//! spawn's result) and the time in, the new state and a list of effects out. It owns
-//! the decisions to spawn, respawn (through [`policy`]), stop with SIGKILL escalation,
-//! warm up and check health. It must not perform effects: no process calls, signals,
-//! tasks, clocks or channels; the actor carries out what it returns.
+//! spawn's or a probe's result) and the time in, the new state and a list of effects
+//! out. It owns the decisions to spawn, respawn (through [`policy`]), stop with SIGKILL
+//! escalation, warm up, and check readiness and liveness (which probe when, and what a
+//! result or a deadline does). It must not perform effects: no process calls, signals,
+//! probes, tasks, clocks or channels; the actor carries out what it returns.
 
 use std::time::{Duration, Instant};
 
@@ -10,11 +11,12 @@ use nix::sys::signal::Signal;
 use protocol::reply::{ExitStatus, NoData, ProcessState};
 
 use super::live::{later, KILL_GRACE};
-use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Supervisor, Timer};
+use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Stage, Supervisor, Timer};
 use super::policy;
 use super::waiters::{restart_budget, SlotWaiter};
 use crate::config::deps::{start_order, stop_order};
-use crate::config::{expand, Output};
+use crate::config::{expand, format_duration, Output, Probe, Rollout, WatcherConfig};
+use crate::probe::Check;
 use crate::process::SpawnSpec;
 
 /// How often a stopping group is checked once its leader is gone or SIGKILL was sent.
@@ -57,7 +59,13 @@ impl Supervisor {
                 exit,
                 group_alive,
             } => self.on_exit(&name, wid, gen, exit, group_alive),
-            Input::Health { name, wid, gen, ok } => self.on_health(&name, wid, gen, ok),
+            Input::Probe {
+                name,
+                wid,
+                gen,
+                stage,
+                result,
+            } => self.on_probe(&name, wid, gen, stage, result),
             Input::StopCheck {
                 name,
                 wid,
@@ -67,6 +75,7 @@ impl Supervisor {
             Input::Timer(timer) => self.on_timer(timer),
         }
         self.follow_dependencies();
+        self.advance_surges();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
@@ -378,25 +387,43 @@ impl Supervisor {
     fn spawn_slot(&mut self, name: &str, wid: u32, respawn: bool) {
         let gen = self.next_gen;
         self.next_gen += 1;
-        let node = self.limits.node.clone();
-        let Some(w) = self.watchers.get_mut(name) else {
+        let Some((order, listen)) = self.spawn_order(name, wid, gen, respawn) else {
             return;
         };
+        let Some(slot) = self
+            .watchers
+            .get_mut(name)
+            .and_then(|w| w.slots.get_mut(&wid))
+        else {
+            return;
+        };
+        slot.gen = gen;
+        slot.kill_at = None;
+        slot.leader_gone = false;
+        slot.after_stop = AfterStop::Remove;
+        slot.uptime_reached = false;
+        match listen {
+            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
+        }
+    }
+
+    /// The order to start generation `gen` of a slot, and whether its sockets can be
+    /// passed (the reason when not).
+    pub(super) fn spawn_order(
+        &self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        respawn: bool,
+    ) -> Option<(SpawnOrder, Result<(), String>)> {
+        let node = self.limits.node.clone();
+        let w = self.watchers.get(name)?;
         let cfg = &w.cfg;
         let listen = self.sockets.fds(&cfg.sockets);
         let expand = |s: &str, name: &str, wid: u32| {
             crate::sockets::expand(&expand(s, name, wid), &cfg.sockets)
         };
-        let mut env: Vec<(String, String)> = vec![
-            ("NODEAGENT_WID".into(), wid.to_string()),
-            ("NODEAGENT_WATCHER".into(), name.to_owned()),
-            ("NODEAGENT_NODE".into(), node),
-        ];
-        env.extend(
-            cfg.env
-                .iter()
-                .map(|(k, v)| (k.clone(), expand(v, name, wid))),
-        );
         let capture = cfg.stdout == Output::Capture || cfg.stderr == Output::Capture;
         let order = SpawnOrder {
             watcher: name.to_owned(),
@@ -405,7 +432,7 @@ impl Supervisor {
             spec: SpawnSpec {
                 cmd: expand(&cfg.cmd, name, wid),
                 args: cfg.args.iter().map(|a| expand(a, name, wid)).collect(),
-                env,
+                env: process_env(cfg, &node, wid),
                 clear_env: !cfg.copy_env,
                 working_dir: cfg.working_dir.clone(),
                 uid: cfg.uid_num,
@@ -417,60 +444,45 @@ impl Supervisor {
             stop: (cfg.stop_signal, cfg.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
             respawn,
+            notify: cfg.ready.as_ref().is_some_and(|r| r.probe == Probe::Notify),
         };
-        let Some(slot) = w.slots.get_mut(&wid) else {
-            return;
-        };
-        slot.gen = gen;
-        slot.kill_at = None;
-        slot.leader_gone = false;
-        slot.after_stop = AfterStop::Remove;
-        slot.uptime_reached = false;
-        match listen {
-            Ok(_) => self.out.push(Effect::Spawn(Box::new(order))),
-            Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
-        }
+        Some((order, listen.map(|_| ())))
     }
 
-    /// A process started: it is starting until `min_uptime` (and its health check).
+    /// A process started: it is starting until `min_uptime` has passed and its
+    /// readiness check (if any) has passed within `ready.timeout`.
     fn on_spawned(&mut self, name: &str, wid: u32, gen: u64, pid: u32, unix: f64, respawn: bool) {
         let now = self.now;
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
-        let (min_uptime, health, health_timeout) = (
-            w.cfg.min_uptime,
-            w.cfg.health_cmd.clone(),
-            w.cfg.health_timeout,
-        );
-        let Some(slot) = w.slots.get_mut(&wid).filter(|s| s.gen == gen) else {
+        let (min_uptime, ready) = (w.cfg.min_uptime, w.cfg.ready.clone());
+        let Some(slot) = self.slot_mut(name, wid, gen) else {
             return;
         };
         slot.pid = Some(pid);
         slot.state = ProcessState::Starting;
         slot.started = Some((now, unix));
         slot.reason = None;
-        slot.healthy = health.is_none();
+        slot.healthy = ready.is_none();
         slot.health_failed = false;
-        self.emit_slot(name, wid, "spawn");
+        // Said of this process, which may be a replacement next to the slot's own.
+        let said = slot.clone();
+        self.emit(name, "spawn", Some(&said));
         let timer = Timer::UptimeReached {
             name: name.to_owned(),
             wid,
             gen,
         };
         self.timer(min_uptime, timer);
-        if let Some(cmd) = health {
-            let argv = cmd
-                .iter()
-                .map(|a| expand(a, name, wid).replace("$(pid)", &pid.to_string()))
-                .collect();
-            self.out.push(Effect::HealthCheck {
-                watcher: name.to_owned(),
+        if let Some(ready) = ready {
+            let deadline = Timer::ReadyDeadline {
+                name: name.to_owned(),
                 wid,
                 gen,
-                argv,
-                timeout: health_timeout,
-            });
+            };
+            self.timer(ready.timeout, deadline);
+            self.probe(name, wid, gen, Stage::Ready);
         }
         if respawn {
             self.emit_slot(name, wid, "respawn");
@@ -485,30 +497,260 @@ impl Supervisor {
         tracing::warn!(watcher = name, wid, "{reason}");
         slot.pid = None;
         slot.started = None;
-        slot.reason = Some(reason);
+        slot.reason = Some(reason.clone());
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, reason);
+        }
         self.after_exit(name, wid, None);
         if respawn {
             self.emit_slot(name, wid, "respawn");
         }
     }
 
-    fn on_health(&mut self, name: &str, wid: u32, gen: u64, ok: bool) {
+    /// Asks the actor to probe a process for `stage`, from the watcher's check as it is
+    /// now: a readiness probe may take until the ready deadline, a liveness probe
+    /// `live.timeout`. A notify check is not probed: the process reports.
+    fn probe(&mut self, name: &str, wid: u32, gen: u64, stage: Stage) {
+        let now = self.now;
+        let node = self.limits.node.clone();
+        let Some(w) = self.watchers.get(name) else {
+            return;
+        };
+        let Some(slot) = self.slot(name, wid, gen) else {
+            return;
+        };
+        let (Some(pid), Some((started, _))) = (slot.pid, slot.started) else {
+            return;
+        };
+        let (probe, timeout) = match (stage, &w.cfg.ready, &w.cfg.live) {
+            (Stage::Ready, Some(r), _) => {
+                let deadline = later(started, r.timeout);
+                (&r.probe, deadline.saturating_duration_since(now))
+            }
+            (Stage::Live, _, Some(l)) => (&l.probe, l.timeout),
+            // The check was removed meanwhile: nothing to probe.
+            (Stage::Ready, None, _) | (Stage::Live, _, None) => return,
+        };
+        let check = match probe.expanded(name, wid, pid) {
+            Probe::Tcp(t) => Check::Tcp(t),
+            Probe::Http(u) => Check::Http(u),
+            Probe::Exec(argv) => Check::Exec(SpawnSpec {
+                cmd: argv.first().cloned().unwrap_or_default(),
+                args: argv.get(1..).unwrap_or_default().to_vec(),
+                env: process_env(&w.cfg, &node, wid),
+                clear_env: !w.cfg.copy_env,
+                working_dir: w.cfg.working_dir.clone(),
+                uid: w.cfg.uid_num,
+                gid: w.cfg.gid_num,
+                stdout: Output::Discard,
+                stderr: Output::Discard,
+                listen: Vec::new(),
+            }),
+            Probe::Notify => return,
+        };
+        self.out.push(Effect::Probe {
+            watcher: name.to_owned(),
+            wid,
+            gen,
+            stage,
+            check: Box::new(check),
+            timeout,
+        });
+    }
+
+    /// A probe's result. A result for another process of the slot, or for a stage the
+    /// process is no longer in, is stale and changes nothing.
+    fn on_probe(
+        &mut self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        stage: Stage,
+        result: Result<(), String>,
+    ) {
+        let Some(w) = self.watchers.get(name) else {
+            return;
+        };
+        let (interval, failures) = match (stage, &w.cfg.ready, &w.cfg.live) {
+            (Stage::Ready, Some(r), _) => (r.interval, 0),
+            (Stage::Live, _, Some(l)) => (l.interval, l.failures),
+            (Stage::Ready, None, _) | (Stage::Live, _, None) => (Duration::ZERO, 0),
+        };
         let Some(s) = self.slot_mut(name, wid, gen) else {
             return;
         };
-        if ok {
-            s.healthy = true;
-            if s.state == ProcessState::Starting && s.uptime_reached {
-                s.state = ProcessState::Running;
+        let next = Timer::Probe {
+            name: name.to_owned(),
+            wid,
+            gen,
+            stage,
+        };
+        match stage {
+            Stage::Ready => {
+                if s.state != ProcessState::Starting || s.healthy || s.health_failed {
+                    return;
+                }
+                match result {
+                    Ok(()) => {
+                        s.healthy = true;
+                        s.check_error = None;
+                        if s.uptime_reached {
+                            self.became_ready(name, wid, gen);
+                        }
+                    }
+                    Err(why) => {
+                        s.check_error = Some(why);
+                        self.timer(interval, next);
+                    }
+                }
             }
-        } else {
-            s.health_failed = true;
-            s.reason = Some("health check did not pass within health_timeout".into());
+            Stage::Live => {
+                if s.state != ProcessState::Running || s.health_failed {
+                    return;
+                }
+                match result {
+                    Ok(()) => {
+                        s.live_failures = 0;
+                        s.check_error = None;
+                        self.timer(interval, next);
+                    }
+                    Err(why) => {
+                        s.live_failures = s.live_failures.saturating_add(1);
+                        let n = s.live_failures;
+                        tracing::info!(
+                            watcher = name,
+                            wid,
+                            "liveness probe failed ({n} in a row): {why}"
+                        );
+                        s.check_error = Some(why.clone());
+                        if n >= failures {
+                            let reason = format!(
+                                "liveness check failed {n} time{} in a row (last: {why})",
+                                if n == 1 { "" } else { "s" }
+                            );
+                            self.check_failed(name, wid, gen, reason, false);
+                        } else {
+                            self.timer(interval, next);
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Asks one slot's process to stop. `respawn` starts it again once stopped.
+    /// A starting process has run `min_uptime` and passed its readiness check: it is
+    /// ready, and its liveness probes begin.
+    fn became_ready(&mut self, name: &str, wid: u32, gen: u64) {
+        let live = self
+            .watchers
+            .get(name)
+            .and_then(|w| w.cfg.live.as_ref())
+            .map(|l| l.interval);
+        let Some(s) = self.slot_mut(name, wid, gen) else {
+            return;
+        };
+        s.state = ProcessState::Running;
+        s.live_failures = 0;
+        if let Some(interval) = live {
+            let timer = Timer::Probe {
+                name: name.to_owned(),
+                wid,
+                gen,
+                stage: Stage::Live,
+            };
+            self.timer(interval, timer);
+        }
+    }
+
+    /// A process failed a check: it is stopped as a stop would, with an `unhealthy`
+    /// event, and then the restart policy decides (a readiness failure counting as a
+    /// failed start). A replacement that fails one is stopped and the slot's own
+    /// process keeps running; the restart waiting on it fails saying why.
+    fn check_failed(&mut self, name: &str, wid: u32, gen: u64, reason: String, failed_start: bool) {
+        let replacement = self.is_replacement(name, wid, gen);
+        let Some(s) = self.slot_mut(name, wid, gen) else {
+            return;
+        };
+        s.health_failed = true;
+        if failed_start {
+            s.not_ready = Some((s.gen, reason.clone()));
+        }
+        s.reason = Some(reason.clone());
+        let said = s.clone();
+        self.emit(name, "unhealthy", Some(&said));
+        if replacement {
+            let old_stopping = self
+                .watchers
+                .get(name)
+                .and_then(|w| w.slots.get(&wid))
+                .is_some_and(|s| s.state == ProcessState::Stopping);
+            let then = if old_stopping {
+                "the old process was stopping already; the slot starts afresh"
+            } else {
+                "the old process keeps running"
+            };
+            let why = format!("its replacement failed: {reason}; {then}");
+            tracing::warn!(watcher = name, wid, "{why}");
+            self.fail_restart(name, wid, why);
+            self.stop_replacement(name, wid);
+            return;
+        }
+        tracing::warn!(watcher = name, wid, "{reason}; restarting it");
+        self.stop_slot_then(name, wid, AfterStop::Unhealthy { failed_start });
+    }
+
+    /// A readiness deadline: a process still not ready is stopped.
+    fn ready_deadline(&mut self, name: &str, wid: u32, gen: u64) {
+        let timeout = self
+            .watchers
+            .get(name)
+            .and_then(|w| w.cfg.ready.as_ref())
+            .map(|r| r.timeout);
+        let Some(s) = self.slot_mut(name, wid, gen) else {
+            return;
+        };
+        if s.state != ProcessState::Starting || s.healthy || s.health_failed {
+            return;
+        }
+        let Some(timeout) = timeout else {
+            // The check was removed meanwhile.
+            s.healthy = true;
+            if s.uptime_reached {
+                self.became_ready(name, wid, gen);
+            }
+            return;
+        };
+        let last = s
+            .check_error
+            .clone()
+            .unwrap_or_else(|| "no answer yet".into());
+        let reason = format!(
+            "not ready: health check did not pass within {} (last: {last})",
+            format_duration(timeout)
+        );
+        self.check_failed(name, wid, gen, reason, true);
+    }
+
+    /// Asks one slot's process, and its replacement if one is starting, to stop.
+    /// `respawn` starts it again once stopped.
     pub(super) fn stop_slot(&mut self, name: &str, wid: u32, respawn: bool) {
+        self.stop_replacement(name, wid);
+        self.stop_process(name, wid, respawn);
+    }
+
+    /// Asks one slot's own process to stop (not its replacement). `respawn` starts it
+    /// again once stopped.
+    pub(super) fn stop_process(&mut self, name: &str, wid: u32, respawn: bool) {
+        let after = if respawn {
+            AfterStop::Respawn
+        } else {
+            AfterStop::Remove
+        };
+        self.stop_slot_then(name, wid, after);
+    }
+
+    /// Asks one slot's process to stop; `after` says what becomes of the slot then.
+    fn stop_slot_then(&mut self, name: &str, wid: u32, after: AfterStop) {
         let now = self.now;
         let Some(w) = self.watchers.get_mut(name) else {
             return;
@@ -517,11 +759,7 @@ impl Supervisor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
-        slot.after_stop = if respawn {
-            AfterStop::Respawn
-        } else {
-            AfterStop::Remove
-        };
+        slot.after_stop = after;
         if slot.state == ProcessState::Stopping {
             return;
         }
@@ -553,7 +791,7 @@ impl Supervisor {
     }
 
     /// A slot's process and its whole group are gone after a stop.
-    fn finish_stop(&mut self, name: &str, wid: u32) {
+    pub(super) fn finish_stop(&mut self, name: &str, wid: u32) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -564,12 +802,22 @@ impl Supervisor {
         let ended = slot.pid.take();
         slot.kill_at = None;
         slot.leader_gone = false;
+        if slot.replacement.is_some() {
+            self.replacement_takes_over(name, wid);
+            if let Some(pid) = ended {
+                self.out.push(Effect::Ended { pid });
+            }
+            self.after_slot_change(name);
+            return;
+        }
+        let mut unhealthy = None;
         match (slot.after_stop, wanted) {
             (AfterStop::Respawn, true) => {
                 slot.restarts += 1;
                 slot.failures = 0;
             }
             (AfterStop::Start, true) => *slot = Slot::new(wid),
+            (AfterStop::Unhealthy { failed_start }, true) => unhealthy = Some(failed_start),
             (AfterStop::Remove, _) | (_, false) => {
                 w.slots.remove(&wid);
             }
@@ -578,14 +826,56 @@ impl Supervisor {
         if let Some(pid) = ended {
             self.out.push(Effect::Ended { pid });
         }
-        if respawn {
-            self.spawn_slot(name, wid, false);
+        match unhealthy {
+            Some(failed_start) => self.after_check_failure(name, wid, failed_start),
+            None if respawn => self.spawn_slot(name, wid, false),
+            None => {}
         }
         self.after_slot_change(name);
     }
 
+    /// The restart policy for a slot whose process was stopped for a failed check:
+    /// under `never` it stays exited; otherwise a liveness failure (the process was
+    /// ready, so it ran `min_uptime`) restarts it at once, and a readiness failure is a
+    /// failed start, backed off and counted towards `max_retry`.
+    fn after_check_failure(&mut self, name: &str, wid: u32, failed_start: bool) {
+        let Some(w) = self.watchers.get_mut(name) else {
+            return;
+        };
+        let rules = w.rules();
+        let Some(slot) = w.slots.get_mut(&wid) else {
+            return;
+        };
+        let reason = slot.reason.clone().unwrap_or_default();
+        let decision = match rules.restart {
+            protocol::RestartPolicy::Never => policy::Decision::Stay,
+            protocol::RestartPolicy::Always | protocol::RestartPolicy::OnFailure
+                if !failed_start =>
+            {
+                slot.failures = 0;
+                policy::Decision::Respawn {
+                    delay: Duration::ZERO,
+                }
+            }
+            protocol::RestartPolicy::Always | protocol::RestartPolicy::OnFailure => {
+                let (d, failures) = policy::after_exit(&rules, None, Duration::ZERO, slot.failures);
+                slot.failures = failures;
+                match d {
+                    policy::Decision::Fatal { .. } => policy::Decision::Fatal {
+                        reason: format!(
+                            "gave up after {failures} failed start{} in a row (last: {reason})",
+                            if failures == 1 { "" } else { "s" }
+                        ),
+                    },
+                    d @ (policy::Decision::Respawn { .. } | policy::Decision::Stay) => d,
+                }
+            }
+        };
+        self.apply_decision(name, wid, decision);
+    }
+
     /// After slots went away: a pending restart starts anew, a removed watcher goes.
-    fn after_slot_change(&mut self, name: &str) {
+    pub(super) fn after_slot_change(&mut self, name: &str) {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
@@ -619,7 +909,33 @@ impl Supervisor {
             return self.reply(reply, super::data(NoData {}));
         };
         let old_gen = slot.gen;
-        if slot.pid.is_none() {
+        let surge = matches!(w.cfg.rollout(), Rollout::Surge(_));
+        if slot.replacement.is_some() {
+            return self.reply(
+                reply,
+                Err(super::CmdError::new(
+                    protocol::Errno::CommandFailed,
+                    format!(
+                        "process {wid} of '{name}' is already being replaced; wait for \
+                         that restart to end"
+                    ),
+                )),
+            );
+        }
+        let replace_first = surge && slot.alive() && slot.state != ProcessState::Stopping;
+        let idle = slot.pid.is_none();
+        // Waiting before anything starts: a replacement that fails at once says so here.
+        self.slot_waiters.push(SlotWaiter {
+            name: name.to_owned(),
+            wid,
+            old_gen,
+            deadline: later(self.now, timeout),
+            reply,
+            failure: None,
+        });
+        if replace_first {
+            self.start_replacement(name, wid);
+        } else if idle {
             // Nothing runs in this slot: start it afresh.
             if let Some(w) = self.watchers.get_mut(name) {
                 w.slots.insert(wid, Slot::new(wid));
@@ -628,13 +944,6 @@ impl Supervisor {
         } else {
             self.stop_slot(name, wid, true);
         }
-        self.slot_waiters.push(SlotWaiter {
-            name: name.to_owned(),
-            wid,
-            old_gen,
-            deadline: later(self.now, timeout),
-            reply,
-        });
     }
 
     // ----- timers and exits -----
@@ -654,10 +963,27 @@ impl Supervisor {
                 if let Some(s) = self.slot_mut(&name, wid, gen) {
                     s.uptime_reached = true;
                     if s.state == ProcessState::Starting && s.healthy {
-                        s.state = ProcessState::Running;
+                        self.became_ready(&name, wid, gen);
                     }
                 }
             }
+            Timer::Probe {
+                name,
+                wid,
+                gen,
+                stage,
+            } => {
+                let due = self.slot_mut(&name, wid, gen).is_some_and(|s| match stage {
+                    Stage::Ready => {
+                        s.state == ProcessState::Starting && !s.healthy && !s.health_failed
+                    }
+                    Stage::Live => s.state == ProcessState::Running && !s.health_failed,
+                });
+                if due {
+                    self.probe(&name, wid, gen, stage);
+                }
+            }
+            Timer::ReadyDeadline { name, wid, gen } => self.ready_deadline(&name, wid, gen),
             // The actor turns it into `Input::StopCheck` with what it found.
             Timer::StopCheck { name, wid, gen, .. } => {
                 self.stop_check(&name, wid, gen, true);
@@ -686,7 +1012,7 @@ impl Supervisor {
         };
         if !group_alive {
             if slot.leader_gone {
-                self.finish_stop(name, wid);
+                self.finish(name, wid, gen);
             }
             return;
         }
@@ -699,7 +1025,7 @@ impl Supervisor {
                 "the process group survived SIGKILL for {KILL_GRACE:?} (uninterruptible \
                  sleep?); giving up on it"
             );
-            self.finish_stop(name, wid);
+            self.finish(name, wid, gen);
             return;
         }
         if kill_due {
@@ -760,7 +1086,7 @@ impl Supervisor {
                     };
                     self.timer(STOP_POLL, timer);
                 }
-                _ => self.finish_stop(name, wid),
+                _ => self.finish(name, wid, gen),
             }
             return;
         }
@@ -777,6 +1103,9 @@ impl Supervisor {
         if let Some(slot) = self.slot_mut(name, wid, gen) {
             slot.pid = None;
         }
+        if self.is_replacement(name, wid, gen) {
+            return self.replacement_failed(name, wid, format!("exited ({exit})"));
+        }
         self.after_exit(name, wid, Some(exit));
     }
 
@@ -791,6 +1120,13 @@ impl Supervisor {
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
+        if slot.replacement.is_some() {
+            // The old process ended on its own during the overlap: its replacement,
+            // already started, takes the slot.
+            self.replacement_takes_over(name, wid);
+            self.after_slot_change(name);
+            return;
+        }
         let uptime = slot
             .started
             .map(|(t, _)| now.saturating_duration_since(t))
@@ -802,6 +1138,18 @@ impl Supervisor {
         }
         let (decision, failures) = policy::after_exit(&rules, exit.as_ref(), uptime, slot.failures);
         slot.failures = failures;
+        self.apply_decision(name, wid, decision);
+    }
+
+    /// Carries out the restart policy's decision for a slot whose process is gone.
+    fn apply_decision(&mut self, name: &str, wid: u32, decision: policy::Decision) {
+        let Some(slot) = self
+            .watchers
+            .get_mut(name)
+            .and_then(|w| w.slots.get_mut(&wid))
+        else {
+            return;
+        };
         match decision {
             policy::Decision::Respawn { delay } if delay.is_zero() => {
                 slot.restarts += 1;
@@ -825,4 +1173,23 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The environment of a process of watcher `cfg` (and of its `exec` checks): the
+/// agent's own variables, then the watcher's `env` with `$(wid)`, `$(name)` and
+/// `$(sockets.NAME)` expanded.
+fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(String, String)> {
+    let name = cfg.name.as_str();
+    let mut env: Vec<(String, String)> = vec![
+        ("NODEAGENT_WID".into(), wid.to_string()),
+        ("NODEAGENT_WATCHER".into(), name.to_owned()),
+        ("NODEAGENT_NODE".into(), node.to_owned()),
+    ];
+    env.extend(cfg.env.iter().map(|(k, v)| {
+        (
+            k.clone(),
+            crate::sockets::expand(&expand(v, name, wid), &cfg.sockets),
+        )
+    }));
+    env
 }

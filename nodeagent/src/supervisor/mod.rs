@@ -10,6 +10,7 @@ pub mod live;
 mod model;
 mod plan;
 pub mod policy;
+mod surge;
 mod waiters;
 
 #[cfg(test)]
@@ -53,7 +54,7 @@ fn data(d: impl Into<ReplyData>) -> Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
     pub watcher: String,
-    /// spawn, exit, respawn, flapping, start, stop, add, rm, reload.
+    /// spawn, exit, respawn, flapping, unhealthy, start, stop, add, rm, reload.
     pub kind: &'static str,
     pub wid: Option<u32>,
     pub pid: Option<u32>,
@@ -73,6 +74,8 @@ pub struct ProcessSnapshot {
     /// Unix time it started.
     pub started_at: f64,
     pub restarts: u32,
+    /// How it is doing by its checks.
+    pub health: Option<protocol::reply::ProcessHealth>,
 }
 
 /// One watcher, for stats and membership announcements.
@@ -136,6 +139,9 @@ pub struct Settings {
     pub persist: Option<PersistFn>,
     /// Where every process group started is noted, for the next start after a crash.
     pub groups: Option<std::sync::Arc<crate::groups::Groups>>,
+    /// A private directory for the notify sockets of watchers with
+    /// `ready = { notify = true }`; without one such processes cannot start.
+    pub notify_dir: Option<std::path::PathBuf>,
     /// The most processes all watchers together may ask for (`[agent] max_processes`).
     pub max_processes: u32,
     /// The sockets the agent bound, which the watchers' processes get by name.
@@ -209,9 +215,7 @@ impl SupervisorHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Restarts each process of the watcher(s) in turn; each new process must be up
-    /// (past `min_uptime`, and healthy where a health check is set) before the next
-    /// one is stopped, so at most one process of a watcher is down at any moment.
+    /// Restarts the processes of the watcher(s) a few at a time (see [`Self::roll`]).
     async fn rolling_restart(&self, r: &Restart) -> Outcome {
         let names: Vec<String> = match &r.name {
             Some(n) => vec![n.clone()],
@@ -228,7 +232,13 @@ impl SupervisorHandle {
         })
     }
 
-    /// Restarts each process of one watcher in turn (see [`Self::rolling_restart`]).
+    /// Restarts the processes of one watcher a few at a time (see
+    /// [`WatcherConfig::rollout`]): with surge, each replacement starts next to its old
+    /// process, which stops once the replacement is ready; otherwise each process
+    /// stops, then starts again. Every new process must be ready (past `min_uptime`,
+    /// and its `ready` check passed where one is set) before the next ones are
+    /// restarted. `restart --rolling` and a reload's restart of changed watchers both
+    /// restart this way.
     async fn roll(&self, name: &str) -> Result<(), CmdError> {
         let list = self
             .exec_plain(Command::List(protocol::command::MaybeName {
@@ -239,19 +249,55 @@ impl SupervisorHandle {
         let ReplyData::List(list) = list else {
             return Err(not_the_kind(ReplyKind::List, kind));
         };
-        for p in list.processes.unwrap_or_default() {
-            let (tx, rx) = oneshot::channel();
-            self.tx
-                .send(Cmd::RestartSlot {
-                    name: name.to_owned(),
-                    wid: p.wid,
-                    reply: tx,
-                })
-                .await
-                .map_err(|_| gone())?;
-            rx.await.map_err(|_| gone())??;
+        let mut wids: Vec<u32> = list
+            .processes
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.wid)
+            .collect();
+        // A slot shows twice while a replacement runs next to its process.
+        wids.dedup();
+        let at_once = self.rollout_batch(name).await?;
+        for batch in wids.chunks(at_once) {
+            let restarts = batch.iter().map(|wid| self.restart_slot(name, *wid));
+            for outcome in futures::future::join_all(restarts).await {
+                outcome?;
+            }
         }
         Ok(())
+    }
+
+    /// How many processes of `name` a rolling restart replaces at once.
+    async fn rollout_batch(&self, name: &str) -> Result<usize, CmdError> {
+        let options = self
+            .exec_plain(Command::Options(protocol::command::Name {
+                name: name.to_owned(),
+            }))
+            .await?;
+        let kind = options.kind();
+        let ReplyData::Options(o) = options else {
+            return Err(not_the_kind(ReplyKind::Options, kind));
+        };
+        let n = WatcherConfig::from_options(name, &o.options)
+            .map(|c| match c.rollout() {
+                crate::config::Rollout::Surge(n) | crate::config::Rollout::Unavailable(n) => n,
+            })
+            .unwrap_or(1);
+        Ok(usize::try_from(n).unwrap_or(1).max(1))
+    }
+
+    /// Restarts one slot; answers once its new process is up.
+    async fn restart_slot(&self, name: &str, wid: u32) -> Result<(), CmdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::RestartSlot {
+                name: name.to_owned(),
+                wid,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map(|_| ())
     }
 
     /// Every watcher with its live processes, as of the actor's last change; once the
@@ -289,8 +335,8 @@ impl SupervisorHandle {
         Ok(plan)
     }
 
-    /// Restarts, one process at a time (as `restart --rolling`), each watcher an applied
-    /// plan says must restart to take its change.
+    /// Restarts each watcher an applied plan says must restart to take its change, as
+    /// `restart --rolling` does ([`Self::roll`]: the watcher's max_surge/max_unavailable).
     pub async fn restart_changed(&self, plan: &PlanData) -> Result<(), CmdError> {
         for w in plan.watchers.iter().filter(|w| w.restart) {
             self.roll(&w.name).await.map_err(|e| {

@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use protocol::command::Command;
-use protocol::reply::{ExitStatus, ProcessInfo, ProcessState, WatcherState, WatcherSummary};
+use protocol::reply::{
+    ExitStatus, ProcessHealth, ProcessInfo, ProcessState, WatcherState, WatcherSummary,
+};
 
 use super::waiters::{SlotWaiter, Waiter};
 use super::{policy, DesiredState, LifecycleEvent, Outcome, ProcessSnapshot, WatcherSnapshot};
 use crate::config::WatcherConfig;
+use crate::probe::Check;
 use crate::process::SpawnSpec;
 use crate::sockets::SocketSet;
 
@@ -27,6 +30,18 @@ pub(super) enum AfterStop {
     Respawn,
     /// A fresh process starts: the watcher was started while this slot stopped.
     Start,
+    /// It failed a check (see [`Slot::health_failed`]): the restart policy decides, a
+    /// readiness failure counting as a failed start.
+    Unhealthy { failed_start: bool },
+}
+
+/// Which check a probe is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Until the process is ready (`ready`).
+    Ready,
+    /// While it is ready (`live`).
+    Live,
 }
 
 /// One numbered place for a process of a watcher (its `wid`).
@@ -50,11 +65,24 @@ pub(super) struct Slot {
     pub killed: bool,
     /// What becomes of it once its process group is gone after a stop.
     pub after_stop: AfterStop,
-    /// Healthy since it started (or no health check).
+    /// Its readiness check passed since it started (or it has none).
     pub healthy: bool,
-    /// Its health check gave up (health_timeout passed without a success).
+    /// It failed a check (not ready within `ready.timeout`, or `live.failures` failed
+    /// probes in a row) and is being stopped for it.
     pub health_failed: bool,
     pub uptime_reached: bool,
+    /// Failed liveness probes in a row.
+    pub live_failures: u32,
+    /// What the last failed probe said, while not ready or while live probes fail.
+    pub check_error: Option<String>,
+    /// The generation of the last process of this slot that was not ready in time, and
+    /// why; kept across restarts so that a wait can tell.
+    pub not_ready: Option<(u64, String)>,
+    /// During a restart with surge: the slot's new process, started next to this one
+    /// with a newer generation (same wid). It takes the slot once this one is gone.
+    pub replacement: Option<Box<Slot>>,
+    /// Of a replacement: when it must be up, or the restart gives up on it.
+    pub up_by: Option<Instant>,
 }
 
 impl Slot {
@@ -76,7 +104,44 @@ impl Slot {
             healthy: false,
             health_failed: false,
             uptime_reached: false,
+            live_failures: 0,
+            check_error: None,
+            not_ready: None,
+            replacement: None,
+            up_by: None,
         }
+    }
+
+    /// The one test of whether a slot's process is up: it runs, it passed its
+    /// readiness check (if any) and it has run `min_uptime` (the slot is then
+    /// [`ProcessState::Running`]). Rolling restarts (with or without surge), `--waiting`
+    /// commands and the watchers that depend on this one (`depends_on`) wait for it;
+    /// `status` counts it as ready.
+    pub fn is_ready(&self) -> bool {
+        self.alive() && self.state == ProcessState::Running
+    }
+
+    /// How its process is doing by its checks, while one runs.
+    pub fn health(&self) -> Option<ProcessHealth> {
+        if !self.alive() {
+            return None;
+        }
+        if self.health_failed || self.live_failures > 0 {
+            return Some(ProcessHealth::Unhealthy);
+        }
+        match self.state {
+            ProcessState::Running => Some(ProcessHealth::Ready),
+            ProcessState::Starting => Some(ProcessHealth::Starting),
+            ProcessState::Stopping
+            | ProcessState::Backoff
+            | ProcessState::Exited
+            | ProcessState::Fatal => None,
+        }
+    }
+
+    /// The slot's process, then its replacement if one is there.
+    pub fn processes(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::once(self).chain(self.replacement.as_deref())
     }
 
     pub fn info(&self) -> ProcessInfo {
@@ -87,17 +152,17 @@ impl Slot {
             started_at: self.started.map(|(_, t)| t),
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
+            health: self.health(),
+            reason: match self.health() {
+                Some(ProcessHealth::Unhealthy) if self.health_failed => self.reason.clone(),
+                Some(ProcessHealth::Unhealthy) => self.check_error.clone(),
+                Some(ProcessHealth::Starting | ProcessHealth::Ready) | None => None,
+            },
         }
     }
 
     pub fn alive(&self) -> bool {
         self.pid.is_some() && !self.leader_gone
-    }
-
-    /// Its process is up: running past `min_uptime`, and healthy where a health check
-    /// is set (the slot is then [`ProcessState::Running`]).
-    pub fn up(&self) -> bool {
-        self.state == ProcessState::Running
     }
 }
 
@@ -131,14 +196,15 @@ impl Watcher {
         }
     }
 
-    /// Every process of the watcher is up: it should run, and each of its
-    /// `numprocesses` slots holds a process that is up ([`Slot::up`]). What a watcher
-    /// that depends on it waits for.
-    pub fn up(&self) -> bool {
+    /// Every process of the watcher is ready: it should run, and each of its
+    /// `numprocesses` slots holds a process that is ready ([`Slot::is_ready`]). What a
+    /// watcher that depends on it waits for.
+    pub fn all_ready(&self) -> bool {
         self.run
             && !self.removing
             && !self.restart_pending
-            && (1..=self.cfg.numprocesses).all(|wid| self.slots.get(&wid).is_some_and(Slot::up))
+            && (1..=self.cfg.numprocesses)
+                .all(|wid| self.slots.get(&wid).is_some_and(Slot::is_ready))
     }
 
     pub fn state(&self) -> WatcherState {
@@ -167,11 +233,30 @@ impl Watcher {
             && !self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .any(|s| s.state == ProcessState::Stopping)
+    }
+
+    /// Whether it is up as far as a `--waiting` command cares: a watcher with a
+    /// `ready` check that runs has every process ready ([`Slot::is_ready`]), or given
+    /// up on (fatal, or exited and not restarted); any other watcher is up as soon as
+    /// it has settled.
+    pub fn waited_up(&self) -> bool {
+        if !self.run || self.removing || self.cfg.ready.is_none() {
+            return true;
+        }
+        self.slots
+            .values()
+            .all(|s| s.is_ready() || matches!(s.state, ProcessState::Fatal | ProcessState::Exited))
     }
 
     pub fn running(&self) -> u32 {
         self.slots.values().filter(|s| s.alive()).count() as u32
+    }
+
+    /// How many of its processes are ready ([`Slot::is_ready`]).
+    pub fn ready(&self) -> u32 {
+        self.slots.values().filter(|s| s.is_ready()).count() as u32
     }
 
     pub fn restarts(&self) -> u32 {
@@ -199,6 +284,7 @@ impl Watcher {
             state: self.state(),
             numprocesses: self.cfg.numprocesses,
             running: self.running(),
+            ready: self.ready(),
             restarts: self.restarts(),
             service: self.cfg.service.clone(),
             reason: self.reason(),
@@ -227,6 +313,7 @@ impl Watcher {
             processes: self
                 .slots
                 .values()
+                .flat_map(Slot::processes)
                 .filter(|s| s.alive())
                 .filter_map(|s| {
                     Some(ProcessSnapshot {
@@ -234,6 +321,7 @@ impl Watcher {
                         pid: s.pid?,
                         started_at: s.started.map(|(_, t)| t).unwrap_or_default(),
                         restarts: s.restarts,
+                        health: s.health(),
                     })
                 })
                 .collect(),
@@ -262,6 +350,9 @@ pub(super) struct SpawnOrder {
     pub capture: Option<(u64, u32)>,
     /// It is a respawn (said after the spawn).
     pub respawn: bool,
+    /// It reports readiness on a notify socket (`NOTIFY_SOCKET`), answered with
+    /// [`Input::Probe`].
+    pub notify: bool,
 }
 
 /// What a transition asks the actor to do, in order.
@@ -277,13 +368,14 @@ pub(super) enum Effect {
         pid: u32,
         signal: Signal,
     },
-    /// Run a health check until it passes or `timeout` ends; answered with
-    /// [`Input::Health`].
-    HealthCheck {
+    /// Probe a process once, giving up after `timeout`; answered with
+    /// [`Input::Probe`].
+    Probe {
         watcher: String,
         wid: u32,
         gen: u64,
-        argv: Vec<String>,
+        stage: Stage,
+        check: Box<Check>,
         timeout: Duration,
     },
     /// Deliver `timer` after `after`.
@@ -332,6 +424,15 @@ pub(super) enum Timer {
     },
     /// The next process of a watcher may start.
     Warmup { name: String },
+    /// The next probe of a process is due.
+    Probe {
+        name: String,
+        wid: u32,
+        gen: u64,
+        stage: Stage,
+    },
+    /// A process had `ready.timeout` to be ready.
+    ReadyDeadline { name: String, wid: u32, gen: u64 },
 }
 
 /// What a transition takes.
@@ -374,11 +475,13 @@ pub(super) enum Input {
         exit: ExitStatus,
         group_alive: bool,
     },
-    Health {
+    /// A probe's result: passed, or why not.
+    Probe {
         name: String,
         wid: u32,
         gen: u64,
-        ok: bool,
+        stage: Stage,
+        result: Result<(), String>,
     },
     /// A stop check found the group alive or not.
     StopCheck {
@@ -500,7 +603,7 @@ impl Supervisor {
         w.cfg
             .depends_on
             .iter()
-            .find(|d| !self.watchers.get(*d).is_some_and(Watcher::up))
+            .find(|d| !self.watchers.get(*d).is_some_and(Watcher::all_ready))
             .cloned()
     }
 
@@ -535,11 +638,30 @@ impl Supervisor {
         self.watchers.get(name).map_or(0, |w| w.cfg.priority)
     }
 
+    /// The process of generation `gen` in a slot: the slot's own, or its replacement.
+    pub fn slot(&self, name: &str, wid: u32, gen: u64) -> Option<&Slot> {
+        let slot = self.watchers.get(name)?.slots.get(&wid)?;
+        if slot.gen == gen {
+            return Some(slot);
+        }
+        slot.replacement.as_deref().filter(|r| r.gen == gen)
+    }
+
+    /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
+        let slot = self.watchers.get_mut(name)?.slots.get_mut(&wid)?;
+        if slot.gen == gen {
+            return Some(slot);
+        }
+        slot.replacement.as_deref_mut().filter(|r| r.gen == gen)
+    }
+
+    /// Whether generation `gen` is the replacement in a slot (see [`Slot::replacement`]).
+    pub fn is_replacement(&self, name: &str, wid: u32, gen: u64) -> bool {
         self.watchers
-            .get_mut(name)?
-            .slots
-            .get_mut(&wid)
-            .filter(|s| s.gen == gen)
+            .get(name)
+            .and_then(|w| w.slots.get(&wid))
+            .and_then(|s| s.replacement.as_deref())
+            .is_some_and(|r| r.gen == gen)
     }
 }

@@ -11,9 +11,10 @@ use protocol::options::RestartPolicy;
 use protocol::reply::{ExitStatus, ProcessState, WatcherState};
 use protocol::WatcherOptions;
 
-use super::model::{Effect, Input, Limits, Slot, Supervisor, Timer, Watcher};
+use super::model::{Effect, Input, Limits, Slot, Stage, Supervisor, Timer, Watcher};
 use super::waiters::{dependency_budget, settle_budget, MAX_WAIT};
-use crate::config::WatcherConfig;
+use crate::config::{LiveConfig, Probe, ReadyConfig, WatcherConfig};
+use crate::probe::Check;
 
 /// A supervisor with one watcher "w", driven by hand; each watcher "w" depends on is
 /// there too, with the same config (running, but for one named `off`, which is
@@ -46,13 +47,37 @@ enum In {
     StopCheck(u32, bool),
     Uptime(u32),
     RespawnDue(u32),
-    Health(u32, bool),
+    /// A readiness probe of a slot's process passed or failed.
+    Ready(u32, bool),
+    /// A readiness probe passed, for the slot's previous process.
+    StaleReady(u32),
+    /// A liveness probe of a slot's process passed or failed.
+    Live(u32, bool),
+    /// A slot's next readiness or liveness probe is due.
+    ReadyDue(u32),
+    LiveDue(u32),
+    /// A slot's process had `ready.timeout` to be ready.
+    ReadyDeadline(u32),
+    /// `start --waiting`.
+    StartWaiting,
     Warmup,
     /// The same inputs for another watcher.
     StopOf(&'static str),
     RmOf(&'static str),
     UptimeOf(&'static str, u32),
     KilledOf(&'static str, u32, bool),
+    /// Time passes with no input (a wait's deadline).
+    Tick,
+    /// The replacement of a slot (a restart with surge) has run for `min_uptime`.
+    NewUptime(u32),
+    /// The leader of a slot's replacement exited with a code; its group is gone.
+    NewExit(u32, i32),
+    /// The leader of a slot's replacement was killed; whether its group still runs.
+    NewKilled(u32, bool),
+    /// A readiness probe of a slot's replacement passed or failed.
+    NewReady(u32, bool),
+    /// A slot's replacement had `ready.timeout` to be ready.
+    NewReadyDeadline(u32),
 }
 
 fn config(cmd: &str) -> WatcherConfig {
@@ -118,6 +143,12 @@ impl Sim {
             .map_or(0, |s| s.gen)
     }
 
+    fn new_gen(&self, wid: u32) -> u64 {
+        self.slot(wid)
+            .and_then(|s| s.replacement.as_deref())
+            .map_or(0, |r| r.gen)
+    }
+
     fn command(&mut self, c: Command) -> Input {
         self.next_reply += 1;
         Input::Command(c, self.next_reply)
@@ -180,12 +211,40 @@ impl Sim {
                 wid,
                 gen: self.gen(wid),
             }),
-            In::Health(wid, ok) => Input::Health {
+            In::Ready(wid, ok) | In::Live(wid, ok) => Input::Probe {
                 name: name(),
                 wid,
                 gen: self.gen(wid),
-                ok,
+                stage: if matches!(i, In::Ready(..)) {
+                    Stage::Ready
+                } else {
+                    Stage::Live
+                },
+                result: if ok { Ok(()) } else { Err("refused".into()) },
             },
+            In::StaleReady(wid) => Input::Probe {
+                name: name(),
+                wid,
+                gen: self.gen(wid) - 1,
+                stage: Stage::Ready,
+                result: Ok(()),
+            },
+            In::ReadyDue(wid) | In::LiveDue(wid) => Input::Timer(Timer::Probe {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+                stage: if matches!(i, In::ReadyDue(_)) {
+                    Stage::Ready
+                } else {
+                    Stage::Live
+                },
+            }),
+            In::ReadyDeadline(wid) => Input::Timer(Timer::ReadyDeadline {
+                name: name(),
+                wid,
+                gen: self.gen(wid),
+            }),
+            In::StartWaiting => self.command(Command::Start(stop(true))),
             In::Warmup => Input::Timer(Timer::Warmup { name: name() }),
             In::StopOf(n) => self.command(Command::Stop(StartStop {
                 name: Some(n.into()),
@@ -210,6 +269,28 @@ impl Sim {
                 },
                 group_alive: alive,
             },
+            In::Tick => Input::Tick,
+            In::NewUptime(wid) => Input::Timer(Timer::UptimeReached {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+            }),
+            In::NewExit(wid, code) => exited(wid, self.new_gen(wid), Some(code), None, false),
+            In::NewKilled(wid, alive) => {
+                exited(wid, self.new_gen(wid), None, Some("SIGKILL".into()), alive)
+            }
+            In::NewReady(wid, ok) => Input::Probe {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+                stage: Stage::Ready,
+                result: if ok { Ok(()) } else { Err("refused".into()) },
+            },
+            In::NewReadyDeadline(wid) => Input::Timer(Timer::ReadyDeadline {
+                name: name(),
+                wid,
+                gen: self.new_gen(wid),
+            }),
         }
     }
 
@@ -266,6 +347,9 @@ impl Sim {
                 let mut s = w.state().to_string();
                 for slot in w.slots.values() {
                     s.push_str(&format!(" {}:{}", slot.wid, slot.state));
+                    if let Some(r) = &slot.replacement {
+                        s.push_str(&format!("+{}", r.state));
+                    }
                 }
                 s
             }
@@ -289,6 +373,15 @@ fn timer_name(t: &Timer) -> String {
         Timer::UptimeReached { name, wid, .. } => format!("uptime {name}/{wid}"),
         Timer::StopCheck { name, wid, .. } => format!("stop-check {name}/{wid}"),
         Timer::Warmup { name } => format!("warmup {name}"),
+        Timer::Probe { wid, stage, .. } => format!("{} w/{wid}", stage_name(*stage)),
+        Timer::ReadyDeadline { wid, .. } => format!("ready-deadline w/{wid}"),
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Ready => "ready-probe",
+        Stage::Live => "live-probe",
     }
 }
 
@@ -301,7 +394,24 @@ fn describe(e: &Effect) -> String {
             signal,
             ..
         } => format!("{signal} {watcher}/{wid}"),
-        Effect::HealthCheck { watcher, wid, .. } => format!("health {watcher}/{wid}"),
+        Effect::Probe {
+            watcher,
+            wid,
+            stage,
+            check,
+            timeout,
+            ..
+        } => {
+            let what = match &**check {
+                Check::Tcp(t) => format!("tcp {t}"),
+                Check::Http(u) => format!("http {u}"),
+                Check::Exec(spec) => format!("exec {} {}", spec.cmd, spec.args.join(" ")),
+            };
+            format!(
+                "probe {} {watcher}/{wid} {what} within {timeout:?}",
+                stage_name(*stage)
+            )
+        }
         Effect::ArmTimer { after, timer } => format!("{} in {after:?}", timer_name(timer)),
         Effect::NextTurn(timer) => format!("{} next turn", timer_name(timer)),
         Effect::Emit(ev) => match ev.wid {
@@ -348,6 +458,39 @@ fn run_table(rows: &[Row<'_>]) {
 }
 
 fn same(_: &mut WatcherConfig) {}
+
+/// `ready = { tcp = "127.0.0.1:80$(wid)", timeout = "4s", interval = "100ms" }`.
+fn ready_tcp(c: &mut WatcherConfig) {
+    c.ready = Some(ReadyConfig {
+        probe: Probe::Tcp("127.0.0.1:80$(wid)".into()),
+        timeout: Duration::from_secs(4),
+        interval: ms(100),
+    });
+}
+
+/// `live = { tcp = "127.0.0.1:80$(wid)", interval = "1s", timeout = "500ms", failures = 2 }`.
+fn live_tcp(c: &mut WatcherConfig) {
+    c.live = Some(LiveConfig {
+        probe: Probe::Tcp("127.0.0.1:80$(wid)".into()),
+        timeout: ms(500),
+        interval: Duration::from_secs(1),
+        failures: 2,
+    });
+}
+
+const SPAWN_READY_1: [&str; 5] = [
+    "spawn w/1",
+    "emit spawn w/1",
+    "uptime w/1 in 1s",
+    "ready-deadline w/1 in 4s",
+    "probe ready-probe w/1 tcp 127.0.0.1:801 within 4s",
+];
+
+const LIVE_PROBE: &str = "probe live-probe w/1 tcp 127.0.0.1:801 within 500ms";
+
+fn surge(c: &mut WatcherConfig) {
+    c.max_surge = Some(1);
+}
 
 const SPAWN_1: [&str; 3] = ["spawn w/1", "emit spawn w/1", "uptime w/1 in 1s"];
 
@@ -447,26 +590,6 @@ fn lifecycle_table() {
             true,
             &[(ms(0), Boot, &["spawn w/1", "emit flapping w/1"])],
             "fatal 1:fatal",
-        ),
-        (
-            "a health check holds running until it passes",
-            |c| c.health_cmd = Some(vec!["true".into()]),
-            true,
-            &[
-                (
-                    ms(0),
-                    Boot,
-                    &[
-                        "spawn w/1",
-                        "emit spawn w/1",
-                        "uptime w/1 in 1s",
-                        "health w/1",
-                    ],
-                ),
-                (ms(1000), Uptime(1), &[]),
-                (ms(1500), Health(1, true), &[]),
-            ],
-            "active 1:running",
         ),
         (
             "stop sends stop_signal, then SIGKILL after graceful_timeout",
@@ -610,6 +733,275 @@ fn lifecycle_table() {
                 (ms(4000), Uptime(1), &["reply ok"]),
             ],
             "active 1:running",
+        ),
+        (
+            "with surge, the replacement starts first; the old process stops once it is up",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(2500), Tick, &[]),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(3500),
+                    Killed(1, false),
+                    &["emit exit w/1", "ended", "reply ok"],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement that exits goes; the old process keeps running",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    NewExit(1, 3),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         exited (exit code 3); the old process keeps running",
+                    ],
+                ),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement not up by its deadline is stopped; the old one stays",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (ms(30_000), Tick, &[]),
+                (
+                    ms(38_000),
+                    Tick,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         was not up in time (still starting); the old process keeps running",
+                    ],
+                ),
+                (ms(39_000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, a replacement's failed ready check stops it; the old one stays",
+            |c| {
+                c.max_surge = Some(1);
+                ready_tcp(c);
+            },
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1100), Ready(1, true), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_READY_1),
+                (ms(3000), NewUptime(1), &[]),
+                (ms(3100), NewReady(1, false), &["ready-probe w/1 in 100ms"]),
+                (
+                    ms(6000),
+                    NewReadyDeadline(1),
+                    &[
+                        "emit unhealthy w/1",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' was not replaced: its replacement \
+                         failed: not ready: health check did not pass within 4s (last: \
+                         refused); the old process keeps running",
+                    ],
+                ),
+                (ms(6500), NewKilled(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "with surge, the old process exiting on its own hands the slot to the replacement",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Exit(1, 0),
+                    &["emit exit w/1", "SIGKILL w/1", "ended"],
+                ),
+                (ms(3000), Uptime(1), &["reply ok"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "max_surge = 0 keeps stopping first",
+            |c| c.max_surge = Some(0),
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping",
+        ),
+        (
+            "a restart of a slot already being replaced is refused; the first goes on",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2100),
+                    RestartSlot(1),
+                    &[
+                        "reply error: process 1 of 'w' is already being replaced; wait for \
+                       that restart to end",
+                    ],
+                ),
+                (
+                    ms(3000),
+                    NewUptime(1),
+                    &["SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+            ],
+            "stopping 1:stopping+running",
+        ),
+        (
+            "a stop during the overlap stops both processes of the slot",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Stop,
+                    &[
+                        "emit stop w",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped",
+        ),
+        (
+            "a shutdown during the overlap ends once both processes are gone",
+            surge,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(2000), RestartSlot(1), &SPAWN_1),
+                (
+                    ms(2500),
+                    Shutdown,
+                    &[
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                    ],
+                ),
+                (ms(3000), NewKilled(1, false), &["emit exit w/1", "ended"]),
+                (
+                    ms(3100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "reply error: process 1 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "stopped (finished)",
+        ),
+        (
+            "a decr during the overlap stops both processes of the slot above the count",
+            |c| {
+                c.numprocesses = 2;
+                c.max_surge = Some(1);
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "spawn w/2",
+                        "emit spawn w/2",
+                        "uptime w/2 in 1s",
+                    ],
+                ),
+                (ms(1000), Uptime(2), &[]),
+                (
+                    ms(2000),
+                    RestartSlot(2),
+                    &["spawn w/2", "emit spawn w/2", "uptime w/2 in 1s"],
+                ),
+                (
+                    ms(2500),
+                    Decr(1),
+                    &[
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "SIGTERM w/2",
+                        "stop-check w/2 in 10s",
+                        "persist",
+                        "reply ok",
+                    ],
+                ),
+                (ms(3000), Killed(2, false), &["emit exit w/2", "ended"]),
+                (
+                    ms(3100),
+                    Killed(2, false),
+                    &[
+                        "emit exit w/2",
+                        "ended",
+                        "reply error: process 2 of 'w' went away during the restart",
+                    ],
+                ),
+            ],
+            "active 1:starting",
         ),
         (
             "a restart of the watcher starts anew once every process stopped",
@@ -794,6 +1186,288 @@ fn lifecycle_table() {
                 (ms(2500), Killed(1, false), &["emit exit w/1", "ended"]),
             ],
             "stopped (finished)",
+        ),
+        (
+            "a ready check holds starting until it passes, probing every interval",
+            ready_tcp,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1100), Ready(1, false), &["ready-probe w/1 in 100ms"]),
+                (
+                    ms(1200),
+                    ReadyDue(1),
+                    &["probe ready-probe w/1 tcp 127.0.0.1:801 within 2.8s"],
+                ),
+                (ms(1300), Ready(1, true), &[]),
+                // Late timers of a ready process change nothing.
+                (ms(4000), ReadyDeadline(1), &[]),
+                (ms(4000), ReadyDue(1), &[]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "health_cmd is a ready exec check: $(wid) and $(pid) expand",
+            |c| {
+                let o = protocol::WatcherOptions {
+                    cmd: Some("sleep".into()),
+                    health_cmd: Some(vec!["check".into(), "$(wid)".into(), "$(pid)".into()]),
+                    health_timeout: Some("2s".into()),
+                    ..Default::default()
+                };
+                c.ready = WatcherConfig::from_options("w", &o).unwrap().ready;
+            },
+            true,
+            &[(
+                ms(0),
+                Boot,
+                &[
+                    "spawn w/1",
+                    "emit spawn w/1",
+                    "uptime w/1 in 1s",
+                    "ready-deadline w/1 in 2s",
+                    "probe ready-probe w/1 exec check 1 101 within 2s",
+                ],
+            )],
+            "active 1:starting",
+        ),
+        (
+            "ready before min_uptime: running once min_uptime has passed",
+            ready_tcp,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (ms(300), Ready(1, true), &[]),
+                (ms(1000), Uptime(1), &[]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "not ready within ready.timeout: stopped, unhealthy, a failed start respawned",
+            ready_tcp,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (ms(1000), Uptime(1), &[]),
+                (ms(3000), Ready(1, false), &["ready-probe w/1 in 100ms"]),
+                (
+                    ms(4000),
+                    ReadyDeadline(1),
+                    &["emit unhealthy w/1", "SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                // The probe in flight when the deadline passed answers late.
+                (ms(4010), Ready(1, true), &[]),
+                (
+                    ms(4100),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "ready-deadline w/1 in 4s",
+                        "probe ready-probe w/1 tcp 127.0.0.1:801 within 4s",
+                        "emit respawn w/1",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "not ready in time, past max_retry: fatal",
+            |c| {
+                ready_tcp(c);
+                c.max_retry = 0;
+            },
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (
+                    ms(4000),
+                    ReadyDeadline(1),
+                    &["emit unhealthy w/1", "SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (
+                    ms(4100),
+                    Killed(1, false),
+                    &["emit exit w/1", "ended", "emit flapping w/1"],
+                ),
+            ],
+            "fatal 1:fatal",
+        ),
+        (
+            "a stale ready result, for the slot's previous process, is ignored",
+            ready_tcp,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_READY_1),
+                (
+                    ms(1500),
+                    Exit(1, 0),
+                    &[
+                        "emit exit w/1",
+                        "SIGKILL w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "ready-deadline w/1 in 4s",
+                        "probe ready-probe w/1 tcp 127.0.0.1:801 within 4s",
+                        "emit respawn w/1",
+                    ],
+                ),
+                (ms(2600), Uptime(1), &[]),
+                (ms(2700), StaleReady(1), &[]),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "notify: no probes; ready when the process says so",
+            |c| {
+                c.ready = Some(ReadyConfig {
+                    probe: Probe::Notify,
+                    timeout: Duration::from_secs(4),
+                    interval: ms(100),
+                });
+            },
+            true,
+            &[
+                (
+                    ms(0),
+                    Boot,
+                    &[
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "ready-deadline w/1 in 4s",
+                    ],
+                ),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1500), Ready(1, true), &[]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "live fails `failures` times in a row: unhealthy, stopped, respawned",
+            live_tcp,
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &["live-probe w/1 in 1s"]),
+                (
+                    ms(2000),
+                    LiveDue(1),
+                    &["probe live-probe w/1 tcp 127.0.0.1:801 within 500ms"],
+                ),
+                (ms(2100), Live(1, false), &["live-probe w/1 in 1s"]),
+                (ms(3100), LiveDue(1), &[LIVE_PROBE]),
+                // A pass in between starts the count again.
+                (ms(3200), Live(1, true), &["live-probe w/1 in 1s"]),
+                (ms(4200), LiveDue(1), &[LIVE_PROBE]),
+                (ms(4300), Live(1, false), &["live-probe w/1 in 1s"]),
+                (ms(5300), LiveDue(1), &[LIVE_PROBE]),
+                (
+                    ms(5400),
+                    Live(1, false),
+                    &["emit unhealthy w/1", "SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                // A timer of the old process's probes changes nothing.
+                (ms(5500), LiveDue(1), &[]),
+                (
+                    ms(5600),
+                    Killed(1, false),
+                    &[
+                        "emit exit w/1",
+                        "ended",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "emit respawn w/1",
+                    ],
+                ),
+            ],
+            "active 1:starting",
+        ),
+        (
+            "live fails under restart = never: the process stays exited",
+            |c| {
+                live_tcp(c);
+                c.restart = RestartPolicy::Never;
+            },
+            true,
+            &[
+                (ms(0), Boot, &SPAWN_1),
+                (ms(1000), Uptime(1), &["live-probe w/1 in 1s"]),
+                (ms(2000), LiveDue(1), &[LIVE_PROBE]),
+                (ms(2100), Live(1, false), &["live-probe w/1 in 1s"]),
+                (ms(3100), LiveDue(1), &[LIVE_PROBE]),
+                (
+                    ms(3200),
+                    Live(1, false),
+                    &["emit unhealthy w/1", "SIGTERM w/1", "stop-check w/1 in 10s"],
+                ),
+                (ms(3300), Killed(1, false), &["emit exit w/1", "ended"]),
+            ],
+            "stopped 1:exited",
+        ),
+        (
+            "start --waiting answers once the process is ready",
+            ready_tcp,
+            false,
+            &[
+                (
+                    ms(0),
+                    StartWaiting,
+                    &[
+                        "emit start w",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "ready-deadline w/1 in 4s",
+                        "probe ready-probe w/1 tcp 127.0.0.1:801 within 4s",
+                        "persist",
+                    ],
+                ),
+                (ms(1000), Uptime(1), &[]),
+                (ms(1200), Ready(1, true), &["reply ok"]),
+            ],
+            "active 1:running",
+        ),
+        (
+            "start --waiting fails once its process is not ready in time",
+            ready_tcp,
+            false,
+            &[
+                (
+                    ms(0),
+                    StartWaiting,
+                    &[
+                        "emit start w",
+                        "spawn w/1",
+                        "emit spawn w/1",
+                        "uptime w/1 in 1s",
+                        "ready-deadline w/1 in 4s",
+                        "probe ready-probe w/1 tcp 127.0.0.1:801 within 4s",
+                        "persist",
+                    ],
+                ),
+                (ms(500), Ready(1, false), &["ready-probe w/1 in 100ms"]),
+                (
+                    ms(4000),
+                    ReadyDeadline(1),
+                    &[
+                        "emit unhealthy w/1",
+                        "SIGTERM w/1",
+                        "stop-check w/1 in 10s",
+                        "reply error: process 1 of 'w' did not come up: not ready: health check \
+                         did not pass within 4s (last: refused); it is restarted as its restart \
+                         policy says, and `ctl list w` shows how it goes",
+                    ],
+                ),
+            ],
+            "stopping 1:stopping",
         ),
         (
             "a stopped watcher starts nothing at boot",
@@ -1153,7 +1827,7 @@ fn a_wait_counts_the_watchers_it_depends_on_and_those_that_depend_on_it() {
     let alone = Sim::new(config("sleep"), true);
     let db = sim.sup.watchers["db"].cfg.clone();
     for name in ["w", "db"] {
-        sim.sup.wait_settled(vec![name.into()], 1);
+        sim.sup.wait_settled(vec![name.into()], 1, None);
         let w = sim.sup.waiters.pop().unwrap();
         let own = settle_budget(&sim.sup.watchers[name].cfg);
         let other = if name == "w" {
@@ -1168,7 +1842,7 @@ fn a_wait_counts_the_watchers_it_depends_on_and_those_that_depend_on_it() {
         );
     }
     let mut alone = alone;
-    alone.sup.wait_settled(vec!["w".into()], 1);
+    alone.sup.wait_settled(vec!["w".into()], 1, None);
     let w = alone.sup.waiters.pop().unwrap();
     assert_eq!(
         w.deadline - alone.t0,
@@ -1395,4 +2069,116 @@ fn a_reload_that_moves_a_socket_restarts_its_watchers_and_a_dry_run_binds_nothin
         "{}",
         e.reason
     );
+}
+
+/// `set` of a check: one that runs a command needs `allow_remote_exec`, as `health_cmd`
+/// does; `health_cmd` and `health_timeout` set the `ready` check they spell; both
+/// spellings at once are refused.
+#[test]
+fn set_of_checks_is_gated_and_health_cmd_spells_ready_exec() {
+    use serde_json::json;
+    let set = |sim: &mut Sim, options: serde_json::Value, remote_exec: bool| {
+        sim.sup.limits.allow_remote_exec = remote_exec;
+        let options = options
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let input = sim.command(Command::Set(protocol::command::SetProps {
+            name: "w".into(),
+            options,
+        }));
+        let got = sim.sup.step(input, sim.t0);
+        got.into_iter()
+            .find_map(|e| match e {
+                Effect::Reply { outcome, .. } => Some(outcome.map(|_| ())),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let ready = |sim: &Sim| sim.sup.watchers["w"].cfg.ready.clone();
+    let mut sim = Sim::new(config("sleep"), false);
+    for (options, what) in [
+        (
+            json!({"ready": {"exec": ["true"]}}),
+            "setting 'ready' with exec",
+        ),
+        (
+            json!({"live": {"exec": ["true"]}}),
+            "setting 'live' with exec",
+        ),
+        (json!({"health_cmd": ["true"]}), "setting 'health_cmd'"),
+    ] {
+        let e = set(&mut sim, options, false).unwrap_err();
+        assert_eq!(e.errno, protocol::Errno::Forbidden, "{}", e.reason);
+        assert!(e.reason.starts_with(what), "{}", e.reason);
+    }
+    set(
+        &mut sim,
+        json!({"ready": {"tcp": "127.0.0.1:80$(wid)"}}),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        ready(&sim).unwrap().probe,
+        Probe::Tcp("127.0.0.1:80$(wid)".into())
+    );
+    set(&mut sim, json!({"health_timeout": "3s"}), false).unwrap();
+    assert_eq!(ready(&sim).unwrap().timeout, Duration::from_secs(3));
+    set(&mut sim, json!({"health_cmd": ["check", "$(wid)"]}), true).unwrap();
+    let r = ready(&sim).unwrap();
+    assert_eq!(r.probe, Probe::Exec(vec!["check".into(), "$(wid)".into()]));
+    assert_eq!(r.timeout, Duration::from_secs(3), "the timeout is kept");
+    set(&mut sim, json!({"health_cmd": null}), true).unwrap();
+    assert_eq!(ready(&sim), None);
+    let e = set(
+        &mut sim,
+        json!({"ready": {"tcp": "h:1"}, "health_timeout": "1s"}),
+        true,
+    )
+    .unwrap_err();
+    assert!(
+        e.reason.contains("another spelling of ready.timeout"),
+        "{}",
+        e.reason
+    );
+    for bad in [
+        json!({"ready": {"tcp": "h:1", "timeout": "2h"}}),
+        json!({"live": {"tcp": "h:1", "failures": 0}}),
+        json!({"ready": {"http": "http://h/\r\nX: y"}}),
+        json!({"ready": {"nope": 1}}),
+    ] {
+        let e = set(&mut sim, bad.clone(), true).unwrap_err();
+        assert_eq!(e.errno, protocol::Errno::BadOption, "{bad}: {}", e.reason);
+        assert!(
+            e.reason.starts_with("option 'ready") || e.reason.starts_with("option 'live"),
+            "{bad}: {}",
+            e.reason
+        );
+    }
+}
+
+#[test]
+fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
+    let mut cfg = config("sleep");
+    cfg.max_surge = Some(1);
+    let mut sim = Sim::new(cfg, true);
+    sim.step(ms(0), In::Boot);
+    sim.step(ms(1000), In::Uptime(1));
+    let old = sim.slot(1).and_then(|s| s.pid);
+    if let Some(w) = sim.sup.watchers.get_mut("w") {
+        w.cfg.cmd = "/nonexistent/server".into();
+    }
+    let got = sim.step(ms(2000), In::RestartSlot(1));
+    assert_eq!(
+        got,
+        [
+            "spawn w/1",
+            "reply error: process 1 of 'w' was not replaced: its replacement cannot start \
+             \"/nonexistent/server\": not found; the old process keeps running"
+        ]
+    );
+    assert_eq!(sim.end(), "active 1:running");
+    assert_eq!(sim.slot(1).and_then(|s| s.pid), old);
 }

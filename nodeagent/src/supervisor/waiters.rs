@@ -1,5 +1,6 @@
-//! The waits of commands: a `--waiting` command answers once its watchers have settled,
-//! a restart of one slot once its new process is up; each has a bounded deadline. It
+//! The waits of commands: a `--waiting` command answers once its watchers have settled
+//! (and, for watchers with a `ready` check, their processes are ready), a restart of
+//! one slot once its new process is up; each has a bounded deadline. It
 //! owns when a wait is over and what it answers; it must not perform effects (its
 //! answers are [`Effect::Reply`](super::model::Effect::Reply)s).
 
@@ -27,6 +28,10 @@ pub(super) struct Waiter {
     /// When it answers with an error if the watchers have not settled by then.
     pub deadline: Instant,
     pub reply: ReplyId,
+    /// Whether it also waits for readiness: then processes of this generation and
+    /// later were started for the command, and one of them that is not ready in time
+    /// fails the wait.
+    pub since_gen: Option<u64>,
 }
 
 /// A restart of one slot waiting for its new process to be up.
@@ -38,37 +43,64 @@ pub(super) struct SlotWaiter {
     pub old_gen: u64,
     pub deadline: Instant,
     pub reply: ReplyId,
+    /// Why its replacement could not take over (a restart with surge), once known.
+    pub failure: Option<String>,
 }
 
 /// The longest a watcher may take to settle after a command: stopping (its graceful
 /// timeout, then the SIGKILL grace), then starting every process (`warmup_delay`
-/// apart), plus a margin for spawning; at most [`MAX_WAIT`].
+/// apart), and with a `ready` check `min_uptime` and `ready.timeout`, plus a margin
+/// for spawning; at most [`MAX_WAIT`].
 pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
+    let ready = cfg
+        .ready
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.timeout.saturating_add(cfg.min_uptime));
     cfg.graceful_timeout
         .saturating_add(KILL_GRACE)
         .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
+        .saturating_add(ready)
         .saturating_add(SETTLE_MARGIN)
         .min(MAX_WAIT)
 }
 
 /// What a watcher related by `depends_on` adds to a wait: its stop (a dependency stops
 /// only after it), or its start and the time its processes take to be up (a dependent
-/// starts only after).
+/// starts only after): `min_uptime`, and `ready.timeout` with a `ready` check.
 pub(super) fn dependency_budget(cfg: &WatcherConfig) -> Duration {
+    let ready = cfg.ready.as_ref().map_or(Duration::ZERO, |r| r.timeout);
     cfg.graceful_timeout
         .saturating_add(KILL_GRACE)
         .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
         .saturating_add(cfg.min_uptime)
-        .saturating_add(cfg.health_timeout)
+        .saturating_add(ready)
+}
+
+/// The longest a replacement may take to be up in a restart with surge: `min_uptime`
+/// and the readiness check (`ready.timeout`, 30s without one), plus a margin.
+pub(super) fn surge_budget(cfg: &WatcherConfig) -> Duration {
+    let ready = cfg
+        .ready
+        .as_ref()
+        .map_or(crate::config::READY_TIMEOUT, |r| r.timeout);
+    cfg.min_uptime
+        .saturating_add(ready)
+        .saturating_add(Duration::from_secs(5))
+        .min(MAX_WAIT)
 }
 
 /// The longest the restart of one slot may take: stopping, then `min_uptime` and the
-/// health check of the new process, plus a margin; at most [`MAX_WAIT`].
+/// readiness check of the new process (`ready.timeout`, 30s without one), plus a
+/// margin; at most [`MAX_WAIT`].
 pub(super) fn restart_budget(cfg: &WatcherConfig) -> Duration {
+    let ready = cfg
+        .ready
+        .as_ref()
+        .map_or(crate::config::READY_TIMEOUT, |r| r.timeout);
     cfg.graceful_timeout
         .saturating_add(KILL_GRACE)
         .saturating_add(cfg.min_uptime)
-        .saturating_add(cfg.health_timeout)
+        .saturating_add(ready)
         .saturating_add(Duration::from_secs(5))
         .min(MAX_WAIT)
 }
@@ -80,11 +112,19 @@ impl Supervisor {
             .iter()
             .map(|w| w.deadline)
             .chain(self.waiters.iter().map(|w| w.deadline))
+            .chain(self.next_surge_deadline())
             .min()
     }
 
     /// Replies once `names` have settled, or with an error at their deadline.
-    pub(super) fn wait_settled(&mut self, names: Vec<String>, reply: ReplyId) {
+    /// With `since_gen` (the first generation the command may have started), it also
+    /// waits for the processes of watchers with a `ready` check to be ready.
+    pub(super) fn wait_settled(
+        &mut self,
+        names: Vec<String>,
+        reply: ReplyId,
+        since_gen: Option<u64>,
+    ) {
         // A watcher waits for the watchers it depends on to be up before it starts, and
         // for those that depend on it to stop before it stops.
         let related = self.related_budgets();
@@ -101,6 +141,7 @@ impl Supervisor {
             names,
             deadline: later(self.now, budget),
             reply,
+            since_gen,
         });
     }
 
@@ -168,10 +209,26 @@ impl Supervisor {
     }
 
     fn settled_outcome(&self, w: &Waiter) -> Option<Outcome> {
-        let done = w
-            .names
-            .iter()
-            .all(|n| self.watchers.get(n).is_none_or(|w| w.settled()));
+        let not_ready = w.names.iter().find_map(|n| {
+            let since_gen = w.since_gen?;
+            let watcher = self.watchers.get(n)?;
+            watcher.slots.values().find_map(|s| match &s.not_ready {
+                Some((gen, why)) if *gen >= since_gen => Some(format!(
+                    "process {} of '{n}' did not come up: {why}; it is restarted as its \
+                     restart policy says, and `ctl list {n}` shows how it goes",
+                    s.wid
+                )),
+                _ => None,
+            })
+        });
+        if let Some(why) = not_ready {
+            return Some(Err(CmdError::new(Errno::CommandFailed, why)));
+        }
+        let done = w.names.iter().all(|n| {
+            self.watchers
+                .get(n)
+                .is_none_or(|x| x.settled() && (w.since_gen.is_none() || x.waited_up()))
+        });
         if done {
             return Some(data(ActionData {
                 statuses: self.statuses(&w.names),
@@ -206,12 +263,15 @@ impl Supervisor {
         else {
             return failed(format!("{who} went away during the restart"));
         };
+        if let Some(why) = &sw.failure {
+            return failed(format!("{who} was not replaced: {why}"));
+        }
         let new = s.gen > sw.old_gen;
         let down = matches!(
             s.state,
             ProcessState::Fatal | ProcessState::Backoff | ProcessState::Exited
         );
-        if new && s.state == ProcessState::Running {
+        if new && s.is_ready() {
             Some(Ok(()))
         } else if new && (s.health_failed || down) {
             let why = s

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use proptest::sample::select;
-use protocol::options::{IdSpec, RestartPolicy, WatcherOptions, OPTION_NAMES};
+use protocol::options::{
+    IdSpec, LiveCheck, ReadyCheck, RestartPolicy, WatcherOptions, OPTION_NAMES,
+};
 use serde_json::Value;
 
 /// A string that tries to hurt: control characters, escape sequences, long runs,
@@ -216,7 +218,13 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
         )),
     )
         .boxed();
-    (a, b, c).prop_map(
+    let d = (
+        prop::option::of(ready_check()),
+        prop::option::of(live_check()),
+        prop::option::of(big_u32()),
+        prop::option::of(big_u32()),
+    );
+    (a, b, c, d).prop_map(
         |(
             (cmd, args, numprocesses, env, copy_env, working_dir, uid, gid, stop_signal),
             (
@@ -243,6 +251,7 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
                 depends_on,
                 sockets,
             ),
+            (ready, live, max_surge, max_unavailable),
         )| WatcherOptions {
             cmd,
             args,
@@ -270,11 +279,79 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             service,
             health_cmd,
             health_timeout,
+            ready,
+            live,
             log_max_bytes,
             log_backups,
             sockets,
+            max_surge,
+            max_unavailable,
         },
     )
+}
+
+/// A probe target: near-valid ones (with expansions, IPv6, ports out of range, https)
+/// and hostile strings.
+fn probe_target() -> BoxedStrategy<String> {
+    prop_oneof![
+        2 => select(&[
+            "127.0.0.1:80$(wid)",
+            "[::1]:8080",
+            "localhost:0",
+            "127.0.0.1:65536",
+            "::1:80",
+            "http://127.0.0.1:8080/health?x=$(name)",
+            "https://example.com/",
+            "http://user@host/",
+            "http://[::1]/",
+            "http://h:99999/",
+            "http://a b/",
+            "http://x/\r\nHost: evil",
+        ][..])
+        .prop_map(str::to_owned),
+        1 => hostile_string(),
+    ]
+    .boxed()
+}
+
+/// A readiness check with every field drawn from near-valid and hostile values.
+pub fn ready_check() -> impl Strategy<Value = ReadyCheck> {
+    (
+        prop::option::of(probe_target()),
+        prop::option::of(probe_target()),
+        prop::option::of(prop::collection::vec(hostile_string(), 0..3)),
+        prop::option::of(any::<bool>()),
+        prop::option::of(duration_string()),
+        prop::option::of(duration_string()),
+    )
+        .prop_map(|(tcp, http, exec, notify, timeout, interval)| ReadyCheck {
+            tcp,
+            http,
+            exec,
+            notify,
+            timeout,
+            interval,
+        })
+}
+
+/// A liveness check with every field drawn from near-valid and hostile values.
+pub fn live_check() -> impl Strategy<Value = LiveCheck> {
+    (
+        prop::option::of(probe_target()),
+        prop::option::of(probe_target()),
+        prop::option::of(prop::collection::vec(hostile_string(), 0..3)),
+        prop::option::of(duration_string()),
+        prop::option::of(duration_string()),
+        prop::option::of(big_u32()),
+    )
+        .prop_map(|(tcp, http, exec, timeout, interval, failures)| LiveCheck {
+            tcp,
+            http,
+            exec,
+            timeout,
+            interval,
+            failures,
+        })
 }
 
 /// Options an operator would write: every value in a sane range, so that the agent
