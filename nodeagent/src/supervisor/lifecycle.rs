@@ -679,16 +679,7 @@ impl Supervisor {
         let said = s.clone();
         self.emit(name, "unhealthy", Some(&said));
         if replacement {
-            let old_stopping = self
-                .watchers
-                .get(name)
-                .and_then(|w| w.slots.get(&wid))
-                .is_some_and(|s| s.state == ProcessState::Stopping);
-            let then = if old_stopping {
-                "the old process was stopping already; the slot starts afresh"
-            } else {
-                "the old process keeps running"
-            };
+            let then = self.old_process_fate(name, wid);
             let why = format!("its replacement failed: {reason}; {then}");
             tracing::warn!(watcher = name, wid, "{why}");
             self.fail_restart(name, wid, why);
@@ -769,12 +760,26 @@ impl Supervisor {
             return;
         };
         slot.kill_at = Some(later(now, graceful));
+        let gen = slot.gen;
+        self.signal_stop(name, wid, gen, pid, sig, graceful);
+    }
+
+    /// Sends a stopping process its stop signal (SIGKILL when `graceful` is zero) and
+    /// checks on its group once `graceful` has passed.
+    pub(super) fn signal_stop(
+        &mut self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+        sig: Signal,
+        graceful: Duration,
+    ) {
         let signal = if graceful.is_zero() {
             Signal::SIGKILL
         } else {
             sig
         };
-        let gen = slot.gen;
         self.out.push(Effect::Signal {
             watcher: name.to_owned(),
             wid,

@@ -4,11 +4,10 @@
 //! process stops, and when it is gone the replacement takes the slot. A replacement that exits, cannot start, or is not up by its deadline is
 //! dropped and the old process keeps running. It must not perform effects.
 
-use nix::sys::signal::Signal;
 use protocol::reply::ProcessState;
 
 use super::live::later;
-use super::model::{AfterStop, Effect, Slot, Supervisor, Timer};
+use super::model::{AfterStop, Effect, Slot, Supervisor};
 use super::waiters::surge_budget;
 
 impl Supervisor {
@@ -64,24 +63,7 @@ impl Supervisor {
         };
         r.kill_at = Some(later(now, graceful));
         let gen = r.gen;
-        let signal = if graceful.is_zero() {
-            Signal::SIGKILL
-        } else {
-            sig
-        };
-        self.out.push(Effect::Signal {
-            watcher: name.to_owned(),
-            wid,
-            pid,
-            signal,
-        });
-        let timer = Timer::StopCheck {
-            name: name.to_owned(),
-            wid,
-            gen,
-            pid,
-        };
-        self.timer(graceful, timer);
+        self.signal_stop(name, wid, gen, pid, sig, graceful);
     }
 
     /// A stopped process of generation `gen` is gone, with its whole group.
@@ -112,19 +94,24 @@ impl Supervisor {
     /// A replacement exited or could not start before it was up: it goes, the old
     /// process keeps running, and the restart waiting on it fails saying why.
     pub(super) fn replacement_failed(&mut self, name: &str, wid: u32, why: String) {
+        let then = self.old_process_fate(name, wid);
+        tracing::warn!(watcher = name, wid, "its replacement {why}; {then}");
+        self.fail_restart(name, wid, format!("its replacement {why}; {then}"));
+        self.drop_replacement(name, wid);
+    }
+
+    /// What becomes of a slot's own process when its replacement fails, in words.
+    pub(super) fn old_process_fate(&self, name: &str, wid: u32) -> &'static str {
         let old_stopping = self
             .watchers
             .get(name)
             .and_then(|w| w.slots.get(&wid))
             .is_some_and(|s| s.state == ProcessState::Stopping);
-        let then = if old_stopping {
+        if old_stopping {
             "the old process was stopping already; the slot starts afresh"
         } else {
             "the old process keeps running"
-        };
-        tracing::warn!(watcher = name, wid, "its replacement {why}; {then}");
-        self.fail_restart(name, wid, format!("its replacement {why}; {then}"));
-        self.drop_replacement(name, wid);
+        }
     }
 
     /// The slot's own process is gone: its replacement takes the slot, counted as a
