@@ -150,11 +150,7 @@ pub fn start_order(
     priority: impl Fn(&str) -> i32,
 ) -> Vec<String> {
     let set: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    let edges = set.iter().flat_map(|n| {
-        let deps = graph.get(*n).map(Vec::as_slice).unwrap_or_default();
-        deps.iter().map(move |d| (d.as_str(), *n))
-    });
-    order(&set, edges, priority)
+    order(&set, dependency_edges(&set, graph), priority)
 }
 
 /// `names` in the order they stop: each before the watchers it depends on (among
@@ -165,11 +161,19 @@ pub fn stop_order(
     priority: impl Fn(&str) -> i32,
 ) -> Vec<String> {
     let set: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    let edges = set.iter().flat_map(|n| {
+    let reversed = dependency_edges(&set, graph).map(|(dep, n)| (n, dep));
+    order(&set, reversed, priority)
+}
+
+/// Each (dependency, dependent) pair of the watchers in `set`.
+fn dependency_edges<'a>(
+    set: &'a BTreeSet<&'a str>,
+    graph: &'a BTreeMap<String, Vec<String>>,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    set.iter().flat_map(move |n| {
         let deps = graph.get(*n).map(Vec::as_slice).unwrap_or_default();
-        deps.iter().map(move |d| (*n, d.as_str()))
-    });
-    order(&set, edges, priority)
+        deps.iter().map(move |d| (d.as_str(), *n))
+    })
 }
 
 /// The names of `set` ordered so that for each edge `(first, then)` between two of
