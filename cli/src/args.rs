@@ -273,6 +273,9 @@ pub enum Sub {
     Top,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff); the package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -427,9 +430,11 @@ impl Sub {
             Sub::Stats { watcher } => Command::Stats(MaybeName {
                 name: watcher.clone(),
             }),
-            Sub::Completions { .. } | Sub::Members { .. } | Sub::Events { .. } | Sub::Top => {
-                return Ok(None)
-            }
+            Sub::Completions { .. }
+            | Sub::Manpage
+            | Sub::Members { .. }
+            | Sub::Events { .. }
+            | Sub::Top => return Ok(None),
         }))
     }
 

@@ -152,6 +152,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         );
     }
+    // systemd's notify socket is the agent's own; a process that reports readiness
+    // gets a socket of the agent's (set in `spec.env`).
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);

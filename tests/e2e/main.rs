@@ -13,6 +13,7 @@ mod hostile;
 mod keys;
 mod logins;
 mod membership;
+mod micro;
 mod nats_outage;
 mod observe;
 mod partition;
