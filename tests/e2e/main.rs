@@ -4,6 +4,7 @@
 
 mod auth;
 mod cluster;
+mod deploy;
 mod deps;
 mod files;
 mod flags;
