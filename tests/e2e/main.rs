@@ -17,6 +17,7 @@ mod membership;
 mod micro;
 mod nats_outage;
 mod observe;
+mod package;
 mod partition;
 mod probes;
 mod robust;
