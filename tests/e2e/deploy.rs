@@ -2,7 +2,8 @@
 //! agent and a notify socket the test binds, as systemd does for `Type=notify`), the
 //! shipped unit passes `systemd-analyze verify`, and the three-server NATS cluster of
 //! examples/nats-cluster/ forms (two routes on each server) and carries a command from
-//! ctl on one server to an agent on another.
+//! ctl on one server to an agent on another, and `$SRV.PING` on one server to every
+//! agent.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -142,4 +143,109 @@ fn the_example_unit_passes_systemd_analyze_verify() {
     if let Some((ok, report)) = verify_unit(&unit) {
         assert!(!ok && report.contains("KilMode"), "{report}");
     }
+}
+
+/// `GET path` on a monitoring port; the body, empty when it cannot be read.
+fn monitor(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_example_nats_cluster_forms_and_carries_commands_between_its_servers() {
+    let example = repo("examples/nats-cluster");
+    // The cluster's roles are the secure config's.
+    let secure = std::fs::read_to_string(repo("examples/nats-secure.conf")).expect("read");
+    let auth = std::fs::read_to_string(example.join("auth.conf")).expect("read auth.conf");
+    let roles = |t: &str| t[t.find("# ----- what each role may do").expect("roles")..].to_owned();
+    assert_eq!(
+        roles(&auth),
+        roles(&secure),
+        "examples/nats-cluster/auth.conf and examples/nats-secure.conf differ"
+    );
+
+    // The three servers on loopback, each on its own free ports.
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    std::fs::copy(example.join("auth.conf"), dir.path().join("auth.conf")).expect("copy");
+    let names = ["a", "b", "c"];
+    let routes: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let https: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let mut servers = vec![];
+    for (i, name) in names.iter().enumerate() {
+        let mut text = std::fs::read_to_string(example.join(format!("nats-{name}.conf")))
+            .expect("read a server config");
+        text = text
+            .replace(
+                "http: 127.0.0.1:8222",
+                &format!("http: 127.0.0.1:{}", https[i]),
+            )
+            .replace(
+                "listen: 0.0.0.0:6222",
+                &format!("listen: 127.0.0.1:{}", routes[i]),
+            );
+        for (j, other) in names.iter().enumerate() {
+            text = text.replace(
+                &format!("nats-{other}.example.internal:6222"),
+                &format!("127.0.0.1:{}", routes[j]),
+            );
+        }
+        assert!(
+            !text
+                .lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains("example.internal")),
+            "{text}"
+        );
+        let path = dir.path().join(format!("nats-{name}.conf"));
+        std::fs::write(&path, text).expect("write a server config");
+        servers.push(NatsServer::start_with_config(&path));
+    }
+    for (i, name) in names.iter().enumerate() {
+        wait_until(T, &format!("server {name} to have 2 routes"), || {
+            let routez: serde_json::Value =
+                serde_json::from_str(&monitor(https[i], "/routez")).unwrap_or_default();
+            routez["num_routes"] == 2
+        });
+    }
+
+    // An agent on server A, answered by ctl on server C.
+    let config = |name: &str| {
+        format!(
+            "[agent]\nname = \"{name}\"\nstate_dir = \"{{dir}}/state\"\n\n[nats]\n\
+             servers = [\"{{nats_url}}\"]\nuser = \"{name}\"\npassword = \"change-me-{name}\"\n\n\
+             [watcher.dummy]\ncmd = \"sleep\"\nargs = [\"1000\"]\nnumprocesses = 1\n"
+        )
+    };
+    let admin_c = servers[2].url_as("admin", "change-me-admin");
+    let _first = Agent::start_config_as(&servers[0], &config("first"), &admin_c, &[]);
+    let _second = Agent::start_config_as(&servers[1], &config("second"), &admin_c, &[]);
+    let out = ctl_url(&admin_c, &["--node", "first", "status"]);
+    out.expect_code(0, "ctl on server C: --node first status");
+    assert!(out.stdout.contains("dummy"), "{}", out.stdout);
+    // NATS's own discovery, asked on server C, finds the agents on A and B.
+    let mut monitor_c =
+        e2e::rawnats::RawNats::connect(servers[2].port(), Some(("monitor", "change-me-monitor")));
+    let pings = monitor_c.request_json("$SRV.PING.nodeagent", b"", 2, T);
+    let mut nodes: Vec<&str> = pings
+        .iter()
+        .filter_map(|p| p["metadata"]["node"].as_str())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["first", "second"], "{pings:?}");
+    wait_until(T, "ctl on server C to list both members alive", || {
+        let out = ctl_url(&admin_c, &["--timeout", "2s", "members"]);
+        out.code == 0
+            && ["first", "second"].iter().all(|n| {
+                out.table()
+                    .iter()
+                    .any(|r| r.values().any(|v| v == n) && r.values().any(|v| v == "alive"))
+            })
+    });
 }
