@@ -107,7 +107,7 @@ fn verify_unit(unit: &Path) -> Option<(bool, String)> {
 
 /// The shipped unit with its /usr/bin programs taken from `bin_dir` instead, so that
 /// the check finds them.
-pub fn unit_for(unit_text: &str, bin_dir: &Path, dir: &Path) -> PathBuf {
+fn unit_for(unit_text: &str, bin_dir: &Path, dir: &Path) -> PathBuf {
     let path = dir.join("nodeagent.service");
     let text = unit_text.replace("/usr/bin/", &format!("{}/", bin_dir.display()));
     std::fs::write(&path, text).expect("write the unit");
