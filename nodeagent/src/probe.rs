@@ -222,6 +222,7 @@ mod tests {
             stdout: Output::Discard,
             stderr: Output::Discard,
             listen: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ mod deps;
 mod files;
 mod flags;
 mod foundation;
+mod guards;
 mod harness;
 mod hostile;
 mod keys;

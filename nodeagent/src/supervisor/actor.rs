@@ -283,6 +283,7 @@ impl Actor {
                 reply: self.keep(reply),
             },
             Cmd::Reload(reload, reply) => self.reload(reload, reply),
+            Cmd::Memory(readings) => Input::Memory(readings),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -399,7 +400,11 @@ impl Actor {
             Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
         );
         let mut dirty = match &input {
-            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Timer(_)
+            | Input::Probe { .. }
+            | Input::StopCheck { .. }
+            | Input::Tick
+            | Input::Memory(_) => false,
             Input::Boot
             | Input::Command(..)
             | Input::RestartSlot { .. }

@@ -35,6 +35,7 @@ const EXEC_KEYS: &[&str] = &[
     "health_cmd",
     "working_dir",
     "sockets",
+    "hooks",
 ];
 
 fn unknown_watcher(name: &str) -> CmdError {

@@ -73,9 +73,11 @@ impl Supervisor {
                 group_alive,
             } => self.stop_check(&name, wid, gen, group_alive),
             Input::Timer(timer) => self.on_timer(timer),
+            Input::Memory(readings) => self.on_memory(readings),
         }
         self.follow_dependencies();
         self.advance_surges();
+        self.advance_recycles();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
@@ -440,6 +442,7 @@ impl Supervisor {
                 stdout: cfg.stdout.clone(),
                 stderr: cfg.stderr.clone(),
                 listen: listen.clone().unwrap_or_default(),
+                rlimits: cfg.rlimits.clone(),
             },
             stop: (cfg.stop_signal, cfg.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
@@ -475,6 +478,7 @@ impl Supervisor {
             gen,
         };
         self.timer(min_uptime, timer);
+        self.arm_max_age(name, wid, gen);
         if let Some(ready) = ready {
             let deadline = Timer::ReadyDeadline {
                 name: name.to_owned(),
@@ -545,6 +549,7 @@ impl Supervisor {
                 stdout: Output::Discard,
                 stderr: Output::Discard,
                 listen: Vec::new(),
+                rlimits: Vec::new(),
             }),
             Probe::Notify => return,
         };
@@ -989,6 +994,7 @@ impl Supervisor {
                 }
             }
             Timer::ReadyDeadline { name, wid, gen } => self.ready_deadline(&name, wid, gen),
+            Timer::MaxAge { name, wid, gen } => self.age_reached(&name, wid, gen),
             // The actor turns it into `Input::StopCheck` with what it found.
             Timer::StopCheck { name, wid, gen, .. } => {
                 self.stop_check(&name, wid, gen, true);

@@ -83,6 +83,11 @@ pub(super) struct Slot {
     pub replacement: Option<Box<Slot>>,
     /// Of a replacement: when it must be up, or the restart gives up on it.
     pub up_by: Option<Instant>,
+    /// Memory readings above `max_memory` in a row.
+    pub mem_over: u32,
+    /// It has run `max_age` (and its share of `max_age_variance`): it is recycled once
+    /// the watcher's other processes are up.
+    pub age_due: bool,
 }
 
 impl Slot {
@@ -109,6 +114,8 @@ impl Slot {
             not_ready: None,
             replacement: None,
             up_by: None,
+            mem_over: 0,
+            age_due: false,
         }
     }
 
@@ -325,6 +332,7 @@ impl Watcher {
                     })
                 })
                 .collect(),
+            max_memory: self.cfg.max_memory,
         }
     }
 }
@@ -433,6 +441,8 @@ pub(super) enum Timer {
     },
     /// A process had `ready.timeout` to be ready.
     ReadyDeadline { name: String, wid: u32, gen: u64 },
+    /// A process has run `max_age` (and its share of `max_age_variance`).
+    MaxAge { name: String, wid: u32, gen: u64 },
 }
 
 /// What a transition takes.
@@ -492,6 +502,8 @@ pub(super) enum Input {
     },
     /// Any other timer.
     Timer(Timer),
+    /// Memory readings of processes (`max_memory`).
+    Memory(Vec<super::MemoryReading>),
 }
 
 /// The whole supervisor state: the watchers, the waits of commands, and the effects the
@@ -511,6 +523,8 @@ pub(super) struct Supervisor {
     pub out: Vec<Effect>,
     /// The node's bound sockets, which processes get by name.
     pub sockets: SocketSet,
+    /// Spreads `max_age_variance` over the processes (see [`Supervisor::age_jitter`]).
+    pub seed: u64,
 }
 
 impl Supervisor {
@@ -525,6 +539,7 @@ impl Supervisor {
             now,
             out: Vec::new(),
             sockets: SocketSet::default(),
+            seed: 0,
         }
     }
 
@@ -570,6 +585,7 @@ impl Supervisor {
             reason: slot.and_then(|s| s.reason.clone()),
             // The actor stamps it with its turn's time.
             time: 0.0,
+            ..Default::default()
         }));
     }
 
