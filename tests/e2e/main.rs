@@ -10,6 +10,7 @@ mod flags;
 mod foundation;
 mod guards;
 mod harness;
+mod hooks;
 mod hostile;
 mod keys;
 mod logins;

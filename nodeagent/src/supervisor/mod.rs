@@ -6,6 +6,7 @@
 mod actor;
 mod commands;
 mod guards;
+mod hooks;
 mod lifecycle;
 pub mod live;
 mod model;

@@ -187,6 +187,10 @@ pub(super) struct Watcher {
     /// It is stopping, but its processes are asked to stop only once no watcher that
     /// depends on it has any left.
     pub stop_held: bool,
+    /// It was started (stopped) and its `after_start` (`after_stop`) hook runs once
+    /// every process runs (is gone).
+    pub after_start_due: bool,
+    pub after_stop_due: bool,
 }
 
 impl Watcher {
@@ -200,6 +204,8 @@ impl Watcher {
             warmup_pending: false,
             held: None,
             stop_held: false,
+            after_start_due: false,
+            after_stop_due: false,
         }
     }
 
@@ -414,6 +420,8 @@ pub(super) enum Effect {
     Ended { pid: u32 },
     /// A removed watcher's captured output may be closed.
     ForgetOutput(String),
+    /// Run a hook; answered with [`Input::HookDone`].
+    Hook(Box<super::hooks::HookOrder>),
 }
 
 /// What a timer delivers.
@@ -504,6 +512,8 @@ pub(super) enum Input {
     Timer(Timer),
     /// Memory readings of processes (`max_memory`).
     Memory(Vec<super::MemoryReading>),
+    /// A hook's result.
+    HookDone(Box<super::hooks::HookDone>),
 }
 
 /// The whole supervisor state: the watchers, the waits of commands, and the effects the
@@ -525,6 +535,10 @@ pub(super) struct Supervisor {
     pub sockets: SocketSet,
     /// Spreads `max_age_variance` over the processes (see [`Supervisor::age_jitter`]).
     pub seed: u64,
+    /// Commands waiting for their `before_start` or `before_stop` hooks.
+    pub gates: Vec<super::hooks::Gate>,
+    /// Spawn orders waiting for their `before_spawn` hook, by generation.
+    pub held_spawns: BTreeMap<u64, Box<SpawnOrder>>,
 }
 
 impl Supervisor {
@@ -540,6 +554,8 @@ impl Supervisor {
             out: Vec::new(),
             sockets: SocketSet::default(),
             seed: 0,
+            gates: Vec::new(),
+            held_spawns: BTreeMap::new(),
         }
     }
 

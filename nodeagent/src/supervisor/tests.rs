@@ -428,6 +428,10 @@ fn describe(e: &Effect) -> String {
         Effect::Configure { watcher, .. } => format!("configure {watcher}"),
         Effect::Ended { .. } => "ended".into(),
         Effect::ForgetOutput(w) => format!("forget {w}"),
+        Effect::Hook(h) => match h.wid {
+            Some(wid) => format!("hook {} {}/{wid}", h.kind.as_str(), h.watcher),
+            None => format!("hook {} {}", h.kind.as_str(), h.watcher),
+        },
     }
 }
 
@@ -2185,3 +2189,4 @@ fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
 }
 
 mod guards;
+mod hooks;
