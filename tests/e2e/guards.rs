@@ -66,8 +66,7 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
     );
     let agent = Agent::start_config(&nats, &node(&w));
     let mut seen = vec![];
-    let spawn = next_event(&mut sub, &mut seen, |v| v["kind"] == "spawn").await;
-    let first = spawn["pid"].as_u64().expect("a pid") as u32;
+    let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
     let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_memory").await;
     eprintln!("max_memory: {ev}");
     assert_eq!(ev["pid"], first);
@@ -160,7 +159,8 @@ async fn recycles_one_at_a_time(surge: bool) {
          graceful_timeout = \"2s\"\n{}",
         if surge { "max_surge = 1\n" } else { "" }
     );
-    let _agent = Agent::start_config(&nats, &node(&w));
+    let agent = Agent::start_config(&nats, &node(&w));
+    wait_until(T, "3 processes of old", || agent.pids("old").len() >= 3);
     let mut seen = vec![];
     let mut running = 0i32;
     let mut least = i32::MAX;
@@ -171,6 +171,14 @@ async fn recycles_one_at_a_time(surge: bool) {
     while recycles < 4 || current.is_some_and(|(_, _, spawned)| !spawned) {
         let ev = next_event(&mut sub, &mut seen, |_| true).await;
         let time = ev["time"].as_f64().unwrap_or_default();
+        // The processes' first spawns may come before the agent's events are on the
+        // bus: the count starts at the first recycle, which happens with all 3 up.
+        if recycles == 0 && ev["kind"] != "max_age" {
+            continue;
+        }
+        if recycles == 0 {
+            running = 3;
+        }
         match ev["kind"].as_str().unwrap_or_default() {
             "spawn" => {
                 running += 1;
@@ -236,4 +244,109 @@ async fn max_age_recycles_one_process_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_age_with_surge_never_runs_fewer() {
     recycles_one_at_a_time(true).await;
+}
+
+/// One GET on a fresh connection to `addr`: the answering pid, or what went wrong.
+fn get(addr: std::net::SocketAddr) -> Result<u32, String> {
+    use std::io::{Read, Write};
+    let timeout = bound(Duration::from_secs(5));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    answer
+        .rsplit("hello from pid ")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|_| answer.starts_with("HTTP/1.0 200"))
+        .ok_or_else(|| format!("not a 200 with a pid: {answer:?}"))
+}
+
+/// A web watcher on a shared socket with a readiness check and `max_age`: its
+/// processes are recycled, the replacement first, while a client's loop of requests
+/// sees no failure, and no process is stopped before its replacement passed its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_on_a_socket_with_readiness_leaves_no_gap() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nats = NatsServer::start();
+    let mut sub = subscribe(&nats, "cluster.a.events.web.>").await;
+    let server =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/socket_http.py");
+    let w = format!(
+        "[socket.http]\nhost = \"127.0.0.1\"\nport = 0\n\n\
+         [watcher.web]\ncmd = \"python3\"\nargs = [\"{}\"]\nnumprocesses = 2\n\
+         sockets = [\"http\"]\nmin_uptime = \"300ms\"\ngraceful_timeout = \"10s\"\n\
+         ready = {{ exec = [\"kill\", \"-0\", \"$(pid)\"], interval = \"100ms\" }}\n\
+         max_age = \"1500ms\"\nmax_age_variance = \"500ms\"\n",
+        server.display()
+    );
+    let agent = Agent::start_config(&nats, &node(&w));
+    let addr: std::net::SocketAddr = {
+        let r = agent.ctl_ok(&["listsockets"]);
+        r["sockets"][0]["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {r}"))
+    };
+    let stop = AtomicBool::new(false);
+    let (failures, requests, pids, seen) = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            let (mut failures, mut requests, mut pids) =
+                (vec![], 0u64, std::collections::BTreeSet::new());
+            while !stop.load(Ordering::Relaxed) {
+                requests += 1;
+                match get(addr) {
+                    Ok(pid) => {
+                        pids.insert(pid);
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+            (failures, requests, pids)
+        });
+        // Three recycles, each one's old process gone.
+        let rt = tokio::runtime::Handle::current();
+        let seen = tokio::task::block_in_place(|| {
+            rt.block_on(async {
+                let mut seen = vec![];
+                for _ in 0..3 {
+                    let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_age").await;
+                    let pid = ev["pid"].clone();
+                    next_event(&mut sub, &mut seen, |v| {
+                        v["kind"] == "exit" && v["pid"] == pid
+                    })
+                    .await;
+                }
+                seen
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+        let (failures, requests, pids) = client.join().expect("the client");
+        (failures, requests, pids, seen)
+    });
+    eprintln!(
+        "figures: {requests} requests over 3 recycles, {} failed, {} pids answered",
+        failures.len(),
+        pids.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // Each recycled process exited only after its replacement (same wid) spawned.
+    for (i, ev) in seen
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v["kind"] == "max_age")
+    {
+        let spawned = seen[i..]
+            .iter()
+            .position(|v| v["kind"] == "spawn" && v["wid"] == ev["wid"]);
+        let exited = seen[i..]
+            .iter()
+            .position(|v| v["kind"] == "exit" && v["pid"] == ev["pid"]);
+        assert!(spawned < exited && spawned.is_some(), "{seen:?}");
+    }
+    assert!(pids.len() >= 3, "{pids:?}");
 }

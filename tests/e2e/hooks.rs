@@ -180,3 +180,46 @@ fn hooks_are_remote_exec_keys() {
     out.expect_code(1, "add without allow_remote_exec");
     assert!(out.stderr.contains("allow_remote_exec"), "{}", out.stderr);
 }
+
+/// A `before_stop` hook that outlives its timeout keeps the watcher running; set (on a
+/// node that allows remote exec) to one that passes, the stop goes through.
+#[test]
+fn a_before_stop_past_its_timeout_keeps_the_watcher_running() {
+    let nats = NatsServer::start();
+    let (secs, hook_secs) = (unique_secs(), unique_secs());
+    let w = format!(
+        "[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n\
+         hooks = {{ before_stop = {{ cmd = \"sleep {hook_secs}\", timeout = \"300ms\" }} }}\n"
+    );
+    let agent = Agent::start_config(&nats, &node(true, &w));
+    let pid = wait_for(T, "w running", || agent.pids("w").first().map(|(_, p)| *p));
+    let (out, took) = timed(|| agent.ctl(&["stop", "w"]));
+    out.expect_code(1, "a stop whose before_stop hook times out");
+    for needle in [
+        "before_stop hook of 'w' failed",
+        "timeout (300ms)",
+        "nothing was stopped",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in {}",
+            out.stderr
+        );
+    }
+    assert!(took < bound(Duration::from_secs(10)), "{took:?}");
+    assert_eq!(agent.pids("w"), [(1, pid)]);
+    let s = agent.ctl_ok(&["status", "w"]);
+    assert_eq!(s["watchers"][0]["state"], "active", "{s}");
+    // The hook's process is not left behind.
+    wait_until(T, "the hook's process killed", || {
+        pids_with_cmdline(&hook_secs).is_empty()
+    });
+    agent.ctl_ok(&["set", "w", "hooks", r#"{"before_stop": "true"}"#]);
+    let o = agent.ctl_ok(&["options", "w"]);
+    assert_eq!(
+        o["options"]["hooks"]["before_stop"]["cmd"][0], "true",
+        "{o}"
+    );
+    agent.ctl_ok(&["stop", "w"]);
+    wait_until(T, "w's process gone", || !is_alive(pid));
+}

@@ -170,8 +170,11 @@ impl Supervisor {
         let op = gate_op(gate.op);
         match gate.reply {
             None => {
+                // The agent's start, unless a command stopped the watcher meanwhile.
                 for n in &gate.names {
-                    op(self, n);
+                    if self.watchers.get(n).is_some_and(|w| w.run) {
+                        op(self, n);
+                    }
                 }
             }
             Some(reply) if self.shutting_down => self.reply(reply, Err(gone())),
@@ -638,11 +641,15 @@ impl Supervisor {
             return;
         };
         let restart = w.cfg.spawn_differs(&new) && w.run;
+        let aging = w.cfg.max_age != new.max_age || w.cfg.max_age_variance != new.max_age_variance;
         self.out.push(Effect::Configure {
             watcher: name.to_owned(),
             stop: (new.stop_signal, new.graceful_timeout),
         });
         w.cfg = new;
+        if aging && !restart {
+            self.rearm_max_age(name);
+        }
         if restart {
             self.restart_watcher(name);
         } else {

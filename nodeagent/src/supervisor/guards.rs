@@ -14,6 +14,9 @@ use super::{LifecycleEvent, MemoryReading};
 use crate::config::guards::format_size;
 use crate::config::{format_duration, Rollout};
 
+/// How early a `max_age` timer may be taken as due.
+const AGE_TOLERANCE: Duration = Duration::from_millis(5);
+
 /// A well-mixed 64-bit value of `x` (splitmix64's finaliser).
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -51,14 +54,61 @@ impl Supervisor {
         self.timer(after, timer);
     }
 
+    /// `max_age` changed: each running process gets a timer by the new value, counted
+    /// from its start (a timer armed before finds another deadline and is ignored).
+    pub(super) fn rearm_max_age(&mut self, name: &str) {
+        let now = self.now;
+        let Some(w) = self.watchers.get_mut(name) else {
+            return;
+        };
+        let Some(age) = w.cfg.max_age else {
+            for s in w.slots.values_mut() {
+                s.age_due = false;
+            }
+            return;
+        };
+        let variance = w.cfg.max_age_variance;
+        let running: Vec<(u32, u64, Duration)> = w
+            .slots
+            .values()
+            .filter(|s| s.alive())
+            .map(|s| {
+                let ran = s
+                    .started
+                    .map(|(t, _)| now.saturating_duration_since(t))
+                    .unwrap_or_default();
+                (s.wid, s.gen, ran)
+            })
+            .collect();
+        for (wid, gen, ran) in running {
+            let due = age.saturating_add(self.age_jitter(gen, variance));
+            let timer = Timer::MaxAge {
+                name: name.to_owned(),
+                wid,
+                gen,
+            };
+            self.timer(due.saturating_sub(ran), timer);
+        }
+    }
+
     /// A process has run its `max_age`: it is due for recycling.
+    /// A timer armed by an older `max_age` (changed since) is ignored, as the process
+    /// has not run the current one yet.
     pub(super) fn age_reached(&mut self, name: &str, wid: u32, gen: u64) {
-        let still = self
-            .watchers
-            .get(name)
-            .is_some_and(|w| w.cfg.max_age.is_some());
+        let now = self.now;
+        let due = self.watchers.get(name).and_then(|w| {
+            let age = w.cfg.max_age?;
+            Some(age.saturating_add(self.age_jitter(gen, w.cfg.max_age_variance)))
+        });
+        let Some(due) = due else {
+            return;
+        };
         if let Some(s) = self.slot_mut(name, wid, gen) {
-            if still && s.alive() {
+            let ran = s
+                .started
+                .map(|(t, _)| now.saturating_duration_since(t))
+                .unwrap_or_default();
+            if s.alive() && ran.saturating_add(AGE_TOLERANCE) >= due {
                 s.age_due = true;
             }
         }

@@ -173,3 +173,21 @@ fn max_age_variance_spreads_processes_within_it() {
     );
     assert_eq!(sim.sup.age_jitter(7, Duration::ZERO), Duration::ZERO);
 }
+
+#[test]
+fn a_timer_of_an_older_max_age_is_ignored() {
+    let mut cfg = config("sleep");
+    cfg.max_age = Some(Duration::from_secs(10));
+    let mut sim = Sim::new(cfg, true);
+    sim.step(ms(0), Boot);
+    sim.step(ms(1000), Uptime(1));
+    if let Some(w) = sim.sup.watchers.get_mut("w") {
+        w.cfg.max_age = Some(Duration::from_secs(60));
+    }
+    // The timer armed for 10s: the process has not run 60s.
+    assert!(aged(&mut sim, ms(10_000), 1).is_empty());
+    assert_eq!(
+        aged(&mut sim, ms(60_000), 1),
+        ["emit max_age w/1", "SIGTERM w/1", "stop-check w/1 in 10s"]
+    );
+}
