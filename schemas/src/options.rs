@@ -206,6 +206,8 @@ pub enum ByteSize {
 #[serde(untagged)]
 pub enum LimitValue {
     Number(u64),
+    /// Refused by the agent, which says so by name.
+    Negative(i64),
     Word(String),
 }
 

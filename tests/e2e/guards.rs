@@ -88,6 +88,17 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
         (s["restarts"].as_u64() >= Some(1)).then_some(s["restarts"].clone())
     });
     eprintln!("restarts: {restarts}");
+    // `set` checks the value as the config does.
+    let out = agent.ctl(&["set", "hog", "max_memory", "10k"]);
+    out.expect_code(1, "a max_memory below 1MiB");
+    assert!(
+        out.stderr.contains("max_memory") && out.stderr.contains("out of range; use 1MiB to 1TiB"),
+        "{}",
+        out.stderr
+    );
+    agent.ctl_ok(&["set", "hog", "max_memory", "1GiB"]);
+    let o = agent.ctl_ok(&["get", "hog", "max_memory"]);
+    assert_eq!(o["options"]["max_memory"], "1GiB", "{o}");
 }
 
 #[test]

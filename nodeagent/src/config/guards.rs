@@ -115,6 +115,9 @@ fn limit_value(v: &LimitValue) -> Result<u64, String> {
             "{n} is too large; write \"unlimited\" for no limit"
         )),
         LimitValue::Number(n) => Ok(*n),
+        LimitValue::Negative(n) => Err(format!(
+            "{n} is not a limit; write a number of 0 or more, or \"unlimited\""
+        )),
         LimitValue::Word(w) if w.trim().eq_ignore_ascii_case("unlimited") => Ok(RLIM_INFINITY),
         LimitValue::Word(w) => Err(format!(
             "{w:?} is not a limit; write a number or \"unlimited\""
@@ -393,6 +396,42 @@ mod tests {
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["rlimits.core", "rlimits.nofiles", "rlimits.nproc"]);
         assert!(problems[1].1.contains("nofile"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_config_reports_every_guard_and_hook_problem_at_once() {
+        let text = r#"
+[agent]
+name = "n"
+
+[watcher.w]
+cmd = "sleep"
+max_memory = "lots"
+max_memory_samples = 0
+max_age = "2s"
+max_age_variance = "forever"
+rlimits = { nofiles = 1, core = -1 }
+hooks = { before_start = "", after_exit = { cmd = "true", timeout = "0s" } }
+
+[watcher.v]
+cmd = "sleep"
+max_age_variance = "1m"
+"#;
+        let e = super::super::parse(std::path::Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "[watcher.w] max_memory",
+            "[watcher.w] max_memory_samples",
+            "[watcher.w] max_age_variance",
+            "[watcher.w] hooks.before_start",
+            "[watcher.w] hooks.after_exit.timeout",
+            "[watcher.v] max_age_variance: set without max_age",
+            "[watcher.w] rlimits.nofiles: unknown limit",
+            "[watcher.w] rlimits.core: -1 is not a limit",
+        ] {
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+        }
     }
 
     #[test]
