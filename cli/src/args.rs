@@ -259,9 +259,9 @@ pub enum Sub {
     /// One snapshot of per-process statistics: node, watcher, pid, CPU, memory, age,
     /// restarts.
     Stats { watcher: Option<String> },
-    /// Follow lifecycle events (spawn, exit, respawn, flapping, start, stop, add, rm,
-    /// reload, join, leave) live, one per line, until Ctrl-C. Every node when no target
-    /// is given.
+    /// Follow lifecycle events (spawn, exit, respawn, flapping, unhealthy, start, stop,
+    /// add, rm, reload, join, leave, max_memory, max_age, hook_failed) live, one per
+    /// line, until Ctrl-C. Every node when no target is given.
     Events {
         /// Only this watcher's events.
         #[arg(long)]

@@ -32,6 +32,9 @@ pub enum Errno {
     ShuttingDown = 8,
     /// The agent has too many requests in flight; try again shortly.
     Busy = 9,
+    /// A watcher's `before_start` or `before_stop` hook failed (exited non-zero, could
+    /// not start, or timed out), so the command was not carried out.
+    HookFailed = 10,
 }
 
 impl Errno {

@@ -33,7 +33,7 @@ impl Supervisor {
         new.up_by = Some(up_by);
         slot.replacement = Some(Box::new(new));
         match listen {
-            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Ok(()) => self.launch(order),
             Err(reason) => self.replacement_failed(name, wid, reason),
         }
     }
