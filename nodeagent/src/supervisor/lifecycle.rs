@@ -403,11 +403,7 @@ impl Supervisor {
         let Some((order, listen)) = self.spawn_order(name, wid, gen, respawn) else {
             return;
         };
-        let Some(slot) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+        let Some(slot) = self.slot_at_mut(name, wid) else {
             return;
         };
         slot.gen = gen;
@@ -1184,11 +1180,7 @@ impl Supervisor {
 
     /// Carries out the restart policy's decision for a slot whose process is gone.
     fn apply_decision(&mut self, name: &str, wid: u32, decision: policy::Decision) {
-        let Some(slot) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+        let Some(slot) = self.slot_at_mut(name, wid) else {
             return;
         };
         match decision {

@@ -606,11 +606,7 @@ impl Supervisor {
     }
 
     pub fn emit_slot(&mut self, name: &str, wid: u32, kind: &'static str) {
-        let slot = self
-            .watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
-            .cloned();
+        let slot = self.slot_at(name, wid).cloned();
         if let Some(s) = slot {
             self.emit(name, kind, Some(&s));
         }
@@ -670,9 +666,19 @@ impl Supervisor {
         self.watchers.get(name).map_or(0, |w| w.cfg.priority)
     }
 
+    /// Slot `wid` of watcher `name`, when both are there.
+    pub fn slot_at(&self, name: &str, wid: u32) -> Option<&Slot> {
+        self.watchers.get(name)?.slots.get(&wid)
+    }
+
+    /// Slot `wid` of watcher `name`, when both are there, to change.
+    pub fn slot_at_mut(&mut self, name: &str, wid: u32) -> Option<&mut Slot> {
+        self.watchers.get_mut(name)?.slots.get_mut(&wid)
+    }
+
     /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot(&self, name: &str, wid: u32, gen: u64) -> Option<&Slot> {
-        let slot = self.watchers.get(name)?.slots.get(&wid)?;
+        let slot = self.slot_at(name, wid)?;
         if slot.gen == gen {
             return Some(slot);
         }
@@ -681,7 +687,7 @@ impl Supervisor {
 
     /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
-        let slot = self.watchers.get_mut(name)?.slots.get_mut(&wid)?;
+        let slot = self.slot_at_mut(name, wid)?;
         if slot.gen == gen {
             return Some(slot);
         }
@@ -690,9 +696,7 @@ impl Supervisor {
 
     /// Whether generation `gen` is the replacement in a slot (see [`Slot::replacement`]).
     pub fn is_replacement(&self, name: &str, wid: u32, gen: u64) -> bool {
-        self.watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
+        self.slot_at(name, wid)
             .and_then(|s| s.replacement.as_deref())
             .is_some_and(|r| r.gen == gen)
     }

@@ -128,7 +128,7 @@ impl Sim {
     }
 
     fn slot(&self, wid: u32) -> Option<&Slot> {
-        self.sup.watchers.get("w").and_then(|w| w.slots.get(&wid))
+        self.sup.slot_at("w", wid)
     }
 
     fn gen(&self, wid: u32) -> u64 {
@@ -136,11 +136,7 @@ impl Sim {
     }
 
     fn gen_of(&self, name: &str, wid: u32) -> u64 {
-        self.sup
-            .watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
-            .map_or(0, |s| s.gen)
+        self.sup.slot_at(name, wid).map_or(0, |s| s.gen)
     }
 
     fn new_gen(&self, wid: u32) -> u64 {
