@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(20);
 const TOKEN: &str = "s3cret-web-token";
 
-/// An agent with one watcher of two processes that each print a line when they start,
-/// sampled twice a second.
+/// An agent with one watcher of two processes that each print a line when they start
+/// (up after 200 ms, replaced two at a time in a rolling restart), sampled twice a
+/// second.
 fn agent(nats: &NatsServer, name: &str) -> Agent {
     Agent::start_config(
         nats,
@@ -27,7 +28,7 @@ fn agent(nats: &NatsServer, name: &str) -> Agent {
              stats_interval = \"500ms\"\ntags = {{ zone = \"z-{name}\" }}\n\n\
              [nats]\nservers = [\"{{nats_url}}\"]\n\n\
              [watcher.dummy]\ncmd = \"sh\"\nargs = [\"-c\", \"echo hello from $$; exec sleep 1000\"]\n\
-             numprocesses = 2\n"
+             numprocesses = 2\nmin_uptime = \"200ms\"\nmax_surge = 2\n"
         ),
     )
 }
@@ -240,6 +241,26 @@ fn the_page_shows_the_cluster_follows_it_live_and_acts_on_it() {
     wait_until(T, "the new pids of second on the page", || {
         (1..=2).all(|w| page_pid(&b, "second", w).is_some_and(|p| after.contains(&p)))
     });
+
+    // A rolling restart of every node, node by node, with its progress on the page.
+    let pids = || -> BTreeSet<u32> {
+        [&first, &second]
+            .iter()
+            .flat_map(|a| a.pids("dummy"))
+            .map(|p| p.1)
+            .collect()
+    };
+    let before = pids();
+    b.js("document.getElementById('cluster-watcher').value = 'dummy';");
+    b.click(r#"button[data-cluster="rolling"]"#);
+    b.wait_js(
+        "the rolling restart done on both nodes, its progress at 2 of 2",
+        r#"return /dummy: 2\/2 nodes/.test(document.getElementById('rolling-text').textContent)
+             && /done on 2 node/.test(document.getElementById('result').textContent);"#,
+    );
+    let after = pids();
+    assert_eq!(after.len(), 4);
+    assert!(before.is_disjoint(&after), "pids {before:?} then {after:?}");
 
     check_screenshot(&b.screenshot(), "web-dashboard.png");
 

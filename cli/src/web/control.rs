@@ -160,6 +160,28 @@ impl Action {
     }
 }
 
+/// Runs a request with a bound of its own: while NATS is unreachable the client's
+/// flush waits for the reconnection, and a page must not wait forever.
+async fn bounded(
+    who: &str,
+    timeout: Duration,
+    f: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    match tokio::time::timeout(timeout + Duration::from_secs(2), f).await {
+        Ok(out) => out,
+        Err(_) => Outcome {
+            missing: vec![(
+                who.to_owned(),
+                format!(
+                    "no answer within {}: is NATS reachable?",
+                    humantime::format_duration(timeout)
+                ),
+            )],
+            ..Outcome::default()
+        },
+    }
+}
+
 fn results(out: Outcome) -> Vec<NodeResult> {
     let mut nodes: Vec<NodeResult> = out
         .replies
@@ -222,10 +244,18 @@ pub async fn run(
     tracing::info!("web: {}", a.describe());
     if let Some(node) = &a.node {
         let subject = subjects.command(&CmdTarget::Node(node.clone()), &req.command);
-        let out = client::request_one(conn, subject, node, &req, timeout).await;
-        return finish(a, results(out));
+        let out = client::request_one(conn, subject, node, &req, timeout);
+        return finish(a, results(bounded(node, timeout, out).await));
     }
-    let alive = match cluster::alive_members(conn, subjects, &[], Duration::from_secs(5)).await {
+    let ask = Duration::from_secs(5);
+    let members = cluster::alive_members(conn, subjects, &[], ask);
+    let alive = match tokio::time::timeout(ask * 2, members)
+        .await
+        .unwrap_or_else(|_| {
+            Err("no agent answered the member query: is NATS reachable?"
+                .to_owned()
+                .into())
+        }) {
         Ok(ms) => ms,
         Err(e) => {
             return ActionResult {
@@ -240,15 +270,17 @@ pub async fn run(
         return rolling(conn, subjects, a, &req, &names, timeout, progress).await;
     }
     let expected: BTreeSet<String> = names.into_iter().collect();
-    let out = match client::broadcast(
+    let sent = client::broadcast(
         conn,
         subjects,
         client::tags_header(&[]),
         expected,
         &req,
         timeout,
-    )
-    .await
+    );
+    let out = match tokio::time::timeout(timeout + Duration::from_secs(2), sent)
+        .await
+        .unwrap_or_else(|_| Err("no answer: is NATS reachable?".into()))
     {
         Ok(o) => o,
         Err(e) => {
@@ -277,8 +309,8 @@ async fn rolling(
     let mut all = vec![];
     for (i, node) in nodes.iter().enumerate() {
         let subject = subjects.command(&CmdTarget::Node(node.clone()), &req.command);
-        let out = client::request_one(conn, subject, node, req, timeout).await;
-        let rs = results(out);
+        let out = client::request_one(conn, subject, node, req, timeout);
+        let rs = results(bounded(node, timeout, out).await);
         let ok = !rs.is_empty() && rs.iter().all(|r| r.ok);
         progress(Progress {
             watcher: a.watcher.clone(),

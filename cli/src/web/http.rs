@@ -293,14 +293,15 @@ async fn follow_log(s: Arc<Shared>, q: LogsQuery, tx: mpsc::Sender<Event>) {
     let subject = s
         .subjects
         .command(&CmdTarget::Node(q.node.clone()), &req.command);
-    let out = client::request_one(
-        conn,
-        subject,
-        &q.node,
-        &req,
-        std::time::Duration::from_secs(5),
-    )
-    .await;
+    let wait = std::time::Duration::from_secs(5);
+    let tail = client::request_one(conn, subject, &q.node, &req, wait);
+    // Bounded here too: while NATS is unreachable the request waits for it.
+    let Ok(out) = tokio::time::timeout(wait * 2, tail).await else {
+        let _ = tx
+            .send(sse_json("failure", &"no answer: is NATS reachable?"))
+            .await;
+        return;
+    };
     let failure = match out.replies.first() {
         Some(r) if r.is_ok() => match r.data::<LogsData>() {
             Ok(d) => {
