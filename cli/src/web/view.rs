@@ -18,6 +18,8 @@ use serde::Serialize;
 pub const HISTORY_SECS: f64 = 300.0;
 /// The most points kept per process (one a second over [`HISTORY_SECS`]).
 pub const MAX_POINTS: usize = 300;
+/// A new page gets one chart point in this many (and always the last).
+pub const SNAPSHOT_EVERY: usize = 3;
 /// The most events kept for the feed.
 pub const MAX_EVENTS: usize = 200;
 /// The most members kept; announcements of more are dropped.
@@ -85,20 +87,36 @@ pub struct WatcherRow {
     pub processes: Vec<ProcRow>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One process. Sent to the page as an array, `[wid, pid, cpu, rss, age, restarts,
+/// health]` (health null without checks): with a thousand processes in an update every
+/// second, the field names would be a third of it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProcRow {
     pub wid: u32,
     pub pid: u32,
     /// Percent of one core, to a tenth.
     pub cpu: f64,
     pub rss: u64,
-    /// CPU time used since it started, in seconds.
-    #[serde(skip)]
+    /// CPU time used since it started, in seconds (for /metrics only).
     pub cpu_seconds: f64,
     pub age: f64,
     pub restarts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<ProcessHealth>,
+}
+
+impl Serialize for ProcRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let row = (
+            self.wid,
+            self.pid,
+            self.cpu,
+            self.rss,
+            self.age,
+            self.restarts,
+            self.health,
+        );
+        row.serialize(s)
+    }
 }
 
 /// One point of a process's chart: unix time, CPU percent, RSS in KiB.
@@ -128,7 +146,9 @@ pub struct Snapshot<'a> {
     pub control: bool,
     pub members: Vec<&'a MemberRow>,
     pub nodes: Vec<&'a NodeRow>,
-    /// "node/watcher/wid" to [[time, cpu, rss], ...], oldest first.
+    /// "node/watcher/wid" to [[seconds before `now`, cpu, rss], ...], oldest first:
+    /// one point in [`SNAPSHOT_EVERY`] (a chart 120 pixels wide shows no more) and the
+    /// last one.
     pub history: BTreeMap<String, Vec<(f64, f32, u64)>>,
     pub events: &'a VecDeque<Event>,
 }
@@ -475,11 +495,17 @@ impl View {
         let mut history = BTreeMap::new();
         for (node, series) in &self.history {
             for ((watcher, wid), points) in series {
+                let n = points.len();
                 history.insert(
                     format!("{node}/{watcher}/{wid}"),
                     points
                         .iter()
-                        .map(|p| (p.t, p.cpu, u64::from(p.rss_kib) * 1024))
+                        .enumerate()
+                        .filter(|(i, _)| (n - 1 - i) % SNAPSHOT_EVERY == 0)
+                        .map(|(_, p)| {
+                            let ago = ((p.t - unix_now) * 10.0).round() / 10.0;
+                            (ago, p.cpu, u64::from(p.rss_kib) * 1024)
+                        })
                         .collect(),
                 );
             }
@@ -609,9 +635,20 @@ mod tests {
         v.stats("a", stats("a", 399.0, 5, 1.0));
         let snap = v.snapshot(400.0, false);
         let points = &snap.history["a/web/1"];
-        assert!(points.len() <= MAX_POINTS, "{}", points.len());
-        assert_eq!(points.last().unwrap().0, 399.0);
-        assert!(points[0].0 >= 399.0 - HISTORY_SECS);
+        assert!(
+            points.len() <= MAX_POINTS / SNAPSHOT_EVERY,
+            "{}",
+            points.len()
+        );
+        // Times are seconds before the snapshot; the last sample is always there.
+        assert_eq!(points.last().unwrap().0, -1.0);
+        assert_eq!(points[1].0 - points[0].0, SNAPSHOT_EVERY as f64);
+        assert!(points[0].0 >= -1.0 - HISTORY_SECS);
+        let json = serde_json::to_value(v.nodes().next().unwrap()).unwrap();
+        assert_eq!(
+            json["watchers"][0]["processes"][0],
+            serde_json::json!([1, 5, 1.0, 4096, 2.0, 0, null])
+        );
         // Negative or non-finite figures read as 0.
         v.stats("a", stats("a", 500.0, 5, -3.0));
         assert_eq!(v.nodes().next().unwrap().watchers[0].processes[0].cpu, 0.0);

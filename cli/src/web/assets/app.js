@@ -205,6 +205,14 @@ function renderNode(n) {
   for (const box of [...body.querySelectorAll(".watcher")]) if (!seen.has(box.dataset.watcher)) box.remove();
 }
 
+// A process arrives as [wid, pid, cpu, rss, age, restarts, health].
+function unpack(n) {
+  for (const w of n.watchers) {
+    w.processes = w.processes.map((a) => ({ wid: a[0], pid: a[1], cpu: a[2], rss: a[3], age: a[4], restarts: a[5], health: a[6] }));
+  }
+  return n;
+}
+
 function takeNode(n) {
   S.nodes.set(n.node, n);
   for (const w of n.watchers) for (const p of w.processes) {
@@ -341,8 +349,9 @@ function snapshot(s) {
   mode.title = s.control ? "" : "actions are refused: start ctl web with --allow-control";
   S.members = new Map(s.members.map((m) => [m.name, m]));
   for (const name of [...S.nodes.keys()]) forgetNode(name);
-  S.hist = new Map(Object.entries(s.history).map(([k, v]) => [k, v.map((p) => [p[0], p[1], p[2]])]));
-  for (const n of s.nodes) S.nodes.set(n.node, n);
+  // Chart times come as seconds before the snapshot.
+  S.hist = new Map(Object.entries(s.history).map(([k, v]) => [k, v.map((p) => [s.now + p[0], p[1], p[2]])]));
+  for (const n of s.nodes) S.nodes.set(n.node, unpack(n));
   $("events").replaceChildren();
   addEvents(s.events);
   for (const n of S.nodes.values()) renderNode(n);
@@ -353,7 +362,7 @@ function update(u) {
   S.skew = u.now - Date.now() / 1000;
   for (const m of u.members) S.members.set(m.name, m);
   for (const g of u.gone) { S.members.delete(g); forgetNode(g); }
-  for (const n of u.nodes) { takeNode(n); renderNode(n); }
+  for (const n of u.nodes) { takeNode(unpack(n)); renderNode(n); }
   addEvents(u.events);
   renderMembers();
 }
