@@ -40,6 +40,8 @@ pub enum Flow {
     },
     /// `top`: the live view of these nodes (all when empty).
     Top { nodes: Vec<String> },
+    /// `web`: the dashboard and the metrics.
+    Web(crate::web::Options),
     /// A request to the targets, in one of the ways of [`Send`].
     Send {
         target: Target,
@@ -88,6 +90,14 @@ impl Plan {
             Sub::Top => Flow::Top {
                 nodes: watched_nodes(g)?,
             },
+            Sub::Web(w) => {
+                if !g.nodes.is_empty() || g.all || !g.tags.is_empty() || g.service.is_some() {
+                    return Err(
+                        "web shows every node: drop --node, --all, --tag and --service".into(),
+                    );
+                }
+                Flow::Web(crate::web::Options::new(w)?)
+            }
             sub => match sub.command()? {
                 None => Flow::Nothing,
                 Some(command) => {

@@ -63,6 +63,7 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
                 }
             }
         }
+        Flow::Web(opts) => crate::web::run(conn, subjects, opts).await,
         Flow::Send {
             target,
             request,

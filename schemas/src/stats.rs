@@ -110,6 +110,10 @@ pub struct ProcessStats {
     pub cpu_percent: f64,
     /// Resident memory, in bytes.
     pub rss_bytes: u64,
+    /// CPU time it has used since it started (user + system), in seconds: a counter
+    /// that only grows while the pid lives. 0 from agents that do not send it.
+    #[serde(default)]
+    pub cpu_seconds: f64,
     /// Seconds since it started.
     pub age_secs: f64,
     /// How many times its slot was started again after an exit.
@@ -156,6 +160,7 @@ mod tests {
                     pid: 100,
                     cpu_percent: 12.5,
                     rss_bytes: 4096,
+                    cpu_seconds: 0.25,
                     age_secs: 3.0,
                     restarts: 0,
                     health: Some(ProcessHealth::Ready),

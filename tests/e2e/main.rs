@@ -26,3 +26,4 @@ mod robust;
 mod security;
 mod sockets;
 mod surge;
+mod web;
