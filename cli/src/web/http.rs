@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use protocol::logs::{LogsData, LogsProps};
+use protocol::reply::KindData;
 use protocol::subjects::{validate_node_name, validate_token, CmdTarget};
 use protocol::{Command, Request as CmdRequest};
 use serde::Deserialize;
@@ -303,12 +304,12 @@ async fn follow_log(s: Arc<Shared>, q: LogsQuery, tx: mpsc::Sender<Event>) {
         return;
     };
     let failure = match out.replies.first() {
-        Some(r) if r.is_ok() => match r.data::<LogsData>() {
-            Ok(d) => {
+        Some(r) if r.is_ok() => match r.data.as_ref().and_then(LogsData::of) {
+            Some(d) => {
                 let _ = tx.send(sse_json("lines", &d.lines)).await;
                 None
             }
-            Err(e) => Some(format!("unreadable logs reply: {e}")),
+            None => Some("the logs reply carried no lines".to_owned()),
         },
         Some(r) => Some(r.reason.clone().unwrap_or_default()),
         None => Some(
