@@ -49,6 +49,9 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 /// (with one warning) until members are reaped.
 pub const MAX_MEMBERS: usize = 100_000;
 
+/// The longest grace an upgrading member gets ([`Announcement::upgrading_ms`]).
+pub const MAX_UPGRADE_GRACE: Duration = Duration::from_secs(60);
+
 /// The largest announcement payload taken, in bytes; larger ones are ignored.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 64 * 1024;
 
@@ -327,8 +330,13 @@ impl Membership {
     /// announcement of the same boot with a higher `seq` makes it alive again, so a
     /// member whose connection merely dropped and came back recovers at its next
     /// heartbeat.
+    /// A member whose last announcement says it is upgrading (it re-executes its
+    /// binary, so its connection closes on purpose) is left alive: its new boot follows.
     pub fn mark_failed(&mut self, node: &str, now: Instant) -> Option<Change> {
         let m = self.members.get_mut(node)?;
+        if m.ann.upgrading_ms.is_some() && m.state == MemberState::Alive {
+            return None;
+        }
         let (state, change) = match m.state {
             MemberState::Alive | MemberState::Suspect => {
                 (MemberState::Failed, Change::Failed(node.to_owned()))
@@ -492,10 +500,15 @@ fn heartbeat(ann: &Announcement) -> Duration {
 }
 
 fn suspect_after(config: &MembershipConfig, ann: &Announcement) -> Duration {
-    match config.suspect_after {
+    let base = match config.suspect_after {
         SuspectAfter::Heartbeats(n) => heartbeat(ann).saturating_mul(n.max(1)),
         SuspectAfter::Fixed(d) => d,
-    }
+    };
+    // An upgrading member is silent while its new binary starts.
+    let grace = ann.upgrading_ms.map_or(Duration::ZERO, |ms| {
+        Duration::from_millis(ms).min(MAX_UPGRADE_GRACE)
+    });
+    base.saturating_add(grace)
 }
 
 #[cfg(test)]
@@ -587,6 +600,7 @@ mod tests {
             services: vec![],
             server_id: None,
             client_id: None,
+            upgrading_ms: None,
         }
     }
 

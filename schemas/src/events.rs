@@ -41,11 +41,14 @@ pub enum EventKind {
     Join,
     /// The agent is leaving the cluster (watcher token `_agent`).
     Leave,
+    /// The agent executes its binary again, its processes kept (watcher token
+    /// `_agent`); `reason` says from which boot, or why the upgrade failed.
+    Upgrade,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Spawn,
         EventKind::Exit,
         EventKind::Respawn,
@@ -58,6 +61,7 @@ impl EventKind {
         EventKind::Reload,
         EventKind::Join,
         EventKind::Leave,
+        EventKind::Upgrade,
     ];
 
     /// The wire name, also the last subject token.
@@ -75,12 +79,16 @@ impl EventKind {
             EventKind::Reload => "reload",
             EventKind::Join => "join",
             EventKind::Leave => "leave",
+            EventKind::Upgrade => "upgrade",
         }
     }
 
     /// Whether this is an event about the agent rather than one watcher.
     pub fn is_agent_event(self) -> bool {
-        matches!(self, EventKind::Join | EventKind::Leave)
+        matches!(
+            self,
+            EventKind::Join | EventKind::Leave | EventKind::Upgrade
+        )
     }
 }
 

@@ -471,6 +471,19 @@ pub struct PingData {
     pub uptime_secs: f64,
 }
 
+/// `upgrade`: the agent is about to execute its binary again, in the same pid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpgradeData {
+    /// The boot that answers; the upgraded agent announces a new one.
+    pub was_boot_id: String,
+    /// The version that answers.
+    pub was_version: String,
+    /// The binary executed: the path the agent was started from.
+    pub path: String,
+    /// The processes handed over to the new binary.
+    pub processes: u32,
+}
+
 /// One listening socket of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SocketInfo {
@@ -526,6 +539,8 @@ pub enum ReplyKind {
     Logs,
     /// [`SocketsData`].
     Sockets,
+    /// [`UpgradeData`].
+    Upgrade,
     /// [`NoData`].
     Empty,
 }
@@ -547,6 +562,7 @@ pub enum ReplyData {
     Members(crate::registry::MembersData),
     Logs(crate::logs::LogsData),
     Sockets(SocketsData),
+    Upgrade(UpgradeData),
     Empty(NoData),
 }
 
@@ -567,6 +583,7 @@ impl ReplyData {
             ReplyData::Members(_) => ReplyKind::Members,
             ReplyData::Logs(_) => ReplyKind::Logs,
             ReplyData::Sockets(_) => ReplyKind::Sockets,
+            ReplyData::Upgrade(_) => ReplyKind::Upgrade,
             ReplyData::Empty(_) => ReplyKind::Empty,
         }
     }
@@ -589,6 +606,7 @@ impl ReplyKind {
             ReplyKind::Members => ReplyData::Members(reply.data()?),
             ReplyKind::Logs => ReplyData::Logs(reply.data()?),
             ReplyKind::Sockets => ReplyData::Sockets(reply.data()?),
+            ReplyKind::Upgrade => ReplyData::Upgrade(reply.data()?),
             ReplyKind::Empty => ReplyData::Empty(reply.data()?),
         })
     }
@@ -619,5 +637,6 @@ into_reply_data!(
     crate::registry::MembersData => Members,
     crate::logs::LogsData => Logs,
     SocketsData => Sockets,
+    UpgradeData => Upgrade,
     NoData => Empty,
 );

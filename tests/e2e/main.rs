@@ -21,3 +21,4 @@ mod robust;
 mod security;
 mod sockets;
 mod surge;
+mod upgrade;

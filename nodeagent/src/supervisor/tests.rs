@@ -427,6 +427,7 @@ fn describe(e: &Effect) -> String {
         Effect::Configure { watcher, .. } => format!("configure {watcher}"),
         Effect::Ended { .. } => "ended".into(),
         Effect::ForgetOutput(w) => format!("forget {w}"),
+        Effect::Watch { watcher, wid, .. } => format!("watch {watcher}/{wid}"),
     }
 }
 
