@@ -640,6 +640,35 @@ mod tests {
         table
     }
 
+    /// An upgrading member (its announcement carries `upgrading_ms`) is neither failed
+    /// by its connection closing nor suspected for its silence within the grace; its
+    /// new boot rejoins it. Without the flag, both fail it as before.
+    #[test]
+    fn an_upgrading_member_is_not_failed_nor_suspected_within_its_grace() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut t = Membership::with_anchor(MembershipConfig::default(), t0, 1000.0);
+        t.observe(&ann("n1", J, "b1", 1), at(0.0));
+        let mut upgrading = ann("n1", A, "b1", 2);
+        upgrading.upgrading_ms = Some(5000);
+        t.observe(&upgrading, at(0.5));
+        assert_eq!(t.mark_failed("n1", at(0.6)), None);
+        // 3 heartbeats and 5 s of grace.
+        assert!(t.tick(at(8.4)).is_empty());
+        assert_eq!(t.state("n1"), ALIVE);
+        let back = t.observe(&ann("n1", J, "b2", 1), at(8.5));
+        assert_eq!(back.as_ref().map(Change::kind), Some("rejoined"));
+        assert_eq!(t.state("n1"), ALIVE);
+        // The new boot's announcements carry no flag: a disconnect fails it again.
+        assert!(t.mark_failed("n1", at(9.0)).is_some());
+        // A hostile grace is capped.
+        let mut t = Membership::with_anchor(MembershipConfig::default(), t0, 1000.0);
+        upgrading.upgrading_ms = Some(u64::MAX);
+        t.observe(&upgrading, at(0.0));
+        let late = 3.0 + MAX_UPGRADE_GRACE.as_secs_f64() + 1.0;
+        assert!(t.tick(at(late)).iter().any(|c| c.kind() == "suspect"));
+    }
+
     const ALIVE: Option<MemberState> = Some(MemberState::Alive);
     const SUSPECT: Option<MemberState> = Some(MemberState::Suspect);
     const FAILED: Option<MemberState> = Some(MemberState::Failed);

@@ -409,3 +409,48 @@ fn a_rolling_upgrade_goes_node_by_node() {
         "n2 was asked to upgrade at {n2_asked} before n1 was back at {n1_back}"
     );
 }
+
+#[test]
+fn listening_sockets_survive_an_upgrade() {
+    let nats = NatsServer::start();
+    let s = unique_secs();
+    let port = free_port();
+    let watchers = format!(
+        "[socket.web]\nport = {port}\n\n[socket.local]\npath = \"{{dir}}/local.sock\"\n\n\
+         [watcher.w]\ncmd = \"sleep\"\nargs = [\"{s}\"]\nsockets = [\"web\", \"local\"]\n\n"
+    );
+    let agent = Agent::start_config_copied(&nats, &node("n1", &watchers));
+    wait_until(T, "w running", || agent.running_children().len() == 1);
+    let listed = |agent: &Agent| {
+        let r = agent.ctl_ok(&["listsockets"]);
+        let mut v: Vec<(String, String)> = r["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_owned(),
+                    s["address"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listed(&agent);
+    let pids = snapshot(&agent, &["w"]);
+    let was = boot(&agent);
+    // The process holds both sockets: binding them again would fail, so the new image
+    // must take the agent's own.
+    agent.ctl_ok(&["upgrade"]);
+    wait_new_boot(&agent, &was);
+    assert_eq!(listed(&agent), before);
+    assert_eq!(snapshot(&agent, &["w"]), pids);
+    agent.wait_log(T, &["adopting 1 process(es) and 2 socket(s)"]);
+    // A new process gets the same sockets, still listening.
+    agent.ctl_ok(&["incr", "w"]);
+    wait_until(T, "2 processes", || agent.running_children().len() == 2);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the TCP socket listens");
+    std::os::unix::net::UnixStream::connect(agent.dir().join("local.sock"))
+        .expect("the unix socket listens");
+}
