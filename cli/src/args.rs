@@ -273,8 +273,8 @@ pub enum Sub {
     /// restarts.
     Stats { watcher: Option<String> },
     /// Follow lifecycle events (spawn, exit, respawn, flapping, start, stop, add, rm,
-    /// reload, join, leave) live, one per line, until Ctrl-C. Every node when no target
-    /// is given.
+    /// reload, join, leave, upgrade) live, one per line, until Ctrl-C. Every node when
+    /// no target is given.
     Events {
         /// Only this watcher's events.
         #[arg(long)]

@@ -454,3 +454,55 @@ fn listening_sockets_survive_an_upgrade() {
     std::os::unix::net::UnixStream::connect(agent.dir().join("local.sock"))
         .expect("the unix socket listens");
 }
+
+#[test]
+fn an_upgrade_that_fails_after_the_reply_is_undone_and_the_agent_goes_on() {
+    let nats = server();
+    let s = unique_secs();
+    let watchers = format!("{}{}", sleeper("sl", &s, 2), counter("count", "n", 1));
+    let agent = Agent::start_config_copied(&nats, &node("n1", &watchers));
+    let _peer = Agent::start_config(&nats, &node("n2", ""));
+    wait_until(T, "3 processes", || agent.running_children().len() == 3);
+    let before = snapshot(&agent, &["sl", "count"]);
+    let was = boot(&agent);
+    // The hand-over file cannot be written: a directory sits where its temporary goes.
+    std::fs::create_dir_all(agent.state_dir().join("handoff.json.tmp").join("x")).unwrap();
+    let r = agent.ctl_ok(&["upgrade"]);
+    assert_eq!(r["was_boot_id"], Value::from(was.clone()));
+    agent.wait_log(
+        T,
+        &[
+            "upgrade failed",
+            "hand-over file",
+            "going on as the running version",
+        ],
+    );
+    agent.wait_log(T, &["the supervisor goes on"]);
+    assert_eq!(boot(&agent), was);
+    assert_eq!(snapshot(&agent, &["sl", "count"]), before);
+    // Still supervised: an exit is seen and the process restarted.
+    let (_, victim, _) = before["sl"][0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(T, "the killed process replaced", || {
+        let now = snapshot(&agent, &["sl"]);
+        now["sl"].len() == 2 && now["sl"].iter().all(|(_, p, _)| *p != victim)
+    });
+    // The output is read again, with nothing lost while it was paused.
+    let paused = numbers(&agent, "count", "n");
+    wait_until(T, "the counter read again", || {
+        numbers(&agent, "count", "n")
+            .values()
+            .all(|v| v.len() > paused.values().map(Vec::len).max().unwrap_or(0) + 20)
+    });
+    assert_no_line_lost(&numbers(&agent, "count", "n"));
+    // The peers were told the upgrade is off: n1 is a plain alive member again, and a
+    // later upgrade works.
+    std::fs::remove_dir_all(agent.state_dir().join("handoff.json.tmp")).unwrap();
+    agent.ctl_ok(&["upgrade"]);
+    wait_new_boot(&agent, &was);
+    assert_eq!(snapshot(&agent, &["count"])["count"], before["count"]);
+}
