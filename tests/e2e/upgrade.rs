@@ -202,6 +202,7 @@ fn an_upgrade_keeps_every_process_every_line_and_the_membership() {
         let r = agent.ctl_ok(&["upgrade"]);
         (r.clone(), wait_new_boot(&agent, &was))
     });
+    validate_reply("upgrade", &reply);
     assert_eq!(reply["was_boot_id"], Value::from(was.clone()), "{reply}");
     assert_eq!(reply["processes"], 5, "{reply}");
     assert_ne!(new_boot, was);
