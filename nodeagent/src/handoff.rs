@@ -38,6 +38,9 @@ pub struct Handoff {
     pub version: u32,
     /// The agent's pid: the next image runs in the same one.
     pub pid: u32,
+    /// The agent's start time (clock ticks since boot, /proc/PID/stat), which an exec
+    /// keeps: with the pid, it tells this very process from a later one with its pid.
+    pub agent_start: u64,
     /// Unix time the file was written.
     pub written_at: f64,
     pub node: String,
@@ -150,7 +153,8 @@ pub fn take(dir: &Path, node: &str) -> Result<Found, HandoffError> {
         reason,
     };
     let h: Handoff = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
-    if let Some(why) = stale(&h, node, std::process::id(), protocol::unix_time()) {
+    let me = (std::process::id(), own_start());
+    if let Some(why) = stale(&h, node, me, protocol::unix_time()) {
         return Ok(Found::Stale {
             why,
             processes: h.processes.len(),
@@ -176,8 +180,18 @@ fn read_capped(p: &Path) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Why `h` is not this process's hand-over, if it is not.
-fn stale(h: &Handoff, node: &str, me: u32, now: f64) -> Option<String> {
+/// This process's start time in clock ticks since boot (0 when unknown).
+pub fn own_start() -> u64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map(|s| s.starttime)
+        .unwrap_or(0)
+}
+
+/// Why `h` is not this process's hand-over, if it is not; `me` is this process's pid
+/// and start time.
+fn stale(h: &Handoff, node: &str, me: (u32, u64), now: f64) -> Option<String> {
+    let (me, start) = me;
     if h.version != VERSION {
         return Some(format!(
             "it has format version {}, this agent reads {VERSION}",
@@ -189,6 +203,13 @@ fn stale(h: &Handoff, node: &str, me: u32, now: f64) -> Option<String> {
             "it was written by pid {}, and this agent is pid {me}: that upgrade never \
              completed (the new binary did not start)",
             h.pid
+        ));
+    }
+    if h.agent_start != start {
+        return Some(format!(
+            "it was written by an earlier process with this pid {me} (started at tick {}, \
+             this one at {start})",
+            h.agent_start
         ));
     }
     if h.node != node {
@@ -291,6 +312,7 @@ mod tests {
         Handoff {
             version: VERSION,
             pid: 42,
+            agent_start: 7,
             written_at: 1000.0,
             node: "n1".into(),
             boot_id: "b".into(),
@@ -303,20 +325,29 @@ mod tests {
     #[test]
     fn only_a_fresh_file_of_this_pid_and_node_is_taken() {
         let h = handoff();
-        assert_eq!(stale(&h, "n1", 42, 1001.0), None);
-        let cases: &[(Handoff, &str, u32, f64, &str)] = &[
-            (h.clone(), "n1", 43, 1001.0, "written by pid 42"),
-            (h.clone(), "n2", 42, 1001.0, "for node 'n1'"),
-            (h.clone(), "n1", 42, 1100.0, "100s ago"),
-            (h.clone(), "n1", 42, 900.0, "-100s ago"),
-            (h.clone(), "n1", 42, f64::NAN, "NaNs ago"),
+        assert_eq!(stale(&h, "n1", (42, 7), 1001.0), None);
+        /// The file, the node, this process (pid, start), the time, and what is said.
+        type Case<'a> = (Handoff, &'a str, (u32, u64), f64, &'a str);
+        let cases: &[Case] = &[
+            (h.clone(), "n1", (43, 7), 1001.0, "written by pid 42"),
+            (
+                h.clone(),
+                "n1",
+                (42, 8),
+                1001.0,
+                "an earlier process with this pid",
+            ),
+            (h.clone(), "n2", (42, 7), 1001.0, "for node 'n1'"),
+            (h.clone(), "n1", (42, 7), 1100.0, "100s ago"),
+            (h.clone(), "n1", (42, 7), 900.0, "-100s ago"),
+            (h.clone(), "n1", (42, 7), f64::NAN, "NaNs ago"),
             (
                 Handoff {
                     version: 9,
                     ..h.clone()
                 },
                 "n1",
-                42,
+                (42, 7),
                 1001.0,
                 "version 9",
             ),
@@ -377,6 +408,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = Handoff {
             pid: std::process::id(),
+            agent_start: own_start(),
             written_at: protocol::unix_time(),
             ..handoff()
         };

@@ -250,6 +250,7 @@ fn build(
     Ok(Handoff {
         version: handoff::VERSION,
         pid: std::process::id(),
+        agent_start: handoff::own_start(),
         written_at: protocol::unix_time(),
         node: ctx.identity.node.clone(),
         boot_id: ctx.identity.boot_id.clone(),
