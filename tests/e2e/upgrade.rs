@@ -275,6 +275,7 @@ fn sigusr2_upgrades_as_the_command_does() {
     wait_until(T, "3 sleepers", || agent.running_children().len() == 3);
     let before = snapshot(&agent, &["sl"]);
     let was = boot(&agent);
+    let events = Subscription::new(&nats.url(), "cluster.n1.events._agent.>");
     // A new file at the same path: the agent runs the new one.
     agent.replace_exe(&std::fs::read(bin("nodeagent")).unwrap(), 0o755);
     nix::sys::signal::kill(
@@ -282,9 +283,23 @@ fn sigusr2_upgrades_as_the_command_does() {
         nix::sys::signal::Signal::SIGUSR2,
     )
     .unwrap();
-    wait_new_boot(&agent, &was);
+    let new_boot = wait_new_boot(&agent, &was);
     assert_eq!(snapshot(&agent, &["sl"]), before);
     agent.wait_log(T, &["SIGUSR2: upgrading"]);
+    // The old boot says it upgrades, the new one joins.
+    let upgrade = events
+        .find(T, |_, e| e["kind"] == "upgrade")
+        .expect("an upgrade event");
+    validate("events.schema.json", &upgrade);
+    assert_eq!(upgrade["boot_id"], Value::from(was.clone()));
+    assert!(upgrade["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("executing"));
+    let join = events
+        .find(T, |_, e| e["kind"] == "join")
+        .expect("a join event of the new boot");
+    assert_eq!(join["boot_id"], Value::from(new_boot));
     // The exec ran the new file, not the deleted one.
     let exe = std::fs::read_link(format!("/proc/{}/exe", agent.pid())).unwrap();
     assert_eq!(exe, agent.exe());
@@ -468,6 +483,7 @@ fn an_upgrade_that_fails_after_the_reply_is_undone_and_the_agent_goes_on() {
     let was = boot(&agent);
     // The hand-over file cannot be written: a directory sits where its temporary goes.
     std::fs::create_dir_all(agent.state_dir().join("handoff.json.tmp").join("x")).unwrap();
+    let events = Subscription::new(&nats.url(), "cluster.n1.events._agent.upgrade");
     let r = agent.ctl_ok(&["upgrade"]);
     assert_eq!(r["was_boot_id"], Value::from(was.clone()));
     agent.wait_log(
@@ -479,6 +495,14 @@ fn an_upgrade_that_fails_after_the_reply_is_undone_and_the_agent_goes_on() {
         ],
     );
     agent.wait_log(T, &["the supervisor goes on"]);
+    let failed = events
+        .find(T, |_, e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("failed:"))
+        })
+        .expect("an upgrade event saying it failed");
+    validate("events.schema.json", &failed);
     assert_eq!(boot(&agent), was);
     assert_eq!(snapshot(&agent, &["sl", "count"]), before);
     // Still supervised: an exit is seen and the process restarted.
