@@ -272,9 +272,9 @@ pub enum Sub {
     /// One snapshot of per-process statistics: node, watcher, pid, CPU, memory, age,
     /// restarts.
     Stats { watcher: Option<String> },
-    /// Follow lifecycle events (spawn, exit, respawn, flapping, start, stop, add, rm,
-    /// reload, join, leave, upgrade) live, one per line, until Ctrl-C. Every node when
-    /// no target is given.
+    /// Follow lifecycle events (spawn, exit, respawn, flapping, unhealthy, start, stop,
+    /// add, rm, reload, join, leave, max_memory, max_age, hook_failed, upgrade) live,
+    /// one per line, until Ctrl-C. Every node when no target is given.
     Events {
         /// Only this watcher's events.
         #[arg(long)]
@@ -286,6 +286,9 @@ pub enum Sub {
     Top,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff); the package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -441,9 +444,11 @@ impl Sub {
             Sub::Stats { watcher } => Command::Stats(MaybeName {
                 name: watcher.clone(),
             }),
-            Sub::Completions { .. } | Sub::Members { .. } | Sub::Events { .. } | Sub::Top => {
-                return Ok(None)
-            }
+            Sub::Completions { .. }
+            | Sub::Manpage
+            | Sub::Members { .. }
+            | Sub::Events { .. }
+            | Sub::Top => return Ok(None),
         }))
     }
 

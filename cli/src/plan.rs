@@ -27,6 +27,8 @@ pub struct Plan {
 pub enum Flow {
     /// Print the shell completion script.
     Completions(clap_complete::Shell),
+    /// Print the man page.
+    Manpage,
     /// Nothing to send (a subcommand that only prints its help).
     Nothing,
     /// `members`: one query, the table.
@@ -79,6 +81,7 @@ impl Plan {
         };
         let flow = match &cli.command {
             Sub::Completions { shell } => Flow::Completions(*shell),
+            Sub::Manpage => Flow::Manpage,
             Sub::Members { status, name } => Flow::Members(members_filter(g, status, name)?),
             Sub::Events { watcher } => Flow::Events {
                 nodes: watched_nodes(g)?,

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use protocol::command::{Command, Empty};
-use protocol::reply::{PingData, UpgradeData};
+use protocol::reply::{KindData, PingData, UpgradeData};
 use protocol::subjects::CmdTarget;
 use protocol::{Errno, Reply, Request, Subjects};
 
@@ -89,9 +89,14 @@ async fn upgrade_one(
     let Some(reply) = out.replies.first().filter(|r| r.is_ok()).cloned() else {
         return Err(out);
     };
-    let was = match reply.data::<UpgradeData>() {
-        Ok(d) => d.was_boot_id,
-        Err(e) => return Err(failed(node, format!("unreadable upgrade reply: {e}"))),
+    let was = match reply.data.as_ref().and_then(UpgradeData::of) {
+        Some(d) => d.was_boot_id.clone(),
+        None => {
+            return Err(failed(
+                node,
+                "its upgrade reply carries no upgrade data".into(),
+            ))
+        }
     };
     let ping = Request::new(Command::Ping(Empty {}));
     let subject = subjects.command(&CmdTarget::Node(node.to_owned()), &ping.command);
@@ -100,8 +105,8 @@ async fn upgrade_one(
         let boot = out
             .replies
             .first()
-            .and_then(|r| r.data::<PingData>().ok())
-            .map(|p| p.boot_id);
+            .and_then(|r| r.data.as_ref().and_then(PingData::of))
+            .map(|p| p.boot_id.clone());
         match boot {
             Some(b) if b != was => return Ok((reply, b)),
             _ if Instant::now() >= until => {

@@ -123,6 +123,14 @@ pub struct ProcessStats {
 mod tests {
     use super::*;
     use crate::reply::Reply;
+    use serde_json::{Map, Value};
+
+    /// A reply's fields read as a `T`, as a client that reads any reply as a map would.
+    impl Reply<Map<String, Value>> {
+        fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+            serde_json::from_value(Value::Object(self.data.clone()))
+        }
+    }
 
     fn sample() -> StatsData {
         StatsData {
@@ -171,7 +179,9 @@ mod tests {
     #[test]
     fn data_fits_a_reply() {
         let data = sample();
-        let reply = Reply::ok(Some("x".into()), "first", 1.0, &data);
+        let sent = Reply::<Option<StatsData>>::ok(Some("x".into()), "first", 1.0, data.clone());
+        let bytes = serde_json::to_vec(&sent).unwrap();
+        let reply: Reply<Map<String, Value>> = serde_json::from_slice(&bytes).unwrap();
         assert!(reply.data.contains_key("host"));
         assert!(reply.data.contains_key("watchers"));
         assert_eq!(reply.data::<StatsData>().unwrap(), data);

@@ -4,17 +4,22 @@
 
 mod auth;
 mod cluster;
+mod deploy;
 mod deps;
 mod files;
 mod flags;
 mod foundation;
+mod guards;
 mod harness;
+mod hooks;
 mod hostile;
 mod keys;
 mod logins;
 mod membership;
+mod micro;
 mod nats_outage;
 mod observe;
+mod package;
 mod partition;
 mod probes;
 mod robust;

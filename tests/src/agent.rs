@@ -50,6 +50,8 @@ pub struct Agent {
     groups: Mutex<BTreeMap<u32, Option<u64>>>,
     /// The binary run, when not the built one: a copy a test may replace.
     exe: Option<PathBuf>,
+    /// Environment variables the agent gets besides the harness's.
+    env: Vec<(String, String)>,
 }
 
 /// Copies `from` to `to` in a `cp` process: a file this process writes may be held open
@@ -119,6 +121,21 @@ impl Agent {
         })
     }
 
+    /// Like [`start_config`](Self::start_config), with `env` in the agent's
+    /// environment (`NOTIFY_SOCKET`, say).
+    pub fn start_config_env(nats: &NatsServer, full_toml: &str, env: &[(&str, &str)]) -> Agent {
+        let name = config_name(full_toml);
+        let mut agent = Self::prepare(nats, &name, &nats.url(), vec![], |dir| {
+            expand(full_toml, dir, &nats.url())
+        });
+        agent.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        agent.spawn();
+        agent
+    }
+
     /// Like [`start_config`](Self::start_config), but the agent runs inside `net` (as
     /// on another host); `{nats_url}` should then be the server on `net`'s host side.
     pub fn start_config_in(nats: &NatsServer, full_toml: &str, net: &crate::NetNs) -> Agent {
@@ -171,6 +188,7 @@ impl Agent {
             marker: crate::mark::MarkGuard::new(),
             groups: Mutex::new(BTreeMap::new()),
             exe: None,
+            env: vec![],
         }
     }
 
@@ -252,6 +270,7 @@ impl Agent {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run nodeagent: {e}"));

@@ -11,6 +11,7 @@ pub mod mark;
 pub mod nats;
 pub mod netns;
 pub mod procs;
+pub mod rawnats;
 pub mod schema;
 pub mod sniff;
 pub mod tmux;

@@ -69,6 +69,7 @@ enum Report {
         result: Result<(), String>,
     },
     Timer(Timer),
+    Hook(Box<super::hooks::HookDone>),
 }
 
 /// What goes to the state writer, in order.
@@ -305,6 +306,7 @@ impl Actor {
                 reply: self.keep(reply),
             },
             Cmd::Reload(reload, reply) => self.reload(reload, reply),
+            Cmd::Memory(readings) => Input::Memory(readings),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -502,6 +504,7 @@ impl Actor {
                 group_alive: process::group_alive(pid),
             },
             Report::Timer(timer) => Input::Timer(timer),
+            Report::Hook(done) => Input::HookDone(done),
         }
     }
 
@@ -516,7 +519,11 @@ impl Actor {
             Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
         );
         let mut dirty = match &input {
-            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Timer(_)
+            | Input::Probe { .. }
+            | Input::StopCheck { .. }
+            | Input::Tick
+            | Input::Memory(_) => false,
             Input::Boot
             | Input::Command(..)
             | Input::RestartSlot { .. }
@@ -524,7 +531,8 @@ impl Actor {
             | Input::Shutdown
             | Input::Spawned { .. }
             | Input::SpawnFailed { .. }
-            | Input::Exited { .. } => true,
+            | Input::Exited { .. }
+            | Input::HookDone(_) => true,
         };
         let mut todo: VecDeque<Effect> = step(&mut self.sup, input).into();
         // Arming a timer or starting a probe changes nothing published either.
@@ -691,6 +699,21 @@ impl Actor {
                     });
                 }
                 self.wait_adopted(pid, Some((watcher, wid, gen)));
+            }
+            Effect::Hook(order) => {
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    let order = *order;
+                    let result = crate::probe::run_hook(&order.spec, order.timeout).await;
+                    let _ = tx.send(Report::Hook(Box::new(super::hooks::HookDone {
+                        watcher: order.watcher,
+                        kind: order.kind,
+                        wid: order.wid,
+                        gen: order.gen,
+                        pid: order.pid,
+                        result,
+                    })));
+                });
             }
             e @ (Effect::Emit(_) | Effect::Reply { .. }) => self.outbox.push(e),
             Effect::Persist(_) => {}
