@@ -105,7 +105,9 @@ impl Supervisor {
     ///
     /// Each adopted process is starting until the rest of its `min_uptime` has passed;
     /// one that was ready stays healthy, one that was not is probed again (a notify
-    /// process, which will not say READY=1 twice, is taken as ready).
+    /// process, which will not say READY=1 twice, is taken as ready). Its `max_age`
+    /// timer is armed for the rest of its age. No hook runs: it was not spawned, and
+    /// its watcher (which `Input::Boot` then finds with processes) was started already.
     pub(super) fn adopt(&mut self, list: Vec<AdoptSlot>, unix_now: f64) -> Vec<AdoptSlot> {
         let mut refused = Vec::new();
         for a in list {
@@ -154,6 +156,9 @@ impl Supervisor {
                 gen,
             };
             self.timer(min_uptime.saturating_sub(age), timer);
+            // Its `max_age` counts from its start, before the upgrade; `max_memory`
+            // covers it as any slot's process (readings go by slot and pid).
+            self.arm_max_age_after(&name, wid, gen, age);
             if let Some(ready) = ready.filter(|_| !a.ready && !notify) {
                 let deadline = Timer::ReadyDeadline {
                     name: name.clone(),
@@ -258,5 +263,56 @@ mod tests {
             .out
             .iter()
             .any(|e| matches!(e, Effect::Signal { pid: 200, .. })));
+    }
+
+    /// An adopted process's `max_age` counts from its start before the upgrade: the
+    /// timer is armed for the rest of it.
+    #[test]
+    fn an_adopted_process_keeps_its_age() {
+        let mut s = sup();
+        if let Some(w) = s.watchers.get_mut("w") {
+            w.cfg.max_age = Some(Duration::from_secs(60));
+        }
+        s.adopt(vec![slot("w", 1, 100)], 1010.0);
+        let armed: Vec<Duration> = s
+            .out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ArmTimer {
+                    after,
+                    timer: Timer::MaxAge { wid: 1, .. },
+                } => Some(*after),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(armed, [Duration::from_secs(50)]);
+    }
+
+    /// The boot after an upgrade neither holds a watcher with adopted processes for
+    /// its `before_start` hook nor runs its `after_start`: it was started before; its
+    /// missing process starts (with its spawn hooks, a new process).
+    #[test]
+    fn the_boot_after_an_upgrade_runs_no_start_hooks_for_adopted_watchers() {
+        use crate::config::guards::{HookConfig, HookKind};
+        let mut s = sup();
+        if let Some(w) = s.watchers.get_mut("w") {
+            for kind in [HookKind::BeforeStart, HookKind::AfterStart] {
+                let hook = HookConfig {
+                    argv: vec!["true".into()],
+                    timeout: Duration::from_secs(5),
+                };
+                w.cfg.hooks.insert(kind, hook);
+            }
+        }
+        s.adopt(vec![slot("w", 1, 100)], 1010.0);
+        let now = s.now;
+        let out = s.step(super::super::model::Input::Boot, now);
+        assert!(!out.iter().any(|e| matches!(e, Effect::Hook(_))), "{out:?}");
+        assert!(!s.watchers["w"].after_start_due);
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Spawn(o) if o.wid == 2)),
+            "{out:?}"
+        );
     }
 }
