@@ -198,6 +198,8 @@ pub(super) struct Actor {
     adopted_pipes: BTreeMap<(String, u32), AdoptedPipes>,
     /// Where adopted pids go to be waited on (see [`wait_adopted`]).
     adopted_waits: Option<mpsc::UnboundedSender<AdoptedWait>>,
+    /// Hooks started and not answered yet: no freeze for an upgrade meanwhile.
+    hooks_running: usize,
 }
 
 type AdoptedPipes = (Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>);
@@ -238,6 +240,7 @@ impl Actor {
             retired: None,
             adopted_pipes: BTreeMap::new(),
             adopted_waits: None,
+            hooks_running: 0,
         }
     }
 
@@ -392,7 +395,19 @@ impl Actor {
 
     /// Hands the processes and pipes over for the agent's exec, then does nothing until
     /// resumed (the exec failed) or ended by the exec.
-    async fn freeze(&mut self, reply: oneshot::Sender<Frozen>) {
+    async fn freeze(&mut self, reply: oneshot::Sender<Result<Frozen, CmdError>>) {
+        let held = self.sup.gates.len() + self.sup.held_spawns.len();
+        if self.hooks_running > 0 || held > 0 {
+            let _ = reply.send(Err(CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "{} hook(s) running, {held} command(s) or spawn(s) waiting for one: \
+                     nothing was changed; upgrade again once they finished",
+                    self.hooks_running
+                ),
+            )));
+            return;
+        }
         let processes = self.sup.handed_processes();
         let pipes = self.output.hand_over().await;
         let (resume, resumed) = oneshot::channel();
@@ -402,7 +417,7 @@ impl Actor {
             sockets: self.sup.sockets.clone(),
             resume,
         };
-        if reply.send(frozen).is_ok() {
+        if reply.send(Ok(frozen)).is_ok() {
             let _ = resumed.await;
         }
         self.output.resume();
@@ -504,7 +519,10 @@ impl Actor {
                 group_alive: process::group_alive(pid),
             },
             Report::Timer(timer) => Input::Timer(timer),
-            Report::Hook(done) => Input::HookDone(done),
+            Report::Hook(done) => {
+                self.hooks_running = self.hooks_running.saturating_sub(1);
+                Input::HookDone(done)
+            }
         }
     }
 
@@ -701,6 +719,7 @@ impl Actor {
                 self.wait_adopted(pid, Some((watcher, wid, gen)));
             }
             Effect::Hook(order) => {
+                self.hooks_running += 1;
                 let tx = self.reports_tx.clone();
                 tokio::spawn(async move {
                     let order = *order;

@@ -211,8 +211,9 @@ enum Cmd {
     /// Memory readings of processes, for `max_memory`.
     Memory(Vec<MemoryReading>),
     Shutdown(oneshot::Sender<()>),
-    /// Freezes the actor for the agent's exec (see [`adopt::Frozen`]).
-    Freeze(oneshot::Sender<adopt::Frozen>),
+    /// Freezes the actor for the agent's exec (see [`adopt::Frozen`]); refused while a
+    /// hook runs.
+    Freeze(oneshot::Sender<Result<adopt::Frozen, CmdError>>),
 }
 
 /// A reload of the config file: its watchers and sockets, the file's watchers as last
@@ -424,10 +425,11 @@ impl SupervisorHandle {
 
     /// Freezes the supervisor for the agent's exec: it hands over its processes and
     /// pipes, then acts on nothing until the returned `resume` is sent or dropped.
+    /// Refused while a hook runs (its result, or the command it holds, would be lost).
     pub async fn freeze(&self) -> Result<adopt::Frozen, CmdError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Freeze(tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        rx.await.map_err(|_| gone())?
     }
 
     /// Hands memory readings of processes to the `max_memory` guard.
