@@ -3,8 +3,9 @@
 //! In order: the new binary is tried (`--check` of the config), the request is
 //! answered, the peers are told (so that the old connection's end is not a failure),
 //! the supervisor freezes and hands over its processes and pipes, the sockets and pipes
-//! lose close-on-exec, the hand-over file is written ([`crate::handoff`]), and the exec
-//! happens on the main thread ([`crate::process::exec_self`]). When the exec fails,
+//! lose close-on-exec, the hand-over file is written ([`crate::handoff`]), systemd is
+//! told `RELOADING=1` (the new image says `READY=1`), and the exec happens on the main
+//! thread ([`crate::process::exec_self`]). When the exec fails,
 //! everything is undone and the agent goes on as it was. It decides nothing about
 //! processes and handles no request.
 
@@ -209,12 +210,14 @@ async fn exec(ctx: &Context<'_>, exe: &Path, args: &[std::ffi::OsString]) -> Res
     if result.is_ok() {
         // The reply and the announcement leave before the connection closes.
         ctx.bus.flush(Duration::from_secs(2)).await;
+        crate::systemd::reloading(&format!("upgrading: executing {} again", exe.display()));
         let (exe, args) = (exe.to_path_buf(), args.to_vec());
         let error = tokio::task::spawn_blocking(move || process::exec_self(&exe, &args))
             .await
             .unwrap_or_else(|e| std::io::Error::other(e.to_string()));
         result = Err(format!("cannot execute the binary: {error}"));
         handoff::remove(ctx.home);
+        crate::systemd::ready("the upgrade failed: serving commands as the running version");
     }
     for fd in &sockets {
         let _ = process::set_cloexec(fd.as_ref(), true);
