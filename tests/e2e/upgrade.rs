@@ -531,3 +531,45 @@ fn an_upgrade_that_fails_after_the_reply_is_undone_and_the_agent_goes_on() {
     wait_new_boot(&agent, &was);
     assert_eq!(snapshot(&agent, &["count"])["count"], before["count"]);
 }
+
+/// A process adopted across an upgrade keeps its `max_age`: the new image recycles it,
+/// counting its age from its start, and its replacement runs.
+#[test]
+fn max_age_still_recycles_an_adopted_process() {
+    let nats = NatsServer::start();
+    let s = unique_secs();
+    let watcher = format!(
+        "[watcher.aged]\ncmd = \"sleep\"\nargs = [\"{s}\"]\nmin_uptime = \"300ms\"\n\
+         max_age = \"6s\"\nmax_age_variance = \"0s\"\n\n"
+    );
+    let agent = Agent::start_config_copied(&nats, &node("n1", &watcher));
+    let pid = wait_for(T, "the aged process", || {
+        let ps = snapshot(&agent, &["aged"]);
+        ps["aged"]
+            .first()
+            .map(|(_, pid, _)| *pid)
+            .filter(|p| *p > 0)
+    });
+    let events = Subscription::new(&nats.url(), "cluster.n1.events.aged.>");
+    let was = boot(&agent);
+    agent.ctl_ok(&["upgrade"]);
+    wait_new_boot(&agent, &was);
+    let adopted = snapshot(&agent, &["aged"])["aged"]
+        .first()
+        .map(|(_, p, _)| *p);
+    assert_eq!(
+        adopted,
+        Some(pid),
+        "the process was recycled before the upgrade ended"
+    );
+    let recycled = events
+        .find(T, |_, e| e["kind"] == "max_age")
+        .expect("a max_age event from the new image");
+    validate("events.schema.json", &recycled);
+    assert_eq!(recycled["pid"], Value::from(pid));
+    wait_until(T, "its replacement running", || {
+        snapshot(&agent, &["aged"])["aged"]
+            .first()
+            .is_some_and(|(_, p, _)| *p > 0 && *p != pid)
+    });
+}
