@@ -573,3 +573,40 @@ fn max_age_still_recycles_an_adopted_process() {
             .is_some_and(|(_, p, _)| *p > 0 && *p != pid)
     });
 }
+
+/// While a hook runs, the upgrade is refused (its result would be lost across the
+/// exec) and the agent goes on; once it finished, an upgrade goes through.
+#[test]
+fn an_upgrade_waits_for_no_running_hook() {
+    let nats = NatsServer::start();
+    let s = unique_secs();
+    let hook = format!("8.{}", std::process::id() % 1000);
+    let watcher = format!(
+        "[watcher.hooked]\ncmd = \"sleep\"\nargs = [\"{s}\"]\n\
+         [watcher.hooked.hooks]\nafter_spawn = [\"sleep\", \"{hook}\"]\n\n"
+    );
+    let agent = Agent::start_config_copied(&nats, &node("n1", &watcher));
+    wait_until(T, "the after_spawn hook running", || {
+        !pids_with_cmdline(&format!("sleep {hook}")).is_empty()
+    });
+    let before = snapshot(&agent, &["hooked"]);
+    let was = boot(&agent);
+    let events = Subscription::new(&nats.url(), "cluster.n1.events._agent.upgrade");
+    agent.ctl_ok(&["upgrade"]);
+    let failed = events
+        .find(T, |_, e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("failed:") && r.contains("hook(s) running"))
+        })
+        .expect("an upgrade event saying a hook runs");
+    validate("events.schema.json", &failed);
+    assert_eq!(boot(&agent), was);
+    assert_eq!(snapshot(&agent, &["hooked"]), before);
+    wait_until(T, "the hook finished", || {
+        pids_with_cmdline(&format!("sleep {hook}")).is_empty()
+    });
+    agent.ctl_ok(&["upgrade"]);
+    wait_new_boot(&agent, &was);
+    assert_eq!(snapshot(&agent, &["hooked"]), before);
+}
