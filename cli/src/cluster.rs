@@ -39,13 +39,53 @@ impl From<String> for MembersError {
 use crate::fmt::age;
 use crate::output::Table;
 
-/// Asks any one agent for its member view. `Err` says why none answered.
+/// Asks any one agent that keeps the member table for its view, page after page when
+/// it does not fit in one reply. `Err` says why none answered.
 pub async fn members(
     client: &Conn,
     subjects: &Subjects,
     filter: MembersRequest,
     timeout: Duration,
 ) -> Result<(Reply, Vec<MemberInfo>), MembersError> {
+    let deadline = Instant::now() + timeout;
+    let mut filter = filter;
+    let mut all: Vec<MemberInfo> = vec![];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (reply, page) = members_page(client, subjects, filter.clone(), left).await?;
+        // A page must move forward; a reply that does not is not followed.
+        let next = page
+            .next
+            .filter(|n| filter.after.as_ref().is_none_or(|a| n > a));
+        all.extend(page.members);
+        match next {
+            Some(n) => {
+                tracing::info!("{} members so far; asking for those after {n}", all.len());
+                filter.after = Some(n);
+            }
+            None => {
+                // One reply with every member, as if it had come in one page.
+                let mut reply = reply;
+                let whole = MembersData {
+                    members: all,
+                    next: None,
+                };
+                if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&whole) {
+                    reply.data = map;
+                }
+                return Ok((reply, whole.members));
+            }
+        }
+    }
+}
+
+/// One page of the member view.
+async fn members_page(
+    client: &Conn,
+    subjects: &Subjects,
+    filter: MembersRequest,
+    timeout: Duration,
+) -> Result<(Reply, MembersData), MembersError> {
     let req = Request::new(Command::Members(filter));
     // Read-only: if the agent the queue group picked is hung, every agent is asked.
     let queue = subjects.command(&CmdTarget::Members, &req.command);
@@ -63,11 +103,16 @@ pub async fn members(
                 .data()
                 .map_err(|e| format!("unreadable members reply: {e}"))?;
             tracing::info!(
-                "node {} knows {} matching members",
+                "node {} knows {} matching members{}",
                 r.node,
-                data.members.len()
+                data.members.len(),
+                if data.next.is_some() {
+                    " in this page"
+                } else {
+                    ""
+                }
             );
-            Ok((r, data.members))
+            Ok((r, data))
         }
         Some(r) => Err(r.reason.unwrap_or_default().into()),
         None => Err(MembersError::Other(format!(
@@ -91,6 +136,7 @@ pub async fn alive_members(
         ])),
         tags: tags.iter().cloned().collect(),
         name: None,
+        after: None,
     };
     let mut alive = members(client, subjects, filter, timeout).await?.1;
     // A member's name becomes a subject token: a name no agent could have (from a

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod fatal;
 pub mod groups;
 pub mod identity;
+pub mod keepers;
 pub mod logs;
 pub mod memberloop;
 pub mod membership;

@@ -37,6 +37,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The services whose queue groups to serve; it changes as watchers come and go.
     fn services(&self) -> watch::Receiver<BTreeSet<String>>;
+
+    /// Whether to answer `members` on the shared queue and on broadcasts: true while
+    /// this agent keeps the member table. Always, unless told otherwise.
+    fn members_served(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,8 +342,23 @@ pub async fn serve<H: Handler>(
     };
     let mut own = subscribe_both(&client, subjects.node_cmd(&identity.node), None).await?;
     let mut all = subscribe_both(&client, subjects.all_cmd(), None).await?;
-    let mut members =
-        subscribe(&client, subjects.members(), Some(subjects.members_queue())).await?;
+    // Only the agents that keep the member table answer `members`: they join the
+    // queue group while they keep it.
+    let mut serving_members = handler.members_served();
+    let members_queue = |on: bool| {
+        let client = client.clone();
+        let subjects = subjects.clone();
+        async move {
+            match on {
+                true => subscribe(&client, subjects.members(), Some(subjects.members_queue()))
+                    .await
+                    .map(Some),
+                false => Ok(None),
+            }
+        }
+    };
+    let on = *serving_members.borrow_and_update();
+    let mut members = members_queue(on).await?;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut wanted = handler.services();
@@ -384,12 +405,32 @@ pub async fn serve<H: Handler>(
             _ = shutdown.cancelled() => break,
             Some(msg) = own.next() => spawn_handler(&serving, msg).await,
             Some(msg) = all.next() => {
+                // A broadcast `members` is for the agents that keep the table.
+                let members_asked = subjects
+                    .parse_cmd(&msg.subject)
+                    .and_then(|c| c.token)
+                    .is_some_and(|t| t == "members");
+                if members_asked && !*serving_members.borrow() {
+                    continue;
+                }
                 if selected(msg.headers.as_ref(), &identity.node, &identity.tags) {
                     spawn_handler(&serving, msg).await;
                 }
             }
             Some(msg) = svc_rx.recv() => spawn_handler(&serving, msg).await,
-            Some(msg) = members.next() => spawn_handler(&serving, msg).await,
+            Some(msg) = next_of(&mut members) => spawn_handler(&serving, msg).await,
+            Ok(()) = serving_members.changed() => {
+                let on = *serving_members.borrow_and_update();
+                if on != members.is_some() {
+                    if let Some(mut sub) = members.take() {
+                        let _ = sub.unsubscribe().await;
+                    }
+                    match members_queue(on).await {
+                        Ok(sub) => members = sub,
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                }
+            }
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services);
@@ -402,11 +443,21 @@ pub async fn serve<H: Handler>(
     for sub in own.iter_mut().chain(all.iter_mut()) {
         let _ = sub.unsubscribe().await;
     }
-    let _ = members.unsubscribe().await;
+    if let Some(mut sub) = members.take() {
+        let _ = sub.unsubscribe().await;
+    }
     serving.tracker.close();
     // Requests in flight finish (a quit's own reply among them).
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.tracker.wait()).await;
     Ok(())
+}
+
+/// The next message of a subscription that may be off (then never).
+async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => futures::future::pending().await,
+    }
 }
 
 /// The longest one publish waits. While NATS is unreachable, async-nats buffers a
@@ -474,18 +525,49 @@ pub struct Incoming {
     pub payload: bytes::Bytes,
 }
 
-/// Subscribes to every agent's announcements (`cluster.registry.*`).
-pub async fn subscribe_registry(
+/// Subscribes to `subject`, its messages as [`Incoming`].
+async fn incoming(
     client: &Client,
-    subjects: &Subjects,
+    subject: String,
 ) -> Result<BoxStream<'static, Incoming>, TransportError> {
-    let sub = subscribe(client, subjects.registry_all(), None).await?;
+    let sub = subscribe(client, subject, None).await?;
     Ok(sub
         .map(|m| Incoming {
             subject: m.subject.to_string(),
             payload: m.payload,
         })
         .boxed())
+}
+
+/// Every agent's announcements (`cluster.registry.*`), subscribed to while this agent
+/// keeps the member table: [`RegistryFeed::open`] subscribes, dropping the stream
+/// unsubscribes.
+pub struct RegistryFeed {
+    client: Client,
+    subject: String,
+}
+
+impl RegistryFeed {
+    pub fn new(client: &Client, subjects: &Subjects) -> RegistryFeed {
+        RegistryFeed {
+            client: client.clone(),
+            subject: subjects.registry_all(),
+        }
+    }
+
+    /// Subscribes to every agent's announcements.
+    pub async fn open(&self) -> Result<BoxStream<'static, Incoming>, TransportError> {
+        incoming(&self.client, self.subject.clone()).await
+    }
+}
+
+/// Subscribes to the keepers' announcements (`cluster.registry.keepers.*`), which every
+/// agent reads to know who keeps the member table.
+pub async fn subscribe_keepers(
+    client: &Client,
+    subjects: &Subjects,
+) -> Result<BoxStream<'static, Incoming>, TransportError> {
+    incoming(client, subjects.keepers_all()).await
 }
 
 /// The clients whose connection the server closed, as the server's advisories in
@@ -531,6 +613,26 @@ impl Publisher {
     /// Publishes one message as JSON (see [`publish_json`]).
     pub async fn publish_json(&self, subject: String, msg: &impl serde::Serialize) {
         publish_json(&self.client, subject, msg).await
+    }
+
+    /// True while connected to a server.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends a request and waits at most `timeout` for its reply; `None` when none
+    /// came (no responders, a timeout, NATS unreachable).
+    pub async fn request(
+        &self,
+        subject: String,
+        bytes: bytes::Bytes,
+        timeout: Duration,
+    ) -> Option<bytes::Bytes> {
+        let msg = tokio::time::timeout(timeout, self.client.request(subject, bytes))
+            .await
+            .ok()?
+            .ok()?;
+        (msg.status.is_none()).then_some(msg.payload)
     }
 
     /// Waits until the server has every message sent so far (see [`flush`]).

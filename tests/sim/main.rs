@@ -132,6 +132,7 @@ impl Member {
             services: vec!["web".into()],
             server_id: Some(info.server_id),
             client_id: Some(info.client_id),
+            keeper: false,
         }
     }
 
