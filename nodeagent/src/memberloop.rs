@@ -180,6 +180,7 @@ pub fn start<W: Watchers>(
             settings.heartbeat,
         ),
         keeping: false,
+        stale: true,
         serve_at: None,
         serving: serving_tx,
         subject: settings.subjects.registry(&settings.identity.node),
@@ -211,6 +212,8 @@ struct Task<W> {
     roster: Roster,
     /// This agent keeps the table: it reads every announcement.
     keeping: bool,
+    /// The table's next deadline must be found again.
+    stale: bool,
     /// When a new keeper's table is full enough to answer `members`.
     serve_at: Option<Instant>,
     serving: watch::Sender<bool>,
@@ -242,8 +245,16 @@ impl<W: Watchers> Task<W> {
         // every agent did before keepers), and steps down as soon as it hears enough
         // better-ranked keepers (they answer its join within JOIN_ANSWER_WINDOW).
         let mut registry = self.start_keeping(&inputs.registry, Duration::ZERO).await;
+        let mut deadline = None;
         loop {
-            let deadline = self.table.next_deadline();
+            // The table's deadline costs a pass over every member: it is found again
+            // only when a member changed state or something else than a heartbeat
+            // happened. A heartbeat taken only moves its member's deadline later, so
+            // the deadline kept may be early, never late: waking early ticks for
+            // nothing.
+            if std::mem::replace(&mut self.stale, true) {
+                deadline = self.table.next_deadline();
+            }
             let roster_deadline = self.roster.next_deadline();
             tokio::select! {
                 _ = heartbeat.tick() => {
@@ -256,6 +267,7 @@ impl<W: Watchers> Task<W> {
                     // A newcomer knows nobody yet: tell it about us soon, not at our
                     // next heartbeat: it learns the keepers from us, and if it keeps the
                     // table, a `ctl --all` it answers `members` for would skip us.
+                    self.stale = false;
                     if self.on_announcement(msg) {
                         answer_at.get_or_insert_with(|| Instant::now() + answer_window);
                     }
@@ -429,6 +441,7 @@ impl<W: Watchers> Task<W> {
         };
         if let Some(c) = self.table.observe(&ann, Instant::now()) {
             log(&c);
+            self.stale = true;
         }
         let table = &self.table;
         self.connections.note(&ann, |n| table.state(n).is_some());

@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use protocol::registry::{
@@ -357,7 +358,11 @@ impl Membership {
     pub fn page(&self, filter: &MembersRequest, max_bytes: usize) -> MembersData {
         let mut page = MembersData::default();
         let mut used = 0usize;
-        for (name, m) in &self.members {
+        let from = match &filter.after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        for (name, m) in self.members.range((from, Bound::Unbounded)) {
             if !filter.matches(name, m.state, &m.ann.tags) {
                 continue;
             }
