@@ -181,6 +181,7 @@ pub fn start<W: Watchers>(
         ),
         keeping: false,
         stale: true,
+        deadline: None,
         serve_at: None,
         serving: serving_tx,
         subject: settings.subjects.registry(&settings.identity.node),
@@ -214,6 +215,8 @@ struct Task<W> {
     keeping: bool,
     /// The table's next deadline must be found again.
     stale: bool,
+    /// The table's next deadline as last found (early rather than late).
+    deadline: Option<Instant>,
     /// When a new keeper's table is full enough to answer `members`.
     serve_at: Option<Instant>,
     serving: watch::Sender<bool>,
@@ -245,16 +248,16 @@ impl<W: Watchers> Task<W> {
         // every agent did before keepers), and steps down as soon as it hears enough
         // better-ranked keepers (they answer its join within JOIN_ANSWER_WINDOW).
         let mut registry = self.start_keeping(&inputs.registry, Duration::ZERO).await;
-        let mut deadline = None;
         loop {
             // The table's deadline costs a pass over every member: it is found again
-            // only when a member changed state or something else than a heartbeat
-            // happened. A heartbeat taken only moves its member's deadline later, so
-            // the deadline kept may be early, never late: waking early ticks for
-            // nothing.
+            // only when something else than an announcement happened. An announcement
+            // moves only its member's deadline, which is folded in
+            // (`on_announcement`); one moved later leaves the deadline kept early,
+            // never late, and waking early ticks for nothing.
             if std::mem::replace(&mut self.stale, true) {
-                deadline = self.table.next_deadline();
+                self.deadline = self.table.next_deadline();
             }
+            let deadline = self.deadline;
             let roster_deadline = self.roster.next_deadline();
             tokio::select! {
                 _ = heartbeat.tick() => {
@@ -441,7 +444,9 @@ impl<W: Watchers> Task<W> {
         };
         if let Some(c) = self.table.observe(&ann, Instant::now()) {
             log(&c);
-            self.stale = true;
+        }
+        if let Some(d) = self.table.deadline_of(&ann.node) {
+            self.deadline = Some(self.deadline.map_or(d, |k| k.min(d)));
         }
         let table = &self.table;
         self.connections.note(&ann, |n| table.state(n).is_some());
