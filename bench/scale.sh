@@ -2,6 +2,7 @@
 # Membership at scale: one nats-server (with its monitoring port), the membership
 # simulator playing N virtual members (tests/sim, `membersim`) and three real agents
 # (a, b, c), for each N. Prints one table row per N:
+#   - how many members a `ctl members` lists alive once all should be (N + 3);
 #   - CPU% and RSS of agent a and agent b, and the messages per second the server
 #     delivers to each (its /connz out_msgs);
 #   - the server's CPU% and the messages it delivers per second (its /varz out_msgs);
@@ -170,17 +171,17 @@ def fmt(v, spec):
     return format(v, spec)
 
 rows = []
-print("| N | agent a CPU% | a RSS MiB | a msgs/s in | agent b CPU% | b RSS MiB | b msgs/s in "
+print("| N | alive seen | agent a CPU% | a RSS MiB | a msgs/s in | agent b CPU% | b RSS MiB | b msgs/s in "
       "| nats CPU% | nats out msgs/s | sim CPU% | cluster deliveries/s if all real "
       "| ctl members s | ctl --all ping s | silence→failed s | SIGKILL→failed s |")
-print("|" + "---|" * 15)
+print("|" + "---|" * 16)
 for n in map(int, sys.argv[1:]):
     with tempfile.TemporaryDirectory() as work:
         try:
             r = run(n, work)
         finally:
             stop_all()
-    print(f"| {n} | {r['cpu_a']:.1f} | {r['rss_a']:.1f} | {r['in_a']:.0f} | {r['cpu_b']:.1f} "
+    print(f"| {n} | {r['alive']} | {r['cpu_a']:.1f} | {r['rss_a']:.1f} | {r['in_a']:.0f} | {r['cpu_b']:.1f} "
           f"| {r['rss_b']:.1f} | {r['in_b']:.0f} | {r['cpu_nats']:.1f} | {r['srv_out']:.0f} "
           f"| {r['cpu_sim']:.1f} | {r['cluster']:.3g} | {fmt(r['members_s'], '.3f')} "
           f"| {fmt(r['ping_s'], '.3f')} | {fmt(r['silence_s'], '.2f')} | {fmt(r['kill_s'], '.2f')} |",
