@@ -19,6 +19,9 @@
 #   PEER_KILLS=5  respawns measured for Circus and supervisord (each takes ~1-5 s there)
 #   PEERS=0     skip Circus and supervisord (installed with pip into BENCH_VENV,
 #               default target/bench-venv, when missing)
+#   BASELINE=DIR  also measure the nodeagent and ctl in DIR (the release directory of
+#               another build, say an earlier commit's) in the same run, first, and add
+#               its column and the ratio of this build to it
 # Everything it starts is stopped on exit (trap EXIT), also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -148,27 +151,47 @@ BIN=$ROOT/target/release
 WATCHERS=$(seq 1 10)
 
 # ---------------------------------------------------------------- nodeagent
-log "nodeagent..."
-NATS_PORT=$(free_port)
-"$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -l "$WORK/nats.log" &
-OTHERS+=($!)
-wait_for 10 "nats-server" grep -q "Server is ready" "$WORK/nats.log"
-URL=nats://127.0.0.1:$NATS_PORT
-{
-    printf '[agent]\nname = "bench"\nstate_dir = "%s/state"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$URL"
-    for i in $WATCHERS; do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
-} >"$WORK/node.toml"
-"$BIN/nodeagent" -c "$WORK/node.toml" 2>"$WORK/agent.log" &
-AGENT=$!
-MANAGERS+=("$AGENT")
-wait_for 20 "the agent's ping" "$BIN/ctl" -s "$URL" --node bench ping
-wait_for 20 "10 agent children" has_children "$AGENT" "$MARKER" 10
-sleep 2 # idle
-A_RSS=$(rss_kib "$AGENT")
-wall agent_cli "$BIN/ctl" -s "$URL" --node bench numprocesses w1
-python3 bench/respawn.py "$AGENT" "$MARKER" "$KILLS" 0.2:0.4 >"$WORK/agent_respawn.ns"
-read -r A_CLI_MED A_CLI_P95 <<<"$(stats "$WORK/agent_cli.ns")"
-read -r A_RSP_MED A_RSP_P95 <<<"$(stats "$WORK/agent_respawn.ns")"
+# measure_agent TAG BINDIR: the idle RSS, CLI wall and respawn of BINDIR's nodeagent
+# (driven by BINDIR's ctl), into ${TAG}_RSS, ${TAG}_CLI_MED, ... ; the agent is left
+# running (stopped on exit) unless a baseline follows.
+measure_agent() {
+    local tag=$1 bin=$2 port url agent med p95
+    log "nodeagent ($bin)..."
+    port=$(free_port)
+    "$NATS_SERVER" -a 127.0.0.1 -p "$port" -l "$WORK/nats-$tag.log" &
+    OTHERS+=($!)
+    wait_for 10 "nats-server" grep -q "Server is ready" "$WORK/nats-$tag.log"
+    url=nats://127.0.0.1:$port
+    {
+        printf '[agent]\nname = "bench"\nstate_dir = "%s/state-%s"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$tag" "$url"
+        for i in $WATCHERS; do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
+    } >"$WORK/node-$tag.toml"
+    "$bin/nodeagent" -c "$WORK/node-$tag.toml" 2>"$WORK/agent-$tag.log" &
+    agent=$!
+    MANAGERS+=("$agent")
+    wait_for 20 "the agent's ping" "$bin/ctl" -s "$url" --node bench ping
+    wait_for 20 "10 agent children" has_children "$agent" "$MARKER" 10
+    sleep 2 # idle
+    printf -v "${tag}_RSS" '%s' "$(rss_kib "$agent")"
+    wall "${tag}_cli" "$bin/ctl" -s "$url" --node bench numprocesses w1
+    python3 bench/respawn.py "$agent" "$MARKER" "$KILLS" 0.2:0.4 >"$WORK/${tag}_respawn.ns"
+    read -r med p95 <<<"$(stats "$WORK/${tag}_cli.ns")"
+    printf -v "${tag}_CLI_MED" '%s' "$med"
+    printf -v "${tag}_CLI_P95" '%s' "$p95"
+    read -r med p95 <<<"$(stats "$WORK/${tag}_respawn.ns")"
+    printf -v "${tag}_RSP_MED" '%s' "$med"
+    printf -v "${tag}_RSP_P95" '%s' "$p95"
+    if [ "$tag" = B ]; then
+        # Out of the way of the next one.
+        kill -TERM "$agent" 2>/dev/null || true
+        wait "$agent" 2>/dev/null || true
+    fi
+}
+B_RSS=- B_CLI_MED=- B_CLI_P95=- B_RSP_MED=- B_RSP_P95=-
+if [ -n "${BASELINE:-}" ]; then
+    measure_agent B "$(cd "$BASELINE" && pwd)"
+fi
+measure_agent A "$BIN"
 
 C_RSS=- C_CLI_MED=- C_CLI_P95=- C_RSP_MED=- C_RSP_P95=-
 S_RSS=- S_CLI_MED=- S_CLI_P95=- S_RSP_MED=- S_RSP_P95=-
@@ -224,20 +247,34 @@ mib() { [ "$1" = - ] && echo - || awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}
 ratio() { # peer / agent
     if [ "$1" = - ] || [ "$2" = - ]; then echo -; else awk -v p="$1" -v a="$2" 'BEGIN {printf "%.1fx", p / a}'; fi
 }
-row() { printf '%-30s %10s %10s %12s %14s %18s\n' "$@"; }
+vs() { # agent / baseline
+    if [ "$2" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; fi
+}
+row() {
+    printf '%-30s %10s %10s %12s %14s %18s' "${@:1:6}"
+    if [ -n "${BASELINE:-}" ]; then printf ' %10s %16s' "${@:7:2}"; fi
+    printf '\n'
+}
 echo
 echo "foundation benchmark: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); RUNS=$RUNS KILLS=$KILLS/$PEER_KILLS${HYPERFINE:+, hyperfine}"
-row "" nodeagent circus supervisord "circus/agent" "supervisord/agent"
+row "" nodeagent circus supervisord "circus/agent" "supervisord/agent" baseline "agent/baseline"
 row "idle RSS, 10 watchers (MiB)" "$(mib "$A_RSS")" "$(mib "$C_RSS")" "$(mib "$S_RSS")" \
-    "$(ratio "$C_RSS" "$A_RSS")" "$(ratio "$S_RSS" "$A_RSS")"
+    "$(ratio "$C_RSS" "$A_RSS")" "$(ratio "$S_RSS" "$A_RSS")" "$(mib "$B_RSS")" "$(vs "$A_RSS" "$B_RSS")"
 row "CLI wall, median (ms)" "$A_CLI_MED" "$C_CLI_MED" "$S_CLI_MED" \
-    "$(ratio "$C_CLI_MED" "$A_CLI_MED")" "$(ratio "$S_CLI_MED" "$A_CLI_MED")"
+    "$(ratio "$C_CLI_MED" "$A_CLI_MED")" "$(ratio "$S_CLI_MED" "$A_CLI_MED")" \
+    "$B_CLI_MED" "$(vs "$A_CLI_MED" "$B_CLI_MED")"
 row "CLI wall, p95 (ms)" "$A_CLI_P95" "$C_CLI_P95" "$S_CLI_P95" \
-    "$(ratio "$C_CLI_P95" "$A_CLI_P95")" "$(ratio "$S_CLI_P95" "$A_CLI_P95")"
+    "$(ratio "$C_CLI_P95" "$A_CLI_P95")" "$(ratio "$S_CLI_P95" "$A_CLI_P95")" \
+    "$B_CLI_P95" "$(vs "$A_CLI_P95" "$B_CLI_P95")"
 row "respawn, median (ms)" "$A_RSP_MED" "$C_RSP_MED" "$S_RSP_MED" \
-    "$(ratio "$C_RSP_MED" "$A_RSP_MED")" "$(ratio "$S_RSP_MED" "$A_RSP_MED")"
+    "$(ratio "$C_RSP_MED" "$A_RSP_MED")" "$(ratio "$S_RSP_MED" "$A_RSP_MED")" \
+    "$B_RSP_MED" "$(vs "$A_RSP_MED" "$B_RSP_MED")"
 row "respawn, p95 (ms)" "$A_RSP_P95" "$C_RSP_P95" "$S_RSP_P95" \
-    "$(ratio "$C_RSP_P95" "$A_RSP_P95")" "$(ratio "$S_RSP_P95" "$A_RSP_P95")"
+    "$(ratio "$C_RSP_P95" "$A_RSP_P95")" "$(ratio "$S_RSP_P95" "$A_RSP_P95")" \
+    "$B_RSP_P95" "$(vs "$A_RSP_P95" "$B_RSP_P95")"
+if [ -n "${BASELINE:-}" ]; then
+    echo "baseline: the nodeagent and ctl in $BASELINE, measured first in this run"
+fi
 echo "CLI: ctl --node bench numprocesses w1 | circusctl numprocesses w1 | supervisorctl status"
 echo "RSS: the manager process alone (circusd with statsd = False: no circusd-stats process)"
 echo "respawn: Circus restarts dead processes on its check_delay tick (5 s by default),"

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use protocol::command::{Command, Numprocesses, Restart};
 use protocol::registry::{MemberInfo, MemberState, MembersData, MembersRequest, StatusFilter};
+use protocol::reply::KindData;
 use protocol::subjects::CmdTarget;
 use protocol::{Reply, Request, Subjects};
 
@@ -70,9 +71,7 @@ pub async fn members(
                     members: all,
                     next: None,
                 };
-                if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&whole) {
-                    reply.data = map;
-                }
+                reply.data = Some(whole.clone().into());
                 return Ok((reply, whole.members));
             }
         }
@@ -99,9 +98,13 @@ async fn members_page(
     }
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
-            let data: MembersData = r
-                .data()
-                .map_err(|e| format!("unreadable members reply: {e}"))?;
+            // Read as the members kind by the client: ok replies carry their data.
+            let data = r
+                .data
+                .as_ref()
+                .and_then(MembersData::of)
+                .cloned()
+                .ok_or_else(|| "the members reply carries no members".to_owned())?;
             tracing::info!(
                 "node {} knows {} matching members{}",
                 r.node,

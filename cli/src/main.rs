@@ -12,6 +12,7 @@ mod output;
 mod plan;
 mod run;
 mod top;
+mod web;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -27,6 +27,8 @@ pub struct Plan {
 pub enum Flow {
     /// Print the shell completion script.
     Completions(clap_complete::Shell),
+    /// Print the man page.
+    Manpage,
     /// Nothing to send (a subcommand that only prints its help).
     Nothing,
     /// `members`: one query, the table.
@@ -38,6 +40,8 @@ pub enum Flow {
     },
     /// `top`: the live view of these nodes (all when empty).
     Top { nodes: Vec<String> },
+    /// `web`: the dashboard and the metrics.
+    Web(crate::web::Options),
     /// A request to the targets, in one of the ways of [`Send`].
     Send {
         target: Target,
@@ -77,6 +81,7 @@ impl Plan {
         };
         let flow = match &cli.command {
             Sub::Completions { shell } => Flow::Completions(*shell),
+            Sub::Manpage => Flow::Manpage,
             Sub::Members { status, name } => Flow::Members(members_filter(g, status, name)?),
             Sub::Events { watcher } => Flow::Events {
                 nodes: watched_nodes(g)?,
@@ -85,6 +90,14 @@ impl Plan {
             Sub::Top => Flow::Top {
                 nodes: watched_nodes(g)?,
             },
+            Sub::Web(w) => {
+                if !g.nodes.is_empty() || g.all || !g.tags.is_empty() || g.service.is_some() {
+                    return Err(
+                        "web shows every node: drop --node, --all, --tag and --service".into(),
+                    );
+                }
+                Flow::Web(crate::web::Options::new(w)?)
+            }
             sub => match sub.command()? {
                 None => Flow::Nothing,
                 Some(command) => {

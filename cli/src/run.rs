@@ -29,6 +29,17 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "ctl", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Flow::Manpage => {
+            let mut out = std::io::stdout().lock();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ctl: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_ERROR_REPLY)
+                }
+            };
+        }
         Flow::Nothing => return ExitCode::SUCCESS,
         _ => {}
     }
@@ -37,7 +48,7 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
         Err(e) => return no_answer(e),
     };
     match flow {
-        Flow::Completions(_) | Flow::Nothing => ExitCode::SUCCESS,
+        Flow::Completions(_) | Flow::Manpage | Flow::Nothing => ExitCode::SUCCESS,
         Flow::Members(filter) => members(&conn, &subjects, filter, timeout, json).await,
         Flow::Events { nodes, watcher } => {
             events::run(&conn, &subjects, &nodes, watcher.as_deref(), json).await
@@ -52,6 +63,7 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
                 }
             }
         }
+        Flow::Web(opts) => crate::web::run(conn, subjects, opts).await,
         Flow::Send {
             target,
             request,

@@ -193,12 +193,12 @@ pub async fn run(
     });
     tracing::info!(node = %identity.node, boot_id = %identity.boot_id, "agent started");
 
-    let serve = tokio::spawn(transport::serve(
-        client,
-        subjects.clone(),
-        identity,
-        node.clone(),
-        shutdown.clone(),
+    let bound = transport::bind(client, subjects.clone(), identity.clone()).await?;
+    let serve = tokio::spawn(transport::serve(bound, node.clone(), shutdown.clone()));
+    crate::systemd::ready(&format!(
+        "node {} serving commands on {}",
+        identity.node,
+        subjects.node_cmd(&identity.node)
     ));
     tokio::spawn(relay::publish_logs(
         bus.clone(),
@@ -458,6 +458,7 @@ async fn stop(running: Running) -> Result<(), AgentError> {
         node,
     } = running;
     tracing::info!("leaving the cluster: stopping every process");
+    crate::systemd::stopping("stopping every process");
     // The processes are asked to stop before anything is published: with NATS gone,
     // a publish may wait (each below has a deadline), and they must not wait for it.
     let stopped = supervisor.begin_shutdown().await;
@@ -492,6 +493,7 @@ async fn stop(running: Running) -> Result<(), AgentError> {
             tracing::warn!("the last lines of some processes may not have been logged");
         }
     }
+    crate::systemd::status("processes stopped; leaving the cluster");
     membership.left().await;
     let member_until = drain_until.max(tokio::time::Instant::now() + FINAL_FLUSH);
     if tokio::time::timeout_at(member_until, &mut member_task)

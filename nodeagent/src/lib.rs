@@ -24,6 +24,7 @@ pub mod stats;
 pub mod statsloop;
 pub mod supervisor;
 pub mod sysevents;
+pub mod systemd;
 pub mod transport;
 
 #[cfg(test)]

@@ -20,18 +20,24 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "nodeagent", version)]
 struct Args {
     /// The node's TOML config ([agent], [nats], [watcher.NAME] tables).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(short, long, value_name = "FILE", required_unless_present = "manpage")]
+    config: Option<PathBuf>,
     /// Check the config and exit: 0 when valid, 2 with every problem listed when not.
     #[arg(long)]
     check: bool,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Print this program's man page (roff) and exit; the package installs it.
+    #[arg(long, hide = true)]
+    manpage: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let Some(config_path) = args.config.clone().filter(|_| !args.manpage) else {
+        return print_manpage();
+    };
     let level = match args.verbose {
         0 => "info",
         1 => "debug",
@@ -50,7 +56,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let cfg = match config::load(&args.config) {
+    let cfg = match config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nodeagent: {e}");
@@ -60,7 +66,7 @@ fn main() -> ExitCode {
     if args.check {
         println!(
             "{}: valid (node '{}', {} watchers)",
-            args.config.display(),
+            config_path.display(),
             cfg.agent.name,
             cfg.watchers.len()
         );
@@ -134,6 +140,19 @@ fn main() -> ExitCode {
     // Blocking work still running (a /proc sample) must not hold the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Writes the man page, rendered from the same definition as `--help`.
+fn print_manpage() -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(Args::command()).render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodeagent: cannot write the man page: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Stats keep one /proc file open per process; let the agent use its hard limit.

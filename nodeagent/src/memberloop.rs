@@ -104,14 +104,16 @@ impl MembershipHandle {
                      {QUERY_TIMEOUT:?}; keepers take over within seconds, try again"
                 )
             })?;
-        let reply: protocol::Reply =
-            serde_json::from_slice(&reply).map_err(|e| format!("unreadable keeper reply: {e}"))?;
+        let reply = protocol::reply::ReplyKind::Members
+            .decode(&reply)
+            .map_err(|e| format!("unreadable keeper reply: {e}"))?;
         if !reply.is_ok() {
             return Err(reply.reason.unwrap_or_default());
         }
-        reply
-            .data()
-            .map_err(|e| format!("unreadable keeper reply: {e}"))
+        match reply.data {
+            Some(protocol::reply::ReplyData::Members(page)) => Ok(page),
+            _ => Err("the keeper's members reply carries no members".to_owned()),
+        }
     }
 
     /// True while this agent keeps a filled member table and answers `members` on the

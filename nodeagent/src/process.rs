@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use crate::config::guards::RlimitSetting;
 use crate::config::Output;
 
 /// What to run for one process.
@@ -36,6 +37,8 @@ pub struct SpawnSpec {
     /// this order, with systemd's `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`.
     /// Empty: nothing of the kind is passed.
     pub listen: Vec<(String, Arc<OwnedFd>)>,
+    /// Resource limits set in the child before it runs the program.
+    pub rlimits: Vec<RlimitSetting>,
 }
 
 /// A started process. Its pid is also its process group id.
@@ -152,6 +155,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
         );
     }
+    // systemd's notify socket is the agent's own; a process that reports readiness
+    // gets a socket of the agent's (set in `spec.env`).
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
@@ -175,14 +181,19 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         .iter()
         .map(|f| f.path.to_string_lossy().into_owned())
         .collect();
+    let rlimits = spec.rlimits.clone();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the child between fork and exec, after std has set the
-    // uid, gid and working dir. It calls only async-signal-safe system calls (prctl, open
-    // or openat2, fstat, dup2, close) on memory prepared before the fork, and allocates
-    // nothing (its errors are bare error numbers).
+    // uid, gid and working dir. It calls only async-signal-safe system calls (prctl,
+    // setrlimit, open or openat2, fstat, dup2, close) on memory prepared before the fork,
+    // and allocates nothing (its errors are bare error numbers).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            for r in &rlimits {
+                nix::sys::resource::setrlimit(r.resource, r.soft, r.hard)
+                    .map_err(io::Error::from)?;
+            }
             for f in &files {
                 open_output_in_child(f)?;
             }
@@ -214,7 +225,22 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             return Err(io::Error::from_raw_os_error(errno));
         }
     }
+    let limits = spec
+        .rlimits
+        .iter()
+        .map(|r| r.name)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut child = spawned.map_err(|e| {
+        if !limits.is_empty() && e.raw_os_error() == Some(Errno::EPERM as i32) && shown.is_empty() {
+            return io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (setting rlimits {limits} as {opened_as}: a hard limit above the \
+                     agent's own needs the agent to run as root, and the process's uid)"
+                ),
+            );
+        }
         if shown.is_empty() || e.raw_os_error().is_none() {
             return e;
         }
@@ -551,6 +577,7 @@ mod tests {
             stdout: Output::Capture,
             stderr: Output::Discard,
             listen: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 

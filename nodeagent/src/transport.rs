@@ -9,13 +9,16 @@
 //! task. Requests are handled concurrently, each in its own task, so a slow stop never
 //! holds up a status; at most [`MAX_IN_FLIGHT`] at once, past which a request gets a
 //! `busy` error at once.
+//!
+//! The command subscriptions are the endpoints of the agent's NATS micro service
+//! ([`micro`]), so that NATS's own tools list the agents and count their requests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, HeaderMap, Message};
+use async_nats::{Client, ConnectOptions, HeaderMap};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use protocol::reply::PingData;
@@ -29,6 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::NatsConfig;
 use crate::identity::Identity;
 use crate::sysevents::DisconnectedClient;
+
+pub mod micro;
 
 /// What [`serve`] serves: the agent's answer to each request.
 pub trait Handler: Send + Sync + 'static {
@@ -62,6 +67,8 @@ pub enum TransportError {
         subject: String,
         source: async_nats::SubscribeError,
     },
+    #[error("cannot register the NATS micro service: {0}")]
+    Service(String),
     #[error(
         "the NATS server at {servers} refused this agent: {reason}; check [nats] user/password, \
          token, nkey_seed or creds_file against the server's authorization config"
@@ -219,8 +226,8 @@ pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Opt
     let req = client.request(subject, serde_json::to_vec(&ping).ok()?.into());
     match tokio::time::timeout(Duration::from_millis(1500), req).await {
         Ok(Ok(msg)) => {
-            let reply: protocol::Reply = serde_json::from_slice(&msg.payload).ok()?;
-            Some(reply.data().unwrap_or(PingData {
+            let reply: Reply<Option<PingData>> = serde_json::from_slice(&msg.payload).ok()?;
+            Some(reply.data.unwrap_or(PingData {
                 version: String::new(),
                 boot_id: String::new(),
                 pid: 0,
@@ -260,18 +267,17 @@ pub const MAX_IN_FLIGHT: usize = 256;
 
 /// What every request task shares.
 struct Serving<H> {
-    client: Client,
     handler: Arc<H>,
     node: String,
     tracker: TaskTracker,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
-async fn spawn_handler<H: Handler>(serving: &Serving<H>, msg: Message) {
-    let (client, handler) = (serving.client.clone(), serving.handler.clone());
+async fn spawn_handler<H: Handler>(serving: &Serving<H>, request: ServiceRequest) {
+    let handler = serving.handler.clone();
     let slots = &serving.slots;
     let Ok(permit) = slots.clone().try_acquire_owned() else {
-        tracing::debug!(subject = %msg.subject, "busy: {MAX_IN_FLIGHT} requests in flight");
+        tracing::debug!(subject = %request.message.subject, "busy: {MAX_IN_FLIGHT} requests in flight");
         let reply = protocol::Reply::error(
             None,
             &serving.node,
@@ -282,23 +288,24 @@ async fn spawn_handler<H: Handler>(serving: &Serving<H>, msg: Message) {
             ),
         );
         // Answered inline: while the agent is this busy, reading more requests waits.
-        send_reply(client, msg.reply, reply).await;
+        send_reply(&request, reply).await;
         return;
     };
     serving.tracker.spawn(async move {
+        let msg = &request.message;
         let reply = handler.handle(&msg.subject, &msg.payload).await;
         drop(permit);
-        send_reply(client, msg.reply, reply).await;
+        send_reply(&request, reply).await;
     });
 }
 
-async fn send_reply(client: Client, to: Option<async_nats::Subject>, reply: protocol::Reply) {
-    let Some(to) = to else {
-        return;
-    };
+async fn send_reply(request: &ServiceRequest, reply: protocol::Reply) {
     // Bounded like every other publish: a full send buffer never holds a handler (or,
     // for a busy answer, the loop that reads requests).
-    publish_json(&client, to.to_string(), &reply).await;
+    match serde_json::to_vec(&reply) {
+        Ok(bytes) => micro::respond(request, bytes.into()).await,
+        Err(e) => tracing::error!("cannot encode a reply: {e}"),
+    }
 }
 
 async fn subscribe(
@@ -313,57 +320,113 @@ async fn subscribe(
     r.map_err(|source| TransportError::Subscribe { subject, source })
 }
 
-/// Subscribes to `subject` and to its per-command form `subject.*`, merged.
-async fn subscribe_both(
-    client: &Client,
-    subject: String,
-    queue: Option<String>,
-) -> Result<futures::stream::SelectAll<async_nats::Subscriber>, TransportError> {
-    let plain = subscribe(client, subject.clone(), queue.clone()).await?;
-    let each = subscribe(client, format!("{subject}.*"), queue).await?;
-    Ok(futures::stream::select_all([plain, each]))
+type ServiceRequest = async_nats::service::Request;
+type Endpoint = async_nats::service::endpoint::Endpoint;
+type Endpoints = futures::stream::SelectAll<Endpoint>;
+
+/// The command endpoints of one agent, subscribed: what [`serve`] serves.
+pub struct Bound {
+    subjects: Subjects,
+    identity: Identity,
+    service: async_nats::service::Service,
+    own: Endpoints,
+    all: Endpoints,
+    /// `None` while this agent does not keep the member table.
+    members: Option<Endpoint>,
 }
 
-/// Serves the commands for `identity`'s node with `handler` until `shutdown` is
-/// cancelled; then the requests in flight finish (at most 5 s).
-pub async fn serve<H: Handler>(
+/// Registers the agent's micro service and subscribes its per-node, broadcast and
+/// members endpoints; when it returns, the server has them (or NATS is unreachable,
+/// and they are made at the reconnect).
+pub async fn bind(
     client: Client,
     subjects: Subjects,
     identity: Identity,
+) -> Result<Bound, TransportError> {
+    let service = micro::register(&client, &subjects, &identity).await?;
+    let own = micro::endpoints(&service, "node", subjects.node_cmd(&identity.node), None).await?;
+    let all = micro::endpoints(&service, "all", subjects.all_cmd(), None).await?;
+    // Every agent keeps the member table as it starts ([`Handler::members_served`]);
+    // [`serve`] stops this endpoint if it does not.
+    let members = Some(members_endpoint(&service, &subjects).await?);
+    flush(&client, Duration::from_secs(2)).await;
+    Ok(Bound {
+        subjects,
+        identity,
+        service,
+        own,
+        all,
+        members,
+    })
+}
+
+/// The `members` endpoint, in the queue group of the agents keeping the member table.
+async fn members_endpoint(
+    service: &async_nats::service::Service,
+    subjects: &Subjects,
+) -> Result<Endpoint, TransportError> {
+    service
+        .endpoint_builder()
+        .name("members")
+        .queue_group(subjects.members_queue())
+        .add(subjects.members())
+        .await
+        .map_err(|e| TransportError::Service(format!("cannot serve {}: {e}", subjects.members())))
+}
+
+/// Serves the `members` endpoint when `on` (adding it again after a step down), and
+/// stops it when not. A failure to add it is logged: the next change tries again.
+async fn serve_members(
+    service: &async_nats::service::Service,
+    subjects: &Subjects,
+    members: &mut Option<Endpoint>,
+    on: bool,
+) {
+    match (on, members.take()) {
+        (true, Some(endpoint)) => *members = Some(endpoint),
+        (true, None) => match members_endpoint(service, subjects).await {
+            Ok(endpoint) => *members = Some(endpoint),
+            Err(e) => tracing::error!("{e}"),
+        },
+        (false, Some(mut endpoint)) => {
+            let _ = endpoint.stop().await;
+        }
+        (false, None) => {}
+    }
+}
+
+/// Serves the commands of `bound` with `handler` until `shutdown` is cancelled; then
+/// the requests in flight finish (at most 5 s).
+pub async fn serve<H: Handler>(
+    bound: Bound,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), TransportError> {
+    let Bound {
+        subjects,
+        identity,
+        service,
+        mut own,
+        mut all,
+        mut members,
+    } = bound;
     let serving = Serving {
-        client: client.clone(),
         handler: handler.clone(),
         node: identity.node.clone(),
         tracker: TaskTracker::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
-    let mut own = subscribe_both(&client, subjects.node_cmd(&identity.node), None).await?;
-    let mut all = subscribe_both(&client, subjects.all_cmd(), None).await?;
-    // Only the agents that keep the member table answer `members`: they join the
-    // queue group while they keep it.
+    // Only the agents that keep the member table answer `members`: the endpoint is
+    // served while the agent keeps it, stopped when it steps down.
     let mut serving_members = handler.members_served();
-    let members_queue = |on: bool| {
-        let client = client.clone();
-        let subjects = subjects.clone();
-        async move {
-            match on {
-                true => subscribe(&client, subjects.members(), Some(subjects.members_queue()))
-                    .await
-                    .map(Some),
-                false => Ok(None),
-            }
-        }
-    };
     let on = *serving_members.borrow_and_update();
-    let mut members = members_queue(on).await?;
-    let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<Message>(256);
+    serve_members(&service, &subjects, &mut members, on).await;
+    let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<ServiceRequest>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut wanted = handler.services();
-    let reconcile = |set: &std::collections::BTreeSet<String>,
-                     services: &mut HashMap<String, JoinHandle<()>>| {
+    // Serves the services in `set` (each in its queue group) and no others.
+    let reconcile = async |set: &BTreeSet<String>,
+                           services: &mut HashMap<String, JoinHandle<()>>| {
         services.retain(|name, task| {
             let keep = set.contains(name);
             if !keep {
@@ -375,77 +438,71 @@ pub async fn serve<H: Handler>(
             if services.contains_key(name) {
                 continue;
             }
-            let (client, tx, subject, queue) = (
-                client.clone(),
-                svc_tx.clone(),
-                subjects.service_cmd(name),
-                name.clone(),
-            );
+            let subject = subjects.service_cmd(name);
+            let endpoint = format!("svc-{name}");
+            let mut sub =
+                match micro::endpoints(&service, &endpoint, subject, Some(name.clone())).await {
+                    Ok(sub) => sub,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        continue;
+                    }
+                };
+            let tx = svc_tx.clone();
             services.insert(
                 name.clone(),
                 tokio::spawn(async move {
-                    match subscribe_both(&client, subject, Some(queue)).await {
-                        Ok(mut sub) => {
-                            while let Some(msg) = sub.next().await {
-                                if tx.send(msg).await.is_err() {
-                                    break;
-                                }
-                            }
+                    while let Some(request) = sub.next().await {
+                        if tx.send(request).await.is_err() {
+                            break;
                         }
-                        Err(e) => tracing::error!("{e}"),
                     }
                 }),
             );
         }
     };
     let initial = wanted.borrow_and_update().clone();
-    reconcile(&initial, &mut services);
+    reconcile(&initial, &mut services).await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = own.next() => spawn_handler(&serving, msg).await,
-            Some(msg) = all.next() => {
+            Some(request) = own.next() => spawn_handler(&serving, request).await,
+            Some(request) = all.next() => {
                 // A broadcast `members` is for the agents that keep the table.
                 let members_asked = subjects
-                    .parse_cmd(&msg.subject)
+                    .parse_cmd(&request.message.subject)
                     .and_then(|c| c.token)
                     .is_some_and(|t| t == "members");
                 if members_asked && !*serving_members.borrow() {
                     continue;
                 }
-                if selected(msg.headers.as_ref(), &identity.node, &identity.tags) {
-                    spawn_handler(&serving, msg).await;
+                if selected(request.message.headers.as_ref(), &identity.node, &identity.tags) {
+                    spawn_handler(&serving, request).await;
                 }
             }
-            Some(msg) = svc_rx.recv() => spawn_handler(&serving, msg).await,
-            Some(msg) = next_of(&mut members) => spawn_handler(&serving, msg).await,
+            Some(request) = svc_rx.recv() => spawn_handler(&serving, request).await,
+            Some(request) = next_of(&mut members) => spawn_handler(&serving, request).await,
             Ok(()) = serving_members.changed() => {
                 let on = *serving_members.borrow_and_update();
-                if on != members.is_some() {
-                    if let Some(mut sub) = members.take() {
-                        let _ = sub.unsubscribe().await;
-                    }
-                    match members_queue(on).await {
-                        Ok(sub) => members = sub,
-                        Err(e) => tracing::error!("{e}"),
-                    }
-                }
+                serve_members(&service, &subjects, &mut members, on).await;
             }
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
-                reconcile(&set, &mut services);
+                reconcile(&set, &mut services).await;
             }
         }
     }
     for (_, task) in services.drain() {
         task.abort();
     }
-    for sub in own.iter_mut().chain(all.iter_mut()) {
-        let _ = sub.unsubscribe().await;
+    for endpoint in own.iter_mut().chain(all.iter_mut()) {
+        let _ = endpoint.stop().await;
     }
-    if let Some(mut sub) = members.take() {
-        let _ = sub.unsubscribe().await;
+    if let Some(mut endpoint) = members.take() {
+        let _ = endpoint.stop().await;
     }
+    // No more `$SRV` answers: the agent is leaving.
+    let _ = service.stop().await;
     serving.tracker.close();
     // Requests in flight finish (a quit's own reply among them).
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.tracker.wait()).await;
@@ -453,9 +510,9 @@ pub async fn serve<H: Handler>(
 }
 
 /// The next message of a subscription that may be off (then never).
-async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<Message> {
-    match sub {
-        Some(s) => s.next().await,
+async fn next_of(endpoint: &mut Option<Endpoint>) -> Option<ServiceRequest> {
+    match endpoint {
+        Some(e) => e.next().await,
         None => futures::future::pending().await,
     }
 }

@@ -41,11 +41,23 @@ pub enum EventKind {
     Join,
     /// The agent is leaving the cluster (watcher token `_agent`).
     Leave,
+    /// A process used more than `max_memory` for `max_memory_samples` readings in a
+    /// row and is restarted (`pid`, `wid`, `rss_bytes`, `max_memory`, `reason`).
+    #[serde(rename = "max_memory")]
+    MaxMemory,
+    /// A process reached its `max_age` and is recycled (`pid`, `wid`, `reason`).
+    #[serde(rename = "max_age")]
+    MaxAge,
+    /// A hook failed: exited non-zero, could not start, or timed out (`hook`,
+    /// `reason`, and `pid`/`wid` for a process's hook). A failed `before_*` hook
+    /// stopped what it came before.
+    #[serde(rename = "hook_failed")]
+    HookFailed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Spawn,
         EventKind::Exit,
         EventKind::Respawn,
@@ -58,6 +70,9 @@ impl EventKind {
         EventKind::Reload,
         EventKind::Join,
         EventKind::Leave,
+        EventKind::MaxMemory,
+        EventKind::MaxAge,
+        EventKind::HookFailed,
     ];
 
     /// The wire name, also the last subject token.
@@ -75,6 +90,9 @@ impl EventKind {
             EventKind::Reload => "reload",
             EventKind::Join => "join",
             EventKind::Leave => "leave",
+            EventKind::MaxMemory => "max_memory",
+            EventKind::MaxAge => "max_age",
+            EventKind::HookFailed => "hook_failed",
         }
     }
 
@@ -129,6 +147,16 @@ pub struct Event {
     /// The agent's boot id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The process's resident set size that crossed the limit, in bytes (`max_memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// The watcher's `max_memory`, in bytes (`max_memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+    /// Which hook (`hook_failed`): before_start, after_start, before_stop, after_stop,
+    /// before_spawn, after_spawn or after_exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
 }
 
 impl Event {
@@ -144,6 +172,9 @@ impl Event {
             exit: None,
             reason: None,
             boot_id: None,
+            rss_bytes: None,
+            max_memory: None,
+            hook: None,
         }
     }
 

@@ -19,7 +19,10 @@ pub fn all() -> Vec<(String, Value)> {
             "request.schema.json".to_owned(),
             root::<Request>("Any request"),
         ),
-        ("reply.schema.json".to_owned(), root::<Reply>("Any reply")),
+        (
+            "reply.schema.json".to_owned(),
+            root::<Reply<Map<String, Value>>>("Any reply"),
+        ),
         (
             "watcher-options.schema.json".to_owned(),
             root::<WatcherOptions>("Watcher options"),

@@ -4,20 +4,26 @@
 
 mod auth;
 mod cluster;
+mod deploy;
 mod deps;
 mod files;
 mod flags;
 mod foundation;
+mod guards;
 mod harness;
+mod hooks;
 mod hostile;
 mod keys;
 mod logins;
 mod membership;
+mod micro;
 mod nats_outage;
 mod observe;
+mod package;
 mod partition;
 mod probes;
 mod robust;
 mod security;
 mod sockets;
 mod surge;
+mod web;

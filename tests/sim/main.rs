@@ -293,7 +293,7 @@ async fn run_connection(
 async fn answer(client: &Client, subjects: &Subjects, m: &Member, msg: Message, broadcast: bool) {
     let Some(to) = msg.reply.clone() else { return };
     let now = protocol::unix_time();
-    let reply = match protocol::command::parse_request(&msg.payload) {
+    let reply: Reply = match protocol::command::parse_request(&msg.payload) {
         Err(e) => Reply::error(e.id, &m.name, now, e.errno, e.reason),
         Ok(req) => match req.command {
             Command::Ping(_) => Reply::ok(req.id, &m.name, now, m.ping()),

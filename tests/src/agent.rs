@@ -48,6 +48,8 @@ pub struct Agent {
     marker: crate::mark::MarkGuard,
     /// Every process group seen: group id to the leader's start time, when known.
     groups: Mutex<BTreeMap<u32, Option<u64>>>,
+    /// Environment variables the agent gets besides the harness's.
+    env: Vec<(String, String)>,
 }
 
 /// The `[agent]` and `[nats]` tables the harness writes for `name`, with state and logs
@@ -98,6 +100,21 @@ impl Agent {
         Self::start_with(nats, &name, ctl_url, flags, |dir| {
             expand(full_toml, dir, &nats.url())
         })
+    }
+
+    /// Like [`start_config`](Self::start_config), with `env` in the agent's
+    /// environment (`NOTIFY_SOCKET`, say).
+    pub fn start_config_env(nats: &NatsServer, full_toml: &str, env: &[(&str, &str)]) -> Agent {
+        let name = config_name(full_toml);
+        let mut agent = Self::prepare(nats, &name, &nats.url(), vec![], |dir| {
+            expand(full_toml, dir, &nats.url())
+        });
+        agent.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        agent.spawn();
+        agent
     }
 
     /// Like [`start_config`](Self::start_config), but the agent runs inside `net` (as
@@ -151,6 +168,7 @@ impl Agent {
             child: None,
             marker: crate::mark::MarkGuard::new(),
             groups: Mutex::new(BTreeMap::new()),
+            env: vec![],
         }
     }
 
@@ -191,6 +209,7 @@ impl Agent {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run nodeagent: {e}"));

@@ -11,10 +11,12 @@ pub mod mark;
 pub mod nats;
 pub mod netns;
 pub mod procs;
+pub mod rawnats;
 pub mod schema;
 pub mod sniff;
 pub mod tmux;
 pub mod wait;
+pub mod web;
 
 pub use agent::Agent;
 pub use bins::{

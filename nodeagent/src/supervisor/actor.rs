@@ -68,6 +68,7 @@ enum Report {
         result: Result<(), String>,
     },
     Timer(Timer),
+    Hook(Box<super::hooks::HookDone>),
 }
 
 /// What goes to the state writer, in order.
@@ -283,6 +284,7 @@ impl Actor {
                 reply: self.keep(reply),
             },
             Cmd::Reload(reload, reply) => self.reload(reload, reply),
+            Cmd::Memory(readings) => Input::Memory(readings),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
@@ -385,6 +387,7 @@ impl Actor {
                 group_alive: process::group_alive(pid),
             },
             Report::Timer(timer) => Input::Timer(timer),
+            Report::Hook(done) => Input::HookDone(done),
         }
     }
 
@@ -399,7 +402,11 @@ impl Actor {
             Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
         );
         let mut dirty = match &input {
-            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Timer(_)
+            | Input::Probe { .. }
+            | Input::StopCheck { .. }
+            | Input::Tick
+            | Input::Memory(_) => false,
             Input::Boot
             | Input::Command(..)
             | Input::RestartSlot { .. }
@@ -407,7 +414,8 @@ impl Actor {
             | Input::Shutdown
             | Input::Spawned { .. }
             | Input::SpawnFailed { .. }
-            | Input::Exited { .. } => true,
+            | Input::Exited { .. }
+            | Input::HookDone(_) => true,
         };
         let mut todo: VecDeque<Effect> = step(&mut self.sup, input).into();
         // Arming a timer or starting a probe changes nothing published either.
@@ -545,6 +553,21 @@ impl Actor {
             Effect::Configure { watcher, stop } => LIVE.configure(&watcher, stop.0, stop.1),
             Effect::Ended { pid } => LIVE.ended(pid),
             Effect::ForgetOutput(watcher) => self.output.forget(&watcher),
+            Effect::Hook(order) => {
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    let order = *order;
+                    let result = crate::probe::run_hook(&order.spec, order.timeout).await;
+                    let _ = tx.send(Report::Hook(Box::new(super::hooks::HookDone {
+                        watcher: order.watcher,
+                        kind: order.kind,
+                        wid: order.wid,
+                        gen: order.gen,
+                        pid: order.pid,
+                        result,
+                    })));
+                });
+            }
             e @ (Effect::Emit(_) | Effect::Reply { .. }) => self.outbox.push(e),
             Effect::Persist(_) => {}
         }

@@ -5,6 +5,8 @@
 
 mod actor;
 mod commands;
+mod guards;
+mod hooks;
 mod lifecycle;
 pub mod live;
 mod model;
@@ -51,7 +53,7 @@ fn data(d: impl Into<ReplyData>) -> Outcome {
 }
 
 /// A lifecycle event, for the transport to publish.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LifecycleEvent {
     pub watcher: String,
     /// spawn, exit, respawn, flapping, unhealthy, start, stop, add, rm, reload.
@@ -64,6 +66,20 @@ pub struct LifecycleEvent {
     /// clock reading also armed its timers, so that the gap between two events is what
     /// the supervisor measured, however late the event reaches the bus.
     pub time: f64,
+    /// The resident memory that crossed `max_memory`, and the limit (`max_memory`).
+    pub rss_bytes: Option<u64>,
+    pub max_memory: Option<u64>,
+    /// Which hook (`hook_failed`).
+    pub hook: Option<String>,
+}
+
+/// One reading of a process's resident memory, for the `max_memory` guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryReading {
+    pub watcher: String,
+    pub wid: u32,
+    pub pid: u32,
+    pub rss_bytes: u64,
 }
 
 /// One live process, for stats.
@@ -88,6 +104,8 @@ pub struct WatcherSnapshot {
     pub running: u32,
     pub restarts: u32,
     pub processes: Vec<ProcessSnapshot>,
+    /// Its `max_memory`: its processes' memory is read even when stats are off.
+    pub max_memory: Option<u64>,
 }
 
 /// Captured output of a process, handed to whoever stores logs.
@@ -159,6 +177,8 @@ enum Cmd {
     },
     /// The actor binds the sockets (unless a dry run) before the model sees the reload.
     Reload(Box<Reload>, oneshot::Sender<Outcome>),
+    /// Memory readings of processes, for `max_memory`.
+    Memory(Vec<MemoryReading>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -369,6 +389,13 @@ impl SupervisorHandle {
         }
     }
 
+    /// Hands memory readings of processes to the `max_memory` guard.
+    pub async fn memory(&self, readings: Vec<MemoryReading>) {
+        if !readings.is_empty() {
+            let _ = self.tx.send(Cmd::Memory(readings)).await;
+        }
+    }
+
     /// Lifecycle events as they happen.
     pub fn events(&self) -> broadcast::Receiver<LifecycleEvent> {
         self.events.subscribe()
@@ -399,6 +426,8 @@ pub fn start(
         std::time::Instant::now(),
     );
     sup.sockets = settings.sockets.clone();
+    // Spreads `max_age_variance` differently on each run of the agent.
+    sup.seed = uuid::Uuid::new_v4().as_u64_pair().0;
     for (name, cfg) in watchers {
         let run = cfg.autostart && !stopped.contains(&name);
         sup.watchers.insert(name, model::Watcher::new(cfg, run));
