@@ -91,6 +91,7 @@ async fn run(url: String, nodes: u32, secs: u64) -> Result<(), Box<dyn std::erro
                 hostname: format!("host-{n}"),
                 pid: 1000 + n,
                 address: None,
+                upgrading_ms: None,
                 watchers: ws
                     .iter()
                     .map(|w| WatcherBrief {

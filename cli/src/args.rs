@@ -228,6 +228,19 @@ pub enum Sub {
     Listsockets,
     /// Stop every process and end the agent.
     Quit,
+    /// Upgrade the agent in place: after the new binary passed `--check` of the config,
+    /// the agent executes it (the file now at the path it was started from) in the same
+    /// pid. Its processes keep running with the same pids, wids and restart counts,
+    /// their output is not lost, and the node stays a member; `ping` then shows a new
+    /// boot. The reply comes before the exec. If the binary fails the check, nothing
+    /// changes; if the exec fails, the agent goes on as it was. SIGUSR2 does the same.
+    Upgrade {
+        /// One node at a time: each is upgraded, then pinged until it answers with its
+        /// new boot, before the next (with one node: ctl returns once it is back);
+        /// stops at the first node that fails or is not back within --timeout.
+        #[arg(long)]
+        rolling: bool,
+    },
     /// Who answers: version, pid, host, tags, uptime.
     #[command(visible_alias = "info")]
     Ping,
@@ -260,8 +273,8 @@ pub enum Sub {
     /// restarts.
     Stats { watcher: Option<String> },
     /// Follow lifecycle events (spawn, exit, respawn, flapping, unhealthy, start, stop,
-    /// add, rm, reload, join, leave, max_memory, max_age, hook_failed) live, one per
-    /// line, until Ctrl-C. Every node when no target is given.
+    /// add, rm, reload, join, leave, max_memory, max_age, hook_failed, upgrade) live,
+    /// one per line, until Ctrl-C. Every node when no target is given.
     Events {
         /// Only this watcher's events.
         #[arg(long)]
@@ -446,6 +459,7 @@ impl Sub {
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Listsockets => Command::Listsockets(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
+            Sub::Upgrade { .. } => Command::Upgrade(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
             Sub::Logs {
                 watcher,
@@ -481,6 +495,7 @@ impl Sub {
             | Sub::Set { .. }
             | Sub::Add { .. }
             | Sub::Reloadconfig { .. }
+            | Sub::Upgrade { .. }
             | Sub::Quit => Duration::from_secs(60),
             _ => Duration::from_secs(5),
         }

@@ -12,6 +12,7 @@ mod output;
 mod plan;
 mod run;
 mod top;
+mod upgrade;
 mod web;
 
 use std::io::Write;

@@ -165,6 +165,7 @@ pub fn render(command: &Command, replies: &[&Reply], multi: bool) -> String {
         ReplyKind::Members => members(&typed(replies)),
         ReplyKind::Logs => logs(n, &typed(replies)),
         ReplyKind::Sockets => sockets(n, &typed(replies)),
+        ReplyKind::Upgrade => upgrade(&typed(replies)),
         ReplyKind::Empty => empty(command, n, &typed(replies)),
     }
 }
@@ -461,6 +462,22 @@ fn sockets(n: Nodes, replies: &[(&str, &SocketsData)]) -> String {
     }
 }
 
+fn upgrade(replies: &[(&str, &UpgradeData)]) -> String {
+    let mut out = String::new();
+    for (node, d) in replies {
+        push_line!(
+            out,
+            "node {node}: upgrading, was boot {} (version {}): executing {} again, {} \
+             process(es) kept; `ctl --node {node} ping --json` shows the new boot",
+            d.was_boot_id,
+            d.was_version,
+            d.path,
+            d.processes
+        );
+    }
+    out
+}
+
 fn dstats(replies: &[(&str, &DstatsData)]) -> String {
     let mut t = Table::new(&[
         "NODE", "PID", "CPU%", "RSS", "THREADS", "CHILDREN", "UPTIME", "VERSION",
@@ -576,7 +593,8 @@ fn empty(command: &Command, n: Nodes, replies: &[(&str, &NoData)]) -> String {
             | Command::Stats(_)
             | Command::Members(_)
             | Command::Logs(_)
-            | Command::Listsockets(_) => push_line!(out, "{}ok", n.prefix(node)),
+            | Command::Listsockets(_)
+            | Command::Upgrade(_) => push_line!(out, "{}ok", n.prefix(node)),
         }
     }
     out
@@ -810,6 +828,11 @@ pub mod wild {
                 "stream": "stderr", "time": 1.5, "line": "l"}], "truncated": true}),
             ),
             ("quit", json!({})),
+            (
+                "upgrade",
+                json!({"was_boot_id": "b", "was_version": "v", "path": "/p",
+                "processes": 2}),
+            ),
             ("members", json!({"members": []})),
             (
                 "listsockets",

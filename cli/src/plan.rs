@@ -57,6 +57,8 @@ pub enum Send {
     Plain,
     /// A rolling restart over several nodes: node by node, `batch` at a time.
     Rolling { batch: usize },
+    /// A rolling upgrade: node by node, each back with a new boot before the next.
+    RollingUpgrade,
     /// A service's new total process count, spread over its members.
     Spread {
         service: String,
@@ -128,6 +130,10 @@ fn how(sub: &Sub, command: &Command, target: &Target) -> Result<Send, String> {
             Sub::Restart(a) | Sub::Reload(a) if r.rolling && several => {
                 Send::Rolling { batch: a.batch }
             }
+            _ => Send::Plain,
+        },
+        Command::Upgrade(_) => match sub {
+            Sub::Upgrade { rolling: true } => Send::RollingUpgrade,
             _ => Send::Plain,
         },
         Command::Numprocesses(n) => match (target, n.nb) {

@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ use protocol::logs::{LogLine, LogsData, Stream};
 use protocol::subjects::{validate_token, NameError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Rotate a log file when it reaches this size, unless the watcher sets `log_max_bytes`.
@@ -82,6 +83,8 @@ pub enum LogError {
     BadName { name: String, reason: NameError },
     #[error("cannot read log file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("cannot read the output pipe of watcher '{watcher}' handed over by the agent's previous image: {source}")]
+    Handover { watcher: String, source: io::Error },
 }
 
 /// The path of a watcher's log file: index 0 is the current file, 1 the newest rotated.
@@ -173,19 +176,49 @@ fn complete_utf8_len(bytes: &[u8]) -> usize {
 /// Reads `reader` to its end and hands each line (without `\n` or `\r\n`) to `emit`;
 /// lines longer than `max` are cut. The last line is handed over even without a newline,
 /// also when reading fails.
+#[cfg(test)]
 async fn read_lines<R: AsyncRead + Unpin>(
-    reader: R,
+    mut reader: R,
     max: usize,
-    mut emit: impl FnMut(Vec<u8>),
+    emit: impl FnMut(Vec<u8>),
 ) -> io::Result<()> {
+    read_lines_until(&mut reader, max, None, emit)
+        .await
+        .map(drop)
+}
+
+/// As [`read_lines`], but it also stops, returning `true`, once `pause` says so: then
+/// every byte read so far has been handed to `emit` (a line cut short by the pause
+/// included) and nothing more is read, so the rest of the pipe can be read by whoever
+/// reads it next.
+async fn read_lines_until<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    mut pause: Option<&mut watch::Receiver<bool>>,
+    mut emit: impl FnMut(Vec<u8>),
+) -> io::Result<bool> {
     let mut reader = BufReader::with_capacity(CHUNK, reader);
     let mut line = Vec::new();
+    let mut paused = false;
     let result = loop {
-        let buf = match reader.fill_buf().await {
-            Ok([]) => break Ok(()),
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(e),
+        let filled = match pause.as_deref_mut() {
+            // Dropping a pending fill loses nothing: a read that got bytes completes.
+            Some(p) => tokio::select! {
+                biased;
+                _ = p.wait_for(|p| *p) => None,
+                r = reader.fill_buf() => Some(r),
+            },
+            None => Some(reader.fill_buf().await),
+        };
+        let buf = match filled {
+            None => {
+                paused = true;
+                break Ok(());
+            }
+            Some(Ok([])) => break Ok(()),
+            Some(Ok(buf)) => buf,
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Some(Err(e)) => break Err(e),
         };
         let room = max.saturating_sub(line.len());
         // Look past what fits: a `\n` or `\r\n` right after a full line ends it.
@@ -215,10 +248,24 @@ async fn read_lines<R: AsyncRead + Unpin>(
             }
         }
     };
+    if paused {
+        // What was read but not yet handed over goes now, line by line.
+        let rest = reader.buffer().to_vec();
+        let mut parts = rest.split(|b| *b == b'\n').peekable();
+        while let Some(part) = parts.next() {
+            line.extend_from_slice(part);
+            if parts.peek().is_some() {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                emit(std::mem::take(&mut line));
+            }
+        }
+    }
     if !line.is_empty() {
         emit(line);
     }
-    result
+    result.map(|()| paused)
 }
 
 /// What the writer gets.
@@ -281,6 +328,7 @@ struct SinkInner {
     tx: mpsc::UnboundedSender<Entry>,
     counters: Arc<Counters>,
     feed: broadcast::Sender<Arc<LogLine>>,
+    control: Arc<PumpControl>,
 }
 
 /// Where the lines of one (watcher, stream) go. Cheap to clone; each pump holds one. The
@@ -312,7 +360,7 @@ impl LogSinkHandle {
     /// Starts a pump for a pipe of process `wid`; see [`pump`].
     pub fn pump<R>(&self, reader: R, wid: u32) -> JoinHandle<()>
     where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: AsyncRead + AsFd + Unpin + Send + 'static,
     {
         pump(reader, wid, self.clone())
     }
@@ -367,16 +415,42 @@ impl LogSinkHandle {
 /// Reads lines from a child's pipe until it closes and hands them to `sink` as process
 /// `wid`. Never waits for the disk or for followers: see the module docs. The task ends
 /// when every holder of the pipe's write end (the child and any descendant) closed it.
+/// While the manager hands the pipes over ([`LogManager::hand_over`]) it reads nothing
+/// and keeps the pipe open without close-on-exec.
 pub fn pump<R>(reader: R, wid: u32, sink: LogSinkHandle) -> JoinHandle<()>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + AsFd + Unpin + Send + 'static,
 {
+    let control = sink.inner.control.clone();
+    let id = control.register(&sink, wid, reader.as_fd().as_raw_fd());
     tokio::spawn(async move {
+        let mut reader = reader;
+        let mut pause = control.paused.subscribe();
         let mut pending = 0;
-        let result = read_lines(reader, MAX_LINE_BYTES, |bytes| {
-            sink.offer(wid, SystemTime::now(), lossy(bytes), &mut pending);
-        })
-        .await;
+        let result = loop {
+            let read = read_lines_until(&mut reader, MAX_LINE_BYTES, Some(&mut pause), |bytes| {
+                sink.offer(wid, SystemTime::now(), lossy(bytes), &mut pending);
+            })
+            .await;
+            match read {
+                Ok(true) => {
+                    let handed = crate::process::set_cloexec(&reader, false);
+                    if let Err(e) = &handed {
+                        tracing::warn!(
+                            watcher = sink.watcher(),
+                            wid,
+                            "cannot hand the pipe over: {e}"
+                        );
+                    }
+                    control.set_paused(id, handed.is_ok());
+                    let _ = pause.wait_for(|p| !*p).await;
+                    let _ = crate::process::set_cloexec(&reader, true);
+                    control.set_paused(id, false);
+                }
+                other => break other.map(drop),
+            }
+        };
+        control.unregister(id);
         if pending > 0 {
             // The pipe is closed; one small note may go past the budget.
             sink.enqueue(
@@ -397,6 +471,85 @@ where
             );
         }
     })
+}
+
+/// A pipe handed over across the agent's exec: whose, and its fd (close-on-exec cleared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedPipe {
+    pub watcher: String,
+    pub wid: u32,
+    pub stream: Stream,
+    pub fd: RawFd,
+}
+
+#[derive(Debug)]
+struct PumpEntry {
+    pipe: HandedPipe,
+    paused: bool,
+}
+
+/// The pumps of a manager, so that they can stop reading while the agent hands their
+/// pipes over to its next image, and go on if that fails.
+#[derive(Debug)]
+struct PumpControl {
+    paused: watch::Sender<bool>,
+    pumps: std::sync::Mutex<HashMap<u64, PumpEntry>>,
+    next: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl PumpControl {
+    fn new() -> Self {
+        PumpControl {
+            paused: watch::channel(false).0,
+            pumps: Default::default(),
+            next: AtomicU64::new(1),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PumpEntry>> {
+        self.pumps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, sink: &LogSinkHandle, wid: u32, fd: RawFd) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let pipe = HandedPipe {
+            watcher: sink.watcher().to_owned(),
+            wid,
+            stream: sink.stream(),
+            fd,
+        };
+        self.lock().insert(
+            id,
+            PumpEntry {
+                pipe,
+                paused: false,
+            },
+        );
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.lock().remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    fn set_paused(&self, id: u64, paused: bool) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.paused = paused;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The pipes of the pumps that have all stopped, or `None` while some still read.
+    fn all_paused(&self) -> Option<Vec<HandedPipe>> {
+        let pumps = self.lock();
+        pumps
+            .values()
+            .all(|e| e.paused)
+            .then(|| pumps.values().map(|e| e.pipe.clone()).collect())
+    }
 }
 
 /// Appends to one log file and rotates it.
@@ -573,6 +726,7 @@ pub struct LogManager {
     feed: broadcast::Sender<Arc<LogLine>>,
     queue_bytes: usize,
     sinks: HashMap<(String, Stream), Sink>,
+    control: Arc<PumpControl>,
 }
 
 impl LogManager {
@@ -594,6 +748,7 @@ impl LogManager {
             feed: broadcast::channel(FEED_CAPACITY).0,
             queue_bytes: QUEUE_BYTES,
             sinks: HashMap::new(),
+            control: Arc::new(PumpControl::new()),
         })
     }
 
@@ -653,6 +808,7 @@ impl LogManager {
                 tx,
                 counters,
                 feed: self.feed.clone(),
+                control: self.control.clone(),
             }),
         };
         self.sinks.insert(
@@ -707,6 +863,81 @@ impl LogManager {
                 .map(|s| s.writer)
                 .collect(),
         )
+    }
+
+    /// Captures pipes of process `wid` of `watcher` that the agent's previous image
+    /// handed over (see [`LogManager::hand_over`]), as [`LogManager::capture`] does.
+    pub fn capture_fds(
+        &mut self,
+        watcher: &str,
+        wid: u32,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        max_bytes: u64,
+        backups: u32,
+    ) -> Result<Vec<JoinHandle<()>>, LogError> {
+        let mut pumps = Vec::with_capacity(2);
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            let Some(fd) = fd else { continue };
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|source| {
+                LogError::Handover {
+                    watcher: watcher.to_owned(),
+                    source,
+                }
+            })?;
+            pumps.push(
+                self.sink(watcher, stream, max_bytes, backups)?
+                    .pump(pipe, wid),
+            );
+        }
+        Ok(pumps)
+    }
+
+    /// Stops every pump reading and returns their pipes (close-on-exec cleared) once
+    /// every line read so far is written, for the agent's exec; within `within`, or
+    /// `None` when some pump or writer did not stop in time (then they read on).
+    /// [`LogManager::resume`] lets them read again.
+    pub fn hand_over(
+        &self,
+        within: std::time::Duration,
+    ) -> impl std::future::Future<Output = Option<Vec<HandedPipe>>> + Send + 'static {
+        let control = self.control.clone();
+        let counters: Vec<Arc<Counters>> = self
+            .sinks
+            .values()
+            .map(|s| s.handle.inner.counters.clone())
+            .collect();
+        control.paused.send_replace(true);
+        async move {
+            let until = tokio::time::Instant::now() + within;
+            let pipes = loop {
+                let changed = control.changed.notified();
+                if let Some(pipes) = control.all_paused() {
+                    break pipes;
+                }
+                if tokio::time::timeout_at(until, changed).await.is_err() {
+                    control.paused.send_replace(false);
+                    return None;
+                }
+            };
+            // The writers write what the pumps queued: a short wait, on the disk.
+            while counters
+                .iter()
+                .any(|c| c.queued.load(Ordering::Acquire) > 0)
+            {
+                if tokio::time::Instant::now() >= until {
+                    control.paused.send_replace(false);
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Some(pipes)
+        }
+    }
+
+    /// Lets the pumps read again after [`LogManager::hand_over`].
+    pub fn resume(&self) {
+        self.control.paused.send_replace(false);
     }
 
     /// Forgets every sink (agent shutdown).

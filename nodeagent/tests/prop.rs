@@ -262,6 +262,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                     server_id: None,
                     client_id: None,
                     keeper: false,
+                    upgrading_ms: None,
                 }
             },
         )

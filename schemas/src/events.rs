@@ -53,11 +53,14 @@ pub enum EventKind {
     /// stopped what it came before.
     #[serde(rename = "hook_failed")]
     HookFailed,
+    /// The agent executes its binary again, its processes kept (watcher token
+    /// `_agent`); `reason` says from which boot, or why the upgrade failed.
+    Upgrade,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Spawn,
         EventKind::Exit,
         EventKind::Respawn,
@@ -73,6 +76,7 @@ impl EventKind {
         EventKind::MaxMemory,
         EventKind::MaxAge,
         EventKind::HookFailed,
+        EventKind::Upgrade,
     ];
 
     /// The wire name, also the last subject token.
@@ -93,12 +97,16 @@ impl EventKind {
             EventKind::MaxMemory => "max_memory",
             EventKind::MaxAge => "max_age",
             EventKind::HookFailed => "hook_failed",
+            EventKind::Upgrade => "upgrade",
         }
     }
 
     /// Whether this is an event about the agent rather than one watcher.
     pub fn is_agent_event(self) -> bool {
-        matches!(self, EventKind::Join | EventKind::Leave)
+        matches!(
+            self,
+            EventKind::Join | EventKind::Leave | EventKind::Upgrade
+        )
     }
 }
 

@@ -101,6 +101,12 @@ pub struct Announcement {
     /// down.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keeper: bool,
+    /// Set while the agent re-executes its binary (`upgrade`): its connection is about
+    /// to close on purpose, and a new boot of the same node announces itself within
+    /// this many milliseconds. Receivers neither fail it on the disconnect nor suspect
+    /// it for its silence within that time (capped by the receiver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrading_ms: Option<u64>,
 }
 
 /// A member's state as one agent sees it (Serf's states).

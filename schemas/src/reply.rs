@@ -477,6 +477,19 @@ pub struct PingData {
     pub uptime_secs: f64,
 }
 
+/// `upgrade`: the agent is about to execute its binary again, in the same pid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpgradeData {
+    /// The boot that answers; the upgraded agent announces a new one.
+    pub was_boot_id: String,
+    /// The version that answers.
+    pub was_version: String,
+    /// The binary executed: the path the agent was started from.
+    pub path: String,
+    /// The processes handed over to the new binary.
+    pub processes: u32,
+}
+
 /// One listening socket of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SocketInfo {
@@ -532,6 +545,8 @@ pub enum ReplyKind {
     Logs,
     /// [`SocketsData`].
     Sockets,
+    /// [`UpgradeData`].
+    Upgrade,
     /// [`NoData`].
     Empty,
 }
@@ -553,6 +568,7 @@ pub enum ReplyData {
     Members(crate::registry::MembersData),
     Logs(crate::logs::LogsData),
     Sockets(SocketsData),
+    Upgrade(UpgradeData),
     Empty(NoData),
 }
 
@@ -573,6 +589,7 @@ impl ReplyData {
             ReplyData::Members(_) => ReplyKind::Members,
             ReplyData::Logs(_) => ReplyKind::Logs,
             ReplyData::Sockets(_) => ReplyKind::Sockets,
+            ReplyData::Upgrade(_) => ReplyKind::Upgrade,
             ReplyData::Empty(_) => ReplyKind::Empty,
         }
     }
@@ -597,6 +614,7 @@ impl ReplyKind {
             ReplyKind::Members => decode_as::<crate::registry::MembersData>(bytes),
             ReplyKind::Logs => decode_as::<crate::logs::LogsData>(bytes),
             ReplyKind::Sockets => decode_as::<SocketsData>(bytes),
+            ReplyKind::Upgrade => decode_as::<UpgradeData>(bytes),
             ReplyKind::Empty => decode_as::<NoData>(bytes),
         }
     }
@@ -664,6 +682,7 @@ kind_data!(
     crate::registry::MembersData => Members,
     crate::logs::LogsData => Logs,
     SocketsData => Sockets,
+    UpgradeData => Upgrade,
     NoData => Empty,
 );
 

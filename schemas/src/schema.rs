@@ -188,7 +188,8 @@ fn request_schema(command: &Command) -> Value {
         | Command::Dstats(_)
         | Command::Quit(_)
         | Command::Ping(_)
-        | Command::Listsockets(_) => request::<Empty>(name),
+        | Command::Listsockets(_)
+        | Command::Upgrade(_) => request::<Empty>(name),
     }
 }
 
@@ -208,6 +209,7 @@ fn reply_schema(kind: ReplyKind, name: &str) -> Value {
         ReplyKind::Members => reply::<MembersData>(name),
         ReplyKind::Logs => reply::<LogsData>(name),
         ReplyKind::Sockets => reply::<SocketsData>(name),
+        ReplyKind::Upgrade => reply::<UpgradeData>(name),
         ReplyKind::Empty => reply::<NoData>(name),
     }
 }

@@ -26,4 +26,5 @@ mod robust;
 mod security;
 mod sockets;
 mod surge;
+mod upgrade;
 mod web;

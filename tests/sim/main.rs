@@ -133,6 +133,7 @@ impl Member {
             server_id: Some(info.server_id),
             client_id: Some(info.client_id),
             keeper: false,
+            upgrading_ms: None,
         }
     }
 

@@ -289,7 +289,8 @@ impl Supervisor {
             | Command::Ping(_)
             | Command::Stats(_)
             | Command::Members(_)
-            | Command::Logs(_)) => Answer::Now(Err(CmdError::new(
+            | Command::Logs(_)
+            | Command::Upgrade(_)) => Answer::Now(Err(CmdError::new(
                 Errno::CommandFailed,
                 format!("'{}' is not a watcher command", agent.name()),
             ))),

@@ -39,13 +39,21 @@ impl Supervisor {
 
     /// Arms the `max_age` timer of a process that just started.
     pub(super) fn arm_max_age(&mut self, name: &str, wid: u32, gen: u64) {
+        self.arm_max_age_after(name, wid, gen, Duration::ZERO);
+    }
+
+    /// Arms the `max_age` timer of a process that has run `ran` already (one adopted
+    /// across an upgrade): its age counts from its start, not from now.
+    pub(super) fn arm_max_age_after(&mut self, name: &str, wid: u32, gen: u64, ran: Duration) {
         let Some(w) = self.watchers.get(name) else {
             return;
         };
         let Some(age) = w.cfg.max_age else {
             return;
         };
-        let after = age.saturating_add(self.age_jitter(gen, w.cfg.max_age_variance));
+        let after = age
+            .saturating_add(self.age_jitter(gen, w.cfg.max_age_variance))
+            .saturating_sub(ran);
         let timer = Timer::MaxAge {
             name: name.to_owned(),
             wid,

@@ -92,11 +92,20 @@ impl Supervisor {
     fn boot(&mut self) {
         for name in self.start_order(self.watchers.keys().cloned().collect()) {
             if self.watchers.get(&name).is_some_and(|w| w.run) {
+                // A watcher with processes already took them over from the agent's
+                // previous image (an upgrade): it was started then, its start hooks
+                // ran then; only its missing processes start, each with its spawn hooks.
+                let adopted = self
+                    .watchers
+                    .get(&name)
+                    .is_some_and(|w| !w.slots.is_empty());
                 // Its `before_start` hook first, if it has one.
-                if self.gate(GateOp::Start, std::slice::from_ref(&name), false, None, 0) {
-                    continue;
+                if !adopted {
+                    if self.gate(GateOp::Start, std::slice::from_ref(&name), false, None, 0) {
+                        continue;
+                    }
+                    self.hook_due(&name, HookKind::AfterStart);
                 }
-                self.hook_due(&name, HookKind::AfterStart);
                 self.pull_dependencies(&name);
                 self.ensure(&name);
             }

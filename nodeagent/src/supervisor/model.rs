@@ -420,6 +420,15 @@ pub(super) enum Effect {
     Ended { pid: u32 },
     /// A removed watcher's captured output may be closed.
     ForgetOutput(String),
+    /// Wait on process `pid`, adopted across the agent's exec (see [`super::adopt`]),
+    /// as on a spawned one; its watcher stops it with `stop`.
+    Watch {
+        watcher: String,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+        stop: (Signal, Duration),
+    },
     /// Run a hook; answered with [`Input::HookDone`].
     Hook(Box<super::hooks::HookOrder>),
 }

@@ -424,6 +424,7 @@ fn describe(e: &Effect) -> String {
         Effect::Configure { watcher, .. } => format!("configure {watcher}"),
         Effect::Ended { .. } => "ended".into(),
         Effect::ForgetOutput(w) => format!("forget {w}"),
+        Effect::Watch { watcher, wid, .. } => format!("watch {watcher}/{wid}"),
         Effect::Hook(h) => match h.wid {
             Some(wid) => format!("hook {} {}/{wid}", h.kind.as_str(), h.watcher),
             None => format!("hook {} {}", h.kind.as_str(), h.watcher),
