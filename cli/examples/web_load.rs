@@ -105,6 +105,7 @@ async fn run(url: String, nodes: u32, secs: u64) -> Result<(), Box<dyn std::erro
                 services: ws.iter().map(|w| w.service.clone()).collect(),
                 server_id: None,
                 client_id: None,
+                keeper: false,
             };
             let host = HostStats {
                 cpu_count: 8,

@@ -157,11 +157,17 @@ pub async fn request_one(
 /// How long a read-only query to a queue group waits before asking every agent.
 const HEDGE_AFTER: Duration = Duration::from_millis(200);
 
+/// How long a read-only query to a queue group asks again while nobody is in the
+/// group: the agents that keep the member table join it within a second or two of
+/// starting.
+const NO_RESPONDERS_GRACE: Duration = Duration::from_secs(2);
+
 /// Sends a read-only request to a queue group and takes the first reply. When none
 /// comes within [`HEDGE_AFTER`] the request goes to every agent on `broadcast` (again
 /// each [`HEDGE_AFTER`]), and the first answer wins: a stopped or hung member that the
-/// server picked never fails the call while another one is alive. Only for requests
-/// that may run more than once.
+/// server picked never fails the call while another one is alive. While nobody
+/// listens, it asks again for [`NO_RESPONDERS_GRACE`]. Only for requests that may run
+/// more than once.
 pub async fn request_any(
     client: &Conn,
     subject: String,
@@ -208,10 +214,15 @@ async fn request(
             tokio::select! {
                 r = tokio::time::timeout(wait, sub.next()) => {
                     if let Ok(msg) = r {
-                        if msg.as_ref().is_some_and(|m| m.status == Some(NO_RESPONDERS)) {
+                        let nobody = msg.as_ref().is_some_and(|m| m.status == Some(NO_RESPONDERS));
+                        if nobody {
                             tracing::info!("no responders on {to}");
                         }
-                        return Ok::<_, async_nats::Error>(Ok(msg));
+                        let grace = started.elapsed() < NO_RESPONDERS_GRACE.min(timeout);
+                        if !(nobody && grace && then.is_some()) {
+                            return Ok::<_, async_nats::Error>(Ok(msg));
+                        }
+                        tokio::time::sleep(wait.min(HEDGE_AFTER)).await;
                     }
                 }
                 d = conn.denied(&watched) => return Ok(Err(d)),

@@ -40,13 +40,51 @@ impl From<String> for MembersError {
 use crate::fmt::age;
 use crate::output::Table;
 
-/// Asks any one agent for its member view. `Err` says why none answered.
+/// Asks any one agent that keeps the member table for its view, page after page when
+/// it does not fit in one reply. `Err` says why none answered.
 pub async fn members(
     client: &Conn,
     subjects: &Subjects,
     filter: MembersRequest,
     timeout: Duration,
 ) -> Result<(Reply, Vec<MemberInfo>), MembersError> {
+    let deadline = Instant::now() + timeout;
+    let mut filter = filter;
+    let mut all: Vec<MemberInfo> = vec![];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (reply, page) = members_page(client, subjects, filter.clone(), left).await?;
+        // A page must move forward; a reply that does not is not followed.
+        let next = page
+            .next
+            .filter(|n| filter.after.as_ref().is_none_or(|a| n > a));
+        all.extend(page.members);
+        match next {
+            Some(n) => {
+                tracing::info!("{} members so far; asking for those after {n}", all.len());
+                filter.after = Some(n);
+            }
+            None => {
+                // One reply with every member, as if it had come in one page.
+                let mut reply = reply;
+                let whole = MembersData {
+                    members: all,
+                    next: None,
+                };
+                reply.data = Some(whole.clone().into());
+                return Ok((reply, whole.members));
+            }
+        }
+    }
+}
+
+/// One page of the member view.
+async fn members_page(
+    client: &Conn,
+    subjects: &Subjects,
+    filter: MembersRequest,
+    timeout: Duration,
+) -> Result<(Reply, MembersData), MembersError> {
     let req = Request::new(Command::Members(filter));
     // Read-only: if the agent the queue group picked is hung, every agent is asked.
     let queue = subjects.command(&CmdTarget::Members, &req.command);
@@ -61,14 +99,23 @@ pub async fn members(
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
             // Read as the members kind by the client: ok replies carry their data.
-            let members = r
+            let data = r
                 .data
                 .as_ref()
                 .and_then(MembersData::of)
-                .map(|d| d.members.clone())
+                .cloned()
                 .ok_or_else(|| "the members reply carries no members".to_owned())?;
-            tracing::info!("node {} knows {} matching members", r.node, members.len());
-            Ok((r, members))
+            tracing::info!(
+                "node {} knows {} matching members{}",
+                r.node,
+                data.members.len(),
+                if data.next.is_some() {
+                    " in this page"
+                } else {
+                    ""
+                }
+            );
+            Ok((r, data))
         }
         Some(r) => Err(r.reason.unwrap_or_default().into()),
         None => Err(MembersError::Other(format!(
@@ -92,6 +139,7 @@ pub async fn alive_members(
         ])),
         tags: tags.iter().cloned().collect(),
         name: None,
+        after: None,
     };
     let mut alive = members(client, subjects, filter, timeout).await?.1;
     // A member's name becomes a subject token: a name no agent could have (from a

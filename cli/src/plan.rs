@@ -196,6 +196,7 @@ fn members_filter(
         status: (!states.is_empty()).then_some(StatusFilter::Many(states)),
         tags: g.tags.iter().cloned().collect(),
         name: name.clone(),
+        after: None,
     })
 }
 

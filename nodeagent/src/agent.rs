@@ -204,7 +204,8 @@ pub async fn run(
         adoption.map(|a| a.processes).unwrap_or_default(),
     );
     let inputs = memberloop::Inputs {
-        registry: transport::subscribe_registry(&client, &subjects).await?,
+        registry: transport::RegistryFeed::new(&client, &subjects),
+        keepers: transport::subscribe_keepers(&client, &subjects).await?,
         disconnects: transport::disconnects(&client, config.nats.system_events_account.clone()),
     };
     let (membership, member_task) = memberloop::start(
@@ -494,6 +495,7 @@ fn membership_settings(
             failed_after: config.agent.failed_after,
             reap_after: config.agent.reap_after,
         },
+        keepers: config.agent.keepers as usize,
     }
 }
 

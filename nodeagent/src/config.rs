@@ -99,6 +99,7 @@ struct RawAgent {
     failed_after: Option<String>,
     reap_after: Option<String>,
     max_processes: Option<u32>,
+    keepers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +138,9 @@ pub struct AgentConfig {
     pub reap_after: Duration,
     /// The most processes all watchers of this node may ask for together.
     pub max_processes: u32,
+    /// How many agents of the cluster keep the full member table and answer
+    /// `members` (chosen among themselves, see `crate::keepers`).
+    pub keepers: u32,
 }
 
 /// The `[nats]` table, validated.
@@ -614,6 +618,9 @@ pub struct ValidatedConfig {
 /// `max_processes`.
 pub const MAX_PROCESSES: u32 = 100_000;
 
+/// The default of `[agent] keepers`: how many agents keep the member table.
+pub const DEFAULT_KEEPERS: u32 = 3;
+
 /// The default of `[agent] max_processes`: processes of all watchers together.
 pub const DEFAULT_MAX_PROCESSES: u32 = 10_000;
 
@@ -748,6 +755,12 @@ pub const COUNTS: &[Range<i64>] = &[
         key: "max_processes",
         min: 1,
         max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "keepers",
+        min: 1,
+        // The most keepers an agent's roster holds (`keepers::MAX_KEEPERS`).
+        max: 64,
     },
     Range {
         key: "log_max_bytes",
@@ -1039,6 +1052,10 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
     if let Err(m) = check_count("max_processes", max_processes.into()) {
         problems.push(Problem::at(loc, "max_processes", m));
     }
+    let keepers = raw.keepers.unwrap_or(DEFAULT_KEEPERS);
+    if let Err(m) = check_count("keepers", keepers.into()) {
+        problems.push(Problem::at(loc, "keepers", m));
+    }
     for k in raw.tags.keys() {
         if k.is_empty() || k.contains('=') || k.contains(char::is_whitespace) {
             problems.push(Problem::at(
@@ -1102,6 +1119,7 @@ fn validate_agent(raw: RawAgent, problems: &mut Vec<Problem>) -> AgentConfig {
         failed_after,
         reap_after,
         max_processes,
+        keepers,
     }
 }
 

@@ -95,10 +95,7 @@ impl Node {
                 self.shutdown.cancel();
                 Ok(NoData {}.into())
             }
-            Command::Members(filter) => {
-                let members = self.membership.members(filter).await;
-                Ok(protocol::registry::MembersData { members }.into())
-            }
+            Command::Members(filter) => typed(self.members(subject, filter).await),
             Command::Stats(p) => typed(self.stats(p.name).await),
             Command::Logs(props) => typed(self.logs(props).await),
             Command::Reloadconfig(p) => typed(self.reload_config(p.dry_run).await),
@@ -213,6 +210,25 @@ impl Node {
         Ok(data)
     }
 
+    /// `members`: this agent's view while it keeps the member table, in a page that
+    /// fits in one message; otherwise a keeper's, asked on `cluster.members` (not for a
+    /// broadcast, which the keepers answer themselves).
+    async fn members(
+        &self,
+        subject: &str,
+        filter: protocol::registry::MembersRequest,
+    ) -> Result<protocol::registry::MembersData, CmdError> {
+        let broadcast = self
+            .subjects
+            .parse_cmd(subject)
+            .is_some_and(|c| c.target == protocol::subjects::CmdTarget::All);
+        let max_bytes = self.max_payload.saturating_sub(4096);
+        self.membership
+            .members(filter, max_bytes, !broadcast)
+            .await
+            .map_err(|reason| CmdError::new(Errno::CommandFailed, reason))
+    }
+
     fn ping(&self) -> PingData {
         let id = &self.identity;
         PingData {
@@ -313,6 +329,10 @@ impl crate::transport::Handler for Node {
 
     fn services(&self) -> watch::Receiver<BTreeSet<String>> {
         self.supervisor.services()
+    }
+
+    fn members_served(&self) -> watch::Receiver<bool> {
+        self.membership.serving()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod fatal;
 pub mod groups;
 pub mod handoff;
 pub mod identity;
+pub mod keepers;
 pub mod logs;
 pub mod memberloop;
 pub mod membership;

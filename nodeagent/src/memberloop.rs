@@ -1,10 +1,12 @@
 //! The membership task: announces this agent (join, a heartbeat every `heartbeat`,
-//! leaving, left), keeps the member table ([`crate::membership`], pure) from every
-//! agent's announcements, marks a member failed the moment the server says its
-//! connection closed, and answers `members` queries. It reads the announcements and
-//! advisories the transport subscribed to and publishes through the transport's
-//! [`Publisher`]; it never touches `async_nats` itself, and learns the watchers it
-//! announces through [`Watchers`].
+//! leaving, left), and, while this agent is one of the few keepers
+//! ([`crate::keepers`]), keeps the member table ([`crate::membership`], pure) from
+//! every agent's announcements, marks a member failed the moment the server says its
+//! connection closed, and answers `members` queries. An agent that keeps no table reads
+//! only the keepers' announcements, so what it receives does not grow with the cluster.
+//! It reads the announcements and advisories the transport subscribed to and publishes
+//! through the transport's [`Publisher`]; it never touches `async_nats` itself, and
+//! learns the watchers it announces through [`Watchers`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,15 +14,16 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MembersRequest, WatcherBrief};
+use protocol::registry::{AnnounceKind, Announcement, MembersData, MembersRequest, WatcherBrief};
 use protocol::Subjects;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::identity::Identity;
+use crate::keepers::{Decision, Roster};
 use crate::membership::{Change, Membership, MembershipConfig, MAX_ANNOUNCEMENT_BYTES};
 use crate::sysevents::DisconnectedClient;
-use crate::transport::{Incoming, Publisher, PUBLISH_TIMEOUT};
+use crate::transport::{Incoming, Publisher, RegistryFeed, PUBLISH_TIMEOUT};
 
 /// Where the membership task learns the watchers it announces.
 pub trait Watchers: Send + Sync + 'static {
@@ -34,12 +37,20 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest wait before newcomers are told about this agent.
 const JOIN_ANSWER_WINDOW: Duration = Duration::from_millis(50);
 
+/// Over how long the members spread their announcements to a new keeper, so that its
+/// table fills at once without every member speaking in the same millisecond.
+const KEEPER_ANSWER_SPREAD: Duration = Duration::from_millis(250);
+
+/// How long a new keeper listens before it answers `members`: the members' answers to
+/// it are spread over [`KEEPER_ANSWER_SPREAD`].
+pub const KEEPER_FILL: Duration = Duration::from_millis(500);
+
 /// The longest a heartbeat waits for the watchers; past it, the watchers last seen are
 /// announced, so that a busy supervisor never delays a heartbeat.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum MemberCmd {
-    Query(MembersRequest, oneshot::Sender<Vec<MemberInfo>>),
+    Query(MembersRequest, usize, oneshot::Sender<Option<MembersData>>),
     /// The agent is about to exec (`Some(grace)`), or that failed (`None`).
     Upgrading(Option<Duration>, oneshot::Sender<()>),
     Leaving,
@@ -50,21 +61,67 @@ enum MemberCmd {
 #[derive(Clone)]
 pub struct MembershipHandle {
     tx: mpsc::Sender<MemberCmd>,
+    serving: watch::Receiver<bool>,
+    bus: Publisher,
+    subjects: Subjects,
 }
 
 impl MembershipHandle {
-    /// The members this agent knows, filtered.
-    pub async fn members(&self, req: MembersRequest) -> Vec<MemberInfo> {
+    /// The members this agent knows, filtered, in a page of at most `max_bytes` of
+    /// JSON. An agent that keeps no member table asks a keeper when `forward`, and
+    /// says it keeps none otherwise.
+    pub async fn members(
+        &self,
+        req: MembersRequest,
+        max_bytes: usize,
+        forward: bool,
+    ) -> Result<MembersData, String> {
         let (tx, rx) = oneshot::channel();
-        let asked = self.tx.send(MemberCmd::Query(req, tx));
+        let asked = self.tx.send(MemberCmd::Query(req.clone(), max_bytes, tx));
         if tokio::time::timeout(QUERY_TIMEOUT, asked).await.is_err() {
-            return vec![];
+            return Err("the membership task is busy; try again".into());
         }
-        tokio::time::timeout(QUERY_TIMEOUT, rx)
+        let page = tokio::time::timeout(QUERY_TIMEOUT, rx)
             .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
+            .map_err(|_| "the membership task did not answer in time; try again".to_owned())?
+            .map_err(|_| "the agent is stopping".to_owned())?;
+        if let Some(page) = page {
+            return Ok(page);
+        }
+        let ask = self.subjects.members();
+        if !forward {
+            return Err(format!(
+                "this agent keeps no member table; the keepers answer on {ask}"
+            ));
+        }
+        let body = protocol::Request::new(protocol::Command::Members(req));
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let reply = self
+            .bus
+            .request(ask.clone(), body.into(), QUERY_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "this agent keeps no member table and no keeper answered on {ask} within \
+                     {QUERY_TIMEOUT:?}; keepers take over within seconds, try again"
+                )
+            })?;
+        let reply = protocol::reply::ReplyKind::Members
+            .decode(&reply)
+            .map_err(|e| format!("unreadable keeper reply: {e}"))?;
+        if !reply.is_ok() {
+            return Err(reply.reason.unwrap_or_default());
+        }
+        match reply.data {
+            Some(protocol::reply::ReplyData::Members(page)) => Ok(page),
+            _ => Err("the keeper's members reply carries no members".to_owned()),
+        }
+    }
+
+    /// True while this agent keeps a filled member table and answers `members` on the
+    /// shared queue; the transport joins and leaves the queue group as it changes.
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.clone()
     }
 
     /// Announces that this agent re-executes its binary: peers neither fail it when its
@@ -107,12 +164,16 @@ pub struct MembershipSettings {
     pub subjects: Subjects,
     pub heartbeat: Duration,
     pub config: MembershipConfig,
+    /// How many agents keep the member table (`[agent] keepers`).
+    pub keepers: usize,
 }
 
 /// What the membership task reads.
 pub struct Inputs {
-    /// Every agent's announcements ([`crate::transport::subscribe_registry`]).
-    pub registry: BoxStream<'static, Incoming>,
+    /// Every agent's announcements, opened while this agent keeps the table.
+    pub registry: RegistryFeed,
+    /// The keepers' announcements ([`crate::transport::subscribe_keepers`]).
+    pub keepers: BoxStream<'static, Incoming>,
     /// Closed connections ([`crate::transport::disconnects`]).
     pub disconnects: mpsc::Receiver<DisconnectedClient>,
 }
@@ -125,10 +186,24 @@ pub fn start<W: Watchers>(
     watchers: W,
 ) -> (MembershipHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
+    // An agent starts serving `members` (see `Task::run`): true from the start, so the
+    // transport joins the queue group with its first subscriptions.
+    let (serving_tx, serving) = watch::channel(true);
     let task = Task {
         table: Membership::new(settings.config),
         connections: Connections::default(),
+        roster: Roster::new(
+            &settings.identity.node,
+            settings.keepers,
+            settings.heartbeat,
+        ),
+        keeping: false,
+        stale: true,
+        deadline: None,
+        serve_at: None,
+        serving: serving_tx,
         subject: settings.subjects.registry(&settings.identity.node),
+        keeper_subject: settings.subjects.keepers(&settings.identity.node),
         seq: 0,
         kind: AnnounceKind::Join,
         upgrading: None,
@@ -137,7 +212,13 @@ pub fn start<W: Watchers>(
         settings,
         watchers,
     };
-    (MembershipHandle { tx }, tokio::spawn(task.run(inputs, rx)))
+    let handle = MembershipHandle {
+        tx,
+        serving,
+        bus: task.bus.clone(),
+        subjects: task.settings.subjects.clone(),
+    };
+    (handle, tokio::spawn(task.run(inputs, rx)))
 }
 
 /// The membership task's state.
@@ -147,8 +228,21 @@ struct Task<W> {
     watchers: W,
     table: Membership,
     connections: Connections,
+    /// The keepers heard, and whether this agent should be one.
+    roster: Roster,
+    /// This agent keeps the table: it reads every announcement.
+    keeping: bool,
+    /// The table's next deadline must be found again.
+    stale: bool,
+    /// The table's next deadline as last found (early rather than late).
+    deadline: Option<Instant>,
+    /// When a new keeper's table is full enough to answer `members`.
+    serve_at: Option<Instant>,
+    serving: watch::Sender<bool>,
     /// Where this agent announces itself.
     subject: String,
+    /// Where it also announces itself while it keeps the table.
+    keeper_subject: String,
     seq: u64,
     /// What the next heartbeat says: join, then alive (or leaving).
     kind: AnnounceKind,
@@ -171,21 +265,44 @@ impl<W: Watchers> Task<W> {
         // message, not one per newcomer.
         let answer_window = (self.settings.heartbeat / 4).min(JOIN_ANSWER_WINDOW);
         let mut answer_at: Option<Instant> = None;
+        // An agent starts as a keeper, as if alone, answering `members` at once (as
+        // every agent did before keepers), and steps down as soon as it hears enough
+        // better-ranked keepers (they answer its join within JOIN_ANSWER_WINDOW).
+        let mut registry = self.start_keeping(&inputs.registry, Duration::ZERO).await;
         loop {
-            let deadline = self.table.next_deadline();
+            // The table's deadline costs a pass over every member: it is found again
+            // only when something else than an announcement happened. An announcement
+            // moves only its member's deadline, which is folded in
+            // (`on_announcement`); one moved later leaves the deadline kept early,
+            // never late, and waking early ticks for nothing.
+            if std::mem::replace(&mut self.stale, true) {
+                self.deadline = self.table.next_deadline();
+            }
+            let deadline = self.deadline;
+            let roster_deadline = self.roster.next_deadline();
             tokio::select! {
                 _ = heartbeat.tick() => {
                     crate::fatal::inject("membership");
                     answer_at = None;
                     self.heartbeat().await;
+                    self.decide(&inputs.registry, &mut registry).await;
                 }
-                Some(msg) = inputs.registry.next() => {
+                Some(msg) = registry.next() => {
                     // A newcomer knows nobody yet: tell it about us soon, not at our
-                    // next heartbeat, or a `ctl --all` it answers `members` for would
-                    // skip us.
+                    // next heartbeat: it learns the keepers from us, and if it keeps the
+                    // table, a `ctl --all` it answers `members` for would skip us.
+                    self.stale = false;
                     if self.on_announcement(msg) {
                         answer_at.get_or_insert_with(|| Instant::now() + answer_window);
                     }
+                }
+                Some(msg) = inputs.keepers.next() => {
+                    // A new keeper that stays fills its table from every member at once.
+                    if self.on_keeper(msg) {
+                        let spread = self.spread(KEEPER_ANSWER_SPREAD);
+                        answer_at.get_or_insert_with(|| Instant::now() + spread);
+                    }
+                    self.decide(&inputs.registry, &mut registry).await;
                 }
                 _ = crate::clock::sleep_until(answer_at) => {
                     answer_at = None;
@@ -197,6 +314,14 @@ impl<W: Watchers> Task<W> {
                 _ = crate::clock::sleep_until(deadline) => {
                     self.table.tick(Instant::now()).iter().for_each(log);
                 }
+                _ = crate::clock::sleep_until(roster_deadline) => {
+                    self.decide(&inputs.registry, &mut registry).await;
+                }
+                _ = crate::clock::sleep_until(self.serve_at) => {
+                    self.serve_at = None;
+                    tracing::info!("keeping the member table: answering members");
+                    self.serving.send_replace(true);
+                }
                 cmd = cmds.recv() => {
                     if let Some(done) = self.on_cmd(cmd).await {
                         self.leave(done).await;
@@ -205,6 +330,114 @@ impl<W: Watchers> Task<W> {
                 }
             }
         }
+    }
+
+    /// Starts keeping the table: reads every announcement, announces itself as a
+    /// keeper (the members then announce themselves to it), and answers `members` after
+    /// `fill`, once its table has filled. The returned stream is the registry feed while
+    /// it keeps.
+    async fn start_keeping(
+        &mut self,
+        feed: &RegistryFeed,
+        fill: Duration,
+    ) -> BoxStream<'static, Incoming> {
+        let stream = match feed.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot keep the member table: {e}");
+                self.serving.send_replace(false);
+                return futures::stream::pending().boxed();
+            }
+        };
+        self.keeping = true;
+        if fill.is_zero() {
+            self.serving.send_replace(true);
+        } else {
+            self.serve_at = Some(Instant::now() + fill);
+        }
+        stream
+    }
+
+    /// Stops keeping the table: leaves the `members` queue, forgets the others, and
+    /// says so on the keepers feed.
+    async fn stop_keeping(&mut self) {
+        self.keeping = false;
+        self.serve_at = None;
+        self.serving.send_replace(false);
+        self.table = Membership::new(self.settings.config);
+        self.connections = Connections::default();
+        let ann = self.announcement(self.kind).await;
+        self.table.observe(&ann, Instant::now());
+        self.publish_to(&self.keeper_subject, &ann).await;
+        self.publish(ann).await;
+    }
+
+    /// Volunteers or steps down as the keepers heard tell.
+    async fn decide(&mut self, feed: &RegistryFeed, registry: &mut BoxStream<'static, Incoming>) {
+        let connected = self.bus.connection_ids().is_some() && self.bus.is_connected();
+        match self.roster.decide(self.keeping, connected, Instant::now()) {
+            Decision::Stay => {}
+            Decision::Volunteer => {
+                tracing::info!(
+                    keepers = %self.roster.keepers().join(","),
+                    "too few agents keep the member table: keeping it too"
+                );
+                *registry = self.start_keeping(feed, KEEPER_FILL).await;
+                if self.keeping {
+                    let ann = self.announcement(self.kind).await;
+                    self.table.observe(&ann, Instant::now());
+                    self.publish(ann).await;
+                }
+            }
+            Decision::StepDown => {
+                tracing::info!(
+                    keepers = %self.roster.keepers().join(","),
+                    "enough better-ranked agents keep the member table: no longer keeping it"
+                );
+                *registry = futures::stream::pending().boxed();
+                self.stop_keeping().await;
+            }
+        }
+    }
+
+    /// A delay in `0..window`, set by this agent's name, so that many agents answering
+    /// the same event spread their answers.
+    fn spread(&self, window: Duration) -> Duration {
+        let share = crate::keepers::rank(&self.settings.identity.boot_id) as f64 / u64::MAX as f64;
+        window.mul_f64(share)
+    }
+
+    /// Takes a keeper's announcement; true when it is a keeper not heard before that
+    /// ranks among the ones that stay, so that the members announce themselves to it.
+    fn on_keeper(&mut self, msg: Incoming) -> bool {
+        let Some(ann) = self.read(&msg, self.settings.subjects.node_of_keepers(&msg.subject))
+        else {
+            return false;
+        };
+        let now = Instant::now();
+        let new = self.roster.observe(&ann, now);
+        if self.keeping {
+            if let Some(c) = self.table.observe(&ann, now) {
+                log(&c);
+            }
+            let table = &self.table;
+            self.connections.note(&ann, |n| table.state(n).is_some());
+        }
+        new && self.roster.stays(&ann.node, self.keeping)
+    }
+
+    /// Reads an announcement that came on `msg.subject`, whose node is `node`; `None`
+    /// when it is too large, unreadable, or names another node than its subject.
+    fn read(&self, msg: &Incoming, node: Option<&str>) -> Option<Announcement> {
+        if msg.payload.len() > MAX_ANNOUNCEMENT_BYTES {
+            tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
+            return None;
+        }
+        let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
+            tracing::debug!(subject = %msg.subject, "unreadable announcement");
+            return None;
+        };
+        (node == Some(ann.node.as_str())).then_some(ann)
     }
 
     /// Announces this agent, and ages the table.
@@ -223,19 +456,18 @@ impl<W: Watchers> Task<W> {
 
     /// Takes another agent's announcement; true when it is a newcomer's join.
     fn on_announcement(&mut self, msg: Incoming) -> bool {
-        if msg.payload.len() > MAX_ANNOUNCEMENT_BYTES {
-            tracing::debug!(subject = %msg.subject, bytes = msg.payload.len(), "announcement too large, ignored");
+        if !self.keeping {
             return false;
         }
-        let Ok(ann) = serde_json::from_slice::<Announcement>(&msg.payload) else {
-            tracing::debug!(subject = %msg.subject, "unreadable announcement");
+        let Some(ann) = self.read(&msg, self.settings.subjects.node_of_registry(&msg.subject))
+        else {
             return false;
         };
-        if self.settings.subjects.node_of_registry(&msg.subject) != Some(ann.node.as_str()) {
-            return false;
-        }
         if let Some(c) = self.table.observe(&ann, Instant::now()) {
             log(&c);
+        }
+        if let Some(d) = self.table.deadline_of(&ann.node) {
+            self.deadline = Some(self.deadline.map_or(d, |k| k.min(d)));
         }
         let table = &self.table;
         self.connections.note(&ann, |n| table.state(n).is_some());
@@ -252,6 +484,7 @@ impl<W: Watchers> Task<W> {
             .map(|(name, _)| name.clone());
         match owner {
             Some(name) if name != self.settings.identity.node => {
+                self.roster.forget(&name);
                 if let Some(c) = self.table.mark_failed(&name, Instant::now()) {
                     log(&c);
                 }
@@ -271,8 +504,9 @@ impl<W: Watchers> Task<W> {
     /// (with whom to tell, if anyone).
     async fn on_cmd(&mut self, cmd: Option<MemberCmd>) -> Option<Option<oneshot::Sender<()>>> {
         match cmd {
-            Some(MemberCmd::Query(req, reply)) => {
-                let _ = reply.send(self.table.members(&req));
+            Some(MemberCmd::Query(req, max_bytes, reply)) => {
+                let page = self.keeping.then(|| self.table.page(&req, max_bytes));
+                let _ = reply.send(page);
                 None
             }
             Some(MemberCmd::Upgrading(grace, done)) => {
@@ -308,13 +542,22 @@ impl<W: Watchers> Task<W> {
     }
 
     /// Publishes `ann` with this connection's ids, so that a disconnect advisory can be
-    /// matched to it; after a reconnect the next announcement carries the new ids.
-    async fn publish(&self, mut ann: Announcement) {
+    /// matched to it; after a reconnect the next announcement carries the new ids. A
+    /// keeper's announcements (its leaving and left too) also go to the keepers feed.
+    async fn publish(&self, ann: Announcement) {
+        if ann.keeper || self.keeping {
+            self.publish_to(&self.keeper_subject, &ann).await;
+        }
+        self.publish_to(&self.subject, &ann).await;
+    }
+
+    async fn publish_to(&self, subject: &str, ann: &Announcement) {
+        let mut ann = ann.clone();
         if let Some((server_id, client_id)) = self.bus.connection_ids() {
             ann.server_id = Some(server_id);
             ann.client_id = Some(client_id);
         }
-        self.bus.publish_json(self.subject.clone(), &ann).await;
+        self.bus.publish_json(subject.to_owned(), &ann).await;
     }
 
     /// The next announcement of this agent, of `kind`.
@@ -348,6 +591,7 @@ impl<W: Watchers> Task<W> {
             services,
             server_id: None,
             client_id: None,
+            keeper: self.keeping && matches!(kind, AnnounceKind::Join | AnnounceKind::Alive),
             upgrading_ms: self
                 .upgrading
                 .map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),

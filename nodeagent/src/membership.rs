@@ -33,9 +33,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-use protocol::registry::{AnnounceKind, Announcement, MemberInfo, MemberState, MembersRequest};
+use protocol::registry::{
+    AnnounceKind, Announcement, MemberInfo, MemberState, MembersData, MembersRequest,
+};
 use protocol::subjects::validate_node_name;
 
 /// The shortest heartbeat interval taken from an announcement; smaller values (0
@@ -358,6 +361,31 @@ impl Membership {
             .collect()
     }
 
+    /// The members that pass `filter`, sorted by name, as many as fit in `max_bytes`
+    /// of JSON (at least one); `next` names the last one when more follow.
+    pub fn page(&self, filter: &MembersRequest, max_bytes: usize) -> MembersData {
+        let mut page = MembersData::default();
+        let mut used = 0usize;
+        let from = match &filter.after {
+            Some(after) => Bound::Excluded(after.clone()),
+            None => Bound::Unbounded,
+        };
+        for (name, m) in self.members.range((from, Bound::Unbounded)) {
+            if !filter.matches(name, m.state, &m.ann.tags) {
+                continue;
+            }
+            let info = self.info(m);
+            let size = serde_json::to_vec(&info).map_or(usize::MAX, |b| b.len().saturating_add(1));
+            if !page.members.is_empty() && used.saturating_add(size) > max_bytes {
+                page.next = page.members.last().map(|m| m.name.clone());
+                break;
+            }
+            used = used.saturating_add(size);
+            page.members.push(info);
+        }
+        page
+    }
+
     /// One member, if known.
     pub fn get(&self, node: &str) -> Option<MemberInfo> {
         self.members.get(node).map(|m| self.info(m))
@@ -396,19 +424,24 @@ impl Membership {
     /// The earliest instant at which [`Membership::tick`] would change something,
     /// if any member is known.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.members
-            .values()
-            .map(|m| {
-                let suspect_after = suspect_after(&self.config, &m.ann);
-                let failed_after = self.config.failed_after.max(suspect_after);
-                let (from, after) = match m.state {
-                    MemberState::Alive => (m.last_seen, suspect_after),
-                    MemberState::Suspect | MemberState::Leaving => (m.last_seen, failed_after),
-                    MemberState::Failed | MemberState::Left => (m.since, self.config.reap_after),
-                };
-                from.checked_add(after).unwrap_or(from + MAX_HEARTBEAT)
-            })
-            .min()
+        self.members.values().map(|m| self.deadline(m)).min()
+    }
+
+    /// The instant at which [`Membership::tick`] would change `node`, if known: one
+    /// member's share of [`Membership::next_deadline`], without a pass over all.
+    pub fn deadline_of(&self, node: &str) -> Option<Instant> {
+        self.members.get(node).map(|m| self.deadline(m))
+    }
+
+    fn deadline(&self, m: &Member) -> Instant {
+        let suspect_after = suspect_after(&self.config, &m.ann);
+        let failed_after = self.config.failed_after.max(suspect_after);
+        let (from, after) = match m.state {
+            MemberState::Alive => (m.last_seen, suspect_after),
+            MemberState::Suspect | MemberState::Leaving => (m.last_seen, failed_after),
+            MemberState::Failed | MemberState::Left => (m.since, self.config.reap_after),
+        };
+        from.checked_add(after).unwrap_or(from + MAX_HEARTBEAT)
     }
 
     fn unix(&self, t: Instant) -> f64 {
@@ -600,6 +633,7 @@ mod tests {
             services: vec![],
             server_id: None,
             client_id: None,
+            keeper: false,
             upgrading_ms: None,
         }
     }
@@ -1049,6 +1083,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(names(&by_name), ["web-1"]);
+
+        // Pages: as many rows as fit, then `next`; `after` gives the following page.
+        let row = serde_json::to_vec(&table.get("db-1").unwrap())
+            .unwrap()
+            .len();
+        let mut filter = MembersRequest::default();
+        let mut pages = vec![];
+        loop {
+            let page = table.page(&filter, row + 1);
+            pages.push(
+                page.members
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect::<Vec<_>>(),
+            );
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, [["db-1"], ["db-2"], ["web-1"], ["web-2"]]);
+        // A row larger than the page still comes, alone.
+        let page = table.page(&MembersRequest::default(), 1);
+        assert_eq!(
+            (page.members.len(), page.next.as_deref()),
+            (1, Some("db-1"))
+        );
+        let all = table.page(&MembersRequest::default(), usize::MAX);
+        assert_eq!((all.members.len(), all.next), (4, None));
 
         assert_eq!(table.alive(), ["db-1", "web-1", "web-2"]);
         assert!(table.is_alive("db-1") && table.is_alive("web-1"));

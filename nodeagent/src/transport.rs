@@ -42,6 +42,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The services whose queue groups to serve; it changes as watchers come and go.
     fn services(&self) -> watch::Receiver<BTreeSet<String>>;
+
+    /// Whether to answer `members` on the shared queue and on broadcasts: true while
+    /// this agent keeps the member table. Always, unless told otherwise.
+    fn members_served(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +321,8 @@ async fn subscribe(
 }
 
 type ServiceRequest = async_nats::service::Request;
-type Endpoints = futures::stream::SelectAll<async_nats::service::endpoint::Endpoint>;
+type Endpoint = async_nats::service::endpoint::Endpoint;
+type Endpoints = futures::stream::SelectAll<Endpoint>;
 
 /// The command endpoints of one agent, subscribed: what [`serve`] serves.
 pub struct Bound {
@@ -324,7 +331,8 @@ pub struct Bound {
     service: async_nats::service::Service,
     own: Endpoints,
     all: Endpoints,
-    members: async_nats::service::endpoint::Endpoint,
+    /// `None` while this agent does not keep the member table.
+    members: Option<Endpoint>,
 }
 
 /// Registers the agent's micro service and subscribes its per-node, broadcast and
@@ -338,15 +346,9 @@ pub async fn bind(
     let service = micro::register(&client, &subjects, &identity).await?;
     let own = micro::endpoints(&service, "node", subjects.node_cmd(&identity.node), None).await?;
     let all = micro::endpoints(&service, "all", subjects.all_cmd(), None).await?;
-    let members = service
-        .endpoint_builder()
-        .name("members")
-        .queue_group(subjects.members_queue())
-        .add(subjects.members())
-        .await
-        .map_err(|e| {
-            TransportError::Service(format!("cannot serve {}: {e}", subjects.members()))
-        })?;
+    // Every agent keeps the member table as it starts ([`Handler::members_served`]);
+    // [`serve`] stops this endpoint if it does not.
+    let members = Some(members_endpoint(&service, &subjects).await?);
     flush(&client, Duration::from_secs(2)).await;
     Ok(Bound {
         subjects,
@@ -356,6 +358,41 @@ pub async fn bind(
         all,
         members,
     })
+}
+
+/// The `members` endpoint, in the queue group of the agents keeping the member table.
+async fn members_endpoint(
+    service: &async_nats::service::Service,
+    subjects: &Subjects,
+) -> Result<Endpoint, TransportError> {
+    service
+        .endpoint_builder()
+        .name("members")
+        .queue_group(subjects.members_queue())
+        .add(subjects.members())
+        .await
+        .map_err(|e| TransportError::Service(format!("cannot serve {}: {e}", subjects.members())))
+}
+
+/// Serves the `members` endpoint when `on` (adding it again after a step down), and
+/// stops it when not. A failure to add it is logged: the next change tries again.
+async fn serve_members(
+    service: &async_nats::service::Service,
+    subjects: &Subjects,
+    members: &mut Option<Endpoint>,
+    on: bool,
+) {
+    match (on, members.take()) {
+        (true, Some(endpoint)) => *members = Some(endpoint),
+        (true, None) => match members_endpoint(service, subjects).await {
+            Ok(endpoint) => *members = Some(endpoint),
+            Err(e) => tracing::error!("{e}"),
+        },
+        (false, Some(mut endpoint)) => {
+            let _ = endpoint.stop().await;
+        }
+        (false, None) => {}
+    }
 }
 
 /// Serves the commands of `bound` with `handler` until `shutdown` is cancelled; then
@@ -379,6 +416,11 @@ pub async fn serve<H: Handler>(
         tracker: TaskTracker::new(),
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
+    // Only the agents that keep the member table answer `members`: the endpoint is
+    // served while the agent keeps it, stopped when it steps down.
+    let mut serving_members = handler.members_served();
+    let on = *serving_members.borrow_and_update();
+    serve_members(&service, &subjects, &mut members, on).await;
     let (svc_tx, mut svc_rx) = tokio::sync::mpsc::channel::<ServiceRequest>(256);
     let mut services: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut wanted = handler.services();
@@ -426,12 +468,24 @@ pub async fn serve<H: Handler>(
             _ = shutdown.cancelled() => break,
             Some(request) = own.next() => spawn_handler(&serving, request).await,
             Some(request) = all.next() => {
+                // A broadcast `members` is for the agents that keep the table.
+                let members_asked = subjects
+                    .parse_cmd(&request.message.subject)
+                    .and_then(|c| c.token)
+                    .is_some_and(|t| t == "members");
+                if members_asked && !*serving_members.borrow() {
+                    continue;
+                }
                 if selected(request.message.headers.as_ref(), &identity.node, &identity.tags) {
                     spawn_handler(&serving, request).await;
                 }
             }
             Some(request) = svc_rx.recv() => spawn_handler(&serving, request).await,
-            Some(request) = members.next() => spawn_handler(&serving, request).await,
+            Some(request) = next_of(&mut members) => spawn_handler(&serving, request).await,
+            Ok(()) = serving_members.changed() => {
+                let on = *serving_members.borrow_and_update();
+                serve_members(&service, &subjects, &mut members, on).await;
+            }
             Ok(()) = wanted.changed() => {
                 let set = wanted.borrow_and_update().clone();
                 reconcile(&set, &mut services).await;
@@ -444,13 +498,23 @@ pub async fn serve<H: Handler>(
     for endpoint in own.iter_mut().chain(all.iter_mut()) {
         let _ = endpoint.stop().await;
     }
-    let _ = members.stop().await;
+    if let Some(mut endpoint) = members.take() {
+        let _ = endpoint.stop().await;
+    }
     // No more `$SRV` answers: the agent is leaving.
     let _ = service.stop().await;
     serving.tracker.close();
     // Requests in flight finish (a quit's own reply among them).
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.tracker.wait()).await;
     Ok(())
+}
+
+/// The next message of a subscription that may be off (then never).
+async fn next_of(endpoint: &mut Option<Endpoint>) -> Option<ServiceRequest> {
+    match endpoint {
+        Some(e) => e.next().await,
+        None => futures::future::pending().await,
+    }
 }
 
 /// The longest one publish waits. While NATS is unreachable, async-nats buffers a
@@ -518,18 +582,49 @@ pub struct Incoming {
     pub payload: bytes::Bytes,
 }
 
-/// Subscribes to every agent's announcements (`cluster.registry.*`).
-pub async fn subscribe_registry(
+/// Subscribes to `subject`, its messages as [`Incoming`].
+async fn incoming(
     client: &Client,
-    subjects: &Subjects,
+    subject: String,
 ) -> Result<BoxStream<'static, Incoming>, TransportError> {
-    let sub = subscribe(client, subjects.registry_all(), None).await?;
+    let sub = subscribe(client, subject, None).await?;
     Ok(sub
         .map(|m| Incoming {
             subject: m.subject.to_string(),
             payload: m.payload,
         })
         .boxed())
+}
+
+/// Every agent's announcements (`cluster.registry.*`), subscribed to while this agent
+/// keeps the member table: [`RegistryFeed::open`] subscribes, dropping the stream
+/// unsubscribes.
+pub struct RegistryFeed {
+    client: Client,
+    subject: String,
+}
+
+impl RegistryFeed {
+    pub fn new(client: &Client, subjects: &Subjects) -> RegistryFeed {
+        RegistryFeed {
+            client: client.clone(),
+            subject: subjects.registry_all(),
+        }
+    }
+
+    /// Subscribes to every agent's announcements.
+    pub async fn open(&self) -> Result<BoxStream<'static, Incoming>, TransportError> {
+        incoming(&self.client, self.subject.clone()).await
+    }
+}
+
+/// Subscribes to the keepers' announcements (`cluster.registry.keepers.*`), which every
+/// agent reads to know who keeps the member table.
+pub async fn subscribe_keepers(
+    client: &Client,
+    subjects: &Subjects,
+) -> Result<BoxStream<'static, Incoming>, TransportError> {
+    incoming(client, subjects.keepers_all()).await
 }
 
 /// The clients whose connection the server closed, as the server's advisories in
@@ -575,6 +670,26 @@ impl Publisher {
     /// Publishes one message as JSON (see [`publish_json`]).
     pub async fn publish_json(&self, subject: String, msg: &impl serde::Serialize) {
         publish_json(&self.client, subject, msg).await
+    }
+
+    /// True while connected to a server.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends a request and waits at most `timeout` for its reply; `None` when none
+    /// came (no responders, a timeout, NATS unreachable).
+    pub async fn request(
+        &self,
+        subject: String,
+        bytes: bytes::Bytes,
+        timeout: Duration,
+    ) -> Option<bytes::Bytes> {
+        let msg = tokio::time::timeout(timeout, self.client.request(subject, bytes))
+            .await
+            .ok()?
+            .ok()?;
+        (msg.status.is_none()).then_some(msg.payload)
     }
 
     /// Waits until the server has every message sent so far (see [`flush`]).

@@ -95,6 +95,12 @@ pub struct Announcement {
     /// The agent's client id on that server (`client_id` of the server's INFO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<u64>,
+    /// The agent keeps the full member table and answers `members`. A keeper's
+    /// announcements are also published on `cluster.registry.keepers.<node>`, the feed
+    /// every agent reads to know the keepers; one that says `false` there has stepped
+    /// down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keeper: bool,
     /// Set while the agent re-executes its binary (`upgrade`): its connection is about
     /// to close on purpose, and a new boot of the same node announces itself within
     /// this many milliseconds. Receivers neither fail it on the disconnect nor suspect
@@ -185,10 +191,15 @@ pub struct MemberInfo {
     pub running: u32,
 }
 
-/// `members`: the answering agent's view of the cluster, sorted by name.
+/// `members`: the answering agent's view of the cluster, sorted by name. A view too
+/// large for one message comes in pages: `next` is then set, and the same request with
+/// `after` set to it gives the following page.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MembersData {
     pub members: Vec<MemberInfo>,
+    /// More members follow: ask again with `after` set to this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One state or a list of states.
@@ -227,6 +238,10 @@ pub struct MembersRequest {
     /// and node names cannot contain `*`, so a name without `*` matches only itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Only members whose name sorts after this one: the next page of a view that did
+    /// not fit in one reply (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 impl MembersRequest {
@@ -238,6 +253,9 @@ impl MembersRequest {
             }
         }
         if !self.tags.iter().all(|(k, v)| tags.get(k) == Some(v)) {
+            return false;
+        }
+        if self.after.as_deref().is_some_and(|after| name <= after) {
             return false;
         }
         match &self.name {

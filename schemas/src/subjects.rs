@@ -212,7 +212,25 @@ impl Subjects {
         format!("{}.registry.*", self.prefix)
     }
 
-    /// `cluster.members`: any one agent answers with its membership view.
+    /// `cluster.registry.keepers.<node>`: the announcements of a member table keeper.
+    pub fn keepers(&self, node: &str) -> String {
+        format!("{}.registry.keepers.{node}", self.prefix)
+    }
+
+    /// `cluster.registry.keepers.*`: every keeper's announcements, read by every agent.
+    pub fn keepers_all(&self) -> String {
+        format!("{}.registry.keepers.*", self.prefix)
+    }
+
+    /// The node name in a keepers subject, if `subject` is one.
+    pub fn node_of_keepers<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".registry.keepers.")
+            .filter(|n| !n.contains('.'))
+    }
+
+    /// `cluster.members`: any one keeper answers with its membership view.
     pub fn members(&self) -> String {
         format!("{}.members", self.prefix)
     }

@@ -184,7 +184,8 @@ fn sane_request() -> impl Strategy<Value = Request> {
             .prop_map(|(status, tags, name)| Command::Members(MembersRequest {
                 status,
                 tags,
-                name
+                name,
+                after: None,
             })),
         (
             plain_name(),

@@ -267,7 +267,7 @@ fn observe(seen: &mut Seen, prefix: &str, subject: &str, reply: Option<&str>, pa
                 seen.inboxes.insert(reply.to_owned(), "members".into());
             }
         }
-        ["registry", _] => {
+        ["registry", _] | ["registry", "keepers", _] => {
             bump(seen, "registry");
             check(seen, subject, "registry.schema.json", &v);
         }
