@@ -257,14 +257,9 @@ pub async fn rolling_restart(
         }
         let _ = std::io::stdout().flush();
         if failed {
-            let rest: Vec<&str> = nodes[done..].iter().map(String::as_str).collect();
             all.epilogue.push(format!(
                 "rolling restart stopped after {done} of {total} nodes; not restarted: {}",
-                if rest.is_empty() {
-                    "-".to_owned()
-                } else {
-                    rest.join(", ")
-                }
+                not_reached(&nodes[done..])
             ));
             return all;
         }
@@ -277,6 +272,15 @@ pub async fn rolling_restart(
     }
     // The progress lines were the output.
     all
+}
+
+/// The nodes a rolling action stopped before, for its last line: "-" when none.
+pub fn not_reached(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        "-".to_owned()
+    } else {
+        nodes.join(", ")
+    }
 }
 
 /// How many processes each member gets when `total` are spread over `members`:

@@ -51,15 +51,10 @@ pub async fn rolling_upgrade(
                 all.replies.extend(out.replies);
                 all.missing.extend(out.missing);
                 all.denied.extend(out.denied);
-                let rest: Vec<&str> = nodes[i + 1..].iter().map(String::as_str).collect();
                 all.epilogue.push(format!(
                     "rolling upgrade stopped at {node} ({} of {total}); not upgraded: {}",
                     i + 1,
-                    if rest.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        rest.join(", ")
-                    }
+                    crate::cluster::not_reached(&nodes[i + 1..])
                 ));
                 return all;
             }
