@@ -74,8 +74,10 @@ fn main() -> ExitCode {
     }
     raise_open_files_limit();
     fatal::install_hook();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the agent mostly waits, and each worker thread would
+    // cost a stack and a malloc arena. Blocking work (/proc samples, state saves, log
+    // writes) goes to the blocking pool as before.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
