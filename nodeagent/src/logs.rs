@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::logs::{LogLine, LogsData, Stream};
 use protocol::subjects::{validate_token, NameError};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -174,30 +174,38 @@ fn complete_utf8_len(bytes: &[u8]) -> usize {
 /// lines longer than `max` are cut. The last line is handed over even without a newline,
 /// also when reading fails.
 async fn read_lines<R: AsyncRead + Unpin>(
-    reader: R,
+    mut reader: R,
     max: usize,
     mut emit: impl FnMut(Vec<u8>),
 ) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(CHUNK, reader);
+    // Not zeroed (as a `BufReader`'s is): only what a process prints takes memory, so
+    // a quiet process's buffer costs address space alone.
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut start = 0;
     let mut line = Vec::new();
     let result = loop {
-        let buf = match reader.fill_buf().await {
-            Ok([]) => break Ok(()),
-            Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(e),
-        };
+        if start == buf.len() {
+            buf.clear();
+            start = 0;
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+        }
+        let avail = &buf[start..];
         let room = max.saturating_sub(line.len());
         // Look past what fits: a `\n` or `\r\n` right after a full line ends it.
-        let look = buf.len().min(room + 2);
-        let newline = buf[..look]
+        let look = avail.len().min(room + 2);
+        let newline = avail[..look]
             .iter()
             .position(|&b| b == b'\n')
-            .filter(|&i| i <= room || buf[room] == b'\r');
+            .filter(|&i| i <= room || avail[room] == b'\r');
         match newline {
             Some(i) => {
-                line.extend_from_slice(&buf[..i]);
-                reader.consume(i + 1);
+                line.extend_from_slice(&avail[..i]);
+                start += i + 1;
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
@@ -209,9 +217,9 @@ async fn read_lines<R: AsyncRead + Unpin>(
                 emit(std::mem::replace(&mut line, rest));
             }
             None => {
-                let take = buf.len().min(room);
-                line.extend_from_slice(&buf[..take]);
-                reader.consume(take);
+                let take = avail.len().min(room);
+                line.extend_from_slice(&avail[..take]);
+                start += take;
             }
         }
     };
