@@ -70,6 +70,9 @@ const BATCH_LINES: usize = 1024;
 /// Bytes read per step, by the pumps and by `tail` reading backwards.
 const CHUNK: usize = 64 * 1024;
 
+/// The output reader's first buffer, before a read fills it.
+const FIRST_CHUNK: usize = 512;
+
 /// The most `tail` reads of one stream's files for one request.
 pub const TAIL_BUDGET: u64 = 4 * 1024 * 1024;
 
@@ -178,13 +181,17 @@ async fn read_lines<R: AsyncRead + Unpin>(
     max: usize,
     mut emit: impl FnMut(Vec<u8>),
 ) -> io::Result<()> {
-    // Not zeroed (as a `BufReader`'s is): only what a process prints takes memory, so
-    // a quiet process's buffer costs address space alone.
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // Small until a read fills it, then CHUNK: a quiet process's two streams cost
+    // about a kilobyte, a chatty one's the full buffer. Never zeroed (as a
+    // `BufReader`'s is): only what a process prints is written to it.
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_CHUNK);
     let mut start = 0;
     let mut line = Vec::new();
     let result = loop {
         if start == buf.len() {
+            if buf.len() == buf.capacity() && buf.capacity() < CHUNK {
+                buf = Vec::with_capacity(CHUNK);
+            }
             buf.clear();
             start = 0;
             match reader.read_buf(&mut buf).await {
