@@ -33,6 +33,9 @@
 #               BENCH_PM2, default target/bench-pm2, when missing; PM2_HOME is in the
 #               benchmark's temp dir, and its daemon is killed at exit)
 #   HUNDRED=100 processes of the one-watcher rows   IDLE_SECS=30   SCALE_RUNS=3
+#   BASELINE=DIR  also measure the nodeagent and ctl in DIR (the release directory of
+#               another build, say an earlier commit's) in the same run, first, and add
+#               its column and the ratio of this build to it (the 10-watcher rows)
 # Everything it starts is stopped on exit (trap EXIT), also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -235,27 +238,48 @@ BIN=$ROOT/target/release
 WATCHERS=$(seq 1 10)
 
 # ---------------------------------------------------------------- nodeagent
-log "nodeagent..."
-NATS_PORT=$(free_port)
-"$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -l "$WORK/nats.log" &
-OTHERS+=($!)
-wait_for 10 "nats-server" grep -q "Server is ready" "$WORK/nats.log"
-URL=nats://127.0.0.1:$NATS_PORT
-{
-    printf '[agent]\nname = "bench"\nstate_dir = "%s/state"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$URL"
-    for i in $WATCHERS; do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
-} >"$WORK/node.toml"
-"$BIN/nodeagent" -c "$WORK/node.toml" 2>"$WORK/agent.log" &
-AGENT=$!
-MANAGERS+=("$AGENT")
-wait_for 20 "the agent's ping" "$BIN/ctl" -s "$URL" --node bench ping
-wait_for 20 "10 agent children" has_children "$AGENT" "$MARKER" 10
-sleep 2 # idle
-A_RSS=$(rss_kib "$AGENT")
-wall agent_cli "$BIN/ctl" -s "$URL" --node bench numprocesses w1
-python3 bench/respawn.py "$AGENT" "$MARKER" "$KILLS" 0.2:0.4 >"$WORK/agent_respawn.ns"
-read -r A_CLI_MED A_CLI_P95 <<<"$(stats "$WORK/agent_cli.ns")"
-read -r A_RSP_MED A_RSP_P95 <<<"$(stats "$WORK/agent_respawn.ns")"
+# measure_agent TAG BINDIR: the idle RSS, CLI wall and respawn of BINDIR's nodeagent
+# (driven by BINDIR's ctl), into ${TAG}_RSS, ${TAG}_CLI_MED, ... ; the agent is left
+# running (stopped on exit) unless a baseline follows.
+measure_agent() {
+    local tag=$1 bin=$2 port url agent med p95
+    log "nodeagent ($bin)..."
+    port=$(free_port)
+    "$NATS_SERVER" -a 127.0.0.1 -p "$port" -l "$WORK/nats-$tag.log" &
+    OTHERS+=($!)
+    wait_for 10 "nats-server" grep -q "Server is ready" "$WORK/nats-$tag.log"
+    url=nats://127.0.0.1:$port
+    if [ "$tag" = A ]; then URL=$url; fi # this build's nats-server, also for the rows of HUNDRED
+    {
+        printf '[agent]\nname = "bench"\nstate_dir = "%s/state-%s"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$tag" "$url"
+        for i in $WATCHERS; do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
+    } >"$WORK/node-$tag.toml"
+    "$bin/nodeagent" -c "$WORK/node-$tag.toml" 2>"$WORK/agent-$tag.log" &
+    agent=$!
+    MANAGERS+=("$agent")
+    wait_for 20 "the agent's ping" "$bin/ctl" -s "$url" --node bench ping
+    wait_for 20 "10 agent children" has_children "$agent" "$MARKER" 10
+    sleep 2 # idle
+    printf -v "${tag}_RSS" '%s' "$(rss_kib "$agent")"
+    wall "${tag}_cli" "$bin/ctl" -s "$url" --node bench numprocesses w1
+    python3 bench/respawn.py "$agent" "$MARKER" "$KILLS" 0.2:0.4 >"$WORK/${tag}_respawn.ns"
+    read -r med p95 <<<"$(stats "$WORK/${tag}_cli.ns")"
+    printf -v "${tag}_CLI_MED" '%s' "$med"
+    printf -v "${tag}_CLI_P95" '%s' "$p95"
+    read -r med p95 <<<"$(stats "$WORK/${tag}_respawn.ns")"
+    printf -v "${tag}_RSP_MED" '%s' "$med"
+    printf -v "${tag}_RSP_P95" '%s' "$p95"
+    if [ "$tag" = B ]; then
+        # Out of the way of the next one.
+        kill -TERM "$agent" 2>/dev/null || true
+        wait "$agent" 2>/dev/null || true
+    fi
+}
+B_RSS=- B_CLI_MED=- B_CLI_P95=- B_RSP_MED=- B_RSP_P95=-
+if [ -n "${BASELINE:-}" ]; then
+    measure_agent B "$(cd "$BASELINE" && pwd)"
+fi
+measure_agent A "$BIN"
 
 C_RSS=- C_CLI_MED=- C_CLI_P95=- C_RSP_MED=- C_RSP_P95=-
 S_RSS=- S_CLI_MED=- S_CLI_P95=- S_RSP_MED=- S_RSP_P95=-
@@ -435,23 +459,34 @@ best() {
         print b, w, r
     }'
 }
-row() { printf '%-40s %10s %10s %12s %10s %22s %10s\n' "$@"; }
-line() { # LABEL A C S P
-    local b w r
-    read -r b w r <<<"$(best "$2" "$3" "$4" "$5")"
-    [ "$w" = - ] && row "$1" "$2" "$3" "$4" "$5" - - || row "$1" "$2" "$3" "$4" "$5" "$b ($w)" "$r"
+vs() { # agent / baseline
+    if [ "$1" = - ] || [ "$2" = - ] || [ -z "$2" ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; fi
 }
-plain() { row "$@" "" ""; } # LABEL A C S P, without a best peer
+row() { # LABEL A C S P BEST RATIO [BASELINE AGENT/BASELINE]
+    printf '%-40s %10s %10s %12s %10s %22s %10s' "${@:1:7}"
+    if [ -n "${BASELINE:-}" ]; then printf ' %10s %14s' "${8:-}" "${9:-}"; fi
+    printf '\n'
+}
+line() { # LABEL A C S P [B]: B, this build's baseline figure, "-" or absent when none
+    local b w r base=${6:--}
+    read -r b w r <<<"$(best "$2" "$3" "$4" "$5")"
+    if [ "$w" = - ]; then
+        row "$1" "$2" "$3" "$4" "$5" - - "$base" "$(vs "$2" "$base")"
+    else
+        row "$1" "$2" "$3" "$4" "$5" "$b ($w)" "$r" "$base" "$(vs "$2" "$base")"
+    fi
+}
+plain() { row "$@" "" "" "" ""; } # LABEL A C S P, without a best peer or a baseline
 first() { echo "${1%% *}"; }
 range() { local a b c; read -r a b c <<<"$1"; [ "$b" = - ] && echo - || echo "$b-$c"; }
 echo
 echo "foundation benchmark: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); RUNS=$RUNS KILLS=$KILLS/$PEER_KILLS HUNDRED=$HUNDRED IDLE_SECS=$IDLE_SECS SCALE_RUNS=$SCALE_RUNS${HYPERFINE:+, hyperfine}"
-row "" nodeagent circus supervisord pm2 "best peer" "best/agent"
-line "idle RSS, 10 watchers (MiB)" "$(mib "$A_RSS")" "$(mib "$C_RSS")" "$(mib "$S_RSS")" "$(mib "$P_RSS")"
-line "CLI wall, median (ms)" "$A_CLI_MED" "$C_CLI_MED" "$S_CLI_MED" "$P_CLI_MED"
-line "CLI wall, p95 (ms)" "$A_CLI_P95" "$C_CLI_P95" "$S_CLI_P95" "$P_CLI_P95"
-line "respawn, median (ms)" "$A_RSP_MED" "$C_RSP_MED" "$S_RSP_MED" "$P_RSP_MED"
-line "respawn, p95 (ms)" "$A_RSP_P95" "$C_RSP_P95" "$S_RSP_P95" "$P_RSP_P95"
+row "" nodeagent circus supervisord pm2 "best peer" "best/agent" baseline "agent/baseline"
+line "idle RSS, 10 watchers (MiB)" "$(mib "$A_RSS")" "$(mib "$C_RSS")" "$(mib "$S_RSS")" "$(mib "$P_RSS")" "$(mib "$B_RSS")"
+line "CLI wall, median (ms)" "$A_CLI_MED" "$C_CLI_MED" "$S_CLI_MED" "$P_CLI_MED" "$B_CLI_MED"
+line "CLI wall, p95 (ms)" "$A_CLI_P95" "$C_CLI_P95" "$S_CLI_P95" "$P_CLI_P95" "$B_CLI_P95"
+line "respawn, median (ms)" "$A_RSP_MED" "$C_RSP_MED" "$S_RSP_MED" "$P_RSP_MED" "$B_RSP_MED"
+line "respawn, p95 (ms)" "$A_RSP_P95" "$C_RSP_P95" "$S_RSP_P95" "$P_RSP_P95" "$B_RSP_P95"
 line "RSS, 1 watcher x $HUNDRED, stats on (MiB)" "$(mib "$A_RSS100")" "$(mib "$C_RSS100")" "$(mib "$S_RSS100")" "$(mib "$P_RSS100")"
 line "idle CPU, $HUNDRED procs, ${IDLE_SECS}s (% core)" "$A_CPU" "$C_CPU" "$S_CPU" "$P_CPU"
 line "scale 1 -> $((HUNDRED + 1)), median (ms)" "$(first "$A_SCALE")" "$(first "$C_SCALE")" "$(first "$S_SCALE")" "$(first "$P_SCALE")"
@@ -459,6 +494,9 @@ plain "  min-max of $SCALE_RUNS" "$(range "$A_SCALE")" "$(range "$C_SCALE")" "$(
 line "graceful stop of $HUNDRED, median (ms)" "$(first "$A_STOP")" "$(first "$C_STOP")" "$(first "$S_STOP")" "$(first "$P_STOP")"
 plain "  min-max of $SCALE_RUNS" "$(range "$A_STOP")" "$(range "$C_STOP")" "$(range "$S_STOP")" "$(range "$P_STOP")"
 echo "best/agent: the best peer's figure over the agent's (above 1: the agent is ahead)"
+if [ -n "${BASELINE:-}" ]; then
+    echo "baseline: the nodeagent and ctl in $BASELINE, measured first in this run (the first five rows)"
+fi
 echo "CLI: ctl --node bench numprocesses w1 | circusctl numprocesses w1 | supervisorctl status | pm2 pid w1"
 echo "idle RSS: the manager process alone (circusd with statsd = False: no circusd-stats process;"
 echo "pm2: its daemon, God); 1 watcher x $HUNDRED: nodeagent stats_interval = 1s; circusd plus its"

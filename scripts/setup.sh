@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond the Rust toolchain: nats-server (Debian's
 # package), tmux (the `ctl top` test drives a real terminal), openssl (the TLS test
-# makes its certificates), iproute2 (the network-cut test makes a namespace) and python3
-# (the socket tests and examples/socket_http.py serve on inherited sockets). Sourced by
-# demo.sh and test.sh; safe to run again.
+# makes its certificates), iproute2 (the network-cut test makes a namespace), python3
+# (the socket tests and examples/socket_http.py serve on inherited sockets), and
+# chromium with chromium-driver (the `ctl web` tests drive headless Chromium through
+# WebDriver). Sourced by demo.sh and test.sh; safe to run again.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} ..." >&2
     SUDO=""

@@ -228,6 +228,19 @@ pub enum Sub {
     Listsockets,
     /// Stop every process and end the agent.
     Quit,
+    /// Upgrade the agent in place: after the new binary passed `--check` of the config,
+    /// the agent executes it (the file now at the path it was started from) in the same
+    /// pid. Its processes keep running with the same pids, wids and restart counts,
+    /// their output is not lost, and the node stays a member; `ping` then shows a new
+    /// boot. The reply comes before the exec. If the binary fails the check, nothing
+    /// changes; if the exec fails, the agent goes on as it was. SIGUSR2 does the same.
+    Upgrade {
+        /// One node at a time: each is upgraded, then pinged until it answers with its
+        /// new boot, before the next (with one node: ctl returns once it is back);
+        /// stops at the first node that fails or is not back within --timeout.
+        #[arg(long)]
+        rolling: bool,
+    },
     /// Who answers: version, pid, host, tags, uptime.
     #[command(visible_alias = "info")]
     Ping,
@@ -259,9 +272,9 @@ pub enum Sub {
     /// One snapshot of per-process statistics: node, watcher, pid, CPU, memory, age,
     /// restarts.
     Stats { watcher: Option<String> },
-    /// Follow lifecycle events (spawn, exit, respawn, flapping, start, stop, add, rm,
-    /// reload, join, leave) live, one per line, until Ctrl-C. Every node when no target
-    /// is given.
+    /// Follow lifecycle events (spawn, exit, respawn, flapping, unhealthy, start, stop,
+    /// add, rm, reload, join, leave, max_memory, max_age, hook_failed, upgrade) live,
+    /// one per line, until Ctrl-C. Every node when no target is given.
     Events {
         /// Only this watcher's events.
         #[arg(long)]
@@ -271,11 +284,42 @@ pub enum Sub {
     /// watchers, processes, CPU and memory. Keys: q quit, c/m/n/a sort by CPU, memory,
     /// name, age; arrows and PgUp/PgDn scroll.
     Top,
+    /// Serve a dashboard of the cluster (members, processes with live CPU and memory,
+    /// events, logs) and Prometheus metrics of every node on /metrics, from the
+    /// registry, stats, events and logs subjects. Read-only unless --allow-control.
+    Web(WebArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff); the package installs it.
     #[command(hide = true)]
     Manpage,
+}
+
+/// `ctl web`: where it listens and who may use it.
+#[derive(Args, Debug, Clone)]
+pub struct WebArgs {
+    /// The address to serve on. An address other than loopback needs --web-token or
+    /// --web-token-file.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// A secret every request must carry: `Authorization: Bearer TOKEN` (for scrapers
+    /// and scripts), or the cookie the page sets when first opened as /?token=TOKEN.
+    /// (`--token` is the NATS token.)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CTL_WEB_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "web_token_file"
+    )]
+    pub web_token: Option<String>,
+    /// Read the --web-token secret from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub web_token_file: Option<std::path::PathBuf>,
+    /// Let the page start, stop, restart (also rolling, node by node), resize and
+    /// signal watchers; without it those requests get 403.
+    #[arg(long)]
+    pub allow_control: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -415,6 +459,7 @@ impl Sub {
             Sub::Dstats => Command::Dstats(Empty {}),
             Sub::Listsockets => Command::Listsockets(Empty {}),
             Sub::Quit => Command::Quit(Empty {}),
+            Sub::Upgrade { .. } => Command::Upgrade(Empty {}),
             Sub::Ping => Command::Ping(Empty {}),
             Sub::Logs {
                 watcher,
@@ -434,7 +479,8 @@ impl Sub {
             | Sub::Manpage
             | Sub::Members { .. }
             | Sub::Events { .. }
-            | Sub::Top => return Ok(None),
+            | Sub::Top
+            | Sub::Web(_) => return Ok(None),
         }))
     }
 
@@ -449,6 +495,7 @@ impl Sub {
             | Sub::Set { .. }
             | Sub::Add { .. }
             | Sub::Reloadconfig { .. }
+            | Sub::Upgrade { .. }
             | Sub::Quit => Duration::from_secs(60),
             _ => Duration::from_secs(5),
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use protocol::subjects::CmdTarget;
-use protocol::{Reply, Request, Subjects};
+use protocol::{Command, Reply, Request, Subjects};
 use tokio::sync::watch;
 
 /// What the server refused this connection: a publish or a subscription, and where.
@@ -129,8 +129,10 @@ pub struct Outcome {
     pub epilogue: Vec<String>,
 }
 
-fn decode(payload: &[u8], from: &str) -> Reply {
-    serde_json::from_slice(payload).unwrap_or_else(|e| {
+/// Reads a reply to `command` from its bytes, its data typed as the command's reply
+/// kind says; one that does not read becomes an error reply from `from`.
+fn decode(payload: &[u8], from: &str, command: &Command) -> Reply {
+    command.reply_kind().decode(payload).unwrap_or_else(|e| {
         Reply::error(
             None,
             from,
@@ -241,7 +243,7 @@ async fn request(
             out.missing.push((who.to_owned(), NO_LISTENER.into()))
         }
         Ok(Ok(Some(msg))) => {
-            let reply = decode(&msg.payload, who);
+            let reply = decode(&msg.payload, who, &req.command);
             log_reply(&reply, took, msg.payload.len());
             out.replies.push(reply)
         }
@@ -321,7 +323,7 @@ pub async fn broadcast(
         tokio::select! {
             r = tokio::time::timeout(left, sub.next()) => match r {
                 Ok(Some(msg)) => {
-                    let reply = decode(&msg.payload, "?");
+                    let reply = decode(&msg.payload, "?", &req.command);
                     log_reply(&reply, started.elapsed(), msg.payload.len());
                     waiting.remove(&reply.node);
                     out.replies.push(reply);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use protocol::command::{Command, Numprocesses, Restart};
 use protocol::registry::{MemberInfo, MemberState, MembersData, MembersRequest, StatusFilter};
+use protocol::reply::KindData;
 use protocol::subjects::CmdTarget;
 use protocol::{Reply, Request, Subjects};
 
@@ -59,15 +60,15 @@ pub async fn members(
     }
     match out.replies.into_iter().next() {
         Some(r) if r.is_ok() => {
-            let data: MembersData = r
-                .data()
-                .map_err(|e| format!("unreadable members reply: {e}"))?;
-            tracing::info!(
-                "node {} knows {} matching members",
-                r.node,
-                data.members.len()
-            );
-            Ok((r, data.members))
+            // Read as the members kind by the client: ok replies carry their data.
+            let members = r
+                .data
+                .as_ref()
+                .and_then(MembersData::of)
+                .map(|d| d.members.clone())
+                .ok_or_else(|| "the members reply carries no members".to_owned())?;
+            tracing::info!("node {} knows {} matching members", r.node, members.len());
+            Ok((r, members))
         }
         Some(r) => Err(r.reason.unwrap_or_default().into()),
         None => Err(MembersError::Other(format!(

@@ -69,21 +69,66 @@ pub async fn start(
 /// Why `logs -f` takes no service.
 pub const NO_SERVICE: &str = "logs -f follows nodes: use --node, --all or --tag";
 
+/// How often the follow lease is renewed: a third of its length.
+pub fn renew_every() -> Duration {
+    Duration::from_secs(u64::from(args::FOLLOW_LEASE_SECS) / 3)
+}
+
+/// The body that renews the lease of `req` (a `logs` request with `follow_secs`): the
+/// same request asking for no tail.
+pub fn renewal(req: &Request) -> bytes::Bytes {
+    let mut req = req.clone();
+    if let Command::Logs(p) = &mut req.command {
+        p.lines = Some(0);
+    }
+    serde_json::to_vec(&req)
+        .expect("a request serializes")
+        .into()
+}
+
+impl Follow {
+    /// The subjects whose refusal by the server ends the follow: the lines' and the
+    /// renewal's.
+    pub fn watched(&self) -> [String; 2] {
+        [self.listen.clone(), self.renew_subject.clone()]
+    }
+
+    /// Renews the agents' follow lease with `renewal` (from [`renewal`]). The replies
+    /// go to an inbox nobody reads; a node that missed one renewal gets the next.
+    pub async fn renew(&self, client: &async_nats::Client, renewal: bytes::Bytes) {
+        tracing::debug!("renewing the follow lease on {}", self.renew_subject);
+        let _ = client
+            .publish_with_reply_and_headers(
+                self.renew_subject.clone(),
+                client.new_inbox(),
+                self.headers.clone(),
+                renewal,
+            )
+            .await;
+    }
+
+    /// The next live line of the followed nodes, skipping what does not parse; `None`
+    /// when the subscription ended.
+    pub async fn next_line(&mut self) -> Option<protocol::logs::LogLine> {
+        loop {
+            let msg = self.sub.next().await?;
+            let Ok(line) = serde_json::from_slice::<protocol::logs::LogLine>(&msg.payload) else {
+                continue;
+            };
+            if self.nodes.len() > 1 && !self.nodes.contains(&line.node) {
+                continue;
+            }
+            return Some(line);
+        }
+    }
+}
+
 /// Prints live log lines until Ctrl-C, renewing the agents' follow lease with `req`.
 pub async fn run(conn: &Conn, mut f: Follow, req: &Request, json: bool, multi: bool) -> ExitCode {
-    let renew: bytes::Bytes = {
-        let mut req = req.clone();
-        if let Command::Logs(p) = &mut req.command {
-            // Only the lease: no tail again.
-            p.lines = Some(0);
-        }
-        serde_json::to_vec(&req)
-            .expect("a request serializes")
-            .into()
-    };
+    let renew = renewal(req);
     let client = &conn.client;
-    let every = Duration::from_secs(u64::from(args::FOLLOW_LEASE_SECS) / 3);
-    let watched = [f.listen.clone(), f.renew_subject.clone()];
+    let every = renew_every();
+    let watched = f.watched();
     let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tracing::info!(
@@ -96,25 +141,9 @@ pub async fn run(conn: &Conn, mut f: Follow, req: &Request, json: bool, multi: b
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
             d = conn.denied(&watched) => return crate::not_permitted(&d),
-            _ = tick.tick() => {
-                // The replies go to an inbox nobody reads; a node that missed one renewal
-                // gets the next.
-                tracing::debug!("renewing the follow lease on {}", f.renew_subject);
-                let _ = client
-                    .publish_with_reply_and_headers(
-                        f.renew_subject.clone(),
-                        client.new_inbox(),
-                        f.headers.clone(),
-                        renew.clone(),
-                    )
-                    .await;
-            }
-            msg = f.sub.next() => {
-                let Some(msg) = msg else { return ExitCode::from(crate::EXIT_NO_ANSWER) };
-                let Ok(line) = serde_json::from_slice::<protocol::logs::LogLine>(&msg.payload) else { continue };
-                if f.nodes.len() > 1 && !f.nodes.contains(&line.node) {
-                    continue;
-                }
+            _ = tick.tick() => f.renew(client, renew.clone()).await,
+            line = f.next_line() => {
+                let Some(line) = line else { return ExitCode::from(crate::EXIT_NO_ANSWER) };
                 let text = if json {
                     // Re-encoded: one line, control characters escaped.
                     format!("{}\n", serde_json::to_string(&line).unwrap_or_default())

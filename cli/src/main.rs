@@ -12,6 +12,8 @@ mod output;
 mod plan;
 mod run;
 mod top;
+mod upgrade;
+mod web;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -12,7 +12,6 @@ use protocol::registry::{MemberInfo, MembersData};
 use protocol::reply::*;
 use protocol::stats::StatsData;
 use protocol::{Command, Reply, WatcherOptions};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::fmt::{age, bytes, number, timestamp};
@@ -166,15 +165,19 @@ pub fn render(command: &Command, replies: &[&Reply], multi: bool) -> String {
         ReplyKind::Members => members(&typed(replies)),
         ReplyKind::Logs => logs(n, &typed(replies)),
         ReplyKind::Sockets => sockets(n, &typed(replies)),
+        ReplyKind::Upgrade => upgrade(&typed(replies)),
         ReplyKind::Empty => empty(command, n, &typed(replies)),
     }
 }
 
-/// The replies whose data reads as `T`, each with the node that sent it.
-fn typed<'a, T: DeserializeOwned>(replies: &[&'a Reply]) -> Vec<(&'a str, T)> {
+/// The replies whose data is a `T`, each with the node that sent it.
+fn typed<'a, T: KindData>(replies: &[&'a Reply]) -> Vec<(&'a str, &'a T)> {
     replies
         .iter()
-        .filter_map(|r| r.data::<T>().ok().map(|d| (r.node.as_str(), d)))
+        .filter_map(|r| {
+            let d = r.data.as_ref().and_then(T::of)?;
+            Some((r.node.as_str(), d))
+        })
         .collect()
 }
 
@@ -210,7 +213,7 @@ impl Nodes {
     }
 }
 
-fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
+fn status(n: Nodes, replies: &[(&str, &StatusData)]) -> String {
     let mut t = n.head(&[
         "WATCHER",
         "STATE",
@@ -243,7 +246,7 @@ fn status(n: Nodes, replies: &[(&str, StatusData)]) -> String {
     }
 }
 
-fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
+fn list(n: Nodes, replies: &[(&str, &ListData)]) -> String {
     let now = protocol::unix_time();
     let mut t = n.head(&[
         "WID",
@@ -294,7 +297,7 @@ fn list(n: Nodes, replies: &[(&str, ListData)]) -> String {
     }
 }
 
-fn action(n: Nodes, replies: &[(&str, ActionData)]) -> String {
+fn action(n: Nodes, replies: &[(&str, &ActionData)]) -> String {
     let mut out = String::new();
     for (node, d) in replies {
         if let Some(pids) = &d.pids {
@@ -318,7 +321,7 @@ fn action(n: Nodes, replies: &[(&str, ActionData)]) -> String {
     out
 }
 
-fn numprocesses(n: Nodes, replies: &[(&str, NumprocessesData)]) -> String {
+fn numprocesses(n: Nodes, replies: &[(&str, &NumprocessesData)]) -> String {
     let mut out = String::new();
     for (node, d) in replies {
         push_line!(out, "{}{} processes", n.prefix(node), d.numprocesses);
@@ -326,7 +329,7 @@ fn numprocesses(n: Nodes, replies: &[(&str, NumprocessesData)]) -> String {
     out
 }
 
-fn numwatchers(n: Nodes, replies: &[(&str, NumwatchersData)]) -> String {
+fn numwatchers(n: Nodes, replies: &[(&str, &NumwatchersData)]) -> String {
     let mut out = String::new();
     for (node, d) in replies {
         push_line!(out, "{}{} watchers", n.prefix(node), d.numwatchers);
@@ -334,7 +337,7 @@ fn numwatchers(n: Nodes, replies: &[(&str, NumwatchersData)]) -> String {
     out
 }
 
-fn options(n: Nodes, replies: &[(&str, OptionsData)]) -> String {
+fn options(n: Nodes, replies: &[(&str, &OptionsData)]) -> String {
     let mut out = String::new();
     for (node, d) in replies {
         if n.multi {
@@ -360,7 +363,7 @@ fn key_changes(changes: &[KeyChange]) -> String {
 }
 
 /// `reloadconfig`: what each node applied, or with `--dry-run` would apply.
-fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
+fn plan(n: Nodes, replies: &[(&str, &PlanData)]) -> String {
     let mut out = String::new();
     let mut t = n.head(&["CHANGE", "NAME", "DETAIL"]);
     for (node, d) in replies {
@@ -436,7 +439,7 @@ fn plan(n: Nodes, replies: &[(&str, PlanData)]) -> String {
     out
 }
 
-fn sockets(n: Nodes, replies: &[(&str, SocketsData)]) -> String {
+fn sockets(n: Nodes, replies: &[(&str, &SocketsData)]) -> String {
     let mut t = n.head(&["NAME", "KIND", "ADDRESS", "FD", "WATCHERS"]);
     for (node, d) in replies {
         for s in &d.sockets {
@@ -459,7 +462,23 @@ fn sockets(n: Nodes, replies: &[(&str, SocketsData)]) -> String {
     }
 }
 
-fn dstats(replies: &[(&str, DstatsData)]) -> String {
+fn upgrade(replies: &[(&str, &UpgradeData)]) -> String {
+    let mut out = String::new();
+    for (node, d) in replies {
+        push_line!(
+            out,
+            "node {node}: upgrading, was boot {} (version {}): executing {} again, {} \
+             process(es) kept; `ctl --node {node} ping --json` shows the new boot",
+            d.was_boot_id,
+            d.was_version,
+            d.path,
+            d.processes
+        );
+    }
+    out
+}
+
+fn dstats(replies: &[(&str, &DstatsData)]) -> String {
     let mut t = Table::new(&[
         "NODE", "PID", "CPU%", "RSS", "THREADS", "CHILDREN", "UPTIME", "VERSION",
     ]);
@@ -478,7 +497,7 @@ fn dstats(replies: &[(&str, DstatsData)]) -> String {
     t.render()
 }
 
-fn ping(replies: &[(&str, PingData)]) -> String {
+fn ping(replies: &[(&str, &PingData)]) -> String {
     let mut t = Table::new(&["NODE", "VERSION", "PID", "HOST", "UPTIME", "TAGS"]);
     for (node, d) in replies {
         let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -494,7 +513,7 @@ fn ping(replies: &[(&str, PingData)]) -> String {
     t.render()
 }
 
-fn stats(replies: &[(&str, StatsData)]) -> String {
+fn stats(replies: &[(&str, &StatsData)]) -> String {
     let mut t = Table::new(&[
         "NODE", "WATCHER", "WID", "PID", "CPU%", "MEM", "AGE", "RESTARTS",
     ]);
@@ -521,7 +540,7 @@ fn stats(replies: &[(&str, StatsData)]) -> String {
     }
 }
 
-fn members(replies: &[(&str, MembersData)]) -> String {
+fn members(replies: &[(&str, &MembersData)]) -> String {
     let all: Vec<MemberInfo> = replies
         .iter()
         .flat_map(|(_, d)| d.members.iter().cloned())
@@ -529,7 +548,7 @@ fn members(replies: &[(&str, MembersData)]) -> String {
     crate::cluster::render_members(&all)
 }
 
-fn logs(n: Nodes, replies: &[(&str, LogsData)]) -> String {
+fn logs(n: Nodes, replies: &[(&str, &LogsData)]) -> String {
     let mut out = String::new();
     for (node, d) in replies {
         if d.truncated {
@@ -547,7 +566,7 @@ fn logs(n: Nodes, replies: &[(&str, LogsData)]) -> String {
 
 /// A reply with no data: `quit`'s says the node is going away. Every command is named,
 /// so that a new one is placed here on purpose.
-fn empty(command: &Command, n: Nodes, replies: &[(&str, NoData)]) -> String {
+fn empty(command: &Command, n: Nodes, replies: &[(&str, &NoData)]) -> String {
     let mut out = String::new();
     for (node, _) in replies {
         match command {
@@ -574,7 +593,8 @@ fn empty(command: &Command, n: Nodes, replies: &[(&str, NoData)]) -> String {
             | Command::Stats(_)
             | Command::Members(_)
             | Command::Logs(_)
-            | Command::Listsockets(_) => push_line!(out, "{}ok", n.prefix(node)),
+            | Command::Listsockets(_)
+            | Command::Upgrade(_) => push_line!(out, "{}ok", n.prefix(node)),
         }
     }
     out
@@ -808,6 +828,11 @@ pub mod wild {
                 "stream": "stderr", "time": 1.5, "line": "l"}], "truncated": true}),
             ),
             ("quit", json!({})),
+            (
+                "upgrade",
+                json!({"was_boot_id": "b", "was_version": "v", "path": "/p",
+                "processes": 2}),
+            ),
             ("members", json!({"members": []})),
             (
                 "listsockets",
@@ -893,13 +918,24 @@ mod tests {
         }
     }
 
-    fn reply(node: &str, data: Value) -> Reply {
-        Reply::ok(None, node, 1.0, data)
+    /// A reply of `kind` from `node` with `data`'s fields, read from its bytes as ctl
+    /// reads it.
+    fn decoded(kind: ReplyKind, node: &str, data: &Value) -> Result<Reply, serde_json::Error> {
+        let mut fields = data.as_object().cloned().unwrap_or_default();
+        fields.insert("node".into(), node.into());
+        fields.insert("status".into(), "ok".into());
+        fields.insert("time".into(), 1.0.into());
+        kind.decode(&serde_json::to_vec(&fields)?)
+    }
+
+    fn reply(kind: ReplyKind, node: &str, data: Value) -> Reply {
+        decoded(kind, node, &data).unwrap()
     }
 
     #[test]
     fn a_reload_plan_reads_as_a_table() {
         let dry = reply(
+            ReplyKind::Plan,
             "n1",
             serde_json::json!({"dry_run": true, "added": ["new"], "removed": [],
                 "changed": ["web"], "scaled": [], "kept": ["db"],
@@ -920,6 +956,7 @@ mod tests {
         );
         // An agent of an earlier version: names only.
         let old = reply(
+            ReplyKind::Plan,
             "n2",
             serde_json::json!({"added": [], "removed": ["gone"], "changed": ["web"]}),
         );
@@ -931,6 +968,7 @@ mod tests {
              n2    changed  web\n"
         );
         let none = reply(
+            ReplyKind::Plan,
             "n1",
             serde_json::json!({"added": [], "removed": [], "changed": []}),
         );
@@ -975,14 +1013,13 @@ mod tests {
 
     #[test]
     fn hostile_replies_render_clean() {
-        let mut r = Reply::error(None, "n\x1b[2J1", 0.0, protocol::Errno::BadOption, "x");
-        r.status = protocol::ReplyStatus::Ok;
-        r.data = serde_json::json!({"statuses": {}, "watchers": [{"name": "w\x1b]0;t\x07", "state": "fatal",
-            "numprocesses": 1, "running": 0, "restarts": 1, "service": "s\u{9b}1m",
-            "reason": "why\nnot"}]})
-        .as_object()
-        .cloned()
-        .unwrap();
+        let r = reply(
+            ReplyKind::Status,
+            "n\x1b[2J1",
+            serde_json::json!({"statuses": {}, "watchers": [{"name": "w\x1b]0;t\x07", "state": "fatal",
+                "numprocesses": 1, "running": 0, "restarts": 1, "service": "s\u{9b}1m",
+                "reason": "why\nnot"}]}),
+        );
         let out = render(&wild::command("status"), &[&r], true);
         wild::assert_printable(&out);
         assert!(out.lines().nth(1).unwrap().starts_with("n1    w "), "{out}");
@@ -997,16 +1034,11 @@ mod tests {
         ) {
             for (command, template) in wild::templates() {
                 let data = seeds.like("", &template);
-                let reply = Reply {
-                    id: None,
-                    node: seeds.string(),
-                    status: protocol::ReplyStatus::Ok,
-                    time: 0.0,
-                    reason: None,
-                    errno: None,
-                    data: data.as_object().cloned().unwrap_or_default(),
-                };
-                let out = render(&wild::command(command), &[&reply], multi);
+                let kind = wild::command(command).reply_kind();
+                // Data that does not read as its kind is left out, as ctl leaves it.
+                let reply = decoded(kind, &seeds.string(), &data).ok();
+                let replies: Vec<&Reply> = reply.iter().collect();
+                let out = render(&wild::command(command), &replies, multi);
                 wild::assert_printable(&out);
             }
             let event = seeds.like("", &wild::event_template());

@@ -40,6 +40,8 @@ pub enum Flow {
     },
     /// `top`: the live view of these nodes (all when empty).
     Top { nodes: Vec<String> },
+    /// `web`: the dashboard and the metrics.
+    Web(crate::web::Options),
     /// A request to the targets, in one of the ways of [`Send`].
     Send {
         target: Target,
@@ -55,6 +57,8 @@ pub enum Send {
     Plain,
     /// A rolling restart over several nodes: node by node, `batch` at a time.
     Rolling { batch: usize },
+    /// A rolling upgrade: node by node, each back with a new boot before the next.
+    RollingUpgrade,
     /// A service's new total process count, spread over its members.
     Spread {
         service: String,
@@ -88,6 +92,14 @@ impl Plan {
             Sub::Top => Flow::Top {
                 nodes: watched_nodes(g)?,
             },
+            Sub::Web(w) => {
+                if !g.nodes.is_empty() || g.all || !g.tags.is_empty() || g.service.is_some() {
+                    return Err(
+                        "web shows every node: drop --node, --all, --tag and --service".into(),
+                    );
+                }
+                Flow::Web(crate::web::Options::new(w)?)
+            }
             sub => match sub.command()? {
                 None => Flow::Nothing,
                 Some(command) => {
@@ -118,6 +130,10 @@ fn how(sub: &Sub, command: &Command, target: &Target) -> Result<Send, String> {
             Sub::Restart(a) | Sub::Reload(a) if r.rolling && several => {
                 Send::Rolling { batch: a.batch }
             }
+            _ => Send::Plain,
+        },
+        Command::Upgrade(_) => match sub {
+            Sub::Upgrade { rolling: true } => Send::RollingUpgrade,
             _ => Send::Plain,
         },
         Command::Numprocesses(n) => match (target, n.nb) {

@@ -63,6 +63,7 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
                 }
             }
         }
+        Flow::Web(opts) => crate::web::run(conn, subjects, opts).await,
         Flow::Send {
             target,
             request,
@@ -111,6 +112,14 @@ async fn send(
         humantime::format_duration(timeout)
     );
     match how {
+        Send::RollingUpgrade => {
+            let nodes = match rolling_nodes(conn, subjects, target, timeout).await {
+                Ok(n) => n,
+                Err(code) => return code,
+            };
+            let out = crate::upgrade::rolling_upgrade(conn, subjects, &nodes, timeout, json).await;
+            report(&req.command, out, json, true)
+        }
         Send::Rolling { batch } => {
             // The plan sends only a restart or a reload the rolling way.
             let (Command::Restart(r) | Command::Reload(r)) = &req.command else {
@@ -166,6 +175,32 @@ async fn send(
             follow::run(conn, f, req, json, multi(target)).await
         }
         Send::Plain => request(conn, subjects, target, req, timeout, json).await,
+    }
+}
+
+/// The nodes a rolling command goes through, in order: the --node ones, or the alive
+/// members matching the target.
+async fn rolling_nodes(
+    conn: &Conn,
+    subjects: &Subjects,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Vec<String>, ExitCode> {
+    match target {
+        Target::Members(tags) => {
+            match cluster::alive_members(conn, subjects, tags, timeout.min(Duration::from_secs(5)))
+                .await
+            {
+                Ok(ms) if ms.is_empty() => {
+                    eprintln!("ctl: no alive node matches the target");
+                    Err(ExitCode::from(EXIT_NO_ANSWER))
+                }
+                Ok(ms) => Ok(ms.into_iter().map(|m| m.name).collect()),
+                Err(e) => Err(members_failed(e)),
+            }
+        }
+        Target::Nodes(n) => Ok(n.clone()),
+        Target::Service(_) => Ok(vec![]),
     }
 }
 

@@ -700,6 +700,7 @@ mod tests {
             pid,
             cpu_percent: cpu,
             rss_bytes: rss,
+            cpu_seconds: 0.0,
             age_secs: age,
             restarts: wid - 1,
             health: None,

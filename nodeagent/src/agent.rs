@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ValidatedConfig, WatcherConfig};
 use crate::dispatch::Node;
 use crate::groups::Groups;
+use crate::handoff;
 use crate::identity::Identity;
 use crate::logs::{Closing, LogManager};
 use crate::memberloop::{self, MembershipHandle, MembershipSettings};
@@ -28,6 +29,7 @@ use crate::sockets::{BindError, SocketSet};
 use crate::state::{self, StateStore};
 use crate::supervisor::{self, CapturedOutput, OutputSink, SupervisorHandle};
 use crate::transport::{self, Publisher, TransportError};
+use crate::upgrade::{self, UpgradeHandle};
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +80,47 @@ impl OutputSink for LogCapture {
     fn forget(&mut self, watcher: &str) {
         drop(self.logs.remove(watcher));
     }
+
+    fn adopt(&mut self, out: supervisor::AdoptedOutput) {
+        if let Err(e) = self.logs.capture_fds(
+            &out.watcher,
+            out.wid,
+            out.stdout,
+            out.stderr,
+            out.max_bytes,
+            out.backups,
+        ) {
+            tracing::error!(watcher = %out.watcher, "cannot capture output: {e}");
+        }
+    }
+
+    fn hand_over(
+        &mut self,
+    ) -> futures::future::BoxFuture<'static, Option<Vec<supervisor::adopt::HandedPipe>>> {
+        let pipes = self.logs.hand_over(HANDOVER_WITHIN);
+        Box::pin(async move {
+            let pipes = pipes.await?;
+            Some(
+                pipes
+                    .into_iter()
+                    .map(|p| supervisor::adopt::HandedPipe {
+                        watcher: p.watcher,
+                        wid: p.wid,
+                        stdout: p.stream == protocol::logs::Stream::Stdout,
+                        fd: p.fd,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn resume(&mut self) {
+        self.logs.resume();
+    }
 }
+
+/// How long the log pumps may take to stop and write what they read, for an upgrade.
+const HANDOVER_WITHIN: Duration = Duration::from_secs(2);
 
 impl Drop for LogCapture {
     fn drop(&mut self) {
@@ -123,15 +165,25 @@ pub async fn run(
     config: ValidatedConfig,
     shutdown: CancellationToken,
     reload: mpsc::Receiver<()>,
+    usr2: mpsc::Receiver<()>,
 ) -> Result<(), AgentError> {
     let identity = Identity::new(&config.agent.name, config.agent.tags.clone());
     let subjects = Subjects::new(config.nats.prefix.clone());
     // Held until this function returns: one agent per state dir.
     let _lock = own_dirs(&config)?;
-    check_name(&config, &subjects, &identity).await?;
+    // After an upgrade, this process already is the node: no name check.
+    let mut adoption = take_handoff(&config, &identity);
+    if adoption.is_none() {
+        check_name(&config, &subjects, &identity).await?;
+    }
     // What a crashed run left behind goes first: it may still hold a socket's address.
     let groups = open_groups(home(&config));
-    let sockets = bind_sockets(&config)?;
+    let inherited = match adoption.as_mut() {
+        Some(a) => SocketSet::inherited(&config.sockets, std::mem::take(&mut a.sockets)),
+        None => SocketSet::default(),
+    };
+    let sockets = bind_sockets(&config, &inherited)?;
+    drop(inherited);
     let client = transport::connect(&config.nats, &identity.node).await?;
     let bus = Publisher::new(client.clone());
     crate::fatal::arm_faults(home(&config));
@@ -141,7 +193,7 @@ pub async fn run(
     let logs = LogManager::new(&config.agent.log_dir, &identity.node).map_err(AgentError::Logs)?;
     let log_feed = logs.feed();
     let (closed_tx, logs_closed) = oneshot::channel();
-    let (supervisor, sup_task) = supervisor::start(
+    let (supervisor, sup_task) = supervisor::start_adopting(
         watchers,
         stopped,
         supervisor_settings(&config, &identity, store.clone(), sockets, groups),
@@ -149,6 +201,7 @@ pub async fn run(
             logs,
             closed: Some(closed_tx),
         }),
+        adoption.map(|a| a.processes).unwrap_or_default(),
     );
     let inputs = memberloop::Inputs {
         registry: transport::subscribe_registry(&client, &subjects).await?,
@@ -175,6 +228,7 @@ pub async fn run(
         supervisor.clone(),
     ));
     relay::publish_agent_event(&bus, &subjects, &identity, EventKind::Join).await;
+    let (upgrades, asks) = UpgradeHandle::new();
     let node = Arc::new(Node {
         stats,
         membership: membership.clone(),
@@ -189,6 +243,7 @@ pub async fn run(
         log_dir: config.agent.log_dir.clone(),
         max_payload: bus.max_payload(),
         follow: Default::default(),
+        upgrade: upgrades,
     });
     tracing::info!(node = %identity.node, boot_id = %identity.boot_id, "agent started");
 
@@ -205,7 +260,13 @@ pub async fn run(
         log_feed,
         node.follow.clone(),
     ));
-    wait_for_stop(&shutdown, reload, &node).await;
+    let upgrade = Upgrades {
+        asks,
+        usr2,
+        bus: bus.clone(),
+        home: home(&config).to_owned(),
+    };
+    wait_for_stop(&shutdown, reload, upgrade, &node).await;
     stop(Running {
         supervisor,
         sup_task,
@@ -287,15 +348,48 @@ fn saved_state(config: &ValidatedConfig) -> Result<Desired, AgentError> {
     }
 }
 
-/// Binds the config's sockets, before any process starts; a failure names each socket
-/// and its address.
-fn bind_sockets(config: &ValidatedConfig) -> Result<SocketSet, AgentError> {
-    let sockets = SocketSet::bind(&config.sockets, &SocketSet::default()).map_err(|source| {
-        AgentError::Sockets {
+/// Reads the hand-over of an upgrade in the state dir, if any: this process's own is
+/// adopted; another's (an upgrade whose new binary never started) is reported, its
+/// processes left to the group ledger, which ends them, and the watchers start afresh.
+fn take_handoff(config: &ValidatedConfig, identity: &Identity) -> Option<handoff::Adoption> {
+    match handoff::take(home(config), &identity.node) {
+        Ok(handoff::Found::Nothing) => None,
+        Ok(handoff::Found::Stale { why, processes }) => {
+            tracing::warn!(
+                "found the hand-over of an upgrade that did not complete: {why}; its \
+                 {processes} process(es) are not adopted: the group ledger ends what is \
+                 left of them, and the watchers start afresh"
+            );
+            None
+        }
+        Ok(handoff::Found::Adopt(a)) => {
+            for why in &a.refused {
+                tracing::warn!("not adopted: {why}");
+            }
+            tracing::info!(
+                "upgraded from boot {} (version {}): adopting {} process(es) and {} socket(s)",
+                a.from_boot,
+                a.from_version,
+                a.processes.len(),
+                a.sockets.len()
+            );
+            Some(*a)
+        }
+        Err(e) => {
+            tracing::warn!("{e}; starting afresh");
+            None
+        }
+    }
+}
+
+/// Binds the config's sockets, before any process starts, keeping those of `inherited`
+/// (handed over by an upgrade); a failure names each socket and its address.
+fn bind_sockets(config: &ValidatedConfig, inherited: &SocketSet) -> Result<SocketSet, AgentError> {
+    let sockets =
+        SocketSet::bind(&config.sockets, inherited).map_err(|source| AgentError::Sockets {
             path: config.path.clone(),
             source,
-        }
-    })?;
+        })?;
     for b in sockets.iter() {
         tracing::info!(socket = %b.spec.name, "listening on {} ({})", b.address, b.kind());
     }
@@ -403,13 +497,47 @@ fn membership_settings(
     }
 }
 
+/// Where upgrades are asked for: `ctl upgrade` and SIGUSR2.
+struct Upgrades {
+    asks: mpsc::Receiver<upgrade::Ask>,
+    usr2: mpsc::Receiver<()>,
+    bus: Publisher,
+    home: std::path::PathBuf,
+}
+
+impl Upgrades {
+    /// Carries out an upgrade; returns only when it did not happen.
+    async fn perform(&self, node: &Node, ask: upgrade::Ask) {
+        let ctx = upgrade::Context {
+            supervisor: &node.supervisor,
+            membership: &node.membership,
+            bus: &self.bus,
+            subjects: &node.subjects,
+            identity: &node.identity,
+            home: &self.home,
+            config_path: &node.config_path,
+        };
+        upgrade::perform(&ctx, ask).await;
+    }
+}
+
 /// Waits until `shutdown` is cancelled or a task panicked, reloading the config at
-/// each `reload`.
-async fn wait_for_stop(shutdown: &CancellationToken, mut reload: mpsc::Receiver<()>, node: &Node) {
+/// each `reload` and upgrading at each ask (an upgrade that succeeds never returns).
+async fn wait_for_stop(
+    shutdown: &CancellationToken,
+    mut reload: mpsc::Receiver<()>,
+    mut upgrades: Upgrades,
+    node: &Node,
+) {
     let panicked = crate::fatal::panicked();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(ask) = upgrades.asks.recv() => upgrades.perform(node, ask).await,
+            Some(()) = upgrades.usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading");
+                upgrades.perform(node, upgrade::Ask { reply: None }).await;
+            }
             _ = panicked.cancelled() => {
                 tracing::error!(
                     "a task panicked ({}); stopping every process, then exiting with code {}",

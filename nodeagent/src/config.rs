@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::sockets::{SocketOptions, SocketSpec};
 
 pub mod deps;
+pub mod guards;
 
 /// One thing wrong with a config, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +346,17 @@ pub struct WatcherConfig {
     pub max_surge: Option<u32>,
     /// `max_unavailable` as set (see [`WatcherConfig::rollout`]).
     pub max_unavailable: Option<u32>,
+    /// The most resident memory a process may use, in bytes.
+    pub max_memory: Option<u64>,
+    /// Readings above `max_memory` in a row that restart a process.
+    pub max_memory_samples: u32,
+    /// Resource limits set in each process before it runs.
+    pub rlimits: Vec<guards::RlimitSetting>,
+    /// How long a process runs before it is recycled (plus up to `max_age_variance`).
+    pub max_age: Option<Duration>,
+    pub max_age_variance: Duration,
+    /// Commands run around the watcher's life.
+    pub hooks: guards::HooksConfig,
 }
 
 /// How a rolling restart replaces a watcher's processes.
@@ -673,6 +685,21 @@ pub const WATCHER_DURATIONS: &[Range<Duration>] = &[
         min: millis(100),
         max: secs(3600),
     },
+    Range {
+        key: "max_age",
+        min: secs(1),
+        max: secs(365 * 24 * 3600),
+    },
+    Range {
+        key: "max_age_variance",
+        min: Duration::ZERO,
+        max: secs(365 * 24 * 3600),
+    },
+    Range {
+        key: "hooks.timeout",
+        min: millis(100),
+        max: secs(3600),
+    },
 ];
 
 /// The range of every `[agent]` and `[nats]` duration. `stats_interval` may also be
@@ -756,6 +783,11 @@ pub const COUNTS: &[Range<i64>] = &[
         key: "max_unavailable",
         min: 0,
         max: MAX_PROCESSES as i64,
+    },
+    Range {
+        key: "max_memory_samples",
+        min: 1,
+        max: 1000,
     },
     Range {
         key: "backlog",
@@ -1422,6 +1454,55 @@ impl WatcherConfig {
         for m in crate::sockets::check_watcher_list(&sockets, texts.map(String::as_str)) {
             problems.push(Problem::at(&loc, "sockets", m));
         }
+        let max_memory = o.max_memory.as_ref().and_then(|v| {
+            guards::max_memory(v)
+                .map_err(|m| problems.push(Problem::at(&loc, "max_memory", m)))
+                .ok()
+        });
+        let max_memory_samples = o.max_memory_samples.unwrap_or(guards::MAX_MEMORY_SAMPLES);
+        if let Err(m) = check_count("max_memory_samples", max_memory_samples.into()) {
+            problems.push(Problem::at(&loc, "max_memory_samples", m));
+        }
+        let rlimits = match o.rlimits.as_ref().map(guards::rlimits) {
+            None => Vec::new(),
+            Some(Ok(list)) => list,
+            Some(Err(list)) => {
+                for (key, m) in list {
+                    problems.push(Problem::at(&loc, &key, m));
+                }
+                Vec::new()
+            }
+        };
+        let mut age = |key: &str, v: &Option<String>| {
+            v.as_ref().and_then(|s| {
+                parse_duration_in_range(key, s)
+                    .map_err(|m| problems.push(Problem::at(&loc, key, m)))
+                    .ok()
+            })
+        };
+        let max_age = age("max_age", &o.max_age);
+        let max_age_variance = age("max_age_variance", &o.max_age_variance).unwrap_or_default();
+        if o.max_age_variance.is_some() && o.max_age.is_none() {
+            problems.push(Problem::at(
+                &loc,
+                "max_age_variance",
+                "set without max_age; set max_age too, or remove it",
+            ));
+        }
+        let hooks = match o
+            .hooks
+            .as_ref()
+            .map(|h| guards::hooks(h, |t| parse_duration_in_range("hooks.timeout", t)))
+        {
+            None => BTreeMap::new(),
+            Some(Ok(h)) => h,
+            Some(Err(list)) => {
+                for (key, m) in list {
+                    problems.push(Problem::at(&loc, &key, m));
+                }
+                BTreeMap::new()
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -1459,6 +1540,12 @@ impl WatcherConfig {
             sockets,
             max_surge: o.max_surge,
             max_unavailable: o.max_unavailable,
+            max_memory,
+            max_memory_samples,
+            rlimits,
+            max_age,
+            max_age_variance,
+            hooks,
         })
     }
 
@@ -1521,6 +1608,14 @@ impl WatcherConfig {
             sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
             max_surge: self.max_surge,
             max_unavailable: self.max_unavailable,
+            max_memory: self
+                .max_memory
+                .map(|n| protocol::options::ByteSize::Text(guards::format_size(n))),
+            max_memory_samples: Some(self.max_memory_samples),
+            rlimits: (!self.rlimits.is_empty()).then(|| guards::rlimits_options(&self.rlimits)),
+            max_age: self.max_age.map(format_duration),
+            max_age_variance: self.max_age.map(|_| format_duration(self.max_age_variance)),
+            hooks: guards::hooks_options(&self.hooks),
         }
     }
 
@@ -1537,6 +1632,7 @@ impl WatcherConfig {
             || self.stdout != other.stdout
             || self.stderr != other.stderr
             || self.sockets != other.sockets
+            || self.rlimits != other.rlimits
     }
 }
 

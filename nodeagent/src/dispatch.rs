@@ -1,6 +1,6 @@
 //! Request dispatch: reads each request, checks that the subject it came on accepts it,
 //! and answers it, either itself (ping, dstats, stats, members, logs, reloadconfig,
-//! quit) or through the supervisor's handle. One exhaustive `match` over
+//! quit, upgrade) or through the supervisor's handle. One exhaustive `match` over
 //! [`protocol::Command`] says where every command goes. It never touches NATS (the
 //! transport calls it) or processes (the supervisor owns them).
 
@@ -45,6 +45,8 @@ pub struct Node {
     pub(crate) max_payload: usize,
     /// Whose captured lines are published live.
     pub follow: Arc<crate::logs::FollowLeases>,
+    /// Where `upgrade` is asked for.
+    pub(crate) upgrade: crate::upgrade::UpgradeHandle,
 }
 
 /// The one place a command's reply is built: its typed data, or its error. Data of
@@ -100,6 +102,10 @@ impl Node {
             Command::Stats(p) => typed(self.stats(p.name).await),
             Command::Logs(props) => typed(self.logs(props).await),
             Command::Reloadconfig(p) => typed(self.reload_config(p.dry_run).await),
+            Command::Upgrade(_) => {
+                tracing::info!("upgrade requested");
+                typed(self.upgrade.upgrade().await)
+            }
             // The supervisor's own commands, each named so that a new command must be
             // placed here on purpose.
             c @ (Command::Status(_)

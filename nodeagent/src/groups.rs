@@ -243,6 +243,12 @@ fn end_leftovers(old: &Record) -> usize {
     if old.groups.is_empty() || old.boot_id != kernel_boot_id() {
         return 0;
     }
+    let me = std::process::id();
+    if old.agent_pid == me && start_time(me) == Some(old.agent_start) {
+        // This process's own previous image, before an upgrade's exec: the hand-over
+        // adopts its groups.
+        return 0;
+    }
     if old.agent_pid != 0 && start_time(old.agent_pid) == Some(old.agent_start) {
         tracing::warn!(
             "the agent that wrote this state dir (pid {}) is still running; \

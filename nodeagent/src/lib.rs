@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatch;
 pub mod fatal;
 pub mod groups;
+pub mod handoff;
 pub mod identity;
 pub mod logs;
 pub mod memberloop;
@@ -25,6 +26,7 @@ pub mod supervisor;
 pub mod sysevents;
 pub mod systemd;
 pub mod transport;
+pub mod upgrade;
 
 #[cfg(test)]
 mod module_graph;

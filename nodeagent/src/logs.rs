@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ use protocol::logs::{LogLine, LogsData, Stream};
 use protocol::subjects::{validate_token, NameError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Rotate a log file when it reaches this size, unless the watcher sets `log_max_bytes`.
@@ -85,6 +86,8 @@ pub enum LogError {
     BadName { name: String, reason: NameError },
     #[error("cannot read log file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("cannot read the output pipe of watcher '{watcher}' handed over by the agent's previous image: {source}")]
+    Handover { watcher: String, source: io::Error },
 }
 
 /// The path of a watcher's log file: index 0 is the current file, 1 the newest rotated.
@@ -176,17 +179,34 @@ fn complete_utf8_len(bytes: &[u8]) -> usize {
 /// Reads `reader` to its end and hands each line (without `\n` or `\r\n`) to `emit`;
 /// lines longer than `max` are cut. The last line is handed over even without a newline,
 /// also when reading fails.
+#[cfg(test)]
 async fn read_lines<R: AsyncRead + Unpin>(
     mut reader: R,
     max: usize,
-    mut emit: impl FnMut(Vec<u8>),
+    emit: impl FnMut(Vec<u8>),
 ) -> io::Result<()> {
+    read_lines_until(&mut reader, max, None, emit)
+        .await
+        .map(drop)
+}
+
+/// As [`read_lines`], but it also stops, returning `true`, once `pause` says so: then
+/// every byte read so far has been handed to `emit` (a line cut short by the pause
+/// included) and nothing more is read, so the rest of the pipe can be read by whoever
+/// reads it next.
+async fn read_lines_until<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    mut pause: Option<&mut watch::Receiver<bool>>,
+    mut emit: impl FnMut(Vec<u8>),
+) -> io::Result<bool> {
     // Small until a read fills it, then CHUNK: a quiet process's two streams cost
     // about a kilobyte, a chatty one's the full buffer. Never zeroed (as a
     // `BufReader`'s is): only what a process prints is written to it.
     let mut buf: Vec<u8> = Vec::with_capacity(FIRST_CHUNK);
     let mut start = 0;
     let mut line = Vec::new();
+    let mut paused = false;
     let result = loop {
         if start == buf.len() {
             if buf.len() == buf.capacity() && buf.capacity() < CHUNK {
@@ -194,11 +214,26 @@ async fn read_lines<R: AsyncRead + Unpin>(
             }
             buf.clear();
             start = 0;
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break Err(e),
+            let filled = match pause.as_deref_mut() {
+                // Dropping a pending read loses nothing: `read_buf` is cancel safe.
+                Some(p) => tokio::select! {
+                    biased;
+                    _ = p.wait_for(|p| *p) => None,
+                    r = reader.read_buf(&mut buf) => Some(r),
+                },
+                None => Some(reader.read_buf(&mut buf).await),
+            };
+            match filled {
+                // Every byte read so far was handed over (the pause is only
+                // looked at once the buffer is consumed); what the line holds goes below.
+                None => {
+                    paused = true;
+                    break Ok(());
+                }
+                Some(Ok(0)) => break Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => break Err(e),
             }
         }
         let avail = &buf[start..];
@@ -233,7 +268,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
     if !line.is_empty() {
         emit(line);
     }
-    result
+    result.map(|()| paused)
 }
 
 /// What the writer gets.
@@ -296,6 +331,7 @@ struct SinkInner {
     tx: mpsc::UnboundedSender<Entry>,
     counters: Arc<Counters>,
     feed: broadcast::Sender<Arc<LogLine>>,
+    control: Arc<PumpControl>,
 }
 
 /// Where the lines of one (watcher, stream) go. Cheap to clone; each pump holds one. The
@@ -327,7 +363,7 @@ impl LogSinkHandle {
     /// Starts a pump for a pipe of process `wid`; see [`pump`].
     pub fn pump<R>(&self, reader: R, wid: u32) -> JoinHandle<()>
     where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: AsyncRead + AsFd + Unpin + Send + 'static,
     {
         pump(reader, wid, self.clone())
     }
@@ -382,16 +418,42 @@ impl LogSinkHandle {
 /// Reads lines from a child's pipe until it closes and hands them to `sink` as process
 /// `wid`. Never waits for the disk or for followers: see the module docs. The task ends
 /// when every holder of the pipe's write end (the child and any descendant) closed it.
+/// While the manager hands the pipes over ([`LogManager::hand_over`]) it reads nothing
+/// and keeps the pipe open without close-on-exec.
 pub fn pump<R>(reader: R, wid: u32, sink: LogSinkHandle) -> JoinHandle<()>
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + AsFd + Unpin + Send + 'static,
 {
+    let control = sink.inner.control.clone();
+    let id = control.register(&sink, wid, reader.as_fd().as_raw_fd());
     tokio::spawn(async move {
+        let mut reader = reader;
+        let mut pause = control.paused.subscribe();
         let mut pending = 0;
-        let result = read_lines(reader, MAX_LINE_BYTES, |bytes| {
-            sink.offer(wid, SystemTime::now(), lossy(bytes), &mut pending);
-        })
-        .await;
+        let result = loop {
+            let read = read_lines_until(&mut reader, MAX_LINE_BYTES, Some(&mut pause), |bytes| {
+                sink.offer(wid, SystemTime::now(), lossy(bytes), &mut pending);
+            })
+            .await;
+            match read {
+                Ok(true) => {
+                    let handed = crate::process::set_cloexec(&reader, false);
+                    if let Err(e) = &handed {
+                        tracing::warn!(
+                            watcher = sink.watcher(),
+                            wid,
+                            "cannot hand the pipe over: {e}"
+                        );
+                    }
+                    control.set_paused(id, handed.is_ok());
+                    let _ = pause.wait_for(|p| !*p).await;
+                    let _ = crate::process::set_cloexec(&reader, true);
+                    control.set_paused(id, false);
+                }
+                other => break other.map(drop),
+            }
+        };
+        control.unregister(id);
         if pending > 0 {
             // The pipe is closed; one small note may go past the budget.
             sink.enqueue(
@@ -412,6 +474,85 @@ where
             );
         }
     })
+}
+
+/// A pipe handed over across the agent's exec: whose, and its fd (close-on-exec cleared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedPipe {
+    pub watcher: String,
+    pub wid: u32,
+    pub stream: Stream,
+    pub fd: RawFd,
+}
+
+#[derive(Debug)]
+struct PumpEntry {
+    pipe: HandedPipe,
+    paused: bool,
+}
+
+/// The pumps of a manager, so that they can stop reading while the agent hands their
+/// pipes over to its next image, and go on if that fails.
+#[derive(Debug)]
+struct PumpControl {
+    paused: watch::Sender<bool>,
+    pumps: std::sync::Mutex<HashMap<u64, PumpEntry>>,
+    next: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl PumpControl {
+    fn new() -> Self {
+        PumpControl {
+            paused: watch::channel(false).0,
+            pumps: Default::default(),
+            next: AtomicU64::new(1),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PumpEntry>> {
+        self.pumps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, sink: &LogSinkHandle, wid: u32, fd: RawFd) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let pipe = HandedPipe {
+            watcher: sink.watcher().to_owned(),
+            wid,
+            stream: sink.stream(),
+            fd,
+        };
+        self.lock().insert(
+            id,
+            PumpEntry {
+                pipe,
+                paused: false,
+            },
+        );
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.lock().remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    fn set_paused(&self, id: u64, paused: bool) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.paused = paused;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The pipes of the pumps that have all stopped, or `None` while some still read.
+    fn all_paused(&self) -> Option<Vec<HandedPipe>> {
+        let pumps = self.lock();
+        pumps
+            .values()
+            .all(|e| e.paused)
+            .then(|| pumps.values().map(|e| e.pipe.clone()).collect())
+    }
 }
 
 /// Appends to one log file and rotates it.
@@ -588,6 +729,7 @@ pub struct LogManager {
     feed: broadcast::Sender<Arc<LogLine>>,
     queue_bytes: usize,
     sinks: HashMap<(String, Stream), Sink>,
+    control: Arc<PumpControl>,
 }
 
 impl LogManager {
@@ -609,6 +751,7 @@ impl LogManager {
             feed: broadcast::channel(FEED_CAPACITY).0,
             queue_bytes: QUEUE_BYTES,
             sinks: HashMap::new(),
+            control: Arc::new(PumpControl::new()),
         })
     }
 
@@ -668,6 +811,7 @@ impl LogManager {
                 tx,
                 counters,
                 feed: self.feed.clone(),
+                control: self.control.clone(),
             }),
         };
         self.sinks.insert(
@@ -722,6 +866,81 @@ impl LogManager {
                 .map(|s| s.writer)
                 .collect(),
         )
+    }
+
+    /// Captures pipes of process `wid` of `watcher` that the agent's previous image
+    /// handed over (see [`LogManager::hand_over`]), as [`LogManager::capture`] does.
+    pub fn capture_fds(
+        &mut self,
+        watcher: &str,
+        wid: u32,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        max_bytes: u64,
+        backups: u32,
+    ) -> Result<Vec<JoinHandle<()>>, LogError> {
+        let mut pumps = Vec::with_capacity(2);
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            let Some(fd) = fd else { continue };
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|source| {
+                LogError::Handover {
+                    watcher: watcher.to_owned(),
+                    source,
+                }
+            })?;
+            pumps.push(
+                self.sink(watcher, stream, max_bytes, backups)?
+                    .pump(pipe, wid),
+            );
+        }
+        Ok(pumps)
+    }
+
+    /// Stops every pump reading and returns their pipes (close-on-exec cleared) once
+    /// every line read so far is written, for the agent's exec; within `within`, or
+    /// `None` when some pump or writer did not stop in time (then they read on).
+    /// [`LogManager::resume`] lets them read again.
+    pub fn hand_over(
+        &self,
+        within: std::time::Duration,
+    ) -> impl std::future::Future<Output = Option<Vec<HandedPipe>>> + Send + 'static {
+        let control = self.control.clone();
+        let counters: Vec<Arc<Counters>> = self
+            .sinks
+            .values()
+            .map(|s| s.handle.inner.counters.clone())
+            .collect();
+        control.paused.send_replace(true);
+        async move {
+            let until = tokio::time::Instant::now() + within;
+            let pipes = loop {
+                let changed = control.changed.notified();
+                if let Some(pipes) = control.all_paused() {
+                    break pipes;
+                }
+                if tokio::time::timeout_at(until, changed).await.is_err() {
+                    control.paused.send_replace(false);
+                    return None;
+                }
+            };
+            // The writers write what the pumps queued: a short wait, on the disk.
+            while counters
+                .iter()
+                .any(|c| c.queued.load(Ordering::Acquire) > 0)
+            {
+                if tokio::time::Instant::now() >= until {
+                    control.paused.send_replace(false);
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Some(pipes)
+        }
+    }
+
+    /// Lets the pumps read again after [`LogManager::hand_over`].
+    pub fn resume(&self) {
+        self.control.paused.send_replace(false);
     }
 
     /// Forgets every sink (agent shutdown).

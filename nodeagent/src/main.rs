@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Supervises the processes of this machine and answers `ctl` over NATS.
 ///
+/// SIGHUP reloads the config; SIGUSR2 upgrades in place: the agent executes its binary
+/// again (the file now at the path it was started from), in the same pid, and its
+/// processes keep running.
+///
 /// Exit codes: 0 after a graceful stop (SIGTERM, SIGINT or `ctl quit`), 1 when the agent
 /// cannot run (NATS credentials, an unsafe or locked state or log dir, name already
 /// taken), 2 for an invalid config or bad arguments, 70 after an internal error (a
@@ -74,10 +78,14 @@ fn main() -> ExitCode {
     }
     raise_open_files_limit();
     fatal::install_hook();
-    // One thread runs every task: the agent mostly waits, and each worker thread would
-    // cost a stack and a malloc arena. Blocking work (/proc samples, state saves, log
-    // writes) goes to the blocking pool as before.
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    nodeagent::process::remember_self();
+    // One worker thread runs every task: the agent mostly waits, and each more worker
+    // would cost a stack and a malloc arena. Not a current-thread runtime: the main
+    // thread is the forker (below) and waits for fork jobs, so the tasks need a thread
+    // of their own. Blocking work (/proc samples, state saves, log writes) goes to the
+    // blocking pool as before.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -87,13 +95,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = rt.block_on(async move {
+    // The main thread forks every child and is the one that executes the binary again
+    // on an upgrade (see `process::run_forker`); the agent runs on the runtime's threads.
+    let code = nodeagent::process::run_forker(&rt, async move {
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (usr2_tx, usr2_rx) = tokio::sync::mpsc::channel(1);
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             eprintln!("nodeagent: cannot install signal handlers");
             return ExitCode::from(1);
@@ -105,11 +117,12 @@ fn main() -> ExitCode {
                     _ = term.recv() => { tracing::info!("SIGTERM: stopping"); token.cancel(); }
                     _ = int.recv() => { tracing::info!("SIGINT: stopping"); token.cancel(); }
                     _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); let _ = reload_tx.try_send(()); }
+                    _ = usr2.recv() => { let _ = usr2_tx.try_send(()); }
                 }
             }
         });
         // In a task of its own, so that a panic of `run` itself is caught too.
-        match tokio::spawn(agent::run(cfg, shutdown, reload_rx)).await {
+        match tokio::spawn(agent::run(cfg, shutdown, reload_rx, usr2_rx)).await {
             Ok(Ok(())) if fatal::reason().is_none() => ExitCode::SUCCESS,
             Ok(Ok(())) => ExitCode::from(fatal::EXIT_PANIC),
             Ok(Err(e @ AgentError::Panicked(_))) => {

@@ -40,6 +40,8 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
 
 enum MemberCmd {
     Query(MembersRequest, oneshot::Sender<Vec<MemberInfo>>),
+    /// The agent is about to exec (`Some(grace)`), or that failed (`None`).
+    Upgrading(Option<Duration>, oneshot::Sender<()>),
     Leaving,
     Left(oneshot::Sender<()>),
 }
@@ -63,6 +65,20 @@ impl MembershipHandle {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default()
+    }
+
+    /// Announces that this agent re-executes its binary: peers neither fail it when its
+    /// connection closes nor suspect it for up to `grace` (until its new boot joins);
+    /// `None` says the exec failed and heartbeats go on as before. Returns once the
+    /// announcement is flushed (bounded).
+    pub async fn upgrading(&self, grace: Option<Duration>) {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send_timeout(MemberCmd::Upgrading(grace, tx), PUBLISH_TIMEOUT);
+        if sent.await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
     }
 
     /// Announces that this agent is leaving (it is stopping its processes). Waits at
@@ -115,6 +131,7 @@ pub fn start<W: Watchers>(
         subject: settings.subjects.registry(&settings.identity.node),
         seq: 0,
         kind: AnnounceKind::Join,
+        upgrading: None,
         last: vec![],
         bus,
         settings,
@@ -135,6 +152,8 @@ struct Task<W> {
     seq: u64,
     /// What the next heartbeat says: join, then alive (or leaving).
     kind: AnnounceKind,
+    /// While the agent is about to exec: the grace its announcements ask for.
+    upgrading: Option<Duration>,
     /// The watchers last announced.
     last: Vec<WatcherBrief>,
 }
@@ -256,6 +275,15 @@ impl<W: Watchers> Task<W> {
                 let _ = reply.send(self.table.members(&req));
                 None
             }
+            Some(MemberCmd::Upgrading(grace, done)) => {
+                self.upgrading = grace;
+                let ann = self.announcement(self.kind).await;
+                self.table.observe(&ann, Instant::now());
+                self.publish(ann).await;
+                self.bus.flush(Duration::from_secs(2)).await;
+                let _ = done.send(());
+                None
+            }
             Some(MemberCmd::Leaving) => {
                 self.kind = AnnounceKind::Leaving;
                 let ann = self.announcement(self.kind).await;
@@ -320,6 +348,9 @@ impl<W: Watchers> Task<W> {
             services,
             server_id: None,
             client_id: None,
+            upgrading_ms: self
+                .upgrading
+                .map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
         };
         if crate::membership::fit_announcement(&mut ann, MAX_ANNOUNCEMENT_BYTES) {
             tracing::debug!("announcement cut to fit in 64 KiB: not every watcher is listed");

@@ -49,6 +49,9 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 /// (with one warning) until members are reaped.
 pub const MAX_MEMBERS: usize = 100_000;
 
+/// The longest grace an upgrading member gets ([`Announcement::upgrading_ms`]).
+pub const MAX_UPGRADE_GRACE: Duration = Duration::from_secs(60);
+
 /// The largest announcement payload taken, in bytes; larger ones are ignored.
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 64 * 1024;
 
@@ -327,8 +330,13 @@ impl Membership {
     /// announcement of the same boot with a higher `seq` makes it alive again, so a
     /// member whose connection merely dropped and came back recovers at its next
     /// heartbeat.
+    /// A member whose last announcement says it is upgrading (it re-executes its
+    /// binary, so its connection closes on purpose) is left alive: its new boot follows.
     pub fn mark_failed(&mut self, node: &str, now: Instant) -> Option<Change> {
         let m = self.members.get_mut(node)?;
+        if m.ann.upgrading_ms.is_some() && m.state == MemberState::Alive {
+            return None;
+        }
         let (state, change) = match m.state {
             MemberState::Alive | MemberState::Suspect => {
                 (MemberState::Failed, Change::Failed(node.to_owned()))
@@ -492,10 +500,15 @@ fn heartbeat(ann: &Announcement) -> Duration {
 }
 
 fn suspect_after(config: &MembershipConfig, ann: &Announcement) -> Duration {
-    match config.suspect_after {
+    let base = match config.suspect_after {
         SuspectAfter::Heartbeats(n) => heartbeat(ann).saturating_mul(n.max(1)),
         SuspectAfter::Fixed(d) => d,
-    }
+    };
+    // An upgrading member is silent while its new binary starts.
+    let grace = ann.upgrading_ms.map_or(Duration::ZERO, |ms| {
+        Duration::from_millis(ms).min(MAX_UPGRADE_GRACE)
+    });
+    base.saturating_add(grace)
 }
 
 #[cfg(test)]
@@ -587,6 +600,7 @@ mod tests {
             services: vec![],
             server_id: None,
             client_id: None,
+            upgrading_ms: None,
         }
     }
 
@@ -624,6 +638,35 @@ mod tests {
             assert_eq!(table.state("n1"), *want_state, "{name}: step {i} state");
         }
         table
+    }
+
+    /// An upgrading member (its announcement carries `upgrading_ms`) is neither failed
+    /// by its connection closing nor suspected for its silence within the grace; its
+    /// new boot rejoins it. Without the flag, both fail it as before.
+    #[test]
+    fn an_upgrading_member_is_not_failed_nor_suspected_within_its_grace() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut t = Membership::with_anchor(MembershipConfig::default(), t0, 1000.0);
+        t.observe(&ann("n1", J, "b1", 1), at(0.0));
+        let mut upgrading = ann("n1", A, "b1", 2);
+        upgrading.upgrading_ms = Some(5000);
+        t.observe(&upgrading, at(0.5));
+        assert_eq!(t.mark_failed("n1", at(0.6)), None);
+        // 3 heartbeats and 5 s of grace.
+        assert!(t.tick(at(8.4)).is_empty());
+        assert_eq!(t.state("n1"), ALIVE);
+        let back = t.observe(&ann("n1", J, "b2", 1), at(8.5));
+        assert_eq!(back.as_ref().map(Change::kind), Some("rejoined"));
+        assert_eq!(t.state("n1"), ALIVE);
+        // The new boot's announcements carry no flag: a disconnect fails it again.
+        assert!(t.mark_failed("n1", at(9.0)).is_some());
+        // A hostile grace is capped.
+        let mut t = Membership::with_anchor(MembershipConfig::default(), t0, 1000.0);
+        upgrading.upgrading_ms = Some(u64::MAX);
+        t.observe(&upgrading, at(0.0));
+        let late = 3.0 + MAX_UPGRADE_GRACE.as_secs_f64() + 1.0;
+        assert!(t.tick(at(late)).iter().any(|c| c.kind() == "suspect"));
     }
 
     const ALIVE: Option<MemberState> = Some(MemberState::Alive);

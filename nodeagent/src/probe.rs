@@ -1,7 +1,8 @@
 //! Readiness and liveness probes, one at a time: a TCP connection, a plain HTTP/1.1
 //! GET (2xx passes), a command (exit 0 passes, run through [`process`]), and the
-//! systemd notify socket a process reports `READY=1` on. It knows nothing of watchers
-//! or slots and decides nothing: the supervisor asks, and reads the result.
+//! systemd notify socket a process reports `READY=1` on; and hooks, commands run with a
+//! timeout whose failure is told with the end of their stderr. It knows nothing of
+//! watchers or slots and decides nothing: the supervisor asks, and reads the result.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,60 @@ async fn exec(spec: &SpawnSpec, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// The most of a hook's stderr kept, from its end.
+const HOOK_STDERR: usize = 4096;
+
+/// Runs a hook (`spec` with its stderr captured) until it exits or `timeout` passes
+/// (then its whole group is killed). `Err` says why it failed, with the last line of
+/// its stderr: its exit status or the timeout, or why it could not start.
+pub async fn run_hook(spec: &SpawnSpec, timeout: Duration) -> Result<(), String> {
+    let mut spawned = process::spawn(spec).map_err(|e| format!("cannot start: {e}"))?;
+    let pid = spawned.pid;
+    let mut stderr = spawned.stderr.take();
+    let tail = async {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 1024];
+        if let Some(s) = stderr.as_mut() {
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > HOOK_STDERR {
+                    kept.drain(..kept.len() - HOOK_STDERR);
+                }
+            }
+        }
+        kept
+    };
+    let run = async {
+        let (status, kept) = tokio::join!(spawned.child.wait(), tail);
+        (status, kept)
+    };
+    let (status, kept) = match tokio::time::timeout(timeout, run).await {
+        Ok(done) => done,
+        Err(_) => {
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            let _ = spawned.child.wait().await;
+            return Err(format!(
+                "still running after its timeout ({}); killed",
+                crate::config::format_duration(timeout)
+            ));
+        }
+    };
+    let last = String::from_utf8_lossy(&kept)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.chars().take(300).collect::<String>());
+    let said = last.map(|l| format!(": {l}")).unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{}{said}", process::exit_status(s))),
+        Err(e) => Err(format!("{e}{said}")),
+    }
+}
+
 /// The unix datagram socket one process reports readiness on (`NOTIFY_SOCKET`).
 /// Its file is removed when it is dropped.
 #[derive(Debug)]
@@ -222,6 +277,7 @@ mod tests {
             stdout: Output::Discard,
             stderr: Output::Discard,
             listen: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 

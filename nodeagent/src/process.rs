@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use crate::config::guards::RlimitSetting;
 use crate::config::Output;
 
 /// What to run for one process.
@@ -36,6 +37,8 @@ pub struct SpawnSpec {
     /// this order, with systemd's `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`.
     /// Empty: nothing of the kind is passed.
     pub listen: Vec<(String, Arc<OwnedFd>)>,
+    /// Resource limits set in the child before it runs the program.
+    pub rlimits: Vec<RlimitSetting>,
 }
 
 /// A started process. Its pid is also its process group id.
@@ -141,7 +144,28 @@ fn open_output_in_child(out: &FileOutput) -> io::Result<()> {
 
 /// Starts a process in a process group of its own, so that signals reach its children
 /// too. It gets SIGKILL if the agent dies without stopping it.
+///
+/// When the agent runs [`run_forker`], the fork happens on its main thread (see there);
+/// otherwise (tests, benchmarks) on the calling thread.
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
+    match FORKER.get() {
+        Some(tx) => {
+            let (done, result) = std::sync::mpsc::sync_channel(1);
+            let spec = spec.clone();
+            let job: Job = Box::new(move || {
+                let _ = done.send(spawn_here(&spec));
+            });
+            tx.send(ToMain::Job(job))
+                .map_err(|_| io::Error::other("the agent is stopping: no process starts now"))?;
+            result
+                .recv()
+                .map_err(|_| io::Error::other("the agent is stopping: no process starts now"))?
+        }
+        None => spawn_here(spec),
+    }
+}
+
+fn spawn_here(spec: &SpawnSpec) -> io::Result<Spawned> {
     let mut cmd = Command::new(&spec.cmd);
     cmd.args(&spec.args);
     if spec.clear_env {
@@ -178,14 +202,19 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         .iter()
         .map(|f| f.path.to_string_lossy().into_owned())
         .collect();
+    let rlimits = spec.rlimits.clone();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the child between fork and exec, after std has set the
-    // uid, gid and working dir. It calls only async-signal-safe system calls (prctl, open
-    // or openat2, fstat, dup2, close) on memory prepared before the fork, and allocates
-    // nothing (its errors are bare error numbers).
+    // uid, gid and working dir. It calls only async-signal-safe system calls (prctl,
+    // setrlimit, open or openat2, fstat, dup2, close) on memory prepared before the fork,
+    // and allocates nothing (its errors are bare error numbers).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            for r in &rlimits {
+                nix::sys::resource::setrlimit(r.resource, r.soft, r.hard)
+                    .map_err(io::Error::from)?;
+            }
             for f in &files {
                 open_output_in_child(f)?;
             }
@@ -217,7 +246,22 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             return Err(io::Error::from_raw_os_error(errno));
         }
     }
+    let limits = spec
+        .rlimits
+        .iter()
+        .map(|r| r.name)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut child = spawned.map_err(|e| {
+        if !limits.is_empty() && e.raw_os_error() == Some(Errno::EPERM as i32) && shown.is_empty() {
+            return io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (setting rlimits {limits} as {opened_as}: a hard limit above the \
+                     agent's own needs the agent to run as root, and the process's uid)"
+                ),
+            );
+        }
         if shown.is_empty() || e.raw_os_error().is_none() {
             return e;
         }
@@ -538,6 +582,185 @@ pub fn signal_name(n: i32) -> String {
         .unwrap_or_else(|_| n.to_string())
 }
 
+// ---- The agent's own exec (hot upgrade) ----
+//
+// The parent-death signal a child arms is tied to the *thread* that forked it: when
+// that thread ends, the child gets SIGKILL. An exec ends every thread but the one that
+// calls it. So every child is forked on one thread, the main thread, which is also the
+// one that executes the agent's binary again: its children survive the exec, and the
+// new image's main thread is the same thread, their parent still.
+
+type Job = Box<dyn FnOnce() + Send>;
+
+enum ToMain {
+    Job(Job),
+    Done,
+}
+
+static FORKER: std::sync::OnceLock<std::sync::mpsc::Sender<ToMain>> = std::sync::OnceLock::new();
+
+/// Runs `agent` on `rt` while the calling thread (the main thread) forks every child
+/// and carries out [`exec_self`]; returns what `agent` returns. Call it once.
+pub fn run_forker<T, F>(rt: &tokio::runtime::Runtime, agent: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let installed = FORKER.set(tx.clone()).is_ok();
+    let (out_tx, out_rx) = std::sync::mpsc::sync_channel(1);
+    let done = tx;
+    rt.spawn(async move {
+        let _ = out_tx.send(agent.await);
+        let _ = done.send(ToMain::Done);
+    });
+    if installed {
+        let _guard = rt.enter();
+        while let Ok(ToMain::Job(job)) = rx.recv() {
+            job();
+        }
+    }
+    match out_rx.recv() {
+        Ok(t) => t,
+        // The task was dropped without an answer: only a runtime shutting down does that.
+        Err(_) => std::process::exit(70),
+    }
+}
+
+/// Executes `exe` with `args` (argv[0] first) in this process, environment kept, on the
+/// forking thread when there is one. Returns only when the exec failed, with why.
+pub fn exec_self(exe: &Path, args: &[OsString]) -> io::Error {
+    let path = match CString::new(exe.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(_) => return io::Error::other("the agent's path holds a NUL byte"),
+    };
+    let mut argv = Vec::with_capacity(args.len());
+    for a in args {
+        match CString::new(a.as_bytes()) {
+            Ok(a) => argv.push(a),
+            Err(_) => return io::Error::other("an argument of the agent holds a NUL byte"),
+        }
+    }
+    let exec = move || match nix::unistd::execv(&path, &argv) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    };
+    match FORKER.get() {
+        Some(tx) => {
+            let (done, result) = std::sync::mpsc::sync_channel(1);
+            let job: Job = Box::new(move || {
+                let _ = done.send(exec());
+            });
+            if tx.send(ToMain::Job(job)).is_err() {
+                return io::Error::other("the agent is stopping");
+            }
+            result
+                .recv()
+                .unwrap_or_else(|_| io::Error::other("the agent is stopping"))
+        }
+        None => exec(),
+    }
+}
+
+static SELF_EXE: std::sync::OnceLock<(PathBuf, Vec<OsString>)> = std::sync::OnceLock::new();
+
+/// Notes the agent's binary (resolved now: once the file is replaced,
+/// `/proc/self/exe` names the old one) and its arguments, for [`exec_self`]. Call it at
+/// start, in `main`.
+pub fn remember_self() {
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = SELF_EXE.set((exe, std::env::args_os().collect()));
+    }
+}
+
+/// The binary and arguments noted by [`remember_self`].
+pub fn self_exe() -> Option<&'static (PathBuf, Vec<OsString>)> {
+    SELF_EXE.get()
+}
+
+/// Sets or clears close-on-exec on `fd`: cleared, the fd survives the agent's exec.
+pub fn set_cloexec(fd: impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = FdFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFD)?);
+    let flags = if on {
+        flags | FdFlag::FD_CLOEXEC
+    } else {
+        flags - FdFlag::FD_CLOEXEC
+    };
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(flags))?;
+    Ok(())
+}
+
+/// What an fd handed over across the exec must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A pipe's read end (a process's stdout or stderr).
+    Pipe,
+    /// A socket (a listening socket of `[socket.NAME]`).
+    Socket,
+}
+
+/// Takes ownership of fd `raw`, which the agent's previous image left open across its
+/// exec, once it is checked to be open and of `kind`; it is made close-on-exec again.
+/// The caller takes each number once ([`crate::process`] cannot know who else does).
+pub fn adopt_fd(raw: RawFd, kind: FdKind) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    if raw <= 2 {
+        return Err(io::Error::other(format!(
+            "fd {raw} is stdio, not a handed-over fd"
+        )));
+    }
+    let meta = std::fs::metadata(format!("/proc/self/fd/{raw}"))
+        .map_err(|e| io::Error::new(e.kind(), format!("fd {raw} is not open: {e}")))?;
+    let ok = match kind {
+        FdKind::Pipe => meta.file_type().is_fifo(),
+        FdKind::Socket => meta.file_type().is_socket(),
+    };
+    if !ok {
+        return Err(io::Error::other(
+            format!("fd {raw} is not a {kind:?}").to_lowercase(),
+        ));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `raw` is open (its /proc entry was just read) and nothing in this image
+    // owns it: it was inherited across the exec (the new image opens its own files with
+    // numbers that are free, and so never this one), and the caller takes each number
+    // once, before anything could close it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(&fd, true)?;
+    Ok(fd)
+}
+
+/// How a process the agent adopted across its exec has ended: `None` while it runs
+/// (or is stopped), `Some(Err)` when it is not (or no longer) this process's child.
+/// Never waits.
+pub fn try_reap(pid: u32) -> Option<io::Result<std::process::ExitStatus>> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use std::os::unix::process::ExitStatusExt;
+    let p = match as_pid(pid) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    match waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => {
+            Some(Ok(std::process::ExitStatus::from_raw((code & 0xff) << 8)))
+        }
+        Ok(WaitStatus::Signaled(_, sig, core)) => Some(Ok(std::process::ExitStatus::from_raw(
+            sig as i32 | if core { 0x80 } else { 0 },
+        ))),
+        Ok(_) => None,
+        Err(Errno::EINTR) => None,
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+/// The pid of `pid`'s parent, if `pid` lives.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    p.stat().ok().and_then(|s| u32::try_from(s.ppid).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +777,7 @@ mod tests {
             stdout: Output::Capture,
             stderr: Output::Discard,
             listen: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 

@@ -75,6 +75,9 @@ pub async fn publish_events(
                 if ev.time > 0.0 {
                     event.time = ev.time;
                 }
+                event.rss_bytes = ev.rss_bytes;
+                event.max_memory = ev.max_memory;
+                event.hook = ev.hook.clone();
                 bus.publish_json(event.subject(&subjects), &event).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -463,6 +463,55 @@ impl SocketSet {
         self.bound.get(name)
     }
 
+    /// The sockets the agent's previous image handed over across its exec, each taken
+    /// as the config's socket of the same name when it listens where that one says
+    /// (then [`SocketSet::bind`] keeps it: processes still hold it, so it cannot be
+    /// bound again); the others are closed, with a warning.
+    pub fn inherited(
+        specs: &BTreeMap<String, SocketSpec>,
+        fds: Vec<(String, OwnedFd, String)>,
+    ) -> SocketSet {
+        let mut bound = BTreeMap::new();
+        for (name, fd, address) in fds {
+            let Some(spec) = specs.get(&name) else {
+                tracing::warn!(socket = %name, "the config no longer defines this handed-over socket; it is closed");
+                continue;
+            };
+            let local = socket2::SockRef::from(&fd).local_addr();
+            let same = match (&spec.endpoint, &local) {
+                (Endpoint::Tcp { port, .. }, Ok(a)) => a
+                    .as_socket()
+                    .is_some_and(|a| *port == 0 || a.port() == *port),
+                (Endpoint::Unix { path, .. }, Ok(a)) => a.as_pathname() == Some(path.as_path()),
+                (_, Err(_)) => false,
+            };
+            if !same {
+                tracing::warn!(socket = %name, "the handed-over socket listens elsewhere than the config says; it is closed");
+                continue;
+            }
+            let unlink = match &spec.endpoint {
+                Endpoint::Unix { path, .. } => std::fs::symlink_metadata(path).ok().map(|m| {
+                    Arc::new(UnlinkOnDrop {
+                        path: path.clone(),
+                        dev: m.dev(),
+                        ino: m.ino(),
+                    })
+                }),
+                Endpoint::Tcp { .. } => None,
+            };
+            bound.insert(
+                name,
+                Bound {
+                    spec: spec.clone(),
+                    fd: Arc::new(fd),
+                    address,
+                    _unlink: unlink,
+                },
+            );
+        }
+        SocketSet { bound }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Bound> {
         self.bound.values()
     }

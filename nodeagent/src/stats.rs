@@ -153,6 +153,7 @@ impl Sampler {
                     pid: p.pid,
                     cpu_percent,
                     rss_bytes: reading.rss_pages.saturating_mul(self.page_size),
+                    cpu_seconds: reading.ticks as f64 / self.ticks_per_second,
                     age_secs: (unix_now - p.started_at).max(0.0),
                     restarts: p.restarts,
                     health: p.health,
@@ -426,6 +427,12 @@ mod tests {
             assert!(p.rss_bytes > 0, "rss of a running shell is > 0");
             assert!(p.age_secs >= 4.0, "age from started_at: {}", p.age_secs);
             assert_eq!(w.cpu_percent, p.cpu_percent);
+            // The total is read with the sample, before `cpu_now`: never more.
+            assert!(
+                p.cpu_seconds > 0.0 && p.cpu_seconds <= cpu_now,
+                "cpu_seconds {} against the kernel's {cpu_now}",
+                p.cpu_seconds
+            );
             assert!(p.cpu_percent <= 150.0, "one thread: {}", p.cpu_percent);
             assert!(host.agent_rss_bytes > 0);
             assert_eq!(host.agent_pid, std::process::id());

@@ -1,7 +1,9 @@
 //! The stats task: samples /proc on `stats_interval` through [`crate::stats::Sampler`],
 //! publishes `cluster.<node>.stats` through the transport's [`Publisher`], and answers
 //! the `stats` command from the latest sample (or a fresh one when the stream is off).
-//! It reads supervisor snapshots and never changes supervisor state.
+//! Each sample's memory readings of watchers with `max_memory` go to the supervisor's
+//! guard (sampled every [`GUARD_INTERVAL`] for those watchers alone when the stream is
+//! off). It reads supervisor snapshots and never changes supervisor state itself.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::Identity;
 use crate::stats::{ProcessInput, Sampler, WatcherInput};
-use crate::supervisor::SupervisorHandle;
+use crate::supervisor::{MemoryReading, SupervisorHandle};
 use crate::transport::Publisher;
 
 /// Asks the stats task for a snapshot.
@@ -29,12 +31,45 @@ impl StatsHandle {
     }
 }
 
-async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) -> Option<StatsData> {
-    let input: Vec<WatcherInput> = supervisor
-        .snapshot()
-        .await
-        .ok()?
+/// How often the memory of watchers with `max_memory` is read when the stats stream is
+/// off.
+pub const GUARD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The readings of a sample's processes whose watcher has a `max_memory`.
+fn memory_readings(data: &StatsData, guarded: &[String]) -> Vec<MemoryReading> {
+    data.watchers
+        .iter()
+        .filter(|w| guarded.contains(&w.name))
+        .flat_map(|w| {
+            w.processes.iter().map(|p| MemoryReading {
+                watcher: w.name.clone(),
+                wid: p.wid,
+                pid: p.pid,
+                rss_bytes: p.rss_bytes,
+            })
+        })
+        .collect()
+}
+
+/// Samples every watcher, or with `guarded_only` those with `max_memory` alone; returns
+/// the sample and the names of the watchers with `max_memory`.
+async fn sample_some(
+    sampler: &mut Option<Sampler>,
+    supervisor: &SupervisorHandle,
+    guarded_only: bool,
+) -> Option<(StatsData, Vec<String>)> {
+    let snapshot = supervisor.snapshot().await.ok()?;
+    let guarded: Vec<String> = snapshot
+        .iter()
+        .filter(|w| w.max_memory.is_some())
+        .map(|w| w.name.clone())
+        .collect();
+    if guarded_only && guarded.is_empty() {
+        return None;
+    }
+    let input: Vec<WatcherInput> = snapshot
         .into_iter()
+        .filter(|w| !guarded_only || w.max_memory.is_some())
         .map(|w| WatcherInput {
             name: w.name,
             service: w.service,
@@ -62,7 +97,13 @@ async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) ->
     .await
     .ok()?;
     *sampler = Some(s);
-    Some(StatsData { host, watchers })
+    Some((StatsData { host, watchers }, guarded))
+}
+
+async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) -> Option<StatsData> {
+    sample_some(sampler, supervisor, false)
+        .await
+        .map(|(d, _)| d)
 }
 
 /// Starts the stats task.
@@ -79,7 +120,7 @@ pub fn start(
         let mut sampler = Some(Sampler::new());
         let mut last: Option<(StatsData, tokio::time::Instant)> = None;
         let period = if interval.is_zero() {
-            Duration::from_secs(3600)
+            GUARD_INTERVAL
         } else {
             interval
         };
@@ -88,9 +129,14 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick(), if !interval.is_zero() => {
+                _ = tick.tick() => {
                     crate::fatal::inject("stats");
-                    if let Some(data) = sample(&mut sampler, &supervisor).await {
+                    let stream = !interval.is_zero();
+                    let Some((data, guarded)) = sample_some(&mut sampler, &supervisor, !stream).await else {
+                        continue;
+                    };
+                    supervisor.memory(memory_readings(&data, &guarded)).await;
+                    if stream {
                         let msg = StatsMessage::new(&identity.node, &identity.boot_id, interval.as_secs_f64(), data.clone());
                         bus.publish_json(subjects.stats(&identity.node), &msg).await;
                         last = Some((data, tokio::time::Instant::now()));

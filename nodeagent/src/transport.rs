@@ -220,8 +220,8 @@ pub async fn name_taken(client: &Client, subjects: &Subjects, name: &str) -> Opt
     let req = client.request(subject, serde_json::to_vec(&ping).ok()?.into());
     match tokio::time::timeout(Duration::from_millis(1500), req).await {
         Ok(Ok(msg)) => {
-            let reply: protocol::Reply = serde_json::from_slice(&msg.payload).ok()?;
-            Some(reply.data().unwrap_or(PingData {
+            let reply: Reply<Option<PingData>> = serde_json::from_slice(&msg.payload).ok()?;
+            Some(reply.data.unwrap_or(PingData {
                 version: String::new(),
                 boot_id: String::new(),
                 pid: 0,

@@ -261,6 +261,7 @@ fn announcement() -> impl Strategy<Value = Announcement> {
                     services,
                     server_id: None,
                     client_id: None,
+                    upgrading_ms: None,
                 }
             },
         )

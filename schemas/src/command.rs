@@ -86,6 +86,9 @@ pub enum Command {
     Logs(crate::logs::LogsProps),
     /// The sockets the agent has bound, and which watchers get them.
     Listsockets(Empty),
+    /// Re-execute the agent's binary (the file now at the path it was started from) in
+    /// the same pid, keeping every process running: a hot upgrade.
+    Upgrade(Empty),
 }
 
 impl Command {
@@ -116,6 +119,7 @@ impl Command {
             Command::Members(_) => "members",
             Command::Logs(_) => "logs",
             Command::Listsockets(_) => "listsockets",
+            Command::Upgrade(_) => "upgrade",
         }
     }
 }
@@ -147,6 +151,7 @@ impl Command {
             Command::Members(_) => ReplyKind::Members,
             Command::Logs(_) => ReplyKind::Logs,
             Command::Listsockets(_) => ReplyKind::Sockets,
+            Command::Upgrade(_) => ReplyKind::Upgrade,
         }
     }
 
@@ -213,6 +218,7 @@ impl Command {
                 follow_secs: None,
             }),
             Command::Listsockets(Empty {}),
+            Command::Upgrade(Empty {}),
         ]
     }
 }
@@ -276,7 +282,8 @@ impl Command {
             | Command::Set(_)
             | Command::Add(_)
             | Command::Rm(_)
-            | Command::Quit(_) => Class::Write,
+            | Command::Quit(_)
+            | Command::Upgrade(_) => Class::Write,
         }
     }
 
@@ -312,7 +319,8 @@ impl Command {
             | Command::Quit(_)
             | Command::Ping(_)
             | Command::Members(_)
-            | Command::Listsockets(_) => None,
+            | Command::Listsockets(_)
+            | Command::Upgrade(_) => None,
         }
     }
 }
@@ -400,6 +408,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "members",
     "logs",
     "listsockets",
+    "upgrade",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -914,6 +923,7 @@ mod tests {
             ),
             (r#"{"command":"dstats"}"#, Read, "dstats"),
             (r#"{"command":"quit"}"#, Write, "quit"),
+            (r#"{"command":"upgrade"}"#, Write, "upgrade"),
             (r#"{"command":"ping"}"#, Read, "ping"),
             (r#"{"command":"stats"}"#, Read, "stats"),
             (r#"{"command":"members"}"#, Read, "members"),

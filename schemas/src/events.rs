@@ -41,11 +41,26 @@ pub enum EventKind {
     Join,
     /// The agent is leaving the cluster (watcher token `_agent`).
     Leave,
+    /// A process used more than `max_memory` for `max_memory_samples` readings in a
+    /// row and is restarted (`pid`, `wid`, `rss_bytes`, `max_memory`, `reason`).
+    #[serde(rename = "max_memory")]
+    MaxMemory,
+    /// A process reached its `max_age` and is recycled (`pid`, `wid`, `reason`).
+    #[serde(rename = "max_age")]
+    MaxAge,
+    /// A hook failed: exited non-zero, could not start, or timed out (`hook`,
+    /// `reason`, and `pid`/`wid` for a process's hook). A failed `before_*` hook
+    /// stopped what it came before.
+    #[serde(rename = "hook_failed")]
+    HookFailed,
+    /// The agent executes its binary again, its processes kept (watcher token
+    /// `_agent`); `reason` says from which boot, or why the upgrade failed.
+    Upgrade,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Spawn,
         EventKind::Exit,
         EventKind::Respawn,
@@ -58,6 +73,10 @@ impl EventKind {
         EventKind::Reload,
         EventKind::Join,
         EventKind::Leave,
+        EventKind::MaxMemory,
+        EventKind::MaxAge,
+        EventKind::HookFailed,
+        EventKind::Upgrade,
     ];
 
     /// The wire name, also the last subject token.
@@ -75,12 +94,19 @@ impl EventKind {
             EventKind::Reload => "reload",
             EventKind::Join => "join",
             EventKind::Leave => "leave",
+            EventKind::MaxMemory => "max_memory",
+            EventKind::MaxAge => "max_age",
+            EventKind::HookFailed => "hook_failed",
+            EventKind::Upgrade => "upgrade",
         }
     }
 
     /// Whether this is an event about the agent rather than one watcher.
     pub fn is_agent_event(self) -> bool {
-        matches!(self, EventKind::Join | EventKind::Leave)
+        matches!(
+            self,
+            EventKind::Join | EventKind::Leave | EventKind::Upgrade
+        )
     }
 }
 
@@ -129,6 +155,16 @@ pub struct Event {
     /// The agent's boot id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The process's resident set size that crossed the limit, in bytes (`max_memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// The watcher's `max_memory`, in bytes (`max_memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+    /// Which hook (`hook_failed`): before_start, after_start, before_stop, after_stop,
+    /// before_spawn, after_spawn or after_exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
 }
 
 impl Event {
@@ -144,6 +180,9 @@ impl Event {
             exit: None,
             reason: None,
             boot_id: None,
+            rss_bytes: None,
+            max_memory: None,
+            hook: None,
         }
     }
 

@@ -160,6 +160,133 @@ pub struct WatcherOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_unavailable: Option<u32>,
+    /// The most memory (resident set size) a process may use: "512MiB", "2GB", or a
+    /// number of bytes (1MiB to 1TiB). Above it for `max_memory_samples` readings in a
+    /// row (taken on the stats interval, every second when stats are off), the process
+    /// is restarted gracefully, with a `max_memory` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<ByteSize>,
+    /// How many readings in a row above `max_memory` restart a process (default 3; 1 to
+    /// 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_memory_samples: Option<u32>,
+    /// Resource limits set in each process before it runs, by setrlimit's names in
+    /// lowercase without RLIMIT_ (as, core, cpu, data, fsize, locks, memlock, msgqueue,
+    /// nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack): a number or
+    /// "unlimited" for both the soft and hard limit, or `{ soft = ..., hard = ... }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rlimits: Option<BTreeMap<String, Rlimit>>,
+    /// Recycle each process once it has run this long (10s to 1year), plus a random
+    /// part of `max_age_variance`; one process of the watcher at a time, the next once
+    /// the replacement is up. With surge (see `max_surge`) the replacement starts first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// The most added at random to `max_age`, so that processes started together are
+    /// not recycled together (default "0s"; 0s to 1year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_variance: Option<String>,
+    /// Commands run around the watcher's life (never through a shell unless the command
+    /// is one): each a string (split as a shell would, without running one), a list
+    /// (program and arguments), or `{ cmd = ..., timeout = "30s" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+}
+
+/// A size in bytes: a number, or a string with a unit ("512MiB", "2GB", "64k").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// One resource limit's value: a number, or "unlimited".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LimitValue {
+    Number(u64),
+    /// Refused by the agent, which says so by name.
+    Negative(i64),
+    Word(String),
+}
+
+/// A resource limit: one value for both the soft and the hard limit, or each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Rlimit {
+    Both(LimitValue),
+    Each(RlimitPair),
+}
+
+/// Soft and hard limits; the soft limit may not exceed the hard one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlimitPair {
+    pub soft: LimitValue,
+    pub hard: LimitValue,
+}
+
+/// A command line: a string split as a shell would split it (quotes, backslashes; no
+/// shell runs), or the program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// A hook: a command line, or a command line with its timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Hook {
+    Cmd(CommandLine),
+    Full(HookCommand),
+}
+
+/// A hook's command and how long it may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookCommand {
+    pub cmd: CommandLine,
+    /// How long it may run before it is killed and counts as failed (default "30s";
+    /// 100ms to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// The hooks of a watcher. Each runs as the watcher's processes do (uid, gid,
+/// working_dir, env) with `NODEAGENT_WATCHER`, and per process `NODEAGENT_WID`,
+/// `NODEAGENT_PID` and (after_exit) `NODEAGENT_EXIT_CODE` or `NODEAGENT_EXIT_SIGNAL`.
+/// A `before_*` hook that fails (exits non-zero, or times out) stops what it comes
+/// before, with a `hook_failed` event; an `after_*` hook that fails only says so in
+/// one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before a `start` (or the agent's start) starts the watcher; failing, it is not
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_start: Option<Hook>,
+    /// Once every process of a started watcher is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_start: Option<Hook>,
+    /// Before a `stop` stops the watcher; failing, it keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_stop: Option<Hook>,
+    /// Once every process of a stopped watcher is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_stop: Option<Hook>,
+    /// Before each process starts; failing, the start fails (and the restart policy
+    /// decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_spawn: Option<Hook>,
+    /// After each process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_spawn: Option<Hook>,
+    /// After each process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_exit: Option<Hook>,
 }
 
 /// A readiness check: exactly one of `tcp`, `http`, `exec` or `notify`. `$(wid)`,
@@ -225,6 +352,8 @@ pub const DURATION_OPTIONS: &[&str] = &[
     "max_restart_delay",
     "warmup_delay",
     "health_timeout",
+    "max_age",
+    "max_age_variance",
 ];
 
 /// Checks one option's value on its own, so that an error names the option and, for a
@@ -324,6 +453,12 @@ option_fields!(
     sockets,
     max_surge,
     max_unavailable,
+    max_memory,
+    max_memory_samples,
+    rlimits,
+    max_age,
+    max_age_variance,
+    hooks,
 );
 
 #[cfg(test)]
@@ -366,6 +501,12 @@ mod tests {
             sockets: Some(vec![]),
             max_surge: Some(1),
             max_unavailable: Some(0),
+            max_memory: Some(ByteSize::Bytes(1)),
+            max_memory_samples: Some(1),
+            rlimits: Some(BTreeMap::new()),
+            max_age: Some(String::new()),
+            max_age_variance: Some(String::new()),
+            hooks: Some(Hooks::default()),
         })
         .unwrap();
         let keys: Vec<&str> = all

@@ -95,6 +95,12 @@ pub struct Announcement {
     /// The agent's client id on that server (`client_id` of the server's INFO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<u64>,
+    /// Set while the agent re-executes its binary (`upgrade`): its connection is about
+    /// to close on purpose, and a new boot of the same node announces itself within
+    /// this many milliseconds. Receivers neither fail it on the disconnect nor suspect
+    /// it for its silence within that time (capped by the receiver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrading_ms: Option<u64>,
 }
 
 /// A member's state as one agent sees it (Serf's states).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::options::WatcherOptions;
 
@@ -32,6 +32,9 @@ pub enum Errno {
     ShuttingDown = 8,
     /// The agent has too many requests in flight; try again shortly.
     Busy = 9,
+    /// A watcher's `before_start` or `before_stop` hook failed (exited non-zero, could
+    /// not start, or timed out), so the command was not carried out.
+    HookFailed = 10,
 }
 
 impl Errno {
@@ -48,9 +51,17 @@ pub enum ReplyStatus {
     Error,
 }
 
-/// Any reply, as read by a client: the envelope plus the command's fields.
+/// A reply: the envelope every reply shares, and beside its fields (flattened) the
+/// command's own fields `D`.
+///
+/// What the agent sends and ctl reads is a [`Reply`]: its data is the [`ReplyData`] of
+/// the command's [`ReplyKind`] when it succeeded, none when it failed. The agent
+/// serializes it straight to bytes; ctl reads the bytes back with [`ReplyKind::decode`].
+/// `Reply<Map<String, Value>>` is any reply, as a client that knows no types reads it
+/// (and as `reply.schema.json` describes it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Reply {
+#[schemars(description = "Any reply, as read by a client: the envelope plus the command's fields.")]
+pub struct Reply<D = Option<ReplyData>> {
     /// The request's id, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -67,15 +78,12 @@ pub struct Reply {
     pub errno: Option<u32>,
     /// The command's own fields.
     #[serde(flatten)]
-    pub data: Map<String, Value>,
+    pub data: D,
 }
 
-impl Reply {
-    pub fn ok(id: Option<String>, node: &str, time: f64, data: impl Serialize) -> Reply {
-        let data = match serde_json::to_value(data) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
+impl<D> Reply<Option<D>> {
+    /// A successful reply carrying `data`.
+    pub fn ok(id: Option<String>, node: &str, time: f64, data: impl Into<D>) -> Self {
         Reply {
             id,
             node: node.to_owned(),
@@ -83,17 +91,18 @@ impl Reply {
             time,
             reason: None,
             errno: None,
-            data,
+            data: Some(data.into()),
         }
     }
 
+    /// An error reply: no data, the error number and what went wrong.
     pub fn error(
         id: Option<String>,
         node: &str,
         time: f64,
         errno: Errno,
         reason: impl Into<String>,
-    ) -> Reply {
+    ) -> Self {
         Reply {
             id,
             node: node.to_owned(),
@@ -101,17 +110,14 @@ impl Reply {
             time,
             reason: Some(reason.into()),
             errno: Some(errno.code()),
-            data: Map::new(),
+            data: None,
         }
     }
+}
 
+impl<D> Reply<D> {
     pub fn is_ok(&self) -> bool {
         self.status == ReplyStatus::Ok
-    }
-
-    /// The command's fields as a typed value.
-    pub fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_value(Value::Object(self.data.clone()))
     }
 }
 
@@ -471,6 +477,19 @@ pub struct PingData {
     pub uptime_secs: f64,
 }
 
+/// `upgrade`: the agent is about to execute its binary again, in the same pid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpgradeData {
+    /// The boot that answers; the upgraded agent announces a new one.
+    pub was_boot_id: String,
+    /// The version that answers.
+    pub was_version: String,
+    /// The binary executed: the path the agent was started from.
+    pub path: String,
+    /// The processes handed over to the new binary.
+    pub processes: u32,
+}
+
 /// One listening socket of the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SocketInfo {
@@ -526,6 +545,8 @@ pub enum ReplyKind {
     Logs,
     /// [`SocketsData`].
     Sockets,
+    /// [`UpgradeData`].
+    Upgrade,
     /// [`NoData`].
     Empty,
 }
@@ -547,6 +568,7 @@ pub enum ReplyData {
     Members(crate::registry::MembersData),
     Logs(crate::logs::LogsData),
     Sockets(SocketsData),
+    Upgrade(UpgradeData),
     Empty(NoData),
 }
 
@@ -567,45 +589,86 @@ impl ReplyData {
             ReplyData::Members(_) => ReplyKind::Members,
             ReplyData::Logs(_) => ReplyKind::Logs,
             ReplyData::Sockets(_) => ReplyKind::Sockets,
+            ReplyData::Upgrade(_) => ReplyKind::Upgrade,
             ReplyData::Empty(_) => ReplyKind::Empty,
         }
     }
 }
 
 impl ReplyKind {
-    /// Reads a reply's own fields as this kind of data.
-    pub fn decode(self, reply: &Reply) -> Result<ReplyData, serde_json::Error> {
-        Ok(match self {
-            ReplyKind::Status => ReplyData::Status(reply.data()?),
-            ReplyKind::List => ReplyData::List(reply.data()?),
-            ReplyKind::Action => ReplyData::Action(reply.data()?),
-            ReplyKind::Numprocesses => ReplyData::Numprocesses(reply.data()?),
-            ReplyKind::Numwatchers => ReplyData::Numwatchers(reply.data()?),
-            ReplyKind::Options => ReplyData::Options(Box::new(reply.data()?)),
-            ReplyKind::Plan => ReplyData::Plan(reply.data()?),
-            ReplyKind::Dstats => ReplyData::Dstats(reply.data()?),
-            ReplyKind::Ping => ReplyData::Ping(reply.data()?),
-            ReplyKind::Stats => ReplyData::Stats(reply.data()?),
-            ReplyKind::Members => ReplyData::Members(reply.data()?),
-            ReplyKind::Logs => ReplyData::Logs(reply.data()?),
-            ReplyKind::Sockets => ReplyData::Sockets(reply.data()?),
-            ReplyKind::Empty => ReplyData::Empty(reply.data()?),
-        })
+    /// Reads a reply to a command of this kind from the bytes it came as: the envelope
+    /// and, when it succeeded, its fields as this kind's data (an error reply carries
+    /// none). A successful reply whose fields are not this kind's data is an error.
+    pub fn decode(self, bytes: &[u8]) -> Result<Reply, serde_json::Error> {
+        match self {
+            ReplyKind::Status => decode_as::<StatusData>(bytes),
+            ReplyKind::List => decode_as::<ListData>(bytes),
+            ReplyKind::Action => decode_as::<ActionData>(bytes),
+            ReplyKind::Numprocesses => decode_as::<NumprocessesData>(bytes),
+            ReplyKind::Numwatchers => decode_as::<NumwatchersData>(bytes),
+            ReplyKind::Options => decode_as::<OptionsData>(bytes),
+            ReplyKind::Plan => decode_as::<PlanData>(bytes),
+            ReplyKind::Dstats => decode_as::<DstatsData>(bytes),
+            ReplyKind::Ping => decode_as::<PingData>(bytes),
+            ReplyKind::Stats => decode_as::<crate::stats::StatsData>(bytes),
+            ReplyKind::Members => decode_as::<crate::registry::MembersData>(bytes),
+            ReplyKind::Logs => decode_as::<crate::logs::LogsData>(bytes),
+            ReplyKind::Sockets => decode_as::<SocketsData>(bytes),
+            ReplyKind::Upgrade => decode_as::<UpgradeData>(bytes),
+            ReplyKind::Empty => decode_as::<NoData>(bytes),
+        }
     }
 }
 
+/// Reads a reply whose data, when it succeeded, is a `T`.
+fn decode_as<T: KindData>(bytes: &[u8]) -> Result<Reply, serde_json::Error> {
+    let r: Reply<Option<T>> = serde_json::from_slice(bytes)?;
+    let data = match (r.status, r.data) {
+        (ReplyStatus::Ok, Some(d)) => Some(d.into()),
+        // Flattened data that does not read is `None`: read it alone, for the error.
+        (ReplyStatus::Ok, None) => Some(serde_json::from_slice::<T>(bytes)?.into()),
+        (ReplyStatus::Error, _) => None,
+    };
+    Ok(Reply {
+        id: r.id,
+        node: r.node,
+        status: r.status,
+        time: r.time,
+        reason: r.reason,
+        errno: r.errno,
+        data,
+    })
+}
+
+/// A type of reply data: what a [`ReplyData`] of its kind holds.
+pub trait KindData: Into<ReplyData> + serde::de::DeserializeOwned {
+    /// The data, when `data` is of this kind.
+    fn of(data: &ReplyData) -> Option<&Self>;
+}
+
 /// Each data type is its kind of [`ReplyData`].
-macro_rules! into_reply_data {
+macro_rules! kind_data {
     ($($t:ty => $v:ident),* $(,)?) => {
         $(impl From<$t> for ReplyData {
             fn from(d: $t) -> ReplyData {
                 ReplyData::$v(d.into())
             }
+        }
+
+        impl KindData for $t {
+            fn of(data: &ReplyData) -> Option<&Self> {
+                if let ReplyData::$v(d) = data {
+                    let d: &Self = d;
+                    Some(d)
+                } else {
+                    None
+                }
+            }
         })*
     };
 }
 
-into_reply_data!(
+kind_data!(
     StatusData => Status,
     ListData => List,
     ActionData => Action,
@@ -619,5 +682,60 @@ into_reply_data!(
     crate::registry::MembersData => Members,
     crate::logs::LogsData => Logs,
     SocketsData => Sockets,
+    UpgradeData => Upgrade,
     NoData => Empty,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> StatusData {
+        StatusData {
+            statuses: [("web".to_owned(), WatcherState::Active)].into(),
+            watchers: vec![],
+        }
+    }
+
+    /// A typed reply goes to bytes and back as the same value, its data flattened
+    /// beside the envelope on the wire.
+    #[test]
+    fn a_typed_reply_reads_back_by_its_kind() {
+        let sent: Reply = Reply::ok(Some("7".into()), "n1", 2.5, status());
+        let bytes = serde_json::to_vec(&sent).unwrap();
+        let wire: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut keys: Vec<&str> = wire
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["id", "node", "status", "statuses", "time", "watchers"]
+        );
+        assert_eq!(ReplyKind::Status.decode(&bytes).unwrap(), sent);
+
+        let empty: Reply = Reply::ok(None, "n1", 1.0, NoData {});
+        let bytes = serde_json::to_vec(&empty).unwrap();
+        assert_eq!(bytes, br#"{"node":"n1","status":"ok","time":1.0}"#);
+        assert_eq!(ReplyKind::Empty.decode(&bytes).unwrap(), empty);
+    }
+
+    /// An error reply carries no data, whatever its command's kind; a successful reply
+    /// whose fields are not its kind's data does not read, and says what is missing.
+    #[test]
+    fn errors_carry_no_data_and_wrong_data_does_not_read() {
+        let err: Reply = Reply::error(None, "n1", 1.0, Errno::UnknownWatcher, "no such");
+        let bytes = serde_json::to_vec(&err).unwrap();
+        for kind in [ReplyKind::Status, ReplyKind::List, ReplyKind::Empty] {
+            assert_eq!(kind.decode(&bytes).unwrap(), err, "{kind:?}");
+        }
+        let action: Reply = Reply::ok(None, "n1", 1.0, NumwatchersData { numwatchers: 2 });
+        let bytes = serde_json::to_vec(&action).unwrap();
+        let e = ReplyKind::Status.decode(&bytes).unwrap_err().to_string();
+        assert!(e.contains("missing field `statuses`"), "{e}");
+        assert!(ReplyKind::Numwatchers.decode(b"not json").is_err());
+    }
+}

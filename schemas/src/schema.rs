@@ -19,7 +19,10 @@ pub fn all() -> Vec<(String, Value)> {
             "request.schema.json".to_owned(),
             root::<Request>("Any request"),
         ),
-        ("reply.schema.json".to_owned(), root::<Reply>("Any reply")),
+        (
+            "reply.schema.json".to_owned(),
+            root::<Reply<Map<String, Value>>>("Any reply"),
+        ),
         (
             "watcher-options.schema.json".to_owned(),
             root::<WatcherOptions>("Watcher options"),
@@ -185,7 +188,8 @@ fn request_schema(command: &Command) -> Value {
         | Command::Dstats(_)
         | Command::Quit(_)
         | Command::Ping(_)
-        | Command::Listsockets(_) => request::<Empty>(name),
+        | Command::Listsockets(_)
+        | Command::Upgrade(_) => request::<Empty>(name),
     }
 }
 
@@ -205,6 +209,7 @@ fn reply_schema(kind: ReplyKind, name: &str) -> Value {
         ReplyKind::Members => reply::<MembersData>(name),
         ReplyKind::Logs => reply::<LogsData>(name),
         ReplyKind::Sockets => reply::<SocketsData>(name),
+        ReplyKind::Upgrade => reply::<UpgradeData>(name),
         ReplyKind::Empty => reply::<NoData>(name),
     }
 }

@@ -110,6 +110,10 @@ pub struct ProcessStats {
     pub cpu_percent: f64,
     /// Resident memory, in bytes.
     pub rss_bytes: u64,
+    /// CPU time it has used since it started (user + system), in seconds: a counter
+    /// that only grows while the pid lives. 0 from agents that do not send it.
+    #[serde(default)]
+    pub cpu_seconds: f64,
     /// Seconds since it started.
     pub age_secs: f64,
     /// How many times its slot was started again after an exit.
@@ -123,6 +127,14 @@ pub struct ProcessStats {
 mod tests {
     use super::*;
     use crate::reply::Reply;
+    use serde_json::{Map, Value};
+
+    /// A reply's fields read as a `T`, as a client that reads any reply as a map would.
+    impl Reply<Map<String, Value>> {
+        fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+            serde_json::from_value(Value::Object(self.data.clone()))
+        }
+    }
 
     fn sample() -> StatsData {
         StatsData {
@@ -148,6 +160,7 @@ mod tests {
                     pid: 100,
                     cpu_percent: 12.5,
                     rss_bytes: 4096,
+                    cpu_seconds: 0.25,
                     age_secs: 3.0,
                     restarts: 0,
                     health: Some(ProcessHealth::Ready),
@@ -171,7 +184,9 @@ mod tests {
     #[test]
     fn data_fits_a_reply() {
         let data = sample();
-        let reply = Reply::ok(Some("x".into()), "first", 1.0, &data);
+        let sent = Reply::<Option<StatsData>>::ok(Some("x".into()), "first", 1.0, data.clone());
+        let bytes = serde_json::to_vec(&sent).unwrap();
+        let reply: Reply<Map<String, Value>> = serde_json::from_slice(&bytes).unwrap();
         assert!(reply.data.contains_key("host"));
         assert!(reply.data.contains_key("watchers"));
         assert_eq!(reply.data::<StatsData>().unwrap(), data);

@@ -48,8 +48,27 @@ pub struct Agent {
     marker: crate::mark::MarkGuard,
     /// Every process group seen: group id to the leader's start time, when known.
     groups: Mutex<BTreeMap<u32, Option<u64>>>,
+    /// The binary run, when not the built one: a copy a test may replace.
+    exe: Option<PathBuf>,
     /// Environment variables the agent gets besides the harness's.
     env: Vec<(String, String)>,
+}
+
+/// Copies `from` to `to` in a `cp` process: a file this process writes may be held open
+/// for writing by a child another test thread forks meanwhile, and a binary open for
+/// writing cannot be executed (ETXTBSY); `cp`'s own fds are nobody else's.
+fn copy_by_cp(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cp: {e}"));
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// The `[agent]` and `[nats]` tables the harness writes for `name`, with state and logs
@@ -168,8 +187,50 @@ impl Agent {
             child: None,
             marker: crate::mark::MarkGuard::new(),
             groups: Mutex::new(BTreeMap::new()),
+            exe: None,
             env: vec![],
         }
+    }
+
+    /// Like [`start_config`](Self::start_config), but the agent runs from a copy of the
+    /// built binary in its temporary dir ([`exe`](Self::exe)), which the test may
+    /// replace, as an upgrade does.
+    pub fn start_config_copied(nats: &NatsServer, full_toml: &str) -> Agent {
+        let name = config_name(full_toml);
+        let mut agent = Self::prepare(nats, &name, &nats.url(), vec![], |dir| {
+            expand(full_toml, dir, &nats.url())
+        });
+        let exe = agent.dir.path().join("bin").join("nodeagent");
+        std::fs::create_dir_all(exe.parent().unwrap_or(agent.dir.path()))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", exe.display()));
+        copy_by_cp(&bin("nodeagent"), &exe);
+        agent.exe = Some(exe);
+        agent.spawn();
+        agent
+    }
+
+    /// The binary this agent runs from (a copy, with [`start_config_copied`]).
+    ///
+    /// [`start_config_copied`]: Self::start_config_copied
+    pub fn exe(&self) -> PathBuf {
+        self.exe.clone().unwrap_or_else(|| bin("nodeagent"))
+    }
+
+    /// Replaces the file at [`exe`](Self::exe) (a new inode, as a package upgrade does)
+    /// with `contents` and `mode`.
+    pub fn replace_exe(&self, contents: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = self.exe();
+        let src = exe.with_extension("src");
+        let tmp = exe.with_extension("new");
+        std::fs::write(&src, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", src.display()));
+        let _ = std::fs::remove_file(&tmp);
+        copy_by_cp(&src, &tmp);
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &exe)
+            .unwrap_or_else(|e| panic!("cannot replace {}: {e}", exe.display()));
     }
 
     /// Starts the agent again, with the same config file and state dir, after it was
@@ -198,7 +259,7 @@ impl Agent {
                 c.args(["netns", "exec", ns]).arg(bin("nodeagent"));
                 c
             }
-            None => hermetic(bin("nodeagent")),
+            None => hermetic(self.exe()),
         };
         crate::mark::apply(&mut cmd, self.marker.marker());
         cmd.arg("-c")

@@ -16,6 +16,7 @@ pub mod schema;
 pub mod sniff;
 pub mod tmux;
 pub mod wait;
+pub mod web;
 
 pub use agent::Agent;
 pub use bins::{

@@ -14,6 +14,7 @@ use protocol::Errno;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 
+use super::adopt::{AdoptSlot, Adopted, Frozen};
 use super::live::LIVE;
 use super::model::{Effect, Input, ReplyId, SpawnOrder, Stage, Supervisor, Timer};
 use super::{
@@ -68,6 +69,7 @@ enum Report {
         result: Result<(), String>,
     },
     Timer(Timer),
+    Hook(Box<super::hooks::HookDone>),
 }
 
 /// What goes to the state writer, in order.
@@ -192,6 +194,20 @@ pub(super) struct Actor {
     /// The sockets a reload replaces, closed here after the turn rather than in the
     /// model (closing a unix socket removes its file).
     retired: Option<SocketSet>,
+    /// The pipes of adopted processes, until their `Watch` effect captures them.
+    adopted_pipes: BTreeMap<(String, u32), AdoptedPipes>,
+    /// Where adopted pids go to be waited on (see [`wait_adopted`]).
+    adopted_waits: Option<mpsc::UnboundedSender<AdoptedWait>>,
+    /// Hooks started and not answered yet: no freeze for an upgrade meanwhile.
+    hooks_running: usize,
+}
+
+type AdoptedPipes = (Option<std::os::fd::OwnedFd>, Option<std::os::fd::OwnedFd>);
+
+/// An adopted process to wait on; `None` for one the actor stops as nobody's.
+struct AdoptedWait {
+    pid: u32,
+    slot: Option<(String, u32, u64)>,
 }
 
 impl Actor {
@@ -222,12 +238,18 @@ impl Actor {
             notify: BTreeMap::new(),
             health_due: None,
             retired: None,
+            adopted_pipes: BTreeMap::new(),
+            adopted_waits: None,
+            hooks_running: 0,
         }
     }
 
-    pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+    pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, adopted: Vec<Adopted>) {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         let mut open = true;
+        if !adopted.is_empty() {
+            self.adopt(adopted);
+        }
         self.turn(Input::Boot);
         loop {
             let deadline = match (self.sup.next_deadline(), self.health_due) {
@@ -240,6 +262,10 @@ impl Actor {
             }
             let input = tokio::select! {
                 cmd = cmds.recv(), if open => match cmd {
+                    Some(Cmd::Freeze(reply)) => {
+                        self.freeze(reply).await;
+                        Input::Tick
+                    }
                     Some(cmd) => self.input(cmd, &mut shutdown),
                     None => {
                         open = false;
@@ -283,11 +309,119 @@ impl Actor {
                 reply: self.keep(reply),
             },
             Cmd::Reload(reload, reply) => self.reload(reload, reply),
+            Cmd::Memory(readings) => Input::Memory(readings),
             Cmd::Shutdown(reply) => {
                 *shutdown = Some(reply);
                 Input::Shutdown
             }
+            // Taken in `run`, which awaits it.
+            Cmd::Freeze(_) => Input::Tick,
         }
+    }
+
+    /// Takes the processes of the agent's previous image: into their slots, or stopped
+    /// when no slot takes them (their watcher is gone from the config).
+    fn adopt(&mut self, adopted: Vec<Adopted>) {
+        let mut slots = Vec::with_capacity(adopted.len());
+        for a in adopted {
+            self.adopted_pipes
+                .insert((a.watcher.clone(), a.pid), (a.stdout, a.stderr));
+            slots.push(AdoptSlot {
+                watcher: a.watcher,
+                wid: a.wid,
+                pid: a.pid,
+                restarts: a.restarts,
+                started_at: a.started_at,
+                ready: a.ready,
+            });
+        }
+        self.sup.now = Instant::now();
+        let refused = self.sup.adopt(slots, protocol::unix_time());
+        for a in refused {
+            tracing::warn!(
+                watcher = %a.watcher,
+                wid = a.wid,
+                pid = a.pid,
+                "no watcher takes this process of the previous image any more; stopping it"
+            );
+            // Its pipes are read until it exits, so that it never blocks on them.
+            if let Some((out, err)) = self.adopted_pipes.remove(&(a.watcher.clone(), a.pid)) {
+                super::drain_fds(super::AdoptedOutput {
+                    watcher: a.watcher.clone(),
+                    wid: a.wid,
+                    stdout: out,
+                    stderr: err,
+                    max_bytes: 0,
+                    backups: 0,
+                });
+            }
+            if let Some(g) = &self.groups {
+                g.started(a.pid);
+            }
+            self.wait_adopted(a.pid, None);
+            let pid = a.pid;
+            let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+            tokio::spawn(async move {
+                tokio::time::sleep(super::live::KILL_GRACE.max(Duration::from_secs(10))).await;
+                if process::group_alive(pid) {
+                    let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            });
+        }
+        let effects = std::mem::take(&mut self.sup.out);
+        let mut todo: VecDeque<Effect> = effects.into();
+        while let Some(effect) = todo.pop_front() {
+            if let Some(result) = self.perform(effect) {
+                todo.extend(step(&mut self.sup, result));
+            }
+        }
+        self.outbox.clear();
+    }
+
+    /// Waits on adopted process `pid` (not a tokio child: the previous image spawned
+    /// it), reporting its exit as for any process of `slot`.
+    fn wait_adopted(&mut self, pid: u32, slot: Option<(String, u32, u64)>) {
+        let tx = self.adopted_waits.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(wait_adopted(
+                rx,
+                self.reports_tx.clone(),
+                self.groups.clone(),
+            ));
+            tx
+        });
+        let _ = tx.send(AdoptedWait { pid, slot });
+    }
+
+    /// Hands the processes and pipes over for the agent's exec, then does nothing until
+    /// resumed (the exec failed) or ended by the exec.
+    async fn freeze(&mut self, reply: oneshot::Sender<Result<Frozen, CmdError>>) {
+        let held = self.sup.gates.len() + self.sup.held_spawns.len();
+        if self.hooks_running > 0 || held > 0 {
+            let _ = reply.send(Err(CmdError::new(
+                Errno::CommandFailed,
+                format!(
+                    "{} hook(s) running, {held} command(s) or spawn(s) waiting for one: \
+                     nothing was changed; upgrade again once they finished",
+                    self.hooks_running
+                ),
+            )));
+            return;
+        }
+        let processes = self.sup.handed_processes();
+        let pipes = self.output.hand_over().await;
+        let (resume, resumed) = oneshot::channel();
+        let frozen = Frozen {
+            processes,
+            pipes,
+            sockets: self.sup.sockets.clone(),
+            resume,
+        };
+        if reply.send(Ok(frozen)).is_ok() {
+            let _ = resumed.await;
+        }
+        self.output.resume();
+        tracing::info!("the supervisor goes on");
     }
 
     /// A reload as the model's input. Unless it is a dry run, the file's sockets are
@@ -385,6 +519,10 @@ impl Actor {
                 group_alive: process::group_alive(pid),
             },
             Report::Timer(timer) => Input::Timer(timer),
+            Report::Hook(done) => {
+                self.hooks_running = self.hooks_running.saturating_sub(1);
+                Input::HookDone(done)
+            }
         }
     }
 
@@ -399,7 +537,11 @@ impl Actor {
             Input::Timer(Timer::UptimeReached { .. }) | Input::Probe { .. }
         );
         let mut dirty = match &input {
-            Input::Timer(_) | Input::Probe { .. } | Input::StopCheck { .. } | Input::Tick => false,
+            Input::Timer(_)
+            | Input::Probe { .. }
+            | Input::StopCheck { .. }
+            | Input::Tick
+            | Input::Memory(_) => false,
             Input::Boot
             | Input::Command(..)
             | Input::RestartSlot { .. }
@@ -407,7 +549,8 @@ impl Actor {
             | Input::Shutdown
             | Input::Spawned { .. }
             | Input::SpawnFailed { .. }
-            | Input::Exited { .. } => true,
+            | Input::Exited { .. }
+            | Input::HookDone(_) => true,
         };
         let mut todo: VecDeque<Effect> = step(&mut self.sup, input).into();
         // Arming a timer or starting a probe changes nothing published either.
@@ -545,6 +688,52 @@ impl Actor {
             Effect::Configure { watcher, stop } => LIVE.configure(&watcher, stop.0, stop.1),
             Effect::Ended { pid } => LIVE.ended(pid),
             Effect::ForgetOutput(watcher) => self.output.forget(&watcher),
+            Effect::Watch {
+                watcher,
+                wid,
+                gen,
+                pid,
+                stop,
+            } => {
+                if let Some(g) = &self.groups {
+                    g.started(pid);
+                }
+                LIVE.configure(&watcher, stop.0, stop.1);
+                LIVE.started(pid, &watcher);
+                let pipes = self.adopted_pipes.remove(&(watcher.clone(), pid));
+                let capture = self
+                    .sup
+                    .watchers
+                    .get(&watcher)
+                    .map(|w| (w.cfg.log_max_bytes, w.cfg.log_backups));
+                if let (Some((stdout, stderr)), Some((max_bytes, backups))) = (pipes, capture) {
+                    self.output.adopt(super::AdoptedOutput {
+                        watcher: watcher.clone(),
+                        wid,
+                        stdout,
+                        stderr,
+                        max_bytes,
+                        backups,
+                    });
+                }
+                self.wait_adopted(pid, Some((watcher, wid, gen)));
+            }
+            Effect::Hook(order) => {
+                self.hooks_running += 1;
+                let tx = self.reports_tx.clone();
+                tokio::spawn(async move {
+                    let order = *order;
+                    let result = crate::probe::run_hook(&order.spec, order.timeout).await;
+                    let _ = tx.send(Report::Hook(Box::new(super::hooks::HookDone {
+                        watcher: order.watcher,
+                        kind: order.kind,
+                        wid: order.wid,
+                        gen: order.gen,
+                        pid: order.pid,
+                        result,
+                    })));
+                });
+            }
             e @ (Effect::Emit(_) | Effect::Reply { .. }) => self.outbox.push(e),
             Effect::Persist(_) => {}
         }
@@ -672,6 +861,65 @@ impl Actor {
             &format!("{gen}-{:x}.sock", uuid::Uuid::new_v4().as_u64_pair().0),
             uid,
         )
+    }
+}
+
+/// Waits on the adopted processes: at each SIGCHLD (and as each arrives), reaps those
+/// that exited, without waiting, and reports them as the wait of a spawned process
+/// does. Ends when the actor is gone.
+async fn wait_adopted(
+    mut rx: mpsc::UnboundedReceiver<AdoptedWait>,
+    reports: mpsc::UnboundedSender<Report>,
+    groups: Option<Arc<crate::groups::Groups>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch SIGCHLD: {e}; adopted processes are checked every second"
+            );
+            None
+        }
+    };
+    let mut waiting: Vec<AdoptedWait> = Vec::new();
+    loop {
+        tokio::select! {
+            w = rx.recv() => match w {
+                Some(w) => waiting.push(w),
+                None => return,
+            },
+            _ = async {
+                match sigchld.as_mut() {
+                    Some(s) => { s.recv().await; }
+                    None => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            } => {}
+        }
+        waiting.retain(|w| {
+            let Some(status) = process::try_reap(w.pid) else {
+                return true;
+            };
+            if let Some(g) = &groups {
+                g.ended(w.pid);
+            }
+            match &w.slot {
+                Some((name, wid, gen)) => {
+                    let _ = reports.send(Report::Exited {
+                        name: name.clone(),
+                        wid: *wid,
+                        gen: *gen,
+                        pid: w.pid,
+                        status,
+                    });
+                }
+                None => {
+                    LIVE.ended(w.pid);
+                    tracing::info!(pid = w.pid, "a process nobody takes any more has exited");
+                }
+            }
+            false
+        });
     }
 }
 

@@ -17,6 +17,7 @@ use protocol::reply::{
 use protocol::{Errno, WatcherOptions};
 use serde_json::Value;
 
+use super::hooks::{Gate, GateOp};
 use super::model::{Effect, ReplyId, Slot, Supervisor, Watcher};
 use super::{data, gone, plan, CmdError, Outcome, Reload};
 use crate::config::deps::{graph_errors, graph_of, DepError};
@@ -35,6 +36,7 @@ const EXEC_KEYS: &[&str] = &[
     "health_cmd",
     "working_dir",
     "sockets",
+    "hooks",
 ];
 
 fn unknown_watcher(name: &str) -> CmdError {
@@ -104,6 +106,14 @@ fn health_spelling(options: &mut WatcherOptions, key: &str, value: &Value) -> Re
     Ok(())
 }
 
+/// The watcher operation a gate carries out.
+fn gate_op(op: GateOp) -> fn(&mut Supervisor, &str) {
+    match op {
+        GateOp::Start => Supervisor::start_watcher,
+        GateOp::Stop => Supervisor::stop_watcher,
+    }
+}
+
 /// What a handler does with the command's reply.
 enum Answer {
     /// Reply now.
@@ -132,11 +142,46 @@ impl Supervisor {
         } else {
             self.handle(command, reply)
         };
+        self.answer(reply, answer, since_gen);
+    }
+
+    fn answer(&mut self, reply: ReplyId, answer: Answer, since_gen: u64) {
         match answer {
             Answer::Now(outcome) => self.reply(reply, outcome),
             Answer::Settled(names) => self.wait_settled(names, reply, None),
             Answer::Up(names) => self.wait_settled(names, reply, Some(since_gen)),
             Answer::Done => {}
+        }
+    }
+
+    /// Starts or stops the watchers of a command now, after its `before_start` or
+    /// `before_stop` hooks (see [`Supervisor::gate`]), unless they are to wait for
+    /// hooks first.
+    fn gated(&mut self, op: GateOp, names: Vec<String>, waiting: bool, reply: ReplyId) -> Answer {
+        let since_gen = self.next_gen;
+        if self.gate(op, &names, waiting, Some(reply), since_gen) {
+            return Answer::Done;
+        }
+        self.act(names, waiting, gate_op(op))
+    }
+
+    /// The hooks of a gate passed: its command is carried out and answered.
+    pub(super) fn gate_passed(&mut self, gate: Gate) {
+        let op = gate_op(gate.op);
+        match gate.reply {
+            None => {
+                // The agent's start, unless a command stopped the watcher meanwhile.
+                for n in &gate.names {
+                    if self.watchers.get(n).is_some_and(|w| w.run) {
+                        op(self, n);
+                    }
+                }
+            }
+            Some(reply) if self.shutting_down => self.reply(reply, Err(gone())),
+            Some(reply) => {
+                let answer = self.act(gate.names, gate.waiting, op);
+                self.answer(reply, answer, gate.since_gen);
+            }
         }
     }
 
@@ -148,7 +193,7 @@ impl Supervisor {
                 // All of them: after their dependencies, then by priority.
                 Ok(names) if name.is_none() => {
                     let all = self.start_order(names);
-                    self.act(all, waiting, Supervisor::start_watcher)
+                    self.gated(GateOp::Start, all, waiting, reply)
                 }
                 // The stopped or fatal watchers it depends on start first.
                 Ok(names) => {
@@ -159,7 +204,7 @@ impl Supervisor {
                     all.sort();
                     all.dedup();
                     let all = self.start_order(all);
-                    self.act(all, waiting, Supervisor::start_watcher)
+                    self.gated(GateOp::Start, all, waiting, reply)
                 }
                 Err(e) => Answer::Now(Err(e)),
             },
@@ -167,7 +212,7 @@ impl Supervisor {
                 // All of them: before their dependencies, then by priority.
                 Ok(names) if name.is_none() => {
                     let all = self.stop_order(names);
-                    self.act(all, waiting, Supervisor::stop_watcher)
+                    self.gated(GateOp::Stop, all, waiting, reply)
                 }
                 // The running watchers that depend on it stop first.
                 Ok(names) => {
@@ -178,7 +223,7 @@ impl Supervisor {
                     all.sort();
                     all.dedup();
                     let all = self.stop_order(all);
-                    self.act(all, waiting, Supervisor::stop_watcher)
+                    self.gated(GateOp::Stop, all, waiting, reply)
                 }
                 Err(e) => Answer::Now(Err(e)),
             },
@@ -244,7 +289,8 @@ impl Supervisor {
             | Command::Ping(_)
             | Command::Stats(_)
             | Command::Members(_)
-            | Command::Logs(_)) => Answer::Now(Err(CmdError::new(
+            | Command::Logs(_)
+            | Command::Upgrade(_)) => Answer::Now(Err(CmdError::new(
                 Errno::CommandFailed,
                 format!("'{}' is not a watcher command", agent.name()),
             ))),
@@ -596,11 +642,15 @@ impl Supervisor {
             return;
         };
         let restart = w.cfg.spawn_differs(&new) && w.run;
+        let aging = w.cfg.max_age != new.max_age || w.cfg.max_age_variance != new.max_age_variance;
         self.out.push(Effect::Configure {
             watcher: name.to_owned(),
             stop: (new.stop_signal, new.graceful_timeout),
         });
         w.cfg = new;
+        if aging && !restart {
+            self.rearm_max_age(name);
+        }
         if restart {
             self.restart_watcher(name);
         } else {

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use protocol::reply::{ExitStatus, NoData, ProcessState};
 
+use super::hooks::{About, GateOp};
 use super::live::{later, KILL_GRACE};
 use super::model::{AfterStop, Effect, Input, ReplyId, Slot, SpawnOrder, Stage, Supervisor, Timer};
 use super::policy;
 use super::waiters::{restart_budget, SlotWaiter};
 use crate::config::deps::{start_order, stop_order};
+use crate::config::guards::HookKind;
 use crate::config::{expand, format_duration, Output, Probe, Rollout, WatcherConfig};
 use crate::probe::Check;
 use crate::process::SpawnSpec;
@@ -73,9 +75,13 @@ impl Supervisor {
                 group_alive,
             } => self.stop_check(&name, wid, gen, group_alive),
             Input::Timer(timer) => self.on_timer(timer),
+            Input::Memory(readings) => self.on_memory(readings),
+            Input::HookDone(done) => self.on_hook(*done),
         }
         self.follow_dependencies();
         self.advance_surges();
+        self.advance_recycles();
+        self.advance_hooks();
         self.check_waiters();
         std::mem::take(&mut self.out)
     }
@@ -86,6 +92,20 @@ impl Supervisor {
     fn boot(&mut self) {
         for name in self.start_order(self.watchers.keys().cloned().collect()) {
             if self.watchers.get(&name).is_some_and(|w| w.run) {
+                // A watcher with processes already took them over from the agent's
+                // previous image (an upgrade): it was started then, its start hooks
+                // ran then; only its missing processes start, each with its spawn hooks.
+                let adopted = self
+                    .watchers
+                    .get(&name)
+                    .is_some_and(|w| !w.slots.is_empty());
+                // Its `before_start` hook first, if it has one.
+                if !adopted {
+                    if self.gate(GateOp::Start, std::slice::from_ref(&name), false, None, 0) {
+                        continue;
+                    }
+                    self.hook_due(&name, HookKind::AfterStart);
+                }
                 self.pull_dependencies(&name);
                 self.ensure(&name);
             }
@@ -264,6 +284,7 @@ impl Supervisor {
             }
         }
         self.emit(name, "start", None);
+        self.hook_due(name, HookKind::AfterStart);
         self.ensure(name);
     }
 
@@ -276,6 +297,7 @@ impl Supervisor {
         w.restart_pending = false;
         w.held = None;
         self.emit(name, "stop", None);
+        self.hook_due(name, HookKind::AfterStop);
         self.stop_when_free(name);
     }
 
@@ -390,11 +412,7 @@ impl Supervisor {
         let Some((order, listen)) = self.spawn_order(name, wid, gen, respawn) else {
             return;
         };
-        let Some(slot) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+        let Some(slot) = self.slot_at_mut(name, wid) else {
             return;
         };
         slot.gen = gen;
@@ -403,7 +421,7 @@ impl Supervisor {
         slot.after_stop = AfterStop::Remove;
         slot.uptime_reached = false;
         match listen {
-            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Ok(()) => self.launch(order),
             Err(reason) => self.on_spawn_failed(name, wid, gen, reason, respawn),
         }
     }
@@ -440,6 +458,7 @@ impl Supervisor {
                 stdout: cfg.stdout.clone(),
                 stderr: cfg.stderr.clone(),
                 listen: listen.clone().unwrap_or_default(),
+                rlimits: cfg.rlimits.clone(),
             },
             stop: (cfg.stop_signal, cfg.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
@@ -475,6 +494,7 @@ impl Supervisor {
             gen,
         };
         self.timer(min_uptime, timer);
+        self.arm_max_age(name, wid, gen);
         if let Some(ready) = ready {
             let deadline = Timer::ReadyDeadline {
                 name: name.to_owned(),
@@ -487,10 +507,23 @@ impl Supervisor {
         if respawn {
             self.emit_slot(name, wid, "respawn");
         }
+        let about = About {
+            wid: Some(wid),
+            pid: Some(pid),
+            exit: None,
+        };
+        self.run_hook(name, HookKind::AfterSpawn, gen, about);
     }
 
     /// A process could not start: the restart policy decides, as after an exit.
-    fn on_spawn_failed(&mut self, name: &str, wid: u32, gen: u64, reason: String, respawn: bool) {
+    pub(super) fn on_spawn_failed(
+        &mut self,
+        name: &str,
+        wid: u32,
+        gen: u64,
+        reason: String,
+        respawn: bool,
+    ) {
         let Some(slot) = self.slot_mut(name, wid, gen) else {
             return;
         };
@@ -545,6 +578,7 @@ impl Supervisor {
                 stdout: Output::Discard,
                 stderr: Output::Discard,
                 listen: Vec::new(),
+                rlimits: Vec::new(),
             }),
             Probe::Notify => return,
         };
@@ -989,6 +1023,7 @@ impl Supervisor {
                 }
             }
             Timer::ReadyDeadline { name, wid, gen } => self.ready_deadline(&name, wid, gen),
+            Timer::MaxAge { name, wid, gen } => self.age_reached(&name, wid, gen),
             // The actor turns it into `Input::StopCheck` with what it found.
             Timer::StopCheck { name, wid, gen, .. } => {
                 self.stop_check(&name, wid, gen, true);
@@ -1080,6 +1115,12 @@ impl Supervisor {
         let mut said = slot.clone();
         said.leader_gone = false;
         self.emit(name, "exit", Some(&said));
+        let about = About {
+            wid: Some(wid),
+            pid,
+            exit: Some(exit.clone()),
+        };
+        self.run_hook(name, HookKind::AfterExit, gen, about);
         if stopping {
             match pid {
                 Some(pid) if group_alive => {
@@ -1148,11 +1189,7 @@ impl Supervisor {
 
     /// Carries out the restart policy's decision for a slot whose process is gone.
     fn apply_decision(&mut self, name: &str, wid: u32, decision: policy::Decision) {
-        let Some(slot) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+        let Some(slot) = self.slot_at_mut(name, wid) else {
             return;
         };
         match decision {
@@ -1183,7 +1220,7 @@ impl Supervisor {
 /// The environment of a process of watcher `cfg` (and of its `exec` checks): the
 /// agent's own variables, then the watcher's `env` with `$(wid)`, `$(name)` and
 /// `$(sockets.NAME)` expanded.
-fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(String, String)> {
+pub(super) fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(String, String)> {
     let name = cfg.name.as_str();
     let mut env: Vec<(String, String)> = vec![
         ("NODEAGENT_WID".into(), wid.to_string()),

@@ -206,6 +206,7 @@ mod tests {
             stdout: crate::config::Output::Discard,
             stderr: crate::config::Output::Discard,
             listen: vec![],
+            rlimits: Vec::new(),
         };
         let mut polite = process::spawn(&spec("sleep 1000 & wait")).unwrap();
         let mut stubborn = process::spawn(&spec("trap '' TERM; sleep 1000 & wait")).unwrap();

@@ -4,7 +4,10 @@
 //! is the pure [`policy::after_exit`]. This file must not hold state transitions or I/O.
 
 mod actor;
+pub mod adopt;
 mod commands;
+mod guards;
+mod hooks;
 mod lifecycle;
 pub mod live;
 mod model;
@@ -51,7 +54,7 @@ fn data(d: impl Into<ReplyData>) -> Outcome {
 }
 
 /// A lifecycle event, for the transport to publish.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LifecycleEvent {
     pub watcher: String,
     /// spawn, exit, respawn, flapping, unhealthy, start, stop, add, rm, reload.
@@ -64,6 +67,20 @@ pub struct LifecycleEvent {
     /// clock reading also armed its timers, so that the gap between two events is what
     /// the supervisor measured, however late the event reaches the bus.
     pub time: f64,
+    /// The resident memory that crossed `max_memory`, and the limit (`max_memory`).
+    pub rss_bytes: Option<u64>,
+    pub max_memory: Option<u64>,
+    /// Which hook (`hook_failed`).
+    pub hook: Option<String>,
+}
+
+/// One reading of a process's resident memory, for the `max_memory` guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryReading {
+    pub watcher: String,
+    pub wid: u32,
+    pub pid: u32,
+    pub rss_bytes: u64,
 }
 
 /// One live process, for stats.
@@ -88,6 +105,8 @@ pub struct WatcherSnapshot {
     pub running: u32,
     pub restarts: u32,
     pub processes: Vec<ProcessSnapshot>,
+    /// Its `max_memory`: its processes' memory is read even when stats are off.
+    pub max_memory: Option<u64>,
 }
 
 /// Captured output of a process, handed to whoever stores logs.
@@ -105,6 +124,36 @@ pub trait OutputSink: Send + 'static {
     fn capture(&mut self, out: CapturedOutput);
     /// A watcher was removed; its files may be closed.
     fn forget(&mut self, _watcher: &str) {}
+    /// Captures the pipes of a process adopted across the agent's exec.
+    fn adopt(&mut self, out: AdoptedOutput) {
+        drain_fds(out);
+    }
+    /// Stops reading every pipe for the agent's exec, once what was read is stored,
+    /// and returns the pipes (close-on-exec cleared); `None` when that failed in time.
+    fn hand_over(&mut self) -> futures::future::BoxFuture<'static, Option<Vec<adopt::HandedPipe>>> {
+        Box::pin(async { Some(Vec::new()) })
+    }
+    /// Reads the pipes again after a hand-over whose exec failed.
+    fn resume(&mut self) {}
+}
+
+/// The inherited pipes of an adopted process, for the output sink.
+pub struct AdoptedOutput {
+    pub watcher: String,
+    pub wid: u32,
+    pub stdout: Option<std::os::fd::OwnedFd>,
+    pub stderr: Option<std::os::fd::OwnedFd>,
+    pub max_bytes: u64,
+    pub backups: u32,
+}
+
+/// Reads and drops what adopted pipes carry.
+fn drain_fds(out: AdoptedOutput) {
+    for fd in [out.stdout, out.stderr].into_iter().flatten() {
+        if let Ok(mut p) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            tokio::spawn(async move { tokio::io::copy(&mut p, &mut tokio::io::sink()).await });
+        }
+    }
 }
 
 /// Reads and drops captured output, so that no child blocks on a full pipe (for an
@@ -159,7 +208,12 @@ enum Cmd {
     },
     /// The actor binds the sockets (unless a dry run) before the model sees the reload.
     Reload(Box<Reload>, oneshot::Sender<Outcome>),
+    /// Memory readings of processes, for `max_memory`.
+    Memory(Vec<MemoryReading>),
     Shutdown(oneshot::Sender<()>),
+    /// Freezes the actor for the agent's exec (see [`adopt::Frozen`]); refused while a
+    /// hook runs.
+    Freeze(oneshot::Sender<Result<adopt::Frozen, CmdError>>),
 }
 
 /// A reload of the config file: its watchers and sockets, the file's watchers as last
@@ -369,6 +423,22 @@ impl SupervisorHandle {
         }
     }
 
+    /// Freezes the supervisor for the agent's exec: it hands over its processes and
+    /// pipes, then acts on nothing until the returned `resume` is sent or dropped.
+    /// Refused while a hook runs (its result, or the command it holds, would be lost).
+    pub async fn freeze(&self) -> Result<adopt::Frozen, CmdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Freeze(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Hands memory readings of processes to the `max_memory` guard.
+    pub async fn memory(&self, readings: Vec<MemoryReading>) {
+        if !readings.is_empty() {
+            let _ = self.tx.send(Cmd::Memory(readings)).await;
+        }
+    }
+
     /// Lifecycle events as they happen.
     pub fn events(&self) -> broadcast::Receiver<std::sync::Arc<LifecycleEvent>> {
         self.events.subscribe()
@@ -388,6 +458,18 @@ pub fn start(
     settings: Settings,
     output: Box<dyn OutputSink>,
 ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
+    start_adopting(watchers, stopped, settings, output, Vec::new())
+}
+
+/// As [`start`], taking first the processes the agent's previous image handed over
+/// (see [`adopt`]); the watchers then start only what is missing.
+pub fn start_adopting(
+    watchers: BTreeMap<String, WatcherConfig>,
+    stopped: BTreeSet<String>,
+    settings: Settings,
+    output: Box<dyn OutputSink>,
+    adopted: Vec<adopt::Adopted>,
+) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
     // Shared, not copied: each of the 4096 slots holds a pointer, not a whole event.
     let (events, _) = broadcast::channel(4096);
@@ -400,6 +482,8 @@ pub fn start(
         std::time::Instant::now(),
     );
     sup.sockets = settings.sockets.clone();
+    // Spreads `max_age_variance` differently on each run of the agent.
+    sup.seed = uuid::Uuid::new_v4().as_u64_pair().0;
     for (name, cfg) in watchers {
         let run = cfg.autostart && !stopped.contains(&name);
         sup.watchers.insert(name, model::Watcher::new(cfg, run));
@@ -444,6 +528,6 @@ pub fn start(
         settings,
         output,
     );
-    let task = tokio::spawn(actor.run(rx));
+    let task = tokio::spawn(actor.run(rx, adopted));
     (handle, task)
 }

@@ -83,6 +83,11 @@ pub(super) struct Slot {
     pub replacement: Option<Box<Slot>>,
     /// Of a replacement: when it must be up, or the restart gives up on it.
     pub up_by: Option<Instant>,
+    /// Memory readings above `max_memory` in a row.
+    pub mem_over: u32,
+    /// It has run `max_age` (and its share of `max_age_variance`): it is recycled once
+    /// the watcher's other processes are up.
+    pub age_due: bool,
 }
 
 impl Slot {
@@ -109,6 +114,8 @@ impl Slot {
             not_ready: None,
             replacement: None,
             up_by: None,
+            mem_over: 0,
+            age_due: false,
         }
     }
 
@@ -180,6 +187,10 @@ pub(super) struct Watcher {
     /// It is stopping, but its processes are asked to stop only once no watcher that
     /// depends on it has any left.
     pub stop_held: bool,
+    /// It was started (stopped) and its `after_start` (`after_stop`) hook runs once
+    /// every process runs (is gone).
+    pub after_start_due: bool,
+    pub after_stop_due: bool,
 }
 
 impl Watcher {
@@ -193,6 +204,8 @@ impl Watcher {
             warmup_pending: false,
             held: None,
             stop_held: false,
+            after_start_due: false,
+            after_stop_due: false,
         }
     }
 
@@ -325,6 +338,7 @@ impl Watcher {
                     })
                 })
                 .collect(),
+            max_memory: self.cfg.max_memory,
         }
     }
 }
@@ -406,6 +420,17 @@ pub(super) enum Effect {
     Ended { pid: u32 },
     /// A removed watcher's captured output may be closed.
     ForgetOutput(String),
+    /// Wait on process `pid`, adopted across the agent's exec (see [`super::adopt`]),
+    /// as on a spawned one; its watcher stops it with `stop`.
+    Watch {
+        watcher: String,
+        wid: u32,
+        gen: u64,
+        pid: u32,
+        stop: (Signal, Duration),
+    },
+    /// Run a hook; answered with [`Input::HookDone`].
+    Hook(Box<super::hooks::HookOrder>),
 }
 
 /// What a timer delivers.
@@ -433,6 +458,8 @@ pub(super) enum Timer {
     },
     /// A process had `ready.timeout` to be ready.
     ReadyDeadline { name: String, wid: u32, gen: u64 },
+    /// A process has run `max_age` (and its share of `max_age_variance`).
+    MaxAge { name: String, wid: u32, gen: u64 },
 }
 
 /// What a transition takes.
@@ -492,6 +519,10 @@ pub(super) enum Input {
     },
     /// Any other timer.
     Timer(Timer),
+    /// Memory readings of processes (`max_memory`).
+    Memory(Vec<super::MemoryReading>),
+    /// A hook's result.
+    HookDone(Box<super::hooks::HookDone>),
 }
 
 /// The whole supervisor state: the watchers, the waits of commands, and the effects the
@@ -511,6 +542,12 @@ pub(super) struct Supervisor {
     pub out: Vec<Effect>,
     /// The node's bound sockets, which processes get by name.
     pub sockets: SocketSet,
+    /// Spreads `max_age_variance` over the processes (see [`Supervisor::age_jitter`]).
+    pub seed: u64,
+    /// Commands waiting for their `before_start` or `before_stop` hooks.
+    pub gates: Vec<super::hooks::Gate>,
+    /// Spawn orders waiting for their `before_spawn` hook, by generation.
+    pub held_spawns: BTreeMap<u64, Box<SpawnOrder>>,
 }
 
 impl Supervisor {
@@ -525,6 +562,9 @@ impl Supervisor {
             now,
             out: Vec::new(),
             sockets: SocketSet::default(),
+            seed: 0,
+            gates: Vec::new(),
+            held_spawns: BTreeMap::new(),
         }
     }
 
@@ -570,15 +610,12 @@ impl Supervisor {
             reason: slot.and_then(|s| s.reason.clone()),
             // The actor stamps it with its turn's time.
             time: 0.0,
+            ..Default::default()
         }));
     }
 
     pub fn emit_slot(&mut self, name: &str, wid: u32, kind: &'static str) {
-        let slot = self
-            .watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
-            .cloned();
+        let slot = self.slot_at(name, wid).cloned();
         if let Some(s) = slot {
             self.emit(name, kind, Some(&s));
         }
@@ -638,9 +675,19 @@ impl Supervisor {
         self.watchers.get(name).map_or(0, |w| w.cfg.priority)
     }
 
+    /// Slot `wid` of watcher `name`, when both are there.
+    pub fn slot_at(&self, name: &str, wid: u32) -> Option<&Slot> {
+        self.watchers.get(name)?.slots.get(&wid)
+    }
+
+    /// Slot `wid` of watcher `name`, when both are there, to change.
+    pub fn slot_at_mut(&mut self, name: &str, wid: u32) -> Option<&mut Slot> {
+        self.watchers.get_mut(name)?.slots.get_mut(&wid)
+    }
+
     /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot(&self, name: &str, wid: u32, gen: u64) -> Option<&Slot> {
-        let slot = self.watchers.get(name)?.slots.get(&wid)?;
+        let slot = self.slot_at(name, wid)?;
         if slot.gen == gen {
             return Some(slot);
         }
@@ -649,7 +696,7 @@ impl Supervisor {
 
     /// The process of generation `gen` in a slot: the slot's own, or its replacement.
     pub fn slot_mut(&mut self, name: &str, wid: u32, gen: u64) -> Option<&mut Slot> {
-        let slot = self.watchers.get_mut(name)?.slots.get_mut(&wid)?;
+        let slot = self.slot_at_mut(name, wid)?;
         if slot.gen == gen {
             return Some(slot);
         }
@@ -658,9 +705,7 @@ impl Supervisor {
 
     /// Whether generation `gen` is the replacement in a slot (see [`Slot::replacement`]).
     pub fn is_replacement(&self, name: &str, wid: u32, gen: u64) -> bool {
-        self.watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
+        self.slot_at(name, wid)
             .and_then(|s| s.replacement.as_deref())
             .is_some_and(|r| r.gen == gen)
     }

@@ -33,7 +33,7 @@ impl Supervisor {
         new.up_by = Some(up_by);
         slot.replacement = Some(Box::new(new));
         match listen {
-            Ok(()) => self.out.push(Effect::Spawn(Box::new(order))),
+            Ok(()) => self.launch(order),
             Err(reason) => self.replacement_failed(name, wid, reason),
         }
     }
@@ -78,9 +78,7 @@ impl Supervisor {
     /// A slot's replacement is gone (stopped, or it never started).
     fn drop_replacement(&mut self, name: &str, wid: u32) {
         let Some(r) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
+            .slot_at_mut(name, wid)
             .and_then(|s| s.replacement.take())
         else {
             return;
@@ -103,9 +101,7 @@ impl Supervisor {
     /// What becomes of a slot's own process when its replacement fails, in words.
     pub(super) fn old_process_fate(&self, name: &str, wid: u32) -> &'static str {
         let old_stopping = self
-            .watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
+            .slot_at(name, wid)
             .is_some_and(|s| s.state == ProcessState::Stopping);
         if old_stopping {
             "the old process was stopping already; the slot starts afresh"
@@ -117,11 +113,7 @@ impl Supervisor {
     /// The slot's own process is gone: its replacement takes the slot, counted as a
     /// restart when it was taking over (not when it was stopping too).
     pub(super) fn replacement_takes_over(&mut self, name: &str, wid: u32) {
-        let Some(slot) = self
-            .watchers
-            .get_mut(name)
-            .and_then(|w| w.slots.get_mut(&wid))
-        else {
+        let Some(slot) = self.slot_at_mut(name, wid) else {
             return;
         };
         let Some(mut r) = slot.replacement.take() else {

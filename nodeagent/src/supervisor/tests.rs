@@ -128,7 +128,7 @@ impl Sim {
     }
 
     fn slot(&self, wid: u32) -> Option<&Slot> {
-        self.sup.watchers.get("w").and_then(|w| w.slots.get(&wid))
+        self.sup.slot_at("w", wid)
     }
 
     fn gen(&self, wid: u32) -> u64 {
@@ -136,11 +136,7 @@ impl Sim {
     }
 
     fn gen_of(&self, name: &str, wid: u32) -> u64 {
-        self.sup
-            .watchers
-            .get(name)
-            .and_then(|w| w.slots.get(&wid))
-            .map_or(0, |s| s.gen)
+        self.sup.slot_at(name, wid).map_or(0, |s| s.gen)
     }
 
     fn new_gen(&self, wid: u32) -> u64 {
@@ -375,6 +371,7 @@ fn timer_name(t: &Timer) -> String {
         Timer::Warmup { name } => format!("warmup {name}"),
         Timer::Probe { wid, stage, .. } => format!("{} w/{wid}", stage_name(*stage)),
         Timer::ReadyDeadline { wid, .. } => format!("ready-deadline w/{wid}"),
+        Timer::MaxAge { wid, .. } => format!("max-age w/{wid}"),
     }
 }
 
@@ -427,6 +424,11 @@ fn describe(e: &Effect) -> String {
         Effect::Configure { watcher, .. } => format!("configure {watcher}"),
         Effect::Ended { .. } => "ended".into(),
         Effect::ForgetOutput(w) => format!("forget {w}"),
+        Effect::Watch { watcher, wid, .. } => format!("watch {watcher}/{wid}"),
+        Effect::Hook(h) => match h.wid {
+            Some(wid) => format!("hook {} {}/{wid}", h.kind.as_str(), h.watcher),
+            None => format!("hook {} {}", h.kind.as_str(), h.watcher),
+        },
     }
 }
 
@@ -2182,3 +2184,6 @@ fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
     assert_eq!(sim.end(), "active 1:running");
     assert_eq!(sim.slot(1).and_then(|s| s.pid), old);
 }
+
+mod guards;
+mod hooks;

@@ -256,11 +256,7 @@ impl Supervisor {
     fn slot_outcome(&self, sw: &SlotWaiter) -> Option<Result<(), CmdError>> {
         let failed = |what: String| Some(Err(CmdError::new(Errno::CommandFailed, what)));
         let who = format!("process {} of '{}'", sw.wid, sw.name);
-        let Some(s) = self
-            .watchers
-            .get(&sw.name)
-            .and_then(|w| w.slots.get(&sw.wid))
-        else {
+        let Some(s) = self.slot_at(&sw.name, sw.wid) else {
             return failed(format!("{who} went away during the restart"));
         };
         if let Some(why) = &sw.failure {

@@ -286,6 +286,12 @@ pub fn watcher_options() -> impl Strategy<Value = WatcherOptions> {
             sockets,
             max_surge,
             max_unavailable,
+            max_memory: None,
+            max_memory_samples: None,
+            rlimits: None,
+            max_age: None,
+            max_age_variance: None,
+            hooks: None,
         },
     )
 }
