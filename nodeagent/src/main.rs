@@ -79,13 +79,12 @@ fn main() -> ExitCode {
     raise_open_files_limit();
     fatal::install_hook();
     nodeagent::process::remember_self();
-    // One worker thread runs every task: the agent mostly waits, and each more worker
-    // would cost a stack and a malloc arena. Not a current-thread runtime: the main
-    // thread is the forker (below) and waits for fork jobs, so the tasks need a thread
-    // of their own. Blocking work (/proc samples, state saves, log writes) goes to the
-    // blocking pool as before.
+    // Two workers, not one: the main thread is the forker (below) and a task that starts
+    // a process waits for it, so with a single worker a mass spawn or stop starves the
+    // heartbeats (a 5000-process scale made the node suspect). Blocking work (/proc
+    // samples, state saves, log writes) goes to the blocking pool.
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
     {
