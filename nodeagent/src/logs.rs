@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::logs::{LogLine, LogsData, Stream};
 use protocol::subjects::{validate_token, NameError};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -70,6 +70,9 @@ const BATCH_LINES: usize = 1024;
 
 /// Bytes read per step, by the pumps and by `tail` reading backwards.
 const CHUNK: usize = 64 * 1024;
+
+/// The output reader's first buffer, before a read fills it.
+const FIRST_CHUNK: usize = 512;
 
 /// The most `tail` reads of one stream's files for one request.
 pub const TAIL_BUDGET: u64 = 4 * 1024 * 1024;
@@ -197,40 +200,54 @@ async fn read_lines_until<R: AsyncRead + Unpin>(
     mut pause: Option<&mut watch::Receiver<bool>>,
     mut emit: impl FnMut(Vec<u8>),
 ) -> io::Result<bool> {
-    let mut reader = BufReader::with_capacity(CHUNK, reader);
+    // Small until a read fills it, then CHUNK: a quiet process's two streams cost
+    // about a kilobyte, a chatty one's the full buffer. Never zeroed (as a
+    // `BufReader`'s is): only what a process prints is written to it.
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_CHUNK);
+    let mut start = 0;
     let mut line = Vec::new();
     let mut paused = false;
     let result = loop {
-        let filled = match pause.as_deref_mut() {
-            // Dropping a pending fill loses nothing: a read that got bytes completes.
-            Some(p) => tokio::select! {
-                biased;
-                _ = p.wait_for(|p| *p) => None,
-                r = reader.fill_buf() => Some(r),
-            },
-            None => Some(reader.fill_buf().await),
-        };
-        let buf = match filled {
-            None => {
-                paused = true;
-                break Ok(());
+        if start == buf.len() {
+            if buf.len() == buf.capacity() && buf.capacity() < CHUNK {
+                buf = Vec::with_capacity(CHUNK);
             }
-            Some(Ok([])) => break Ok(()),
-            Some(Ok(buf)) => buf,
-            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Some(Err(e)) => break Err(e),
-        };
+            buf.clear();
+            start = 0;
+            let filled = match pause.as_deref_mut() {
+                // Dropping a pending read loses nothing: `read_buf` is cancel safe.
+                Some(p) => tokio::select! {
+                    biased;
+                    _ = p.wait_for(|p| *p) => None,
+                    r = reader.read_buf(&mut buf) => Some(r),
+                },
+                None => Some(reader.read_buf(&mut buf).await),
+            };
+            match filled {
+                // Every byte read so far was handed over (the pause is only
+                // looked at once the buffer is consumed); what the line holds goes below.
+                None => {
+                    paused = true;
+                    break Ok(());
+                }
+                Some(Ok(0)) => break Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => break Err(e),
+            }
+        }
+        let avail = &buf[start..];
         let room = max.saturating_sub(line.len());
         // Look past what fits: a `\n` or `\r\n` right after a full line ends it.
-        let look = buf.len().min(room + 2);
-        let newline = buf[..look]
+        let look = avail.len().min(room + 2);
+        let newline = avail[..look]
             .iter()
             .position(|&b| b == b'\n')
-            .filter(|&i| i <= room || buf[room] == b'\r');
+            .filter(|&i| i <= room || avail[room] == b'\r');
         match newline {
             Some(i) => {
-                line.extend_from_slice(&buf[..i]);
-                reader.consume(i + 1);
+                line.extend_from_slice(&avail[..i]);
+                start += i + 1;
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
@@ -242,26 +259,12 @@ async fn read_lines_until<R: AsyncRead + Unpin>(
                 emit(std::mem::replace(&mut line, rest));
             }
             None => {
-                let take = buf.len().min(room);
-                line.extend_from_slice(&buf[..take]);
-                reader.consume(take);
+                let take = avail.len().min(room);
+                line.extend_from_slice(&avail[..take]);
+                start += take;
             }
         }
     };
-    if paused {
-        // What was read but not yet handed over goes now, line by line.
-        let rest = reader.buffer().to_vec();
-        let mut parts = rest.split(|b| *b == b'\n').peekable();
-        while let Some(part) = parts.next() {
-            line.extend_from_slice(part);
-            if parts.peek().is_some() {
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                emit(std::mem::take(&mut line));
-            }
-        }
-    }
     if !line.is_empty() {
         emit(line);
     }

@@ -66,10 +66,10 @@ pub async fn publish_events(
                 if let Some(wid) = ev.wid {
                     event = event.with_wid(wid);
                 }
-                if let (Some(exit), EventKind::Exit) = (ev.exit, kind) {
+                if let (Some(exit), EventKind::Exit) = (ev.exit.clone(), kind) {
                     event = event.with_exit(exit);
                 }
-                if let Some(reason) = ev.reason {
+                if let Some(reason) = ev.reason.clone() {
                     event = event.with_reason(reason);
                 }
                 if ev.time > 0.0 {
@@ -77,7 +77,7 @@ pub async fn publish_events(
                 }
                 event.rss_bytes = ev.rss_bytes;
                 event.max_memory = ev.max_memory;
-                event.hook = ev.hook;
+                event.hook = ev.hook.clone();
                 bus.publish_json(event.subject(&subjects), &event).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -47,7 +47,7 @@ const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where the actor publishes.
 pub(super) struct Outlets {
-    pub events: broadcast::Sender<LifecycleEvent>,
+    pub events: broadcast::Sender<Arc<LifecycleEvent>>,
     pub services: watch::Sender<BTreeSet<String>>,
     pub snapshots: watch::Sender<Option<Vec<WatcherSnapshot>>>,
 }
@@ -583,7 +583,7 @@ impl Actor {
         for effect in std::mem::take(&mut self.outbox) {
             match effect {
                 Effect::Emit(ev) => {
-                    let _ = self.out.events.send(ev);
+                    let _ = self.out.events.send(Arc::new(ev));
                 }
                 Effect::Reply { to, outcome } => self.send_reply(to, outcome),
                 _ => {}

@@ -231,7 +231,7 @@ pub struct Reload {
 #[derive(Clone)]
 pub struct SupervisorHandle {
     tx: mpsc::Sender<Cmd>,
-    events: broadcast::Sender<LifecycleEvent>,
+    events: broadcast::Sender<std::sync::Arc<LifecycleEvent>>,
     services: watch::Receiver<BTreeSet<String>>,
     /// The actor's latest snapshot; none until it has started the watchers.
     snapshots: watch::Receiver<Option<Vec<WatcherSnapshot>>>,
@@ -440,7 +440,7 @@ impl SupervisorHandle {
     }
 
     /// Lifecycle events as they happen.
-    pub fn events(&self) -> broadcast::Receiver<LifecycleEvent> {
+    pub fn events(&self) -> broadcast::Receiver<std::sync::Arc<LifecycleEvent>> {
         self.events.subscribe()
     }
 
@@ -471,6 +471,7 @@ pub fn start_adopting(
     adopted: Vec<adopt::Adopted>,
 ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
+    // Shared, not copied: each of the 4096 slots holds a pointer, not a whole event.
     let (events, _) = broadcast::channel(4096);
     let mut sup = model::Supervisor::new(
         model::Limits {
