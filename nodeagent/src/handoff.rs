@@ -285,12 +285,14 @@ fn check_process(
     }
     let mut fd = |raw: Option<i32>| raw.map(|r| claim(r, FdKind::Pipe, taken)).transpose();
     Ok(Adopted {
-        watcher: p.watcher.clone(),
-        wid: p.wid,
-        pid: p.pid,
-        restarts: p.restarts,
-        started_at: p.started_at,
-        ready: p.ready,
+        process: crate::supervisor::adopt::HandedProcess {
+            watcher: p.watcher.clone(),
+            wid: p.wid,
+            pid: p.pid,
+            restarts: p.restarts,
+            started_at: p.started_at,
+            ready: p.ready,
+        },
         stdout: fd(p.stdout_fd)?,
         stderr: fd(p.stderr_fd)?,
     })

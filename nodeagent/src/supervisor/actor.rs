@@ -14,7 +14,7 @@ use protocol::Errno;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 
-use super::adopt::{AdoptSlot, Adopted, Frozen};
+use super::adopt::{Adopted, Frozen};
 use super::live::LIVE;
 use super::model::{Effect, Input, ReplyId, SpawnOrder, Stage, Supervisor, Timer};
 use super::{
@@ -324,16 +324,9 @@ impl Actor {
     fn adopt(&mut self, adopted: Vec<Adopted>) {
         let mut slots = Vec::with_capacity(adopted.len());
         for a in adopted {
-            self.adopted_pipes
-                .insert((a.watcher.clone(), a.pid), (a.stdout, a.stderr));
-            slots.push(AdoptSlot {
-                watcher: a.watcher,
-                wid: a.wid,
-                pid: a.pid,
-                restarts: a.restarts,
-                started_at: a.started_at,
-                ready: a.ready,
-            });
+            let key = (a.process.watcher.clone(), a.process.pid);
+            self.adopted_pipes.insert(key, (a.stdout, a.stderr));
+            slots.push(a.process);
         }
         self.sup.now = Instant::now();
         let refused = self.sup.adopt(slots, protocol::unix_time());

@@ -14,6 +14,16 @@ use crate::config::Probe;
 /// A process the agent's previous image ran, checked to be this process's child.
 #[derive(Debug)]
 pub struct Adopted {
+    pub process: HandedProcess,
+    /// The read ends of its captured stdout and stderr.
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// One live process, as the supervisor hands it over before the agent's exec, and as the
+/// next image's supervisor takes it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandedProcess {
     pub watcher: String,
     pub wid: u32,
     pub pid: u32,
@@ -21,20 +31,6 @@ pub struct Adopted {
     /// Unix time it started.
     pub started_at: f64,
     /// It was ready (its readiness check passed, min_uptime reached).
-    pub ready: bool,
-    /// The read ends of its captured stdout and stderr.
-    pub stdout: Option<OwnedFd>,
-    pub stderr: Option<OwnedFd>,
-}
-
-/// One live process, as the supervisor hands it over before the agent's exec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HandedProcess {
-    pub watcher: String,
-    pub wid: u32,
-    pub pid: u32,
-    pub restarts: u32,
-    pub started_at: f64,
     pub ready: bool,
 }
 
@@ -58,17 +54,6 @@ pub struct Frozen {
     /// The node's listening sockets.
     pub sockets: crate::sockets::SocketSet,
     pub resume: tokio::sync::oneshot::Sender<()>,
-}
-
-/// An adopted process as the model takes it: no fds.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct AdoptSlot {
-    pub watcher: String,
-    pub wid: u32,
-    pub pid: u32,
-    pub restarts: u32,
-    pub started_at: f64,
-    pub ready: bool,
 }
 
 /// The longest age taken from a handed-over start time (a bad clock is not a reason to
@@ -108,7 +93,7 @@ impl Supervisor {
     /// process, which will not say READY=1 twice, is taken as ready). Its `max_age`
     /// timer is armed for the rest of its age. No hook runs: it was not spawned, and
     /// its watcher (which `Input::Boot` then finds with processes) was started already.
-    pub(super) fn adopt(&mut self, list: Vec<AdoptSlot>, unix_now: f64) -> Vec<AdoptSlot> {
+    pub(super) fn adopt(&mut self, list: Vec<HandedProcess>, unix_now: f64) -> Vec<HandedProcess> {
         let mut refused = Vec::new();
         for a in list {
             let Some(w) = self.watchers.get(&a.watcher) else {
@@ -209,8 +194,8 @@ mod tests {
         s
     }
 
-    fn slot(watcher: &str, wid: u32, pid: u32) -> AdoptSlot {
-        AdoptSlot {
+    fn slot(watcher: &str, wid: u32, pid: u32) -> HandedProcess {
+        HandedProcess {
             watcher: watcher.into(),
             wid,
             pid,
