@@ -365,13 +365,8 @@ async fn members_endpoint(
     service: &async_nats::service::Service,
     subjects: &Subjects,
 ) -> Result<Endpoint, TransportError> {
-    service
-        .endpoint_builder()
-        .name("members")
-        .queue_group(subjects.members_queue())
-        .add(subjects.members())
-        .await
-        .map_err(|e| TransportError::Service(format!("cannot serve {}: {e}", subjects.members())))
+    let queue = subjects.members_queue();
+    micro::endpoint(service, "members".into(), subjects.members(), Some(&queue)).await
 }
 
 /// Serves the `members` endpoint when `on` (adding it again after a step down), and

@@ -75,6 +75,23 @@ pub async fn register(
         .map_err(|e| TransportError::Service(e.to_string()))
 }
 
+/// One endpoint `name` on `subject`, in `queue` (`None`: this agent's own group).
+pub async fn endpoint(
+    service: &Service,
+    name: String,
+    subject: String,
+    queue: Option<&str>,
+) -> Result<Endpoint, TransportError> {
+    let mut builder = service.endpoint_builder().name(name);
+    if let Some(q) = queue {
+        builder = builder.queue_group(q);
+    }
+    builder
+        .add(subject.clone())
+        .await
+        .map_err(|e| TransportError::Service(format!("cannot serve {subject}: {e}")))
+}
+
 /// Two endpoints: `name` on `subject` (the command in the body) and `name-command` on
 /// `subject.*` (one subject per command), in `queue` (`None`: this agent's own group),
 /// merged into one stream of requests.
@@ -84,20 +101,10 @@ pub async fn endpoints(
     subject: String,
     queue: Option<String>,
 ) -> Result<SelectAll<Endpoint>, TransportError> {
-    let add = |name: String, subject: String| {
-        let mut builder = service.endpoint_builder().name(name);
-        if let Some(q) = &queue {
-            builder = builder.queue_group(q);
-        }
-        async move {
-            builder
-                .add(subject.clone())
-                .await
-                .map_err(|e| TransportError::Service(format!("cannot serve {subject}: {e}")))
-        }
-    };
-    let plain = add(name.to_owned(), subject.clone()).await?;
-    let each = add(format!("{name}-command"), format!("{subject}.*")).await?;
+    let queue = queue.as_deref();
+    let each = format!("{subject}.*");
+    let plain = endpoint(service, name.to_owned(), subject, queue).await?;
+    let each = endpoint(service, format!("{name}-command"), each, queue).await?;
     Ok(futures::stream::select_all([plain, each]))
 }
 
