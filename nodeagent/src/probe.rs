@@ -116,18 +116,11 @@ fn status_code(line: &str) -> Result<u16, String> {
 }
 
 async fn exec(spec: &SpawnSpec, timeout: Duration) -> Result<(), String> {
-    let mut spawned = process::spawn(spec).map_err(|e| format!("cannot start: {e}"))?;
-    let pid = spawned.pid;
-    match tokio::time::timeout(timeout, spawned.child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(process::exit_status(status).to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => {
-            // Its whole group goes, then it is reaped.
-            let _ = process::signal_group(pid, Signal::SIGKILL);
-            let _ = spawned.child.wait().await;
-            Err("still running at the timeout; killed".into())
-        }
+    match run_to_exit(spec, timeout).await? {
+        Some((Ok(status), _)) if status.success() => Ok(()),
+        Some((Ok(status), _)) => Err(process::exit_status(status).to_string()),
+        Some((Err(e), _)) => Err(e.to_string()),
+        None => Err("still running at the timeout; killed".into()),
     }
 }
 
@@ -138,6 +131,32 @@ const HOOK_STDERR: usize = 4096;
 /// (then its whole group is killed). `Err` says why it failed, with the last line of
 /// its stderr: its exit status or the timeout, or why it could not start.
 pub async fn run_hook(spec: &SpawnSpec, timeout: Duration) -> Result<(), String> {
+    let Some((status, kept)) = run_to_exit(spec, timeout).await? else {
+        return Err(format!(
+            "still running after its timeout ({}); killed",
+            crate::config::format_duration(timeout)
+        ));
+    };
+    let last = String::from_utf8_lossy(&kept)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.chars().take(300).collect::<String>());
+    let said = last.map(|l| format!(": {l}")).unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{}{said}", process::exit_status(s))),
+        Err(e) => Err(format!("{e}{said}")),
+    }
+}
+
+/// Runs `spec` until it exits: its exit and the last [`HOOK_STDERR`] bytes of its
+/// stderr (where `spec` captures it), or `None` when `timeout` passed first (then its
+/// whole group is killed, and it is reaped). `Err`: it could not start.
+async fn run_to_exit(
+    spec: &SpawnSpec,
+    timeout: Duration,
+) -> Result<Option<(io::Result<std::process::ExitStatus>, Vec<u8>)>, String> {
     let mut spawned = process::spawn(spec).map_err(|e| format!("cannot start: {e}"))?;
     let pid = spawned.pid;
     let mut stderr = spawned.stderr.take();
@@ -157,31 +176,14 @@ pub async fn run_hook(spec: &SpawnSpec, timeout: Duration) -> Result<(), String>
         }
         kept
     };
-    let run = async {
-        let (status, kept) = tokio::join!(spawned.child.wait(), tail);
-        (status, kept)
-    };
-    let (status, kept) = match tokio::time::timeout(timeout, run).await {
-        Ok(done) => done,
+    let run = async { tokio::join!(spawned.child.wait(), tail) };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(done) => Ok(Some(done)),
         Err(_) => {
             let _ = process::signal_group(pid, Signal::SIGKILL);
             let _ = spawned.child.wait().await;
-            return Err(format!(
-                "still running after its timeout ({}); killed",
-                crate::config::format_duration(timeout)
-            ));
+            Ok(None)
         }
-    };
-    let last = String::from_utf8_lossy(&kept)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.chars().take(300).collect::<String>());
-    let said = last.map(|l| format!(": {l}")).unwrap_or_default();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("{}{said}", process::exit_status(s))),
-        Err(e) => Err(format!("{e}{said}")),
     }
 }
 
