@@ -9,6 +9,9 @@ use nix::sys::resource::{Resource, RLIM_INFINITY};
 use protocol::options::{
     ByteSize, CommandLine, Hook, HookCommand, Hooks, LimitValue, Rlimit, RlimitPair,
 };
+use protocol::WatcherOptions;
+
+use super::{parse_duration_in_range, Problems};
 
 /// The smallest and largest `max_memory`.
 pub const MIN_MAX_MEMORY: u64 = 1 << 20;
@@ -345,6 +348,65 @@ pub fn hooks_options(hooks: &HooksConfig) -> Option<Hooks> {
         }));
     }
     Some(out)
+}
+
+/// A watcher's guards and hooks, validated.
+pub(super) struct Guards {
+    pub max_memory: Option<u64>,
+    pub max_memory_samples: u32,
+    pub rlimits: Vec<RlimitSetting>,
+    pub max_age: Option<Duration>,
+    pub max_age_variance: Duration,
+    pub hooks: HooksConfig,
+}
+
+/// Reads `max_memory`, `max_memory_samples`, `rlimits`, `max_age`,
+/// `max_age_variance` and `hooks`, with their defaults.
+pub(super) fn from_options(o: &WatcherOptions, t: &mut Problems) -> Guards {
+    let max_memory = o
+        .max_memory
+        .as_ref()
+        .and_then(|v| max_memory(v).map_err(|m| t.at("max_memory", m)).ok());
+    let max_memory_samples = o.max_memory_samples.unwrap_or(MAX_MEMORY_SAMPLES);
+    t.count("max_memory_samples", max_memory_samples.into());
+    let rlimits = match o.rlimits.as_ref().map(rlimits) {
+        None => Vec::new(),
+        Some(Ok(list)) => list,
+        Some(Err(list)) => {
+            t.each(list);
+            Vec::new()
+        }
+    };
+    let max_age = t.maybe_duration("max_age", o.max_age.as_ref());
+    let max_age_variance = t
+        .maybe_duration("max_age_variance", o.max_age_variance.as_ref())
+        .unwrap_or_default();
+    if o.max_age_variance.is_some() && o.max_age.is_none() {
+        t.at(
+            "max_age_variance",
+            "set without max_age; set max_age too, or remove it",
+        );
+    }
+    let hooks = match o
+        .hooks
+        .as_ref()
+        .map(|h| hooks(h, |d| parse_duration_in_range("hooks.timeout", d)))
+    {
+        None => BTreeMap::new(),
+        Some(Ok(h)) => h,
+        Some(Err(list)) => {
+            t.each(list);
+            BTreeMap::new()
+        }
+    };
+    Guards {
+        max_memory,
+        max_memory_samples,
+        rlimits,
+        max_age,
+        max_age_variance,
+        hooks,
+    }
 }
 
 #[cfg(test)]
