@@ -721,6 +721,42 @@ struct Sink {
     writer: JoinHandle<()>,
 }
 
+/// A child's output pipe as the agent holds it: the end it spawned the child with, or
+/// an fd its previous image handed over across the exec.
+trait OutputPipe {
+    type Reader: AsyncRead + AsFd + Unpin + Send + 'static;
+
+    /// The pipe made ready for a pump of `watcher`'s.
+    fn open(self, watcher: &str) -> Result<Self::Reader, LogError>;
+}
+
+impl OutputPipe for ChildStdout {
+    type Reader = Self;
+
+    fn open(self, _: &str) -> Result<Self, LogError> {
+        Ok(self)
+    }
+}
+
+impl OutputPipe for ChildStderr {
+    type Reader = Self;
+
+    fn open(self, _: &str) -> Result<Self, LogError> {
+        Ok(self)
+    }
+}
+
+impl OutputPipe for OwnedFd {
+    type Reader = tokio::net::unix::pipe::Receiver;
+
+    fn open(self, watcher: &str) -> Result<Self::Reader, LogError> {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(self).map_err(|source| LogError::Handover {
+            watcher: watcher.to_owned(),
+            source,
+        })
+    }
+}
+
 /// Owns the sinks of every watcher, one per (watcher, stream), under one log dir.
 #[derive(Debug)]
 pub struct LogManager {
@@ -836,20 +872,7 @@ impl LogManager {
         max_bytes: u64,
         backups: u32,
     ) -> Result<Vec<JoinHandle<()>>, LogError> {
-        let mut pumps = Vec::with_capacity(2);
-        if let Some(pipe) = stdout {
-            pumps.push(
-                self.sink(watcher, Stream::Stdout, max_bytes, backups)?
-                    .pump(pipe, wid),
-            );
-        }
-        if let Some(pipe) = stderr {
-            pumps.push(
-                self.sink(watcher, Stream::Stderr, max_bytes, backups)?
-                    .pump(pipe, wid),
-            );
-        }
-        Ok(pumps)
+        self.capture_pipes(watcher, wid, stdout, stderr, max_bytes, backups)
     }
 
     /// Forgets `watcher`'s sinks. Their files close once the pumps still holding them end.
@@ -879,18 +902,34 @@ impl LogManager {
         max_bytes: u64,
         backups: u32,
     ) -> Result<Vec<JoinHandle<()>>, LogError> {
+        self.capture_pipes(watcher, wid, stdout, stderr, max_bytes, backups)
+    }
+
+    /// What [`LogManager::capture`] and [`LogManager::capture_fds`] do: a pump on each
+    /// pipe that is there, stdout first, each opened, then given its sink. On an error
+    /// the pumps already started go on, and the error is returned.
+    fn capture_pipes(
+        &mut self,
+        watcher: &str,
+        wid: u32,
+        stdout: Option<impl OutputPipe>,
+        stderr: Option<impl OutputPipe>,
+        max_bytes: u64,
+        backups: u32,
+    ) -> Result<Vec<JoinHandle<()>>, LogError> {
         let mut pumps = Vec::with_capacity(2);
-        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
-            let Some(fd) = fd else { continue };
-            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|source| {
-                LogError::Handover {
-                    watcher: watcher.to_owned(),
-                    source,
-                }
-            })?;
+        if let Some(pipe) = stdout {
+            let reader = pipe.open(watcher)?;
             pumps.push(
-                self.sink(watcher, stream, max_bytes, backups)?
-                    .pump(pipe, wid),
+                self.sink(watcher, Stream::Stdout, max_bytes, backups)?
+                    .pump(reader, wid),
+            );
+        }
+        if let Some(pipe) = stderr {
+            let reader = pipe.open(watcher)?;
+            pumps.push(
+                self.sink(watcher, Stream::Stderr, max_bytes, backups)?
+                    .pump(reader, wid),
             );
         }
         Ok(pumps)
@@ -1500,6 +1539,37 @@ mod tests {
         );
         assert_eq!(lines[3].wid, 0);
         assert_eq!(lines[4].wid, 7);
+    }
+
+    #[tokio::test]
+    async fn handed_over_fds_are_captured_and_a_fd_that_is_no_pipe_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = LogManager::new(dir.path(), "n1").unwrap();
+        let mut rx = m.feed().subscribe();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let file = File::create(dir.path().join("plain")).unwrap();
+        let err = m
+            .capture_fds("web", 2, None, Some(OwnedFd::from(file)), 1024, 1)
+            .unwrap_err();
+        assert!(matches!(err, LogError::Handover { .. }), "{err}");
+        let pumps = m.capture_fds("web", 2, Some(read), None, 1024, 1).unwrap();
+        assert_eq!(pumps.len(), 1);
+        File::from(write).write_all(b"handed\n").unwrap();
+        let line = tokio::time::timeout(TEST_WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (line.wid, line.stream, line.line.as_str()),
+            (2, Stream::Stdout, "handed")
+        );
+        for pump in pumps {
+            tokio::time::timeout(TEST_WAIT, pump)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        close(&mut m, "web").await;
     }
 
     #[tokio::test]
