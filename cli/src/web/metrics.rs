@@ -219,42 +219,18 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::stats::{HostStats, ProcessStats, StatsData, StatsMessage, WatcherStats};
+    use crate::web::fixtures::stats;
 
     #[test]
     fn writes_conventional_names_and_labels() {
         let mut v = View::new();
-        let msg = StatsMessage {
-            time: 5.0,
-            ..StatsMessage::new(
-                "n1",
-                "b",
-                1.0,
-                StatsData {
-                    host: HostStats::default(),
-                    watchers: vec![WatcherStats {
-                        name: "web".into(),
-                        service: "web".into(),
-                        state: WatcherState::Active,
-                        numprocesses: 1,
-                        running: 1,
-                        cpu_percent: 0.0,
-                        rss_bytes: 4096,
-                        restarts: 2,
-                        processes: vec![ProcessStats {
-                            wid: 1,
-                            pid: 7,
-                            cpu_percent: 0.0,
-                            rss_bytes: 4096,
-                            cpu_seconds: 1.25,
-                            age_secs: 2.0,
-                            restarts: 2,
-                            health: Some(ProcessHealth::Ready),
-                        }],
-                    }],
-                },
-            )
-        };
+        let mut msg = stats("n1", 5.0, 7, 0.0);
+        let w = &mut msg.watchers[0];
+        w.restarts = 2;
+        let p = &mut w.processes[0];
+        p.cpu_seconds = 1.25;
+        p.restarts = 2;
+        p.health = Some(ProcessHealth::Ready);
         v.stats("n1", msg);
         let text = render(&v).unwrap();
         let want = [

@@ -8,6 +8,8 @@
 //! checked on every request ([`http`]).
 
 mod control;
+#[cfg(test)]
+mod fixtures;
 mod http;
 mod metrics;
 mod view;

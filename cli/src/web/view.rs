@@ -525,7 +525,8 @@ impl View {
 mod tests {
     use super::*;
     use protocol::events::EventKind;
-    use protocol::stats::{HostStats, ProcessStats, StatsData, WatcherStats};
+
+    use crate::web::fixtures::stats;
 
     fn ann(node: &str, kind: AnnounceKind, boot: &str, seq: u64, started: f64) -> Announcement {
         serde_json::from_value(serde_json::json!({
@@ -534,40 +535,6 @@ mod tests {
             "tags": {"role": "web"}
         }))
         .unwrap()
-    }
-
-    fn stats(node: &str, time: f64, pid: u32, cpu: f64) -> StatsMessage {
-        StatsMessage {
-            time,
-            ..StatsMessage::new(
-                node,
-                "b",
-                1.0,
-                StatsData {
-                    host: HostStats::default(),
-                    watchers: vec![WatcherStats {
-                        name: "web".into(),
-                        service: "web".into(),
-                        state: WatcherState::Active,
-                        numprocesses: 1,
-                        running: 1,
-                        cpu_percent: cpu,
-                        rss_bytes: 4096,
-                        restarts: 0,
-                        processes: vec![ProcessStats {
-                            wid: 1,
-                            pid,
-                            cpu_percent: cpu,
-                            rss_bytes: 4096,
-                            cpu_seconds: 1.5,
-                            age_secs: 2.0,
-                            restarts: 0,
-                            health: None,
-                        }],
-                    }],
-                },
-            )
-        }
     }
 
     #[test]
