@@ -7,8 +7,6 @@
 use std::time::Duration;
 
 use e2e::*;
-use futures::StreamExt;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -20,42 +18,10 @@ fn node(watchers: &str) -> String {
     )
 }
 
-async fn subscribe(nats: &NatsServer, subject: &str) -> async_nats::Subscriber {
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let sub = client
-        .subscribe(subject.to_owned())
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
-    sub
-}
-
-/// The next event on `sub` that `f` accepts, checked against its schema; `seen` gets
-/// every event read.
-async fn next_event(
-    sub: &mut async_nats::Subscriber,
-    seen: &mut Vec<Value>,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + bound(T);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no such event within {T:?}; seen {seen:?}"))
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&msg.payload).expect("an event is JSON");
-        validate("events.schema.json", &v);
-        seen.push(v.clone());
-        if f(&v) {
-            return v;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_above_max_memory_is_restarted_with_its_event() {
     let nats = NatsServer::start();
-    let mut sub = subscribe(&nats, "cluster.a.events.hog.>").await;
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.hog.>").await;
     let secs = unique_secs();
     // About 80MiB written (so resident) once started, then it sleeps.
     let w = format!(
@@ -65,9 +31,10 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
          graceful_timeout = \"2s\"\n"
     );
     let agent = Agent::start_config(&nats, &node(&w));
-    let mut seen = vec![];
     let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
-    let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_memory").await;
+    let ev = events
+        .next_where(T, "a max_memory event", |v| v["kind"] == "max_memory")
+        .await;
     eprintln!("max_memory: {ev}");
     assert_eq!(ev["pid"], first);
     assert_eq!(ev["wid"], 1);
@@ -77,10 +44,14 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
     let reason = ev["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("above max_memory = 40MiB"), "{reason}");
     // Stopped as a stop would (SIGTERM), then started again.
-    let exit = next_event(&mut sub, &mut seen, |v| v["kind"] == "exit").await;
+    let exit = events
+        .next_where(T, "an exit event", |v| v["kind"] == "exit")
+        .await;
     assert_eq!(exit["pid"], first);
     assert_eq!(exit["exit"]["signal"], "SIGTERM", "{exit}");
-    let again = next_event(&mut sub, &mut seen, |v| v["kind"] == "spawn").await;
+    let again = events
+        .next_where(T, "a spawn event", |v| v["kind"] == "spawn")
+        .await;
     assert_ne!(again["pid"], first);
     wait_until(T, "the first process gone", || !is_alive(first));
     let restarts = wait_for(T, "a restart counted", || {
@@ -162,7 +133,7 @@ fn rlimits_are_set_in_the_child() {
 /// once the previous replacement has been up `min_uptime`) and how many ran at least.
 async fn recycles_one_at_a_time(surge: bool) {
     let nats = NatsServer::start();
-    let mut sub = subscribe(&nats, "cluster.a.events.old.>").await;
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.old.>").await;
     let secs = unique_secs();
     let w = format!(
         "[watcher.old]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nnumprocesses = 3\n\
@@ -172,7 +143,6 @@ async fn recycles_one_at_a_time(surge: bool) {
     );
     let agent = Agent::start_config(&nats, &node(&w));
     wait_until(T, "3 processes of old", || agent.pids("old").len() >= 3);
-    let mut seen = vec![];
     let mut running = 0i32;
     let mut least = i32::MAX;
     let mut recycles = 0;
@@ -180,7 +150,8 @@ async fn recycles_one_at_a_time(surge: bool) {
     let mut current: Option<(u64, f64, bool)> = None;
     let mut last_spawn = 0.0f64;
     while recycles < 4 || current.is_some_and(|(_, _, spawned)| !spawned) {
-        let ev = next_event(&mut sub, &mut seen, |_| true).await;
+        let ev = events.next(T).await;
+        let seen = events.seen();
         let time = ev["time"].as_f64().unwrap_or_default();
         // The processes' first spawns may come before the agent's events are on the
         // bus: the count starts at the first recycle, which happens with all 3 up.
@@ -234,6 +205,7 @@ async fn recycles_one_at_a_time(surge: bool) {
         }
     }
     eprintln!("{recycles} recycles; fewest running {least}");
+    let seen = events.seen();
     let wids: std::collections::BTreeSet<u64> = seen
         .iter()
         .filter(|v| v["kind"] == "max_age")
@@ -284,7 +256,7 @@ fn get(addr: std::net::SocketAddr) -> Result<u32, String> {
 async fn max_age_on_a_socket_with_readiness_leaves_no_gap() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let nats = NatsServer::start();
-    let mut sub = subscribe(&nats, "cluster.a.events.web.>").await;
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.web.>").await;
     let server =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/socket_http.py");
     let w = format!(
@@ -323,16 +295,18 @@ async fn max_age_on_a_socket_with_readiness_leaves_no_gap() {
         let rt = tokio::runtime::Handle::current();
         let seen = tokio::task::block_in_place(|| {
             rt.block_on(async {
-                let mut seen = vec![];
                 for _ in 0..3 {
-                    let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_age").await;
+                    let ev = events
+                        .next_where(T, "a max_age event", |v| v["kind"] == "max_age")
+                        .await;
                     let pid = ev["pid"].clone();
-                    next_event(&mut sub, &mut seen, |v| {
-                        v["kind"] == "exit" && v["pid"] == pid
-                    })
-                    .await;
+                    events
+                        .next_where(T, "the recycled process's exit", |v| {
+                            v["kind"] == "exit" && v["pid"] == pid
+                        })
+                        .await;
                 }
-                seen
+                events.seen().to_vec()
             })
         });
         stop.store(true, Ordering::Relaxed);

@@ -6,8 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::*;
-use futures::StreamExt;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -98,12 +96,7 @@ fn hooks_run_in_order_with_their_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_before_start_aborts_the_start_with_its_reason() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.a.events.w.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.w.>").await;
     let secs = unique_secs();
     let w = format!(
         "[watcher.w]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nautostart = false\n\
@@ -129,18 +122,9 @@ async fn a_failing_before_start_aborts_the_start_with_its_reason() {
     let s = agent.ctl_ok(&["status", "w"]);
     assert_eq!(s["watchers"][0]["state"], "stopped", "{s}");
     // Its event.
-    let deadline = tokio::time::Instant::now() + bound(T);
-    let ev: Value = loop {
-        let msg = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .expect("a hook_failed event")
-            .expect("open");
-        let v: Value = serde_json::from_slice(&msg.payload).expect("json");
-        validate("events.schema.json", &v);
-        if v["kind"] == "hook_failed" {
-            break v;
-        }
-    };
+    let ev = events
+        .next_where(T, "a hook_failed event", |v| v["kind"] == "hook_failed")
+        .await;
     assert_eq!(ev["hook"], "before_start", "{ev}");
     assert!(ev["reason"]
         .as_str()

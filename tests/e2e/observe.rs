@@ -3,12 +3,8 @@
 //! `ctl top` in a real terminal.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use e2e::bins::hermetic;
 use e2e::tmux::Tmux;
 use e2e::*;
 use futures::StreamExt;
@@ -24,70 +20,6 @@ fn config(name: &str, extra: &str, watchers: &str) -> String {
     format!(
         "[agent]\nname = \"{name}\"\nstate_dir = \"{{dir}}/state\"\nlog_dir = \"{{dir}}/logs\"\n{extra}\n\n[nats]\nservers = [\"{{nats_url}}\"]\n\n{watchers}"
     )
-}
-
-/// A child process whose stdout lines arrive on a channel; killed on drop.
-struct Lines {
-    child: Child,
-    rx: mpsc::Receiver<String>,
-}
-
-impl Lines {
-    fn ctl(args: &[&str]) -> Lines {
-        let mut child = hermetic(bin("ctl"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run ctl: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines { child, rx }
-    }
-
-    /// Waits up to `timeout` for a line matching `f`; the lines read on the way are
-    /// dropped.
-    fn find(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(l) if f(&l) => return Some(l),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The next event on `sub`, checked against its schema and kept in `seen`.
-async fn next_event(
-    sub: &mut async_nats::Subscriber,
-    seen: &mut Vec<(String, Value)>,
-) -> (String, Value) {
-    let msg = tokio::time::timeout(T, sub.next())
-        .await
-        .unwrap_or_else(|_| panic!("an event within {T:?}; seen {seen:?}"))
-        .expect("subscription open");
-    let v = json(&msg.payload);
-    validate("events.schema.json", &v);
-    let subject = msg.subject.as_str().to_owned();
-    seen.push((subject.clone(), v.clone()));
-    (subject, v)
 }
 
 /// A process's CPU time (user + system) in seconds, from /proc.
@@ -215,27 +147,19 @@ async fn stats_stream_from_both_nodes_at_the_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_spawn_respawn_and_join_events() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.a.events.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.>").await;
 
     let secs = unique_secs();
     let w = format!("[watcher.sl]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\nnumprocesses = 2\n");
     let a = Agent::start_config(&nats, &config("a", "", &w));
 
-    let mut seen: Vec<(String, Value)> = vec![];
-    // The agent announces itself.
-    loop {
-        let (s, v) = next_event(&mut sub, &mut seen).await;
-        if s == "cluster.a.events._agent.join" {
-            assert_eq!(v["kind"], "join");
-            assert_eq!(v["node"], "a");
-            break;
-        }
-    }
+    // The agent announces itself (on cluster.a.events._agent.join).
+    let join = events
+        .next_where(T, "the agent's join", |v| {
+            v["watcher"] == "_agent" && v["kind"] == "join"
+        })
+        .await;
+    assert_eq!(join["node"], "a");
     wait_until(T, "2 children", || a.children().len() == 2);
     let pids = a.pids("sl");
     let (wid, old) = pids[0];
@@ -245,12 +169,8 @@ async fn exit_spawn_respawn_and_join_events() {
     let mut respawn = None;
     let mut spawn = None;
     while exit.is_none() || respawn.is_none() || spawn.is_none() {
-        let (s, v) = next_event(&mut sub, &mut seen).await;
+        let v = events.next(T).await;
         let kind = v["kind"].as_str().unwrap_or_default().to_owned();
-        assert_eq!(
-            s,
-            format!("cluster.a.events.{}.{kind}", v["watcher"].as_str().unwrap())
-        );
         if v["watcher"] != "sl" || v["wid"].as_u64() != Some(wid as u64) {
             continue;
         }
@@ -281,14 +201,14 @@ fn ctl_events_prints_a_stop() {
     let w = format!("[watcher.sl]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n\n[watcher.other]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n");
     let a = Agent::start_config(&nats, &config("a", "", &w));
     let url = nats.url();
-    let events = Lines::ctl(&["-s", &url, "events"]);
+    let events = CtlLines::spawn(&url, &["events"]);
     // Subscribed once an event caused after it started shows up.
     let mut subscribed = false;
     for _ in 0..20 {
         let pid = a.pids("other")[0].1;
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         if events
-            .find(Duration::from_secs(1), |l| l.contains(" other "))
+            .find_line(Duration::from_secs(1), |l| l.contains(" other "))
             .is_some()
         {
             subscribed = true;
@@ -301,7 +221,7 @@ fn ctl_events_prints_a_stop() {
     assert!(subscribed, "ctl events printed nothing about watcher other");
     a.ctl(&["stop", "sl"]).expect_code(0, "ctl stop");
     let line = events
-        .find(T, |l| l.contains(" a sl stop"))
+        .find_line(T, |l| l.contains(" a sl stop"))
         .expect("a stop line for sl");
     eprintln!("ctl events: {line}");
 }
@@ -423,13 +343,13 @@ fn logs_tail_streams_rotation_and_follow() {
 
     // Follow: a line written after ctl started.
     let url = nats.url();
-    let follow = Lines::ctl(&["-s", &url, "--node", "a", "logs", "W", "-l", "1", "-f"]);
+    let follow = CtlLines::spawn(&url, &["--node", "a", "logs", "W", "-l", "1", "-f"]);
     let first = follow
-        .find(T, |l| l.starts_with("[W.1] out-"))
+        .find_line(T, |l| l.starts_with("[W.1] out-"))
         .expect("the tail line");
     let n0: u64 = first["[W.1] out-".len()..].parse().expect("a number");
     let later = follow
-        .find(T, |l| {
+        .find_line(T, |l| {
             l.strip_prefix("[W.1] out-")
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|n| n > n0 + 3)
@@ -496,9 +416,9 @@ async fn log_lines_are_published_only_while_someone_follows() {
 
     // `ctl logs -f` asks for them: from then on they arrive, valid against the schema.
     let url = nats.url();
-    let follow = Lines::ctl(&["-s", &url, "--node", "a", "logs", "W", "-l", "1", "-f"]);
+    let follow = CtlLines::spawn(&url, &["--node", "a", "logs", "W", "-l", "1", "-f"]);
     follow
-        .find(T, |l| l.starts_with("[W.1] tick-"))
+        .find_line(T, |l| l.starts_with("[W.1] tick-"))
         .expect("the tail line");
     let msg = tokio::time::timeout(T, raw.next())
         .await

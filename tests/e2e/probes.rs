@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::*;
-use futures::StreamExt;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -283,41 +282,10 @@ fn notify_readiness_gates_start_and_rolling_restart() {
     readiness_gates_start_and_rolling_restart("notify");
 }
 
-/// The next event on `sub` that `f` accepts, checked against its schema.
-async fn next_event(sub: &mut async_nats::Subscriber, f: impl Fn(&Value) -> bool) -> Value {
-    let mut seen = vec![];
-    let deadline = tokio::time::Instant::now() + bound(T);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no such event within {T:?}; seen {seen:?}"))
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&msg.payload).expect("an event is JSON");
-        validate("events.schema.json", &v);
-        assert_eq!(
-            msg.subject.as_str(),
-            format!(
-                "cluster.a.events.{}.{}",
-                v["watcher"].as_str().unwrap_or(""),
-                v["kind"].as_str().unwrap_or("")
-            ),
-        );
-        if f(&v) {
-            return v;
-        }
-        seen.push(v);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_not_ready_in_time_is_stopped_and_its_start_fails() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.a.events.w.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.w.>").await;
     let secs = unique_secs();
     // Nothing ever listens on the port.
     let port = port_prefix() * 10 + 1;
@@ -344,7 +312,9 @@ async fn a_process_not_ready_in_time_is_stopped_and_its_start_fails() {
     }
     assert!(out.took >= Duration::from_millis(900), "{:?}", out.took);
 
-    let ev = next_event(&mut sub, |v| v["kind"] == "unhealthy").await;
+    let ev = events
+        .next_where(T, "an unhealthy event", |v| v["kind"] == "unhealthy")
+        .await;
     eprintln!("unhealthy: {ev}");
     assert_eq!(ev["wid"], 1);
     assert!(ev["pid"].is_u64(), "{ev}");
@@ -375,12 +345,7 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
     let sick = tmp.path().join("sick");
     let port = port_prefix() * 10 + 1;
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.a.events.w.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.w.>").await;
     let url = format!("http://127.0.0.1:{port}/health");
     let w = format!(
         "[watcher.w]\ncmd = \"{py}\"\nargs = [\"{script}\", \"http\", \"{port}\", \"0.2\", \"{sick}\"]\n\
@@ -408,7 +373,9 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
 
     std::fs::write(&sick, "").expect("make it sick");
     let sick_at = std::time::Instant::now();
-    let ev = next_event(&mut sub, |v| v["kind"] == "unhealthy").await;
+    let ev = events
+        .next_where(T, "an unhealthy event", |v| v["kind"] == "unhealthy")
+        .await;
     std::fs::remove_file(&sick).expect("make it well");
     eprintln!("unhealthy after {:?}: {ev}", sick_at.elapsed());
     assert_eq!(ev["pid"], old, "{ev}");
@@ -420,9 +387,13 @@ async fn a_liveness_failure_restarts_the_process_with_an_unhealthy_event() {
             && reason.contains("answered 500"),
         "{reason}"
     );
-    let exit = next_event(&mut sub, |v| v["kind"] == "exit").await;
+    let exit = events
+        .next_where(T, "an exit event", |v| v["kind"] == "exit")
+        .await;
     assert_eq!(exit["pid"], old, "{exit}");
-    let spawn = next_event(&mut sub, |v| v["kind"] == "spawn").await;
+    let spawn = events
+        .next_where(T, "a spawn event", |v| v["kind"] == "spawn")
+        .await;
     let new = spawn["pid"].as_u64().expect("a pid") as u32;
     assert_ne!(new, old);
     wait_until(T, "the new process ready", || {

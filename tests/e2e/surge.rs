@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::*;
-use futures::StreamExt;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -223,24 +222,6 @@ fn stopping_first_makes_requests_wait_not_fail() {
     no_request_fails("surge0", 1, "max_surge = 0");
 }
 
-/// The events of `nodes` as they come, until `done` says enough.
-async fn events_until(
-    sub: &mut async_nats::Subscriber,
-    mut done: impl FnMut(&[Value]) -> bool,
-) -> Vec<Value> {
-    let mut seen: Vec<Value> = Vec::new();
-    while !done(&seen) {
-        let msg = tokio::time::timeout(bound(T), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("no event within {T:?}; seen {seen:#?}"))
-            .expect("subscription open");
-        let v: Value = serde_json::from_slice(&msg.payload).expect("an event in JSON");
-        validate("events.schema.json", &v);
-        seen.push(v);
-    }
-    seen
-}
-
 fn event_pos(seen: &[Value], node: &str, kind: &str, pid: u32) -> Option<usize> {
     seen.iter().position(|v| {
         v["node"] == node && v["kind"] == kind && v["pid"].as_u64() == Some(u64::from(pid))
@@ -284,12 +265,7 @@ fn surged(seen: &[Value], node: &str, old: &[(u32, u32)], new: &[(u32, u32)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replacement_starts_before_the_old_process_exits() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.surge3.events.web.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.surge3.events.web.>").await;
     let agent = Agent::start(&nats, "surge3", &web(2));
     let agent = &agent;
     wait_until(T, "2 processes of web", || agent.pids("web").len() == 2);
@@ -301,7 +277,11 @@ async fn each_replacement_starts_before_the_old_process_exits() {
         old.iter().map(|p| p.1).collect(),
         new.iter().map(|p| p.1).collect(),
     );
-    let seen = events_until(&mut sub, |s| replaced(s, "surge3", &olds, &news)).await;
+    let seen = events
+        .until(T, "every process of web replaced", |s| {
+            replaced(s, "surge3", &olds, &news)
+        })
+        .await;
     surged(&seen, "surge3", &old, &new);
     // One slot at a time: slot 1's old process exited before slot 2's replacement
     // started.
@@ -313,12 +293,7 @@ async fn each_replacement_starts_before_the_old_process_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_surge_2_replaces_two_slots_at_once() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.surge6.events.w.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.surge6.events.w.>").await;
     let secs = unique_secs();
     let agent = Agent::start(
         &nats,
@@ -335,7 +310,11 @@ async fn max_surge_2_replaces_two_slots_at_once() {
     out.expect_code(0, "restart w --rolling");
     let new = agent.pids("w");
     let set = |v: &[(u32, u32)]| -> BTreeSet<u32> { v.iter().map(|p| p.1).collect() };
-    let seen = events_until(&mut sub, |s| replaced(s, "surge6", &set(&old), &set(&new))).await;
+    let seen = events
+        .until(T, "every process of w replaced", |s| {
+            replaced(s, "surge6", &set(&old), &set(&new))
+        })
+        .await;
     surged(&seen, "surge6", &old, &new);
     let at = |kind: &str, pid: u32| event_pos(&seen, "surge6", kind, pid).expect("an event");
     // Slots 1 and 2 together: both replacements spawned before either old one exited;
@@ -380,12 +359,7 @@ fn max_surge_and_max_unavailable_on_get_and_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_nodes_goes_node_by_node_with_surge() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut sub = client
-        .subscribe("cluster.*.events.web.>")
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut events = Events::subscribe(&nats.url(), "cluster.*.events.web.>").await;
     let a = Agent::start(&nats, "surge-a", &web(1));
     let b = Agent::start(&nats, "surge-b", &web(1));
     let (a, b) = (&a, &b);
@@ -397,11 +371,12 @@ async fn a_rolling_restart_of_all_nodes_goes_node_by_node_with_surge() {
     out.expect_code(0, "ctl --all restart web --rolling");
     let (new_a, new_b) = (a.pids("web"), b.pids("web"));
     let set = |v: &[(u32, u32)]| -> BTreeSet<u32> { v.iter().map(|p| p.1).collect() };
-    let seen = events_until(&mut sub, |s| {
-        replaced(s, "surge-a", &set(&old_a), &set(&new_a))
-            && replaced(s, "surge-b", &set(&old_b), &set(&new_b))
-    })
-    .await;
+    let seen = events
+        .until(T, "web replaced on both nodes", |s| {
+            replaced(s, "surge-a", &set(&old_a), &set(&new_a))
+                && replaced(s, "surge-b", &set(&old_b), &set(&new_b))
+        })
+        .await;
     surged(&seen, "surge-a", &old_a, &new_a);
     surged(&seen, "surge-b", &old_b, &new_b);
     // Node by node: one node's restart ended before the other's began.

@@ -213,6 +213,12 @@ impl CtlLines {
     }
 
     /// The next line matching `f` within `timeout` (scaled by the slack); the lines read
+    /// on the way are dropped.
+    pub fn find_line(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> Option<String> {
+        self.find(timeout, &mut Vec::new(), f)
+    }
+
+    /// The next line matching `f` within `timeout` (scaled by the slack); the lines read
     /// on the way are returned too, in `skipped`.
     pub fn find(
         &self,

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod events;
 pub mod mark;
 pub mod nats;
 pub mod netns;
@@ -23,6 +24,7 @@ pub use bins::{
     bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
     member_states, nodeagent, parse_table, spawn_ctl, CtlLines, CtlOutput, KillOnDrop,
 };
+pub use events::Events;
 pub use mark::MarkGuard;
 pub use nats::{free_port, NatsServer};
 pub use netns::NetNs;
