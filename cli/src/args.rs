@@ -320,6 +320,13 @@ pub struct WebArgs {
     /// signal watchers; without it those requests get 403.
     #[arg(long)]
     pub allow_control: bool,
+    /// Show a member failed as soon as the NATS server reports that its connection
+    /// closed, as agents with `system_events_account` do: read the disconnect
+    /// advisories of this account ($SYS.ACCOUNT.<ACCOUNT>.DISCONNECT, which the account
+    /// must import, as in nats.conf). Without it a member is failed after 10 s of
+    /// silence.
+    #[arg(long, value_name = "ACCOUNT")]
+    pub system_events_account: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -481,3 +481,75 @@ fn metrics_parse_and_agree_with_ctl_stats() {
         assert!(by["cpu"][k] >= 0.0);
     }
 }
+
+/// The state `/metrics` gives `node` (the one of its `nodeagent_member_state` samples
+/// at 1), if it lists the node.
+fn metrics_member_state(web: &Web, node: &str) -> Option<String> {
+    let r = http(web.port(), "GET", "/metrics", &[], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let lines = r.body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
+    parsed
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "nodeagent_member_state"
+                && s.labels.get("node") == Some(node)
+                && value(&s.value) == 1.0
+        })
+        .and_then(|s| s.labels.get("state").map(str::to_owned))
+}
+
+/// With `--system-events-account`, the dashboard reads the server's disconnect
+/// advisories (nats.conf shares them with the CLUSTER account) and shows a SIGKILLed
+/// agent failed at once, long before its silence would (suspect after 3 s, failed after
+/// 10 s); the other member stays alive.
+#[test]
+fn with_system_events_a_killed_agent_is_failed_at_once_on_the_dashboard() {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats.conf");
+    let nats = NatsServer::start_with_config(&conf);
+    // Before the agents, so that it hears their joins (which name their connections).
+    let mut web = Web::start(
+        &nats.url(),
+        "127.0.0.1",
+        &["--system-events-account", "CLUSTER"],
+    );
+    let mut victim = agent(&nats, "victim");
+    let _other = agent(&nats, "other");
+    for node in ["victim", "other"] {
+        wait_until(T, &format!("{node} alive in /metrics"), || {
+            metrics_member_state(&web, node).as_deref() == Some("alive")
+        });
+    }
+    victim.kill();
+    let (_, took) = timed(|| {
+        wait_until(T, "victim failed in /metrics", || {
+            metrics_member_state(&web, "victim").as_deref() == Some("failed")
+        })
+    });
+    eprintln!("SIGKILLed agent failed on the dashboard after {took:?}");
+    assert!(
+        took < bound(Duration::from_secs(3)),
+        "failed after {took:?}: the disconnect advisory was not used"
+    );
+    assert_eq!(
+        metrics_member_state(&web, "other").as_deref(),
+        Some("alive")
+    );
+    assert!(web.is_running(), "{}", web.stderr());
+}
+
+/// A bad account name is a usage error that says what to give.
+#[test]
+fn ctl_web_refuses_an_account_that_is_no_subject_token() {
+    let out = ctl_url(
+        "nats://127.0.0.1:1",
+        &["web", "--system-events-account", "A.B"],
+    );
+    out.expect_code(2, "an account with a dot");
+    assert!(
+        out.stderr.contains("--system-events-account \"A.B\""),
+        "{}",
+        out.stderr
+    );
+}

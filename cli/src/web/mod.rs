@@ -3,10 +3,14 @@
 //! subjects into a bounded [`view::View`], and serves one page (embedded in the
 //! binary), its live updates over server-sent events, a watcher's live log (with the
 //! follow lease of `ctl logs -f`), the actions of `--allow-control`, and `/metrics`.
+//! With `--system-events-account` it also reads the NATS server's disconnect
+//! advisories ([`advisory`]), and shows a member failed as soon as its connection
+//! closes.
 //!
 //! Access: on loopback anyone on the host may look; any other address needs a token,
 //! checked on every request ([`http`]).
 
+mod advisory;
 mod control;
 #[cfg(test)]
 mod fixtures;
@@ -35,6 +39,8 @@ pub struct Options {
     /// The secret every request must carry; required beyond loopback.
     pub token: Option<String>,
     pub allow_control: bool,
+    /// The account whose client-disconnect advisories mark members failed at once.
+    pub system_events_account: Option<String>,
 }
 
 impl Options {
@@ -61,10 +67,19 @@ impl Options {
                 a.listen
             ));
         }
+        if let Some(account) = &a.system_events_account {
+            protocol::subjects::validate_token(account).map_err(|e| {
+                format!(
+                    "--system-events-account {account:?} cannot name an account in a subject \
+                     ({e}); give the account's name as in the server config, e.g. CLUSTER"
+                )
+            })?;
+        }
         Ok(Options {
             listen: a.listen,
             token,
             allow_control: a.allow_control,
+            system_events_account: a.system_events_account.clone(),
         })
     }
 }
@@ -121,11 +136,18 @@ pub async fn run(conn: Conn, subjects: Subjects, opts: Options) -> ExitCode {
             return ExitCode::from(crate::EXIT_ERROR_REPLY);
         }
     };
-    let subs = [
+    let disconnects = opts
+        .system_events_account
+        .as_deref()
+        .map(advisory::disconnect_subject);
+    let subs: Vec<String> = [
         subjects.registry_all(),
         subjects.stats_all(),
         subjects.events_filter("*", "*"),
-    ];
+    ]
+    .into_iter()
+    .chain(disconnects)
+    .collect();
     let mut streams = vec![];
     for s in &subs {
         match conn.client.subscribe(s.clone()).await {
@@ -160,7 +182,7 @@ pub async fn run(conn: Conn, subjects: Subjects, opts: Options) -> ExitCode {
             ""
         }
     );
-    let watched: Vec<String> = subs.to_vec();
+    let watched: Vec<String> = subs.clone();
     let ingest = ingest(shared.clone(), streams);
     let server = http::serve(listener, shared.clone());
     let watched: Vec<&str> = watched.iter().map(String::as_str).collect();
@@ -244,6 +266,14 @@ async fn ingest(shared: Arc<Shared>, streams: Vec<async_nats::Subscriber>) {
 
 /// Puts one message into the view, by its subject.
 fn take(shared: &Shared, subjects: &Subjects, subject: &str, payload: &[u8]) {
+    if subject.starts_with(advisory::SYSTEM_PREFIX) {
+        let mut view = lock(&shared.view);
+        match advisory::parse_disconnect(payload) {
+            Some(d) => view.disconnect(&d.server_id, d.cid, Instant::now()),
+            None => view.rejected += 1,
+        }
+        return;
+    }
     let rest = subject
         .strip_prefix(subjects.prefix())
         .and_then(|r| r.strip_prefix('.'))
@@ -313,5 +343,19 @@ mod tests {
         .unwrap();
         let _ = std::fs::remove_file(&dir);
         assert_eq!(o.token.as_deref(), Some("from-a-file-123"));
+    }
+
+    #[test]
+    fn the_system_events_account_is_one_subject_token() {
+        assert_eq!(opts(&[]).unwrap().system_events_account, None);
+        let o = opts(&["--system-events-account", "CLUSTER"]).unwrap();
+        assert_eq!(o.system_events_account.as_deref(), Some("CLUSTER"));
+        for bad in ["A.B", "*", ">", "has space", ""] {
+            let e = opts(&["--system-events-account", bad]).unwrap_err();
+            assert!(
+                e.contains("--system-events-account") && e.contains("e.g. CLUSTER"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

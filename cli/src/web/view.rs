@@ -61,6 +61,12 @@ pub struct MemberRow {
     last_seen: Instant,
     #[serde(skip)]
     since: Instant,
+    /// The NATS connection its last announcement named: (server id, client id).
+    #[serde(skip)]
+    connection: Option<(String, u64)>,
+    /// Its last announcement said it is upgrading (its connection closes on purpose).
+    #[serde(skip)]
+    upgrading: bool,
 }
 
 /// The last stats of one node.
@@ -239,6 +245,8 @@ impl View {
             seq: m.seq,
             last_seen: now,
             since: now,
+            connection: None,
+            upgrading: false,
         };
         self.dirty_members.insert(m.name.clone());
         self.members.insert(m.name, row);
@@ -302,6 +310,8 @@ impl View {
             seq: a.seq,
             last_seen: now,
             since,
+            connection: a.server_id.as_deref().map(clip).zip(a.client_id),
+            upgrading: a.upgrading_ms.is_some(),
         };
         let changed = self.members.get(&a.node).is_none_or(|m| {
             // Heartbeats that change nothing the page shows are not sent again.
@@ -464,6 +474,30 @@ impl View {
         }
     }
 
+    /// Takes a closed connection from the server's disconnect advisories: the member
+    /// whose last announcement named it (server id and client id; never the name, which
+    /// any client may take) is failed at once, or left if it was leaving, as the agents
+    /// judge it. One upgrading stays alive (its next boot follows); failed and left
+    /// ones stay as they are. A later announcement of the same boot brings it back.
+    pub fn disconnect(&mut self, server_id: &str, cid: u64, now: Instant) {
+        let owners = self.members.iter_mut().filter(|(_, m)| {
+            m.connection
+                .as_ref()
+                .is_some_and(|(s, c)| s == server_id && *c == cid)
+        });
+        for (name, m) in owners {
+            let next = match m.state {
+                MemberState::Alive if m.upgrading => continue,
+                MemberState::Alive | MemberState::Suspect => MemberState::Failed,
+                MemberState::Leaving => MemberState::Left,
+                MemberState::Failed | MemberState::Left => continue,
+            };
+            m.state = next;
+            m.since = now;
+            self.dirty_members.insert(name.clone());
+        }
+    }
+
     /// What changed since the last call, or `None` when nothing did.
     pub fn take_update(&mut self, unix_now: f64) -> Option<Update> {
         if self.dirty_members.is_empty()
@@ -571,6 +605,50 @@ mod tests {
         assert_eq!(v.member_state("a"), Some(MemberState::Alive));
         v.announce("a", ann("a", AnnounceKind::Left, "b2", 2, 20.0), s(701));
         assert_eq!(v.member_state("a"), Some(MemberState::Left));
+    }
+
+    #[test]
+    fn a_closed_connection_fails_its_member_at_once() {
+        let now = Instant::now();
+        let on = |node: &str, kind, seq, cid: u64| {
+            let mut a = ann(node, kind, "b1", seq, 10.0);
+            a.server_id = Some("S1".into());
+            a.client_id = Some(cid);
+            a
+        };
+        let mut v = View::new();
+        v.announce("a", on("a", AnnounceKind::Join, 1, 7), now);
+        v.announce("b", on("b", AnnounceKind::Join, 1, 8), now);
+        v.announce("c", on("c", AnnounceKind::Leaving, 1, 9), now);
+        let mut up = on("d", AnnounceKind::Alive, 1, 10);
+        up.upgrading_ms = Some(5000);
+        v.announce("d", up, now);
+        // An announcement that names no connection (an older agent).
+        v.announce("e", ann("e", AnnounceKind::Join, "b1", 1, 10.0), now);
+        v.take_update(0.0);
+        // Another server's connection 7, or an unknown one: nothing.
+        v.disconnect("S2", 7, now);
+        v.disconnect("S1", 99, now);
+        assert!(v.take_update(0.0).is_none());
+        assert_eq!(v.member_state("a"), Some(MemberState::Alive));
+        for (cid, node, want) in [
+            (7, "a", MemberState::Failed),
+            (9, "c", MemberState::Left),
+            (10, "d", MemberState::Alive),
+        ] {
+            v.disconnect("S1", cid, now);
+            assert_eq!(v.member_state(node), Some(want), "{node}");
+        }
+        assert_eq!(v.member_state("b"), Some(MemberState::Alive));
+        assert_eq!(v.member_state("e"), Some(MemberState::Alive));
+        let u = v.take_update(0.0).unwrap();
+        let names: Vec<&str> = u.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        // Failed stays failed; the same boot announcing again is alive again.
+        v.disconnect("S1", 7, now);
+        assert!(v.take_update(0.0).is_none());
+        v.announce("a", on("a", AnnounceKind::Alive, 2, 11), now);
+        assert_eq!(v.member_state("a"), Some(MemberState::Alive));
     }
 
     #[test]
