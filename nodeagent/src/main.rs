@@ -79,10 +79,11 @@ fn main() -> ExitCode {
     raise_open_files_limit();
     fatal::install_hook();
     nodeagent::process::remember_self();
-    // Two workers, not one: the main thread is the forker (below) and a task that starts
-    // a process waits for it, so with a single worker a mass spawn or stop starves the
-    // heartbeats (a 5000-process scale made the node suspect). Blocking work (/proc
-    // samples, state saves, log writes) goes to the blocking pool.
+    // Two workers, not one: the main thread is the forker (below), and the supervisor
+    // awaits its forks without holding a worker, but a long turn of the supervisor (the
+    // stop of thousands of processes at once) holds its worker, and with a single one
+    // the heartbeats starve (a 5000-process scale made the node suspect). Blocking work
+    // (/proc samples, state saves, log writes) goes to the blocking pool.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
