@@ -42,23 +42,7 @@ fn main() -> ExitCode {
     let Some(config_path) = args.config.clone().filter(|_| !args.manpage) else {
         return print_manpage();
     };
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // async-nats logs each failed connect as an error; what matters of
-                // it is reported once, in words, by this program.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(format!("{level},async_nats=off"))
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(args.verbose);
 
     let cfg = match config::load(&config_path) {
         Ok(c) => c,
@@ -155,6 +139,45 @@ fn main() -> ExitCode {
     // Blocking work still running (a /proc sample) must not hold the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Logs to stderr at the level of `-v`, or as RUST_LOG says: a default level and
+/// `target=level` directives, comma-separated (`info,nodeagent::supervisor=debug`).
+/// A plain target filter, not tracing-subscriber's EnvFilter, whose span and field
+/// directives the agent never needed and whose regex engine doubled the logging code.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = match verbose {
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| match s.parse::<Targets>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "nodeagent: RUST_LOG ignored ({e}); use LEVEL or TARGET=LEVEL, comma-separated"
+                );
+                None
+            }
+        });
+    // async-nats logs each failed connect as an error; what matters of it is reported
+    // once, in words, by this program.
+    let filter = from_env.unwrap_or_else(|| {
+        Targets::new()
+            .with_default(level)
+            .with_target("async_nats", LevelFilter::OFF)
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(filter)
+        .init();
 }
 
 /// Writes the man page, rendered from the same definition as `--help`.
