@@ -42,23 +42,7 @@ fn main() -> ExitCode {
     let Some(config_path) = args.config.clone().filter(|_| !args.manpage) else {
         return print_manpage();
     };
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // async-nats logs each failed connect as an error; what matters of
-                // it is reported once, in words, by this program.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(format!("{level},async_nats=off"))
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(args.verbose);
 
     let cfg = match config::load(&config_path) {
         Ok(c) => c,
@@ -79,10 +63,11 @@ fn main() -> ExitCode {
     raise_open_files_limit();
     fatal::install_hook();
     nodeagent::process::remember_self();
-    // Two workers, not one: the main thread is the forker (below) and a task that starts
-    // a process waits for it, so with a single worker a mass spawn or stop starves the
-    // heartbeats (a 5000-process scale made the node suspect). Blocking work (/proc
-    // samples, state saves, log writes) goes to the blocking pool.
+    // Two workers, not one: the main thread is the forker (below), and the supervisor
+    // awaits its forks without holding a worker, but a long turn of the supervisor (the
+    // stop of thousands of processes at once) holds its worker, and with a single one
+    // the heartbeats starve (a 5000-process scale made the node suspect). Blocking work
+    // (/proc samples, state saves, log writes) goes to the blocking pool.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,6 +139,59 @@ fn main() -> ExitCode {
     // Blocking work still running (a /proc sample) must not hold the exit up.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Logs to stderr at the level of `-v`, or as RUST_LOG says: a default level and
+/// `target=level` directives, comma-separated (`info,nodeagent::supervisor=debug`).
+/// A plain target filter, not tracing-subscriber's EnvFilter, whose span and field
+/// directives the agent never needed and whose regex engine doubled the logging code.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let level = match verbose {
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| match s.parse::<Targets>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "nodeagent: RUST_LOG ignored ({e}); use LEVEL or TARGET=LEVEL, comma-separated"
+                );
+                None
+            }
+        });
+    // async-nats logs each failed connect as an error; what matters of it is reported
+    // once, in words, by this program.
+    let filter = from_env.unwrap_or_else(|| {
+        Targets::new()
+            .with_default(level)
+            .with_target("async_nats", LevelFilter::OFF)
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .finish()
+        .with(filter)
+        .init();
+}
+
+/// C's `pow`, for the one caller the agent has: tokio's multi-thread scheduler (a moving
+/// average of its task times). Defined here, from the `libm` crate, it keeps the dynamic
+/// linker from loading libm.so for that one function: about 0.5 MiB of libm's pages were
+/// resident in the agent (its relocations, IFUNC resolvers and hash tables are touched at
+/// start, and the kernel maps 64 KiB around each fault).
+#[allow(unsafe_code)]
+// SAFETY: `no_mangle` exports this as `pow`: it has the C signature and the meaning of
+// libm's `pow` (an IEEE 754 double power, musl's algorithm), and nothing else in the
+// program defines the symbol.
+#[no_mangle]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
 }
 
 /// Writes the man page, rendered from the same definition as `--help`.

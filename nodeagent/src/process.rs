@@ -165,6 +165,29 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     }
 }
 
+/// Starts the processes of `specs`, in this order, as [`spawn`] does one, and returns
+/// each one's result in the same order. With [`run_forker`], the main thread forks them
+/// all in one job while the caller's task waits without holding its thread: the
+/// runtime's worker goes on with other tasks (heartbeats, replies) meanwhile.
+pub async fn spawn_all(specs: Vec<SpawnSpec>) -> Vec<io::Result<Spawned>> {
+    let stopping = || io::Error::other("the agent is stopping: no process starts now");
+    let Some(tx) = FORKER.get() else {
+        return specs.iter().map(spawn_here).collect();
+    };
+    let n = specs.len();
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = done.send(specs.iter().map(spawn_here).collect::<Vec<_>>());
+    });
+    if tx.send(ToMain::Job(job)).is_err() {
+        return (0..n).map(|_| Err(stopping())).collect();
+    }
+    match result.await {
+        Ok(all) => all,
+        Err(_) => (0..n).map(|_| Err(stopping())).collect(),
+    }
+}
+
 fn spawn_here(spec: &SpawnSpec) -> io::Result<Spawned> {
     let mut cmd = Command::new(&spec.cmd);
     cmd.args(&spec.args);

@@ -106,6 +106,14 @@ async fn sample(sampler: &mut Option<Sampler>, supervisor: &SupervisorHandle) ->
         .map(|(d, _)| d)
 }
 
+/// Whether a watcher of `snapshot` has a `max_memory`; unknown (no snapshot yet) counts
+/// as yes.
+fn any_guarded(snapshot: &Option<Vec<crate::supervisor::WatcherSnapshot>>) -> bool {
+    snapshot
+        .as_ref()
+        .is_none_or(|s| s.iter().any(|w| w.max_memory.is_some()))
+}
+
 /// Starts the stats task.
 pub fn start(
     bus: Publisher,
@@ -126,12 +134,19 @@ pub fn start(
         };
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stream = !interval.is_zero();
+        // With the stream off, the task sleeps while no watcher has a `max_memory`: it
+        // learns of one from the supervisor's snapshots (a reload may add it).
+        let mut snapshots = supervisor.snapshots();
+        let mut guarded = any_guarded(&snapshots.borrow_and_update());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {
+                Ok(()) = snapshots.changed(), if !stream => {
+                    guarded = any_guarded(&snapshots.borrow_and_update());
+                }
+                _ = tick.tick(), if stream || guarded => {
                     crate::fatal::inject("stats");
-                    let stream = !interval.is_zero();
                     let Some((data, guarded)) = sample_some(&mut sampler, &supervisor, !stream).await else {
                         continue;
                     };

@@ -72,6 +72,27 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
     assert_eq!(o["options"]["max_memory"], "1GiB", "{o}");
 }
 
+/// With the stream off and no watcher guarded, the stats task samples nothing; a
+/// `max_memory` set at run time wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_memory_set_at_run_time_is_guarded_with_the_stream_off() {
+    let nats = NatsServer::start();
+    let mut sub = subscribe(&nats, "cluster.a.events.hog.>").await;
+    let secs = unique_secs();
+    let w = format!(
+        "[watcher.hog]\ncmd = \"python3\"\n\
+         args = [\"-c\", \"import time; b = b'x' * (80 << 20)\\nwhile True: time.sleep(60)\", \"{secs}\"]\n\
+         min_uptime = \"100ms\"\nmax_memory_samples = 2\ngraceful_timeout = \"2s\"\n"
+    );
+    let agent = Agent::start_config(&nats, &node(&w));
+    let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
+    agent.ctl_ok(&["set", "hog", "max_memory", "40MiB"]);
+    let mut seen = vec![];
+    let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_memory").await;
+    assert_eq!(ev["pid"], first);
+    assert_eq!(ev["max_memory"], 40u64 << 20);
+}
+
 #[test]
 fn rlimits_are_set_in_the_child() {
     let nats = NatsServer::start();

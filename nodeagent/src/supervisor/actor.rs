@@ -210,6 +210,29 @@ struct AdoptedWait {
     slot: Option<(String, u32, u64)>,
 }
 
+/// A spawn made ready to fork, and what the actor does once it has.
+struct Launch {
+    name: String,
+    wid: u32,
+    gen: u64,
+    stop: (nix::sys::signal::Signal, Duration),
+    cmd: String,
+    capture: Option<(u64, u32)>,
+    respawn: bool,
+    socket: Option<crate::probe::NotifySocket>,
+}
+
+/// Takes the spawns at the front of `todo`, those in a row.
+fn spawns_at_front(todo: &mut VecDeque<Effect>) -> Vec<SpawnOrder> {
+    let mut orders = Vec::new();
+    while matches!(todo.front(), Some(Effect::Spawn(_))) {
+        if let Some(Effect::Spawn(order)) = todo.pop_front() {
+            orders.push(*order);
+        }
+    }
+    orders
+}
+
 impl Actor {
     pub fn new(
         sup: Supervisor,
@@ -248,9 +271,9 @@ impl Actor {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         let mut open = true;
         if !adopted.is_empty() {
-            self.adopt(adopted);
+            self.adopt(adopted).await;
         }
-        self.turn(Input::Boot);
+        self.turn(Input::Boot).await;
         loop {
             let deadline = match (self.sup.next_deadline(), self.health_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -281,7 +304,7 @@ impl Actor {
                 // A wait has a deadline even when nothing else happens.
                 _ = crate::clock::sleep_until(deadline) => Input::Tick,
             };
-            self.turn(input);
+            self.turn(input).await;
             self.retired = None;
             crate::fatal::inject("supervisor");
             if self.sup.finished() {
@@ -321,7 +344,7 @@ impl Actor {
 
     /// Takes the processes of the agent's previous image: into their slots, or stopped
     /// when no slot takes them (their watcher is gone from the config).
-    fn adopt(&mut self, adopted: Vec<Adopted>) {
+    async fn adopt(&mut self, adopted: Vec<Adopted>) {
         let mut slots = Vec::with_capacity(adopted.len());
         for a in adopted {
             let key = (a.process.watcher.clone(), a.process.pid);
@@ -363,9 +386,18 @@ impl Actor {
         }
         let effects = std::mem::take(&mut self.sup.out);
         let mut todo: VecDeque<Effect> = effects.into();
-        while let Some(effect) = todo.pop_front() {
-            if let Some(result) = self.perform(effect) {
-                todo.extend(step(&mut self.sup, result));
+        while !todo.is_empty() {
+            let orders = spawns_at_front(&mut todo);
+            if !orders.is_empty() {
+                for result in self.spawn_all(orders).await {
+                    todo.extend(step(&mut self.sup, result));
+                }
+                continue;
+            }
+            if let Some(effect) = todo.pop_front() {
+                if let Some(result) = self.perform(effect).await {
+                    todo.extend(step(&mut self.sup, result));
+                }
             }
         }
         self.outbox.clear();
@@ -519,9 +551,10 @@ impl Actor {
         }
     }
 
-    /// One turn: the transition, its effects (a spawn's result goes back to the model
-    /// before the next effect), then the published state, then replies and events.
-    fn turn(&mut self, input: Input) {
+    /// One turn: the transition, its effects (spawns in a row are forked together, and
+    /// each one's result goes back to the model, in order, before the next effect), then
+    /// the published state, then replies and events.
+    async fn turn(&mut self, input: Input) {
         // A timer or a report that returns no effect changes nothing that is published
         // but, at most, a process's health (once it has run min_uptime, or a probe
         // answered): that is published within HEALTH_LAG, once for many such turns.
@@ -551,16 +584,31 @@ impl Actor {
             .iter()
             .any(|e| !matches!(e, Effect::ArmTimer { .. } | Effect::Probe { .. }));
         let mut persist = None;
-        while let Some(effect) = todo.pop_front() {
-            if let Effect::Persist(state) = effect {
-                persist = Some(state);
-                continue;
-            }
-            if let Some(result) = self.perform(effect) {
-                let more = step(&mut self.sup, result);
+        while !todo.is_empty() {
+            // The spawns in a row, forked together; each one's result goes back to the
+            // model, in order, before the next effect.
+            let orders = spawns_at_front(&mut todo);
+            if !orders.is_empty() {
+                let mut more = Vec::new();
+                for result in self.spawn_all(orders).await {
+                    more.extend(step(&mut self.sup, result));
+                }
                 for e in more.into_iter().rev() {
                     todo.push_front(e);
                 }
+                continue;
+            }
+            match todo.pop_front() {
+                Some(Effect::Persist(state)) => persist = Some(state),
+                Some(effect) => {
+                    if let Some(result) = self.perform(effect).await {
+                        let more = step(&mut self.sup, result);
+                        for e in more.into_iter().rev() {
+                            todo.push_front(e);
+                        }
+                    }
+                }
+                None => {}
             }
         }
         if let (Some(state), Some(writer)) = (persist, self.writer.as_mut()) {
@@ -611,10 +659,11 @@ impl Actor {
         }
     }
 
-    /// Carries out one effect; a spawn returns its result for the model.
-    fn perform(&mut self, effect: Effect) -> Option<Input> {
+    /// Carries out one effect; a spawn returns its result for the model (the turn takes
+    /// spawns in a row together, through [`Self::spawn_all`]).
+    async fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn(order) => return Some(self.spawn(*order)),
+            Effect::Spawn(order) => return self.spawn_all(vec![*order]).await.pop(),
             Effect::Signal {
                 watcher,
                 wid,
@@ -733,7 +782,37 @@ impl Actor {
         None
     }
 
-    fn spawn(&mut self, order: SpawnOrder) -> Input {
+    /// Starts the processes of `orders`, forked together, and returns each one's
+    /// result for the model, in the same order.
+    async fn spawn_all(&mut self, orders: Vec<SpawnOrder>) -> Vec<Input> {
+        let mut prepared = Vec::with_capacity(orders.len());
+        let mut specs = Vec::with_capacity(orders.len());
+        for order in orders {
+            prepared.push(self.prepare(order).map(|(launch, spec)| {
+                specs.push(spec);
+                launch
+            }));
+        }
+        let mut results = process::spawn_all(specs).await.into_iter();
+        let mut inputs = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            inputs.push(match p {
+                Ok(launch) => {
+                    let result = results.next().unwrap_or_else(|| {
+                        Err(std::io::Error::other(
+                            "the agent is stopping: no process starts now",
+                        ))
+                    });
+                    self.started(launch, result)
+                }
+                Err(failed) => failed,
+            });
+        }
+        inputs
+    }
+
+    /// What a spawn needs before the fork (its notify socket), or its failure.
+    fn prepare(&mut self, order: SpawnOrder) -> Result<(Launch, process::SpawnSpec), Input> {
         let SpawnOrder {
             watcher: name,
             wid,
@@ -752,23 +831,48 @@ impl Actor {
                     Some(socket)
                 }
                 Err(e) => {
-                    return Input::SpawnFailed {
+                    return Err(Input::SpawnFailed {
                         reason: format!("cannot make the notify socket of {:?}: {e}", spec.cmd),
                         name,
                         wid,
                         gen,
                         respawn,
-                    }
+                    })
                 }
             }
         } else {
             None
         };
-        let mut spawned = match process::spawn(&spec) {
+        let launch = Launch {
+            name,
+            wid,
+            gen,
+            stop,
+            cmd: spec.cmd.clone(),
+            capture,
+            respawn,
+            socket,
+        };
+        Ok((launch, spec))
+    }
+
+    /// What follows a fork: the process watched, its exit awaited, its output read.
+    fn started(&mut self, launch: Launch, result: std::io::Result<process::Spawned>) -> Input {
+        let Launch {
+            name,
+            wid,
+            gen,
+            stop,
+            cmd,
+            capture,
+            respawn,
+            socket,
+        } = launch;
+        let mut spawned = match result {
             Ok(s) => s,
             Err(e) => {
                 return Input::SpawnFailed {
-                    reason: format!("cannot start {:?}: {e}", spec.cmd),
+                    reason: format!("cannot start {cmd:?}: {e}"),
                     name,
                     wid,
                     gen,

@@ -368,6 +368,11 @@ impl SupervisorHandle {
         Ok(ready.clone().unwrap_or_default())
     }
 
+    /// The actor's snapshots as they change (none until it has started the watchers).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Vec<WatcherSnapshot>>> {
+        self.snapshots.clone()
+    }
+
     /// The plan between the running watchers and sockets and a newly read config file
     /// (`reload.base` is the file's watchers as last loaded), and unless `dry_run`,
     /// applies it: the file's sockets are bound first (a socket that cannot be bound

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The agent alone, quickly: its VmRSS (and the anonymous and file-backed parts, from
+# /proc/PID/smaps_rollup) idle with 10 watchers of `sleep`, then with one watcher of
+# HUNDRED processes and stats at 1 s (and its idle CPU), and the scale 1 -> HUNDRED+1 and graceful stop of
+# HUNDRED (median and min-max of SCALE_RUNS), as bench/foundation.sh measures them.
+#
+# Usage: bench/weight.sh [BINDIR]   (default target/release, built by the caller)
+#   SETTLE=3  seconds idle before each RSS reading   SCALE_RUNS=5   HUNDRED=100
+#   IDLE_SECS=10  the window of the idle CPU reading (HUNDRED processes, stats at 1 s)
+# Everything it starts is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+BIN=$(cd "${1:-target/release}" && pwd)
+SETTLE=${SETTLE:-3}
+SCALE_RUNS=${SCALE_RUNS:-5}
+HUNDRED=${HUNDRED:-100}
+IDLE_SECS=${IDLE_SECS:-10}
+WORK=$(mktemp -d /tmp/bench-weight.XXXXXX)
+MARKER=86400124
+PIDS=()
+
+stop_all() {
+    local p kids=()
+    for p in ${PIDS[@]+"${PIDS[@]}"}; do
+        kids+=($(ps -o pid= --ppid "$p" 2>/dev/null || true))
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    sleep 0.5
+    for p in ${PIDS[@]+"${PIDS[@]}"} ${kids[@]+"${kids[@]}"}; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_for() { # SECONDS COMMAND...
+    local end=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$end" ] || { echo "timed out: $*" >&2; exit 1; }
+        sleep 0.05
+    done
+}
+# mem PID: "VmRSS anon file threads" (MiB, MiB, MiB, count)
+mem() {
+    awk '/^VmRSS:/ {r = $2} /^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} /^Threads:/ {t = $2}
+        END {printf "%.2f %.2f %.2f %d", r / 1024, a / 1024, f / 1024, t}' "/proc/$1/status"
+}
+spread() {
+    python3 -c 'import statistics, sys
+v = [float(x) / 1e6 for x in open(sys.argv[1]) if x.strip()]
+print(f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})")' "$1"
+}
+
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+PORT=$(free_port)
+"$NATS" -a 127.0.0.1 -p "$PORT" -l "$WORK/nats.log" &
+PIDS+=($!)
+wait_for 10 grep -q "Server is ready" "$WORK/nats.log"
+URL=nats://127.0.0.1:$PORT
+
+{
+    printf '[agent]\nname = "w10"\nstate_dir = "%s/s10"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$URL"
+    for i in $(seq 1 10); do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
+} >"$WORK/w10.toml"
+"$BIN/nodeagent" -c "$WORK/w10.toml" 2>"$WORK/w10.log" &
+A=$!
+PIDS+=($A)
+wait_for 20 "$BIN/ctl" -s "$URL" --node w10 ping
+wait_for 20 python3 bench/scale.py "$A" "$MARKER" 10 1
+sleep "$SETTLE"
+echo "idle, 10 watchers:        VmRSS anon file threads = $(mem "$A")"
+kill -TERM "$A"
+wait "$A" 2>/dev/null || true
+
+{
+    printf '[agent]\nname = "w100"\nstate_dir = "%s/s100"\nstats_interval = "1s"\n\n' "$WORK"
+    printf '[nats]\nservers = ["%s"]\n\n' "$URL"
+    printf '[watcher.w1]\ncmd = "sleep"\nargs = ["%s"]\nnumprocesses = %s\n' "$MARKER" "$HUNDRED"
+} >"$WORK/w100.toml"
+"$BIN/nodeagent" -c "$WORK/w100.toml" 2>"$WORK/w100.log" &
+A=$!
+PIDS+=($A)
+CTL=("$BIN/ctl" -s "$URL" --node w100)
+wait_for 20 "${CTL[@]}" ping
+python3 bench/scale.py "$A" "$MARKER" "$HUNDRED" 60 >/dev/null
+sleep "$SETTLE"
+echo "1 x $HUNDRED, stats 1 s:      VmRSS anon file threads = $(mem "$A")"
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+t0=$(ticks "$A")
+sleep "$IDLE_SECS"
+t1=$(ticks "$A")
+echo "idle CPU over ${IDLE_SECS}s:      $(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$IDLE_SECS" 'BEGIN {printf "%.2f", d / hz / s * 100}') % of a core"
+: >"$WORK/stop.ns"
+: >"$WORK/scale.ns"
+for _ in $(seq 1 "$SCALE_RUNS"); do
+    python3 bench/scale.py "$A" "$MARKER" 0 60 "${CTL[@]}" stop w1 >>"$WORK/stop.ns"
+    "${CTL[@]}" numprocesses w1 1 >/dev/null && "${CTL[@]}" start w1 >/dev/null
+    python3 bench/scale.py "$A" "$MARKER" 1 60 >/dev/null
+    python3 bench/scale.py "$A" "$MARKER" $((HUNDRED + 1)) 60 "${CTL[@]}" numprocesses w1 $((HUNDRED + 1)) >>"$WORK/scale.ns"
+    python3 bench/scale.py "$A" "$MARKER" "$HUNDRED" 60 "${CTL[@]}" numprocesses w1 "$HUNDRED" >/dev/null
+done
+echo "scale 1 -> $((HUNDRED + 1)) (ms):       $(spread "$WORK/scale.ns")"
+echo "graceful stop of $HUNDRED (ms):   $(spread "$WORK/stop.ns")"
+echo "after the runs:           VmRSS anon file threads = $(mem "$A")"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
