@@ -203,46 +203,58 @@ pub async fn alive_members(
     tags: &[(String, String)],
     timeout: Duration,
 ) -> Result<Vec<MemberRow>, MembersError> {
-    alive_rows(client, subjects, tags, MembersView::Names, timeout).await
-}
-
-/// The alive (or suspect) members with all these tags, in the fields of `view`.
-pub async fn alive_rows(
-    client: &Conn,
-    subjects: &Subjects,
-    tags: &[(String, String)],
-    view: MembersView,
-    timeout: Duration,
-) -> Result<Vec<MemberRow>, MembersError> {
     let filter = MembersRequest {
-        status: Some(StatusFilter::Many(vec![
-            MemberState::Alive,
-            MemberState::Suspect,
-        ])),
-        tags: tags.iter().cloned().collect(),
-        name: None,
-        after: None,
-        view,
+        view: MembersView::Names,
+        ..alive_filter(tags)
     };
     let mut alive = member_rows(client, subjects, filter, timeout).await?;
-    // A member's name becomes a subject token: a name no agent could have (from a
-    // forged or broken reply) is never used.
-    alive.retain(|m| match protocol::subjects::validate_node_name(&m.name) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(
-                "ignoring member {:?} of the members reply: {e}",
-                crate::output::sanitize(&m.name)
-            );
-            false
-        }
-    });
+    alive.retain(|m| usable_name(&m.name));
     tracing::info!("{} alive members to ask", alive.len());
     tracing::debug!(
         "alive members to ask: {:?}",
         alive.iter().map(|m| &m.name).collect::<Vec<_>>()
     );
     Ok(alive)
+}
+
+/// The alive (or suspect) members, every field of each.
+pub async fn alive_full(
+    client: &Conn,
+    subjects: &Subjects,
+    timeout: Duration,
+) -> Result<Vec<MemberInfo>, MembersError> {
+    let mut alive = members(client, subjects, alive_filter(&[]), timeout)
+        .await?
+        .1;
+    alive.retain(|m| usable_name(&m.name));
+    Ok(alive)
+}
+
+/// The alive and suspect members with all these tags.
+fn alive_filter(tags: &[(String, String)]) -> MembersRequest {
+    MembersRequest {
+        status: Some(StatusFilter::Many(vec![
+            MemberState::Alive,
+            MemberState::Suspect,
+        ])),
+        tags: tags.iter().cloned().collect(),
+        ..MembersRequest::default()
+    }
+}
+
+/// A member's name becomes a subject token: a name no agent could have (from a forged
+/// or broken reply) is never used.
+fn usable_name(name: &str) -> bool {
+    match protocol::subjects::validate_node_name(name) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "ignoring member {:?} of the members reply: {e}",
+                crate::output::sanitize(name)
+            );
+            false
+        }
+    }
 }
 
 /// Parses a member state for `--status`.
@@ -284,7 +296,7 @@ pub fn render_members(members: &[MemberRow]) -> String {
             m.version.clone(),
             m.started_at
                 .map_or_else(|| "-".to_owned(), |t| age(now - t)),
-            format!("{}/{}", m.running, m.numprocesses),
+            format!("{}/{}", m.processes().0, m.processes().1),
             watchers.join(" "),
         ]);
     }
@@ -373,13 +385,13 @@ pub fn not_reached(nodes: &[String]) -> String {
 /// How many processes each member gets when `total` are spread over `members`:
 /// evenly, the remainder going to the least-loaded members first (fewest running
 /// processes, then name). Returns (node, count) in node order.
-pub fn spread(members: &[MemberRow], total: u32) -> Vec<(String, u32)> {
+pub fn spread(members: &[MemberInfo], total: u32) -> Vec<(String, u32)> {
     if members.is_empty() {
         return vec![];
     }
     let k = members.len() as u32;
     let (base, extra) = (total / k, total % k);
-    let mut by_load: Vec<&MemberRow> = members.iter().collect();
+    let mut by_load: Vec<&MemberInfo> = members.iter().collect();
     by_load.sort_by(|a, b| a.running.cmp(&b.running).then(a.name.cmp(&b.name)));
     let lucky: BTreeSet<&str> = by_load
         .iter()
@@ -406,7 +418,7 @@ pub async fn resize_service(
     total: u32,
     timeout: Duration,
 ) -> Result<Outcome, MembersError> {
-    let members: Vec<MemberRow> = alive_rows(client, subjects, &[], MembersView::Table, timeout)
+    let members: Vec<MemberInfo> = alive_full(client, subjects, timeout)
         .await?
         .into_iter()
         .filter(|m| m.services.iter().any(|s| s == service))
@@ -442,15 +454,14 @@ pub async fn resize_service(
 mod tests {
     use super::*;
 
-    fn member(name: &str, running: u32) -> MemberRow {
-        let full: MemberInfo = serde_json::from_value(serde_json::json!({
+    fn member(name: &str, running: u32) -> MemberInfo {
+        serde_json::from_value(serde_json::json!({
             "name": name, "state": "alive", "since": 0.0, "boot_id": "b", "seq": 1,
             "hostname": "h", "tags": {}, "version": "v", "pid": 1, "started_at": 0.0,
             "last_seen": 0.0, "heartbeat_ms": 1000, "watchers": [], "services": ["web"],
             "numprocesses": running, "running": running
         }))
-        .unwrap();
-        MemberRow::of(&full, MembersView::Table)
+        .unwrap()
     }
 
     #[test]

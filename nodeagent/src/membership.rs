@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use protocol::registry::{
     AnnounceKind, Announcement, MemberInfo, MemberRow, MemberState, MembersData, MembersRequest,
-    MembersView,
+    MembersView, WatcherCount,
 };
 use protocol::subjects::validate_node_name;
 
@@ -379,9 +379,7 @@ impl Membership {
             }
             let (info, row) = match filter.view {
                 MembersView::Full => (Some(self.info(m)), None),
-                MembersView::Table => {
-                    (None, Some(MemberRow::of(&self.info(m), MembersView::Table)))
-                }
+                MembersView::Table => (None, Some(table_row(m))),
                 MembersView::Names => (None, Some(MemberRow::named(name, m.state))),
             };
             let size = match (&info, &row) {
@@ -495,6 +493,21 @@ impl Membership {
                 .iter()
                 .fold(0u32, |n, w| n.saturating_add(w.running)),
         }
+    }
+}
+
+/// A member's row in the `table` view, made from its record (not from a whole
+/// [`MemberInfo`], which copies every field first).
+fn table_row(m: &Member) -> MemberRow {
+    let a = &m.ann;
+    MemberRow {
+        hostname: a.hostname.clone(),
+        address: a.address.clone(),
+        tags: a.tags.clone(),
+        version: a.version.clone(),
+        started_at: Some(a.started_at),
+        watchers: a.watchers.iter().map(WatcherCount::of).collect(),
+        ..MemberRow::named(&a.node, m.state)
     }
 }
 
@@ -1195,7 +1208,11 @@ mod tests {
             usize::MAX,
         );
         let w2 = &w2.rows[0];
-        assert_eq!((w2.numprocesses, w2.running), (4, 2));
+        assert_eq!(
+            w2,
+            &MemberRow::of(&table.get("web-2").unwrap(), MembersView::Table)
+        );
+        assert_eq!(w2.processes(), (2, 4));
         assert_eq!(w2.address.as_deref(), Some("10.0.0.2"));
         let names = table.page(
             &MembersRequest {

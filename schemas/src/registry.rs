@@ -204,10 +204,20 @@ pub struct WatcherCount {
     pub running: u32,
 }
 
-/// One member in a few fields: what the `ctl members` table shows and what planning a
-/// command over the members needs (view `table`), or only its name and state (view
-/// `names`, where every other field is absent). Read tolerantly: an absent field is
-/// empty.
+impl WatcherCount {
+    /// The counts of a watcher.
+    pub fn of(w: &WatcherBrief) -> WatcherCount {
+        WatcherCount {
+            name: w.name.clone(),
+            numprocesses: w.numprocesses,
+            running: w.running,
+        }
+    }
+}
+
+/// One member in a few fields: what the `ctl members` table shows (view `table`), or
+/// only its name and state (view `names`, where every other field is absent). Read
+/// tolerantly: an absent field is empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MemberRow {
     /// The node name.
@@ -224,21 +234,9 @@ pub struct MemberRow {
     /// Unix time the agent started (its own clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<f64>,
+    /// Its watchers' process counts; the member's are their sums.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watchers: Vec<WatcherCount>,
-    /// The services the node answers for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<String>,
-    /// The wanted process count over all its watchers.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub numprocesses: u32,
-    /// The running process count over all its watchers.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub running: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl MemberRow {
@@ -252,18 +250,7 @@ impl MemberRow {
             row.tags.clone_from(&m.tags);
             row.version.clone_from(&m.version);
             row.started_at = Some(m.started_at);
-            row.watchers = m
-                .watchers
-                .iter()
-                .map(|w| WatcherCount {
-                    name: w.name.clone(),
-                    numprocesses: w.numprocesses,
-                    running: w.running,
-                })
-                .collect();
-            row.services.clone_from(&m.services);
-            row.numprocesses = m.numprocesses;
-            row.running = m.running;
+            row.watchers = m.watchers.iter().map(WatcherCount::of).collect();
         }
         row
     }
@@ -279,10 +266,18 @@ impl MemberRow {
             version: String::new(),
             started_at: None,
             watchers: vec![],
-            services: vec![],
-            numprocesses: 0,
-            running: 0,
         }
+    }
+
+    /// The running and the wanted process counts over all its watchers (hostile
+    /// counts saturate).
+    pub fn processes(&self) -> (u32, u32) {
+        self.watchers.iter().fold((0u32, 0u32), |(r, n), w| {
+            (
+                r.saturating_add(w.running),
+                n.saturating_add(w.numprocesses),
+            )
+        })
     }
 }
 
@@ -293,8 +288,7 @@ pub enum MembersView {
     /// Every field: the reply's `members` holds [`MemberInfo`] rows.
     #[default]
     Full,
-    /// The reply's `rows` holds [`MemberRow`]s with what the `ctl members` table shows,
-    /// the services and the process counts.
+    /// The reply's `rows` holds [`MemberRow`]s with what the `ctl members` table shows.
     Table,
     /// The reply's `rows` holds [`MemberRow`]s with the name and state only: what a
     /// command sent to every member needs.
