@@ -139,13 +139,14 @@ async fn follow_pages(
             .clone()
             .filter(|n| rows > 0 && filter.after.as_ref().is_none_or(|a| n > a));
         take(page);
-        first.get_or_insert(reply);
+        let kept = first.take().unwrap_or(reply);
         match next {
             Some(n) => {
                 tracing::info!("{count} members so far; asking for those after {n}");
                 filter.after = Some(n);
+                first = Some(kept);
             }
-            None => return Ok(first.unwrap_or_else(|| unreachable!("set above"))),
+            None => return Ok(kept),
         }
     }
 }

@@ -1051,7 +1051,8 @@ mod tests {
             }
             let members = seeds.like("members", &serde_json::json!([wild::member_template()]));
             if let Ok(ms) = serde_json::from_value::<Vec<protocol::registry::MemberInfo>>(members) {
-                let rows: Vec<MemberRow> = ms.iter().map(|m| MemberRow::of(m, MembersView::Table)).collect();
+                let rows: Vec<MemberRow> =
+                    ms.iter().map(|m| MemberRow::of(m, MembersView::Table)).collect();
                 wild::assert_printable(&crate::cluster::render_members(&rows));
             }
         }
