@@ -265,3 +265,37 @@ async fn ctl_reads_the_full_rows_of_a_keeper_that_knows_no_view() {
         .collect();
     assert_eq!(nodes, ["n1", "n2"], "{}", ping.stdout);
 }
+
+/// A keeper whose pages carry no member but say more follow (a forged or broken reply)
+/// is not followed: ctl asks once and lists what came, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_page_that_says_more_follow_is_not_followed() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let mut members = client
+        .queue_subscribe("cluster.members", "cluster-members".to_owned())
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let responder = client.clone();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    let forged = tokio::spawn(async move {
+        while let Some(msg) = members.next().await {
+            let Some(to) = msg.reply else { continue };
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let reply = serde_json::json!({"node": "forged", "status": "ok", "time": 1.0,
+                                           "members": [], "rows": [], "next": format!("z{n}")});
+            let body = serde_json::to_vec(&reply).expect("json");
+            let _ = responder.publish(to, body.into()).await;
+        }
+    });
+    let url = nats.url();
+    let out = tokio::task::spawn_blocking(move || ctl_url(&url, &["members"]))
+        .await
+        .expect("ctl runs");
+    forged.abort();
+    out.expect_code(0, "ctl members");
+    assert!(table_names(&out).is_empty(), "{}", out.stdout);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
