@@ -298,6 +298,10 @@ fn no_answer_within(timeout: Duration) -> String {
     )
 }
 
+/// The most replies a broadcast keeps from nodes it did not expect (or a second reply
+/// of one node).
+const MAX_UNEXPECTED: usize = 1000;
+
 /// Broadcasts one request on `cluster.all.cmd.<token>` with target headers and
 /// collects the replies of `expected`, returning as soon as all of them answered.
 pub async fn broadcast(
@@ -314,12 +318,12 @@ pub async fn broadcast(
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await?;
     let started = Instant::now();
-    let expects: Vec<&str> = expected.iter().map(String::as_str).collect();
     tracing::info!(
-        "broadcasting '{}' on {subject} to {}, replies to {inbox}",
+        "broadcasting '{}' on {subject} to {} nodes, replies to {inbox}",
         req.command.name(),
-        expects.join(", ")
+        expected.len()
     );
+    tracing::debug!("broadcast to {expected:?}");
     tracing::debug!("broadcast headers: {headers:?}");
     client
         .publish_with_reply_and_headers(subject.clone(), inbox.clone(), headers, payload.into())
@@ -327,6 +331,7 @@ pub async fn broadcast(
     client.flush().await?;
     let mut out = Outcome::default();
     let mut waiting = expected;
+    let mut unexpected = 0usize;
     let deadline = started + timeout;
     let watched = [subject.as_str(), inbox.as_str()];
     while !waiting.is_empty() {
@@ -336,7 +341,21 @@ pub async fn broadcast(
                 Ok(Some(msg)) => {
                     let reply = decode(&msg.payload, "?", &req.command);
                     log_reply(&reply, started.elapsed(), msg.payload.len());
-                    waiting.remove(&reply.node);
+                    if !waiting.remove(&reply.node) {
+                        // Not one of the expected targets, or one that answered already:
+                        // kept (a member that joined since the list was made), but only
+                        // so many, whoever sends them.
+                        unexpected += 1;
+                        if unexpected > MAX_UNEXPECTED {
+                            if unexpected == MAX_UNEXPECTED + 1 {
+                                tracing::warn!(
+                                    "more than {MAX_UNEXPECTED} replies from nodes not asked \
+                                     or answering twice; ignoring the rest"
+                                );
+                            }
+                            continue;
+                        }
+                    }
                     out.replies.push(reply);
                 }
                 _ => break,

@@ -7,9 +7,13 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use protocol::command::{Command, Numprocesses, Restart};
-use protocol::registry::{MemberInfo, MemberState, MembersData, MembersRequest, StatusFilter};
-use protocol::reply::KindData;
+use protocol::registry::{
+    MemberInfo, MemberRow, MemberState, MembersData, MembersRequest, MembersView, StatusFilter,
+    MAX_MEMBERS,
+};
+use protocol::reply::ReplyData;
 use protocol::subjects::CmdTarget;
+use protocol::Errno;
 use protocol::{Reply, Request, Subjects};
 
 use crate::client::{self, Conn, Denial, Outcome};
@@ -40,51 +44,120 @@ impl From<String> for MembersError {
 use crate::fmt::age;
 use crate::output::Table;
 
-/// Asks any one agent that keeps the member table for its view, page after page when
-/// it does not fit in one reply. `Err` says why none answered.
+/// Asks any one agent that keeps the member table for its view, every field of every
+/// member, page after page when it does not fit in one reply. `Err` says why none
+/// answered.
 pub async fn members(
     client: &Conn,
     subjects: &Subjects,
     filter: MembersRequest,
     timeout: Duration,
 ) -> Result<(Reply, Vec<MemberInfo>), MembersError> {
-    let deadline = Instant::now() + timeout;
-    let mut filter = filter;
+    let filter = MembersRequest {
+        view: MembersView::Full,
+        ..filter
+    };
     let mut all: Vec<MemberInfo> = vec![];
+    let reply = follow_pages(client, subjects, filter, timeout, |page| {
+        all.extend(page.members);
+    })
+    .await?;
+    // One reply with every member, as if it had come in one page.
+    let mut reply = reply;
+    let whole = MembersData {
+        members: all,
+        rows: vec![],
+        next: None,
+    };
+    reply.data = Some(whole.clone().into());
+    Ok((reply, whole.members))
+}
+
+/// Like [`members`], but only the fields of `view` (the filter's view): what the
+/// `ctl members` table shows, or the names for a fan-out. An agent that sends every
+/// field (one that knows no view) is read too.
+pub async fn member_rows(
+    client: &Conn,
+    subjects: &Subjects,
+    filter: MembersRequest,
+    timeout: Duration,
+) -> Result<Vec<MemberRow>, MembersError> {
+    let view = filter.view;
+    let mut all: Vec<MemberRow> = vec![];
+    follow_pages(client, subjects, filter, timeout, |page| {
+        all.extend(page.rows);
+        all.extend(page.members.iter().map(|m| MemberRow::of(m, view)));
+    })
+    .await?;
+    Ok(all)
+}
+
+/// Asks for the member view page after page, giving each page's data to `take`, until
+/// a page says no more follow; returns the first reply. A page must move forward and
+/// carry members, and all of them together at most [`MAX_MEMBERS`]: a reply that does
+/// not is not followed. When an agent refuses the filter's view (it knows none), the
+/// same page is asked again in every field, and so are the pages after it.
+async fn follow_pages(
+    client: &Conn,
+    subjects: &Subjects,
+    mut filter: MembersRequest,
+    timeout: Duration,
+    mut take: impl FnMut(MembersData),
+) -> Result<Reply, MembersError> {
+    let deadline = Instant::now() + timeout;
+    let mut first = None;
+    let mut count = 0usize;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (reply, page) = members_page(client, subjects, filter.clone(), left).await?;
+        let (reply, page) = match members_page(client, subjects, filter.clone(), left).await? {
+            Ok(answer) => answer,
+            Err(refusal)
+                if refusal.errno == Some(Errno::BadOption.code()) && !filter.view.is_full() =>
+            {
+                tracing::info!(
+                    "node {} knows no member view ({}); asking for every field",
+                    refusal.node,
+                    refusal.reason.as_deref().unwrap_or_default()
+                );
+                filter.view = MembersView::Full;
+                continue;
+            }
+            Err(refusal) => return Err(refusal.reason.unwrap_or_default().into()),
+        };
+        let rows = page.members.len().saturating_add(page.rows.len());
+        count = count.saturating_add(rows);
+        if count > MAX_MEMBERS {
+            return Err(format!(
+                "node {} sent more than {MAX_MEMBERS} members; a cluster has no more",
+                crate::output::sanitize(&reply.node)
+            )
+            .into());
+        }
         // A page must move forward; a reply that does not is not followed.
         let next = page
             .next
-            .filter(|n| filter.after.as_ref().is_none_or(|a| n > a));
-        all.extend(page.members);
+            .clone()
+            .filter(|n| rows > 0 && filter.after.as_ref().is_none_or(|a| n > a));
+        take(page);
+        let kept = first.take().unwrap_or(reply);
         match next {
             Some(n) => {
-                tracing::info!("{} members so far; asking for those after {n}", all.len());
+                tracing::info!("{count} members so far; asking for those after {n}");
                 filter.after = Some(n);
+                first = Some(kept);
             }
-            None => {
-                // One reply with every member, as if it had come in one page.
-                let mut reply = reply;
-                let whole = MembersData {
-                    members: all,
-                    next: None,
-                };
-                reply.data = Some(whole.clone().into());
-                return Ok((reply, whole.members));
-            }
+            None => return Ok(kept),
         }
     }
 }
 
-/// One page of the member view.
+/// One page of the member view: the reply and its data, or the error reply.
 async fn members_page(
     client: &Conn,
     subjects: &Subjects,
     filter: MembersRequest,
     timeout: Duration,
-) -> Result<(Reply, MembersData), MembersError> {
+) -> Result<Result<(Reply, MembersData), Reply>, MembersError> {
     let req = Request::new(Command::Members(filter));
     // Read-only: if the agent the queue group picked is hung, every agent is asked.
     let queue = subjects.command(&CmdTarget::Members, &req.command);
@@ -97,27 +170,25 @@ async fn members_page(
         return Err(MembersError::Denied(d));
     }
     match out.replies.into_iter().next() {
-        Some(r) if r.is_ok() => {
+        Some(mut r) if r.is_ok() => {
             // Read as the members kind by the client: ok replies carry their data.
-            let data = r
-                .data
-                .as_ref()
-                .and_then(MembersData::of)
-                .cloned()
-                .ok_or_else(|| "the members reply carries no members".to_owned())?;
+            let data = match r.data.take() {
+                Some(ReplyData::Members(data)) => data,
+                _ => return Err("the members reply carries no members".to_owned().into()),
+            };
             tracing::info!(
                 "node {} knows {} matching members{}",
                 r.node,
-                data.members.len(),
+                data.members.len().saturating_add(data.rows.len()),
                 if data.next.is_some() {
                     " in this page"
                 } else {
                     ""
                 }
             );
-            Ok((r, data))
+            Ok(Ok((r, data)))
         }
-        Some(r) => Err(r.reason.unwrap_or_default().into()),
+        Some(r) => Ok(Err(r)),
         None => Err(MembersError::Other(format!(
             "no agent answered on {}: is any nodeagent running and connected to this NATS server?",
             subjects.members()
@@ -125,38 +196,66 @@ async fn members_page(
     }
 }
 
-/// The alive (or suspect) members with all these tags.
+/// The names of the alive (or suspect) members with all these tags (rows of the
+/// `names` view).
 pub async fn alive_members(
     client: &Conn,
     subjects: &Subjects,
     tags: &[(String, String)],
     timeout: Duration,
-) -> Result<Vec<MemberInfo>, MembersError> {
+) -> Result<Vec<MemberRow>, MembersError> {
     let filter = MembersRequest {
+        view: MembersView::Names,
+        ..alive_filter(tags)
+    };
+    let mut alive = member_rows(client, subjects, filter, timeout).await?;
+    alive.retain(|m| usable_name(&m.name));
+    tracing::info!("{} alive members to ask", alive.len());
+    tracing::debug!(
+        "alive members to ask: {:?}",
+        alive.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    Ok(alive)
+}
+
+/// The alive (or suspect) members, every field of each.
+pub async fn alive_full(
+    client: &Conn,
+    subjects: &Subjects,
+    timeout: Duration,
+) -> Result<Vec<MemberInfo>, MembersError> {
+    let mut alive = members(client, subjects, alive_filter(&[]), timeout)
+        .await?
+        .1;
+    alive.retain(|m| usable_name(&m.name));
+    Ok(alive)
+}
+
+/// The alive and suspect members with all these tags.
+fn alive_filter(tags: &[(String, String)]) -> MembersRequest {
+    MembersRequest {
         status: Some(StatusFilter::Many(vec![
             MemberState::Alive,
             MemberState::Suspect,
         ])),
         tags: tags.iter().cloned().collect(),
-        name: None,
-        after: None,
-    };
-    let mut alive = members(client, subjects, filter, timeout).await?.1;
-    // A member's name becomes a subject token: a name no agent could have (from a
-    // forged or broken reply) is never used.
-    alive.retain(|m| match protocol::subjects::validate_node_name(&m.name) {
+        ..MembersRequest::default()
+    }
+}
+
+/// A member's name becomes a subject token: a name no agent could have (from a forged
+/// or broken reply) is never used.
+fn usable_name(name: &str) -> bool {
+    match protocol::subjects::validate_node_name(name) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(
                 "ignoring member {:?} of the members reply: {e}",
-                crate::output::sanitize(&m.name)
+                crate::output::sanitize(name)
             );
             false
         }
-    });
-    let names: Vec<&str> = alive.iter().map(|m| m.name.as_str()).collect();
-    tracing::info!("alive members to ask: {}", names.join(", "));
-    Ok(alive)
+    }
 }
 
 /// Parses a member state for `--status`.
@@ -171,7 +270,7 @@ pub fn parse_state(s: &str) -> Result<MemberState, String> {
 }
 
 /// The `ctl members` table, like `serf members`.
-pub fn render_members(members: &[MemberInfo]) -> String {
+pub fn render_members(members: &[MemberRow]) -> String {
     let now = protocol::unix_time();
     let mut t = Table::new(&[
         "NAME",
@@ -196,8 +295,9 @@ pub fn render_members(members: &[MemberInfo]) -> String {
             m.address.clone().unwrap_or_else(|| m.hostname.clone()),
             tags.join(","),
             m.version.clone(),
-            age(now - m.started_at),
-            format!("{}/{}", m.running, m.numprocesses),
+            m.started_at
+                .map_or_else(|| "-".to_owned(), |t| age(now - t)),
+            format!("{}/{}", m.processes().0, m.processes().1),
             watchers.join(" "),
         ]);
     }
@@ -319,7 +419,7 @@ pub async fn resize_service(
     total: u32,
     timeout: Duration,
 ) -> Result<Outcome, MembersError> {
-    let members: Vec<MemberInfo> = alive_members(client, subjects, &[], timeout)
+    let members: Vec<MemberInfo> = alive_full(client, subjects, timeout)
         .await?
         .into_iter()
         .filter(|m| m.services.iter().any(|s| s == service))

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use protocol::logs::LogsData;
-use protocol::registry::{MemberInfo, MembersData};
+use protocol::registry::{MemberRow, MembersData, MembersView};
 use protocol::reply::*;
 use protocol::stats::StatsData;
 use protocol::{Command, Reply, WatcherOptions};
@@ -541,9 +541,13 @@ fn stats(replies: &[(&str, &StatsData)]) -> String {
 }
 
 fn members(replies: &[(&str, &MembersData)]) -> String {
-    let all: Vec<MemberInfo> = replies
+    let all: Vec<MemberRow> = replies
         .iter()
-        .flat_map(|(_, d)| d.members.iter().cloned())
+        .flat_map(|(_, d)| {
+            let full = d.members.iter();
+            let rows = full.map(|m| MemberRow::of(m, MembersView::Table));
+            d.rows.iter().cloned().chain(rows)
+        })
         .collect();
     crate::cluster::render_members(&all)
 }
@@ -1047,7 +1051,9 @@ mod tests {
             }
             let members = seeds.like("members", &serde_json::json!([wild::member_template()]));
             if let Ok(ms) = serde_json::from_value::<Vec<protocol::registry::MemberInfo>>(members) {
-                wild::assert_printable(&crate::cluster::render_members(&ms));
+                let rows: Vec<MemberRow> =
+                    ms.iter().map(|m| MemberRow::of(m, MembersView::Table)).collect();
+                wild::assert_printable(&crate::cluster::render_members(&rows));
             }
         }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use protocol::registry::{MembersRequest, StatusFilter};
+use protocol::registry::{MembersRequest, MembersView, StatusFilter};
 use protocol::{Command, Request, Subjects};
 
 use crate::args::{Cli, Global, Sub};
@@ -197,6 +197,7 @@ fn members_filter(
         tags: g.tags.iter().cloned().collect(),
         name: name.clone(),
         after: None,
+        view: MembersView::Full,
     })
 }
 

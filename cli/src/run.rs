@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use protocol::registry::MembersRequest;
+use protocol::registry::{MembersRequest, MembersView};
 use protocol::subjects::CmdTarget;
 use protocol::{Command, Request, Subjects};
 
@@ -72,7 +72,8 @@ pub async fn run(plan: Plan, g: &Global) -> ExitCode {
     }
 }
 
-/// `members`: the table of the cluster's members, as one agent sees them.
+/// `members`: the table of the cluster's members, as one agent sees them: only the
+/// fields the table shows, or every field with `--json`.
 async fn members(
     conn: &Conn,
     subjects: &Subjects,
@@ -80,19 +81,24 @@ async fn members(
     timeout: Duration,
     json: bool,
 ) -> ExitCode {
-    match cluster::members(conn, subjects, filter, timeout).await {
-        Ok((reply, ms)) => {
-            let text = if json {
-                format!("{}\n", serde_json::to_string(&reply).unwrap_or_default())
-            } else {
-                cluster::render_members(&ms)
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-            ExitCode::SUCCESS
+    let text = if json {
+        match cluster::members(conn, subjects, filter, timeout).await {
+            Ok((reply, _)) => format!("{}\n", serde_json::to_string(&reply).unwrap_or_default()),
+            Err(e) => return members_failed(e),
         }
-        Err(e) => members_failed(e),
-    }
+    } else {
+        let filter = MembersRequest {
+            view: MembersView::Table,
+            ..filter
+        };
+        match cluster::member_rows(conn, subjects, filter, timeout).await {
+            Ok(rows) => cluster::render_members(&rows),
+            Err(e) => return members_failed(e),
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    ExitCode::SUCCESS
 }
 
 /// Sends the request to its targets the planned way.

@@ -37,7 +37,8 @@ use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use protocol::registry::{
-    AnnounceKind, Announcement, MemberInfo, MemberState, MembersData, MembersRequest,
+    AnnounceKind, Announcement, MemberInfo, MemberRow, MemberState, MembersData, MembersRequest,
+    MembersView, WatcherCount,
 };
 use protocol::subjects::validate_node_name;
 
@@ -50,7 +51,7 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 
 /// The most members a table holds; announcements of further new names are ignored
 /// (with one warning) until members are reaped.
-pub const MAX_MEMBERS: usize = 100_000;
+pub const MAX_MEMBERS: usize = protocol::registry::MAX_MEMBERS;
 
 /// The longest grace an upgrading member gets ([`Announcement::upgrading_ms`]).
 pub const MAX_UPGRADE_GRACE: Duration = Duration::from_secs(60);
@@ -362,7 +363,9 @@ impl Membership {
     }
 
     /// The members that pass `filter`, sorted by name, as many as fit in `max_bytes`
-    /// of JSON (at least one); `next` names the last one when more follow.
+    /// of JSON (at least one); `next` names the last one when more follow. The rows are
+    /// in the fields of the filter's view: [`MemberInfo`]s in `members` for the full
+    /// view, [`MemberRow`]s in `rows` otherwise.
     pub fn page(&self, filter: &MembersRequest, max_bytes: usize) -> MembersData {
         let mut page = MembersData::default();
         let mut used = 0usize;
@@ -374,14 +377,24 @@ impl Membership {
             if !filter.matches(name, m.state, &m.ann.tags) {
                 continue;
             }
-            let info = self.info(m);
-            let size = serde_json::to_vec(&info).map_or(usize::MAX, |b| b.len().saturating_add(1));
-            if !page.members.is_empty() && used.saturating_add(size) > max_bytes {
-                page.next = page.members.last().map(|m| m.name.clone());
+            let (info, row) = match filter.view {
+                MembersView::Full => (Some(self.info(m)), None),
+                MembersView::Table => (None, Some(table_row(m))),
+                MembersView::Names => (None, Some(MemberRow::named(name, m.state))),
+            };
+            let size = match (&info, &row) {
+                (Some(info), _) => json_size(info),
+                (None, Some(row)) => json_size(row),
+                (None, None) => 0,
+            };
+            let taken = page.members.len() + page.rows.len();
+            if taken > 0 && used.saturating_add(size) > max_bytes {
+                page.next = Some(last_name(&page));
                 break;
             }
             used = used.saturating_add(size);
-            page.members.push(info);
+            page.members.extend(info);
+            page.rows.extend(row);
         }
         page
     }
@@ -480,6 +493,49 @@ impl Membership {
                 .iter()
                 .fold(0u32, |n, w| n.saturating_add(w.running)),
         }
+    }
+}
+
+/// A member's row in the `table` view, made from its record (not from a whole
+/// [`MemberInfo`], which copies every field first).
+fn table_row(m: &Member) -> MemberRow {
+    let a = &m.ann;
+    MemberRow {
+        hostname: a.hostname.clone(),
+        address: a.address.clone(),
+        tags: a.tags.clone(),
+        version: a.version.clone(),
+        started_at: Some(a.started_at),
+        watchers: a.watchers.iter().map(WatcherCount::of).collect(),
+        ..MemberRow::named(&a.node, m.state)
+    }
+}
+
+/// The name of the last member of a page.
+fn last_name(page: &MembersData) -> String {
+    let last = page.rows.last().map(|r| &r.name);
+    last.or(page.members.last().map(|m| &m.name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The length of `v`'s JSON, plus one for the comma after it in a list, counted as it
+/// is written (nothing is kept).
+fn json_size<T: serde::Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(1);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -1112,6 +1168,64 @@ mod tests {
         );
         let all = table.page(&MembersRequest::default(), usize::MAX);
         assert_eq!((all.members.len(), all.next), (4, None));
+        // Another view: rows of its fields instead of members, paged by their own size.
+        for view in [MembersView::Table, MembersView::Names] {
+            let full = table.get("db-1").unwrap();
+            let want = MemberRow::of(&full, view);
+            let row = serde_json::to_vec(&want).unwrap().len();
+            let mut filter = MembersRequest {
+                view,
+                ..Default::default()
+            };
+            let mut pages = vec![];
+            loop {
+                let page = table.page(&filter, row + 1);
+                assert!(page.members.is_empty(), "{view:?}");
+                pages.push(page.rows.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
+                if pages.len() == 1 {
+                    assert_eq!(page.rows[0], want, "{view:?}");
+                }
+                match page.next {
+                    Some(next) => filter.after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                pages,
+                [["db-1"], ["db-2"], ["web-1"], ["web-2"]],
+                "{view:?}"
+            );
+            filter.after = None;
+            let all = table.page(&filter, usize::MAX);
+            assert_eq!((all.rows.len(), all.next), (4, None), "{view:?}");
+        }
+        let w2 = table.page(
+            &MembersRequest {
+                name: Some("web-2".into()),
+                view: MembersView::Table,
+                ..Default::default()
+            },
+            usize::MAX,
+        );
+        let w2 = &w2.rows[0];
+        assert_eq!(
+            w2,
+            &MemberRow::of(&table.get("web-2").unwrap(), MembersView::Table)
+        );
+        assert_eq!(w2.processes(), (2, 4));
+        assert_eq!(w2.address.as_deref(), Some("10.0.0.2"));
+        let names = table.page(
+            &MembersRequest {
+                view: MembersView::Names,
+                ..Default::default()
+            },
+            usize::MAX,
+        );
+        let json = serde_json::to_value(&names.rows[3]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "web-2", "state": "suspect"})
+        );
 
         assert_eq!(table.alive(), ["db-1", "web-1", "web-2"]);
         assert!(table.is_alive("db-1") && table.is_alive("web-1"));

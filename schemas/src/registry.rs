@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::reply::WatcherState;
 
+/// The most members a member table holds, and so the most a `members` view lists.
+pub const MAX_MEMBERS: usize = 100_000;
+
 /// What an announcement says about its sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -191,12 +194,126 @@ pub struct MemberInfo {
     pub running: u32,
 }
 
+/// A watcher's process counts, as a [`MemberRow`] carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatcherCount {
+    pub name: String,
+    /// The wanted process count.
+    pub numprocesses: u32,
+    /// How many processes run now.
+    pub running: u32,
+}
+
+impl WatcherCount {
+    /// The counts of a watcher.
+    pub fn of(w: &WatcherBrief) -> WatcherCount {
+        WatcherCount {
+            name: w.name.clone(),
+            numprocesses: w.numprocesses,
+            running: w.running,
+        }
+    }
+}
+
+/// One member in a few fields: what the `ctl members` table shows (view `table`), or
+/// only its name and state (view `names`, where every other field is absent). Read
+/// tolerantly: an absent field is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MemberRow {
+    /// The node name.
+    pub name: String,
+    pub state: MemberState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Unix time the agent started (its own clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<f64>,
+    /// Its watchers' process counts; the member's are their sums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watchers: Vec<WatcherCount>,
+}
+
+impl MemberRow {
+    /// The row of `view` for a member: its name and state only for
+    /// [`MembersView::Names`], the table's fields otherwise.
+    pub fn of(m: &MemberInfo, view: MembersView) -> MemberRow {
+        let mut row = MemberRow::named(&m.name, m.state);
+        if view != MembersView::Names {
+            row.hostname.clone_from(&m.hostname);
+            row.address.clone_from(&m.address);
+            row.tags.clone_from(&m.tags);
+            row.version.clone_from(&m.version);
+            row.started_at = Some(m.started_at);
+            row.watchers = m.watchers.iter().map(WatcherCount::of).collect();
+        }
+        row
+    }
+
+    /// A row with only a name and a state (the `names` view).
+    pub fn named(name: &str, state: MemberState) -> MemberRow {
+        MemberRow {
+            name: name.to_owned(),
+            state,
+            hostname: String::new(),
+            address: None,
+            tags: BTreeMap::new(),
+            version: String::new(),
+            started_at: None,
+            watchers: vec![],
+        }
+    }
+
+    /// The running and the wanted process counts over all its watchers (hostile
+    /// counts saturate).
+    pub fn processes(&self) -> (u32, u32) {
+        self.watchers.iter().fold((0u32, 0u32), |(r, n), w| {
+            (
+                r.saturating_add(w.running),
+                n.saturating_add(w.numprocesses),
+            )
+        })
+    }
+}
+
+/// How much of each member a `members` reply carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MembersView {
+    /// Every field: the reply's `members` holds [`MemberInfo`] rows.
+    #[default]
+    Full,
+    /// The reply's `rows` holds [`MemberRow`]s with what the `ctl members` table shows.
+    Table,
+    /// The reply's `rows` holds [`MemberRow`]s with the name and state only: what a
+    /// command sent to every member needs.
+    Names,
+}
+
+impl MembersView {
+    /// True for [`MembersView::Full`], the default, which a request leaves out so that
+    /// agents that know no view read it.
+    pub fn is_full(&self) -> bool {
+        *self == MembersView::Full
+    }
+}
+
 /// `members`: the answering agent's view of the cluster, sorted by name. A view too
 /// large for one message comes in pages: `next` is then set, and the same request with
-/// `after` set to it gives the following page.
+/// `after` set to it gives the following page. With the `full` view (the default) the
+/// members are in `members`; with another view they are in `rows`, and `members` is
+/// empty. An agent that knows no view refuses a request that names one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MembersData {
     pub members: Vec<MemberInfo>,
+    /// The members in the requested view's fields, when the view is not `full`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<MemberRow>,
     /// More members follow: ask again with `after` set to this name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -242,6 +359,10 @@ pub struct MembersRequest {
     /// not fit in one reply (the `next` of the previous page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// Which fields of each member the reply carries: `full` (the default), `table`
+    /// or `names` (see [`MembersView`]).
+    #[serde(default, skip_serializing_if = "MembersView::is_full")]
+    pub view: MembersView,
 }
 
 impl MembersRequest {

@@ -609,9 +609,9 @@ impl ReplyKind {
             ReplyKind::Options => decode_as::<OptionsData>(bytes),
             ReplyKind::Plan => decode_as::<PlanData>(bytes),
             ReplyKind::Dstats => decode_as::<DstatsData>(bytes),
-            ReplyKind::Ping => decode_as::<PingData>(bytes),
+            ReplyKind::Ping => decode_direct::<PingData>(bytes),
             ReplyKind::Stats => decode_as::<crate::stats::StatsData>(bytes),
-            ReplyKind::Members => decode_as::<crate::registry::MembersData>(bytes),
+            ReplyKind::Members => decode_direct::<crate::registry::MembersData>(bytes),
             ReplyKind::Logs => decode_as::<crate::logs::LogsData>(bytes),
             ReplyKind::Sockets => decode_as::<SocketsData>(bytes),
             ReplyKind::Upgrade => decode_as::<UpgradeData>(bytes),
@@ -636,6 +636,42 @@ fn decode_as<T: KindData>(bytes: &[u8]) -> Result<Reply, serde_json::Error> {
         time: r.time,
         reason: r.reason,
         errno: r.errno,
+        data,
+    })
+}
+
+/// The envelope of a reply alone; the other fields are skipped unread.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<String>,
+    node: String,
+    status: ReplyStatus,
+    time: f64,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    errno: Option<u32>,
+}
+
+/// Reads a reply like [`decode_as`], for data `T` none of whose fields is named like a
+/// field of the envelope: the envelope, then the data, each straight from the bytes.
+/// `flatten` would first copy every field beside the envelope into a map of its own,
+/// which costs more than the reading itself for the largest replies (`members` pages)
+/// and the most numerous (`ping` from every member).
+fn decode_direct<T: KindData>(bytes: &[u8]) -> Result<Reply, serde_json::Error> {
+    let e: Envelope = serde_json::from_slice(bytes)?;
+    let data = match e.status {
+        ReplyStatus::Ok => Some(serde_json::from_slice::<T>(bytes)?.into()),
+        ReplyStatus::Error => None,
+    };
+    Ok(Reply {
+        id: e.id,
+        node: e.node,
+        status: e.status,
+        time: e.time,
+        reason: e.reason,
+        errno: e.errno,
         data,
     })
 }
@@ -737,5 +773,57 @@ mod tests {
         let e = ReplyKind::Status.decode(&bytes).unwrap_err().to_string();
         assert!(e.contains("missing field `statuses`"), "{e}");
         assert!(ReplyKind::Numwatchers.decode(b"not json").is_err());
+    }
+
+    /// The kinds read without `flatten` read what `flatten` reads: the same replies,
+    /// the same errors, and fields of newer agents skipped.
+    #[test]
+    fn direct_reading_reads_as_flatten_does() {
+        use crate::registry::{MemberRow, MemberState, MembersData};
+        let ping = PingData {
+            version: "1".into(),
+            boot_id: "b".into(),
+            pid: 7,
+            hostname: "h".into(),
+            tags: [("k".to_owned(), "v".to_owned())].into(),
+            uptime_secs: 1.5,
+        };
+        let members = MembersData {
+            members: vec![],
+            rows: vec![MemberRow::named("n2", MemberState::Alive)],
+            next: Some("n2".into()),
+        };
+        let err: Reply = Reply::error(Some("1".into()), "n1", 1.0, Errno::BadOption, "no");
+        let cases: Vec<(ReplyKind, Reply)> = vec![
+            (
+                ReplyKind::Ping,
+                Reply::ok(Some("1".into()), "n1", 2.0, ping),
+            ),
+            (ReplyKind::Members, Reply::ok(None, "n1", 2.0, members)),
+            (ReplyKind::Ping, err.clone()),
+            (ReplyKind::Members, err),
+        ];
+        for (kind, sent) in cases {
+            let bytes = serde_json::to_vec(&sent).unwrap();
+            assert_eq!(kind.decode(&bytes).unwrap(), sent, "{kind:?}");
+            assert_eq!(decode_as_kind(kind, &bytes), sent, "{kind:?}");
+            let mut newer: Value = serde_json::from_slice(&bytes).unwrap();
+            newer["some_future_field"] = Value::from(1);
+            let newer = serde_json::to_vec(&newer).unwrap();
+            assert_eq!(kind.decode(&newer).unwrap(), sent, "{kind:?}");
+        }
+        let wrong = br#"{"node":"n1","status":"ok","time":1.0,"members":3}"#;
+        assert!(ReplyKind::Members.decode(wrong).is_err());
+        let short = br#"{"node":"n1","status":"ok","time":1.0,"version":"1"}"#;
+        let e = ReplyKind::Ping.decode(short).unwrap_err().to_string();
+        assert!(e.contains("missing field"), "{e}");
+        assert!(ReplyKind::Ping.decode(br#"{"status":"ok"}"#).is_err());
+    }
+
+    fn decode_as_kind(kind: ReplyKind, bytes: &[u8]) -> Reply {
+        match kind {
+            ReplyKind::Ping => decode_as::<PingData>(bytes).unwrap(),
+            _ => decode_as::<crate::registry::MembersData>(bytes).unwrap(),
+        }
     }
 }

@@ -12,7 +12,7 @@ use proptest::sample::select;
 use protocol::command::*;
 use protocol::logs::{LogsProps, Stream};
 use protocol::options::{check_option, OPTION_NAMES};
-use protocol::registry::{Announcement, MemberState, MembersRequest, StatusFilter};
+use protocol::registry::{Announcement, MemberState, MembersRequest, MembersView, StatusFilter};
 use protocol::{parse_request, Errno, Request, RequestError};
 use serde_json::{json, Value};
 
@@ -180,13 +180,17 @@ fn sane_request() -> impl Strategy<Value = Request> {
             ]),
             prop::collection::btree_map("[a-z]{1,5}", "[a-z]{1,5}", 0..3),
             prop::option::of("[a-z*-]{1,10}"),
+            select(&[MembersView::Full, MembersView::Table, MembersView::Names][..]),
         )
-            .prop_map(|(status, tags, name)| Command::Members(MembersRequest {
-                status,
-                tags,
-                name,
-                after: None,
-            })),
+            .prop_map(
+                |(status, tags, name, view)| Command::Members(MembersRequest {
+                    status,
+                    tags,
+                    name,
+                    after: None,
+                    view,
+                })
+            ),
         (
             plain_name(),
             prop::option::of(1u32..1000),

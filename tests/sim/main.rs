@@ -30,7 +30,7 @@ use protocol::command::Command;
 use protocol::registry::{AnnounceKind, Announcement, WatcherBrief};
 use protocol::reply::{PingData, StatusData, WatcherState, WatcherSummary};
 use protocol::subjects::{HEADER_NODES, HEADER_TAGS};
-use protocol::{Errno, Reply, Subjects};
+use protocol::{Errno, Reply, Request, RequestError, Subjects};
 
 struct Opts {
     server: String,
@@ -246,6 +246,7 @@ async fn run_connection(
     }
     client.flush().await?;
 
+    let mut parsed = LastRequest::default();
     // Heartbeats spread evenly: every tick, the share of members due.
     let tick = Duration::from_millis(10);
     let per_tick = members.len() as f64 * tick.as_secs_f64() / o.heartbeat.as_secs_f64();
@@ -281,7 +282,8 @@ async fn run_connection(
                 }
                 Feed::All(k, msg) => {
                     if selected(msg.headers.as_ref(), &members[k]) {
-                        answer(&client, &subjects, &members[k], msg, true).await;
+                        let req = parsed.read(&msg.payload);
+                        answer_parsed(&client, &subjects, &members[k], msg, req, true).await;
                     }
                 }
                 Feed::Keepers => {}
@@ -290,11 +292,48 @@ async fn run_connection(
     }
 }
 
+/// The last broadcast request read on a connection. The server delivers a broadcast
+/// once to each virtual member; on a real cluster each agent reads its own copy on its
+/// own machine, so the simulator reads the copies of one broadcast once, not once per
+/// member, to spend its CPU on what the agents would not.
+#[derive(Default)]
+struct LastRequest {
+    payload: Vec<u8>,
+    request: Option<Result<Request, RequestError>>,
+}
+
+impl LastRequest {
+    fn read(&mut self, payload: &[u8]) -> Result<Request, RequestError> {
+        match &self.request {
+            Some(r) if self.payload == payload => r.clone(),
+            _ => {
+                let r = protocol::command::parse_request(payload);
+                self.payload = payload.to_vec();
+                self.request = Some(r.clone());
+                r
+            }
+        }
+    }
+}
+
 /// Answers one request for member `m`.
 async fn answer(client: &Client, subjects: &Subjects, m: &Member, msg: Message, broadcast: bool) {
+    let req = protocol::command::parse_request(&msg.payload);
+    answer_parsed(client, subjects, m, msg, req, broadcast).await
+}
+
+/// Answers one request, already read, for member `m`.
+async fn answer_parsed(
+    client: &Client,
+    subjects: &Subjects,
+    m: &Member,
+    msg: Message,
+    req: Result<Request, RequestError>,
+    broadcast: bool,
+) {
     let Some(to) = msg.reply.clone() else { return };
     let now = protocol::unix_time();
-    let reply: Reply = match protocol::command::parse_request(&msg.payload) {
+    let reply: Reply = match req {
         Err(e) => Reply::error(e.id, &m.name, now, e.errno, e.reason),
         Ok(req) => match req.command {
             Command::Ping(_) => Reply::ok(req.id, &m.name, now, m.ping()),
