@@ -23,173 +23,58 @@ pub struct Range<T> {
     pub max: T,
 }
 
+/// `key` may take `min` to `max`, both included.
+const fn range<T>(key: &'static str, min: T, max: T) -> Range<T> {
+    Range { key, min, max }
+}
+
 /// The range of every watcher duration, in config, `add` and `set` alike.
 pub const WATCHER_DURATIONS: &[Range<Duration>] = &[
-    Range {
-        key: "graceful_timeout",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "min_uptime",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "restart_delay",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "max_restart_delay",
-        min: Duration::ZERO,
-        max: secs(24 * 3600),
-    },
-    Range {
-        key: "warmup_delay",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "health_timeout",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "ready.timeout",
-        min: Duration::ZERO,
-        max: secs(3600),
-    },
-    Range {
-        key: "ready.interval",
-        min: millis(50),
-        max: secs(3600),
-    },
-    Range {
-        key: "live.timeout",
-        min: millis(100),
-        max: secs(600),
-    },
-    Range {
-        key: "live.interval",
-        min: millis(100),
-        max: secs(3600),
-    },
-    Range {
-        key: "max_age",
-        min: secs(1),
-        max: secs(365 * 24 * 3600),
-    },
-    Range {
-        key: "max_age_variance",
-        min: Duration::ZERO,
-        max: secs(365 * 24 * 3600),
-    },
-    Range {
-        key: "hooks.timeout",
-        min: millis(100),
-        max: secs(3600),
-    },
+    range("graceful_timeout", Duration::ZERO, secs(3600)),
+    range("min_uptime", Duration::ZERO, secs(3600)),
+    range("restart_delay", Duration::ZERO, secs(3600)),
+    range("max_restart_delay", Duration::ZERO, secs(24 * 3600)),
+    range("warmup_delay", Duration::ZERO, secs(3600)),
+    range("health_timeout", Duration::ZERO, secs(3600)),
+    range("ready.timeout", Duration::ZERO, secs(3600)),
+    range("ready.interval", millis(50), secs(3600)),
+    range("live.timeout", millis(100), secs(600)),
+    range("live.interval", millis(100), secs(3600)),
+    range("max_age", secs(1), secs(365 * 24 * 3600)),
+    range("max_age_variance", Duration::ZERO, secs(365 * 24 * 3600)),
+    range("hooks.timeout", millis(100), secs(3600)),
 ];
 
 /// The range of every `[agent]` and `[nats]` duration. `stats_interval` may also be
 /// 0s (no stats stream).
 pub const AGENT_DURATIONS: &[Range<Duration>] = &[
-    Range {
-        key: "heartbeat",
-        min: millis(50),
-        max: secs(3600),
-    },
-    Range {
-        key: "stats_interval",
-        min: millis(50),
-        max: secs(3600),
-    },
-    Range {
-        key: "suspect_after",
-        min: millis(50),
-        max: secs(24 * 3600),
-    },
-    Range {
-        key: "failed_after",
-        min: millis(50),
-        max: secs(24 * 3600),
-    },
-    Range {
-        key: "reap_after",
-        min: millis(100),
-        max: secs(30 * 24 * 3600),
-    },
-    Range {
-        key: "ping_interval",
-        min: millis(100),
-        max: secs(600),
-    },
+    range("heartbeat", millis(50), secs(3600)),
+    range("stats_interval", millis(50), secs(3600)),
+    range("suspect_after", millis(50), secs(24 * 3600)),
+    range("failed_after", millis(50), secs(24 * 3600)),
+    range("reap_after", millis(100), secs(30 * 24 * 3600)),
+    range("ping_interval", millis(100), secs(600)),
 ];
 
 /// The range of every count and size, in config, `add` and `set` alike.
 pub const COUNTS: &[Range<i64>] = &[
-    Range {
-        key: "numprocesses",
-        min: 0,
-        max: MAX_PROCESSES as i64,
-    },
-    Range {
-        key: "max_processes",
-        min: 1,
-        max: MAX_PROCESSES as i64,
-    },
-    Range {
-        key: "keepers",
-        min: 1,
-        // The most keepers an agent's roster holds (`keepers::MAX_KEEPERS`).
-        max: 64,
-    },
-    Range {
-        key: "log_max_bytes",
-        min: 1024,
-        max: 1 << 40,
-    },
-    Range {
-        key: "log_backups",
-        min: 0,
-        max: 1000,
-    },
-    Range {
-        key: "max_retry",
-        min: -1,
-        max: 1_000_000,
-    },
-    Range {
-        key: "priority",
-        min: -1_000_000,
-        max: 1_000_000,
-    },
-    Range {
-        key: "live.failures",
-        min: 1,
-        max: 1000,
-    },
-    Range {
-        key: "max_surge",
-        min: 0,
-        max: MAX_PROCESSES as i64,
-    },
-    Range {
-        key: "max_unavailable",
-        min: 0,
-        max: MAX_PROCESSES as i64,
-    },
-    Range {
-        key: "max_memory_samples",
-        min: 1,
-        max: 1000,
-    },
-    Range {
-        key: "backlog",
-        min: crate::sockets::MIN_BACKLOG,
-        max: crate::sockets::MAX_BACKLOG,
-    },
+    range("numprocesses", 0, MAX_PROCESSES as i64),
+    range("max_processes", 1, MAX_PROCESSES as i64),
+    // The most keepers an agent's roster holds (`keepers::MAX_KEEPERS`).
+    range("keepers", 1, 64),
+    range("log_max_bytes", 1024, 1 << 40),
+    range("log_backups", 0, 1000),
+    range("max_retry", -1, 1_000_000),
+    range("priority", -1_000_000, 1_000_000),
+    range("live.failures", 1, 1000),
+    range("max_surge", 0, MAX_PROCESSES as i64),
+    range("max_unavailable", 0, MAX_PROCESSES as i64),
+    range("max_memory_samples", 1, 1000),
+    range(
+        "backlog",
+        crate::sockets::MIN_BACKLOG,
+        crate::sockets::MAX_BACKLOG,
+    ),
 ];
 
 fn duration_range(key: &str) -> Option<&'static Range<Duration>> {
