@@ -59,23 +59,51 @@ pub(super) fn from_options(o: &WatcherOptions, t: &mut Problems) -> Command {
 }
 
 fn resolve_user(id: &IdSpec) -> Result<u32, String> {
+    resolve(id, "user", |name| {
+        Ok(nix::unistd::User::from_name(name)?.map(|u| u.uid.as_raw()))
+    })
+}
+
+fn resolve_group(id: &IdSpec) -> Result<u32, String> {
+    resolve(id, "group", |name| {
+        Ok(nix::unistd::Group::from_name(name)?.map(|g| g.gid.as_raw()))
+    })
+}
+
+/// A numeric id as given, or the id of the `kind` (user or group) that `by_name` finds.
+fn resolve(
+    id: &IdSpec,
+    kind: &str,
+    by_name: impl FnOnce(&str) -> nix::Result<Option<u32>>,
+) -> Result<u32, String> {
     match id {
         IdSpec::Id(n) => Ok(*n),
-        IdSpec::Name(name) => match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Ok(u.uid.as_raw()),
-            Ok(None) => Err(format!("no user named {name:?} on this machine")),
-            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+        IdSpec::Name(name) => match by_name(name) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(format!("no {kind} named {name:?} on this machine")),
+            Err(e) => Err(format!("cannot look up {kind} {name:?}: {e}")),
         },
     }
 }
 
-fn resolve_group(id: &IdSpec) -> Result<u32, String> {
-    match id {
-        IdSpec::Id(n) => Ok(*n),
-        IdSpec::Name(name) => match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Ok(g.gid.as_raw()),
-            Ok(None) => Err(format!("no group named {name:?} on this machine")),
-            Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
-        },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_groups_resolve_by_number_or_name() {
+        let name = |s: &str| IdSpec::Name(s.into());
+        assert_eq!(resolve_user(&IdSpec::Id(7)), Ok(7));
+        assert_eq!(resolve_group(&IdSpec::Id(8)), Ok(8));
+        assert_eq!(resolve_user(&name("root")), Ok(0));
+        assert_eq!(resolve_group(&name("root")), Ok(0));
+        assert_eq!(
+            resolve_user(&name("no-such-user-here")),
+            Err("no user named \"no-such-user-here\" on this machine".into())
+        );
+        assert_eq!(
+            resolve_group(&name("no-such-group-here")),
+            Err("no group named \"no-such-group-here\" on this machine".into())
+        );
     }
 }
