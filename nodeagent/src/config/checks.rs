@@ -170,20 +170,10 @@ fn check_probe(probe: &Probe, name: &str) -> Result<(), String> {
     let sample = probe.expanded(name, 1, 1);
     match (probe, &sample) {
         (Probe::Tcp(raw), Probe::Tcp(t)) => {
-            if raw.len() > MAX_TARGET_LEN {
-                return Err(format!("tcp: longer than {MAX_TARGET_LEN} bytes"));
-            }
-            split_host_port(t)
-                .map(|_| ())
-                .map_err(|e| format!("tcp: {e}"))
+            check_target("tcp", raw, || split_host_port(t).map(|_| ()))
         }
         (Probe::Http(raw), Probe::Http(u)) => {
-            if raw.len() > MAX_TARGET_LEN {
-                return Err(format!("http: longer than {MAX_TARGET_LEN} bytes"));
-            }
-            parse_http_url(u)
-                .map(|_| ())
-                .map_err(|e| format!("http: {e}"))
+            check_target("http", raw, || parse_http_url(u).map(|_| ()))
         }
         (Probe::Exec(argv), _) => {
             if argv.first().is_none_or(|a| a.trim().is_empty()) {
@@ -203,6 +193,19 @@ fn check_probe(probe: &Probe, name: &str) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// A tcp or http target: at most `MAX_TARGET_LEN` bytes as written, and accepted by
+/// `parse` once expanded; the error starts with `kind`.
+fn check_target(
+    kind: &str,
+    raw: &str,
+    parse: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    if raw.len() > MAX_TARGET_LEN {
+        return Err(format!("{kind}: longer than {MAX_TARGET_LEN} bytes"));
+    }
+    parse().map_err(|e| format!("{kind}: {e}"))
 }
 
 /// The one probe a check names: exactly one of its forms.
