@@ -18,19 +18,22 @@ fn node(watchers: &str) -> String {
     )
 }
 
+/// Watcher `hog`: a process that writes about 80MiB (so resident) once started, then
+/// sleeps; two readings in a row above `max_memory` restart it. `keys` adds to the table.
+fn hog(keys: &str) -> String {
+    let secs = unique_secs();
+    format!(
+        "[watcher.hog]\ncmd = \"python3\"\n\
+         args = [\"-c\", \"import time; b = b'x' * (80 << 20)\\nwhile True: time.sleep(60)\", \"{secs}\"]\n\
+         min_uptime = \"100ms\"\nmax_memory_samples = 2\ngraceful_timeout = \"2s\"\n{keys}"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_above_max_memory_is_restarted_with_its_event() {
     let nats = NatsServer::start();
     let mut events = Events::subscribe(&nats.url(), "cluster.a.events.hog.>").await;
-    let secs = unique_secs();
-    // About 80MiB written (so resident) once started, then it sleeps.
-    let w = format!(
-        "[watcher.hog]\ncmd = \"python3\"\n\
-         args = [\"-c\", \"import time; b = b'x' * (80 << 20)\\nwhile True: time.sleep(60)\", \"{secs}\"]\n\
-         min_uptime = \"100ms\"\nmax_memory = \"40MiB\"\nmax_memory_samples = 2\n\
-         graceful_timeout = \"2s\"\n"
-    );
-    let agent = Agent::start_config(&nats, &node(&w));
+    let agent = Agent::start_config(&nats, &node(&hog("max_memory = \"40MiB\"\n")));
     let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
     let ev = events
         .next_where(T, "a max_memory event", |v| v["kind"] == "max_memory")
@@ -78,13 +81,7 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
 async fn a_max_memory_set_at_run_time_is_guarded_with_the_stream_off() {
     let nats = NatsServer::start();
     let mut events = Events::subscribe(&nats.url(), "cluster.a.events.hog.>").await;
-    let secs = unique_secs();
-    let w = format!(
-        "[watcher.hog]\ncmd = \"python3\"\n\
-         args = [\"-c\", \"import time; b = b'x' * (80 << 20)\\nwhile True: time.sleep(60)\", \"{secs}\"]\n\
-         min_uptime = \"100ms\"\nmax_memory_samples = 2\ngraceful_timeout = \"2s\"\n"
-    );
-    let agent = Agent::start_config(&nats, &node(&w));
+    let agent = Agent::start_config(&nats, &node(&hog("")));
     let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
     agent.ctl_ok(&["set", "hog", "max_memory", "40MiB"]);
     let ev = events
