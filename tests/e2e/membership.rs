@@ -174,6 +174,17 @@ async fn ask_members(client: &async_nats::Client, props: serde_json::Value) -> s
     reply
 }
 
+/// `client` in the members queue group, as a keeper is (the server knows it once this
+/// returns): ctl's `cluster.members` requests come to it.
+async fn join_the_keepers(client: &async_nats::Client) -> async_nats::Subscriber {
+    let members = client
+        .queue_subscribe("cluster.members", "cluster-members".to_owned())
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    members
+}
+
 /// ctl against an agent that knows no view (an older keeper, played here by a client
 /// in the members queue group that refuses `view` as such a keeper does and pages full
 /// rows): the table and the fan-out still list every member, from the full rows.
@@ -181,10 +192,7 @@ async fn ask_members(client: &async_nats::Client, props: serde_json::Value) -> s
 async fn ctl_reads_the_full_rows_of_a_keeper_that_knows_no_view() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let mut members = client
-        .queue_subscribe("cluster.members", "cluster-members".to_owned())
-        .await
-        .expect("subscribe");
+    let mut members = join_the_keepers(&client).await;
     let mut pings = client
         .subscribe("cluster.all.cmd.ping")
         .await
@@ -272,11 +280,7 @@ async fn ctl_reads_the_full_rows_of_a_keeper_that_knows_no_view() {
 async fn an_empty_page_that_says_more_follow_is_not_followed() {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    let mut members = client
-        .queue_subscribe("cluster.members", "cluster-members".to_owned())
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let mut members = join_the_keepers(&client).await;
     let responder = client.clone();
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = asked.clone();
