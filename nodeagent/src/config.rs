@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use protocol::subjects::validate_token;
 use protocol::{IdSpec, RestartPolicy, WatcherOptions};
 use serde::Deserialize;
@@ -38,7 +37,8 @@ pub use checks::{
     parse_http_url, split_host_port, HttpTarget, LiveConfig, Probe, ReadyConfig, LIVE_FAILURES,
     LIVE_INTERVAL, LIVE_TIMEOUT, READY_INTERVAL, READY_TIMEOUT,
 };
-pub use lifecycle::{parse_signal, Rollout};
+pub use command::Command;
+pub use lifecycle::{parse_signal, Lifecycle, Rollout};
 pub use nats::NatsConfig;
 pub use output::{is_file_output, set_output_roots, Output};
 pub use ranges::{
@@ -168,29 +168,14 @@ struct RawConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatcherConfig {
     pub name: String,
-    pub cmd: String,
-    pub args: Vec<String>,
-    pub numprocesses: u32,
-    pub env: BTreeMap<String, String>,
-    pub copy_env: bool,
-    pub working_dir: Option<PathBuf>,
+    /// What runs, how many times, with which environment and as whom.
+    pub command: Command,
+    /// `uid` as written (a number or a name); its id is `command.uid_num`.
     pub uid: Option<IdSpec>,
+    /// `gid` as written (a number or a name); its id is `command.gid_num`.
     pub gid: Option<IdSpec>,
-    pub uid_num: Option<u32>,
-    pub gid_num: Option<u32>,
-    pub stop_signal: Signal,
-    pub graceful_timeout: Duration,
-    pub restart: RestartPolicy,
-    pub exit_codes: Vec<i32>,
-    pub max_retry: i32,
-    pub min_uptime: Duration,
-    pub restart_delay: Duration,
-    pub max_restart_delay: Duration,
-    pub warmup_delay: Duration,
-    pub autostart: bool,
-    pub priority: i32,
-    /// Watchers that must be up before this one starts, and that stop after it.
-    pub depends_on: Vec<String>,
+    /// When processes start, restart and stop, and how a rolling restart goes.
+    pub lifecycle: Lifecycle,
     pub stdout: Output,
     pub stderr: Output,
     pub service: String,
@@ -203,10 +188,6 @@ pub struct WatcherConfig {
     pub log_backups: u32,
     /// The sockets its processes get, at fds 3, 4, ... in this order.
     pub sockets: Vec<String>,
-    /// `max_surge` as set (see [`WatcherConfig::rollout`] for the value in force).
-    pub max_surge: Option<u32>,
-    /// `max_unavailable` as set (see [`WatcherConfig::rollout`]).
-    pub max_unavailable: Option<u32>,
     /// The most resident memory a process may use, in bytes.
     pub max_memory: Option<u64>,
     /// Readings above `max_memory` in a row that restart a process.
@@ -275,7 +256,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ValidatedConfig, ConfigError> {
     let sockets = socket::validate(&raw.socket, &watchers, &mut problems);
     let total = watchers
         .values()
-        .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
+        .fold(0u64, |n, w| n.saturating_add(w.command.numprocesses.into()));
     if total > u64::from(agent.max_processes) {
         problems.push(Problem::at(
             "[agent]",
@@ -316,8 +297,8 @@ impl WatcherConfig {
     ) -> Result<WatcherConfig, Vec<Problem>> {
         let mut t = Problems::new(format!("[watcher.{name}]"));
         check_name(name, &mut t);
-        let c = command::from_options(o, &mut t);
-        let l = lifecycle::from_options(name, o, &mut t);
+        let command = command::from_options(o, &mut t);
+        let lifecycle = lifecycle::from_options(name, o, &mut t);
         let service = o.service.clone().unwrap_or_else(|| name.to_owned());
         if let Err(e) = validate_token(&service) {
             t.at(
@@ -334,28 +315,10 @@ impl WatcherConfig {
         }
         Ok(WatcherConfig {
             name: name.to_owned(),
-            cmd: c.cmd,
-            args: c.args,
-            numprocesses: c.numprocesses,
-            env: c.env,
-            copy_env: c.copy_env,
-            working_dir: c.working_dir,
+            command,
             uid: o.uid.clone(),
             gid: o.gid.clone(),
-            uid_num: c.uid_num,
-            gid_num: c.gid_num,
-            stop_signal: l.stop_signal,
-            graceful_timeout: l.graceful_timeout,
-            restart: l.restart,
-            exit_codes: l.exit_codes,
-            max_retry: l.max_retry,
-            min_uptime: l.min_uptime,
-            restart_delay: l.restart_delay,
-            max_restart_delay: l.max_restart_delay,
-            warmup_delay: l.warmup_delay,
-            autostart: l.autostart,
-            priority: l.priority,
-            depends_on: l.depends_on,
+            lifecycle,
             stdout: out.stdout,
             stderr: out.stderr,
             service,
@@ -364,8 +327,6 @@ impl WatcherConfig {
             log_max_bytes: out.log_max_bytes,
             log_backups: out.log_backups,
             sockets,
-            max_surge: l.max_surge,
-            max_unavailable: l.max_unavailable,
             max_memory: g.max_memory,
             max_memory_samples: g.max_memory_samples,
             rlimits: g.rlimits,
@@ -377,33 +338,29 @@ impl WatcherConfig {
 
     /// Every option with its value in force, as `options` shows them.
     pub fn to_options(&self) -> WatcherOptions {
+        let (c, l) = (&self.command, &self.lifecycle);
         WatcherOptions {
-            cmd: Some(self.cmd.clone()),
-            args: Some(self.args.clone()),
-            numprocesses: Some(self.numprocesses),
-            env: Some(self.env.clone()),
-            copy_env: Some(self.copy_env),
-            working_dir: self.working_dir.as_ref().map(|p| p.display().to_string()),
+            cmd: Some(c.cmd.clone()),
+            args: Some(c.args.clone()),
+            numprocesses: Some(c.numprocesses),
+            env: Some(c.env.clone()),
+            copy_env: Some(c.copy_env),
+            working_dir: c.working_dir.as_ref().map(|p| p.display().to_string()),
             uid: self.uid.clone(),
             gid: self.gid.clone(),
-            stop_signal: Some(
-                self.stop_signal
-                    .as_str()
-                    .trim_start_matches("SIG")
-                    .to_owned(),
-            ),
-            graceful_timeout: Some(format_duration(self.graceful_timeout)),
-            respawn: Some(self.restart != RestartPolicy::Never),
-            restart: Some(self.restart),
-            exit_codes: Some(self.exit_codes.clone()),
-            max_retry: Some(self.max_retry),
-            min_uptime: Some(format_duration(self.min_uptime)),
-            restart_delay: Some(format_duration(self.restart_delay)),
-            max_restart_delay: Some(format_duration(self.max_restart_delay)),
-            warmup_delay: Some(format_duration(self.warmup_delay)),
-            autostart: Some(self.autostart),
-            priority: Some(self.priority),
-            depends_on: (!self.depends_on.is_empty()).then(|| self.depends_on.clone()),
+            stop_signal: Some(l.stop_signal.as_str().trim_start_matches("SIG").to_owned()),
+            graceful_timeout: Some(format_duration(l.graceful_timeout)),
+            respawn: Some(l.restart != RestartPolicy::Never),
+            restart: Some(l.restart),
+            exit_codes: Some(l.exit_codes.clone()),
+            max_retry: Some(l.max_retry),
+            min_uptime: Some(format_duration(l.min_uptime)),
+            restart_delay: Some(format_duration(l.restart_delay)),
+            max_restart_delay: Some(format_duration(l.max_restart_delay)),
+            warmup_delay: Some(format_duration(l.warmup_delay)),
+            autostart: Some(l.autostart),
+            priority: Some(l.priority),
+            depends_on: (!l.depends_on.is_empty()).then(|| l.depends_on.clone()),
             stdout: Some(self.stdout.as_option()),
             stderr: Some(self.stderr.as_option()),
             service: Some(self.service.clone()),
@@ -414,8 +371,8 @@ impl WatcherConfig {
             log_max_bytes: Some(self.log_max_bytes),
             log_backups: Some(self.log_backups),
             sockets: (!self.sockets.is_empty()).then(|| self.sockets.clone()),
-            max_surge: self.max_surge,
-            max_unavailable: self.max_unavailable,
+            max_surge: l.max_surge,
+            max_unavailable: l.max_unavailable,
             max_memory: self
                 .max_memory
                 .map(|n| protocol::options::ByteSize::Text(guards::format_size(n))),
@@ -430,13 +387,15 @@ impl WatcherConfig {
     /// True when `other` runs a different program or environment, so that running
     /// processes must be restarted to take it.
     pub fn spawn_differs(&self, other: &WatcherConfig) -> bool {
-        self.cmd != other.cmd
-            || self.args != other.args
-            || self.env != other.env
-            || self.copy_env != other.copy_env
-            || self.working_dir != other.working_dir
-            || self.uid_num != other.uid_num
-            || self.gid_num != other.gid_num
+        // Every command key but numprocesses, which no running process sees.
+        let (c, o) = (&self.command, &other.command);
+        c.cmd != o.cmd
+            || c.args != o.args
+            || c.env != o.env
+            || c.copy_env != o.copy_env
+            || c.working_dir != o.working_dir
+            || c.uid_num != o.uid_num
+            || c.gid_num != o.gid_num
             || self.stdout != other.stdout
             || self.stderr != other.stderr
             || self.sockets != other.sockets
@@ -469,6 +428,8 @@ pub fn expand(s: &str, name: &str, wid: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::signal::Signal;
+
     use super::*;
 
     fn parse_str(s: &str) -> Result<ValidatedConfig, ConfigError> {
@@ -491,11 +452,11 @@ mod tests {
         assert_eq!(c.agent.heartbeat, Duration::from_secs(1));
         assert_eq!(c.nats.prefix, "cluster");
         let w = &c.watchers["dummy"];
-        assert_eq!(w.numprocesses, 1);
-        assert_eq!(w.stop_signal, Signal::SIGTERM);
-        assert_eq!(w.graceful_timeout, Duration::from_secs(30));
-        assert_eq!(w.restart, RestartPolicy::Always);
-        assert_eq!(w.max_retry, 5);
+        assert_eq!(w.command.numprocesses, 1);
+        assert_eq!(w.lifecycle.stop_signal, Signal::SIGTERM);
+        assert_eq!(w.lifecycle.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(w.lifecycle.restart, RestartPolicy::Always);
+        assert_eq!(w.lifecycle.max_retry, 5);
         assert_eq!(w.service, "dummy");
         assert_eq!(w.stdout, Output::Capture);
     }

@@ -446,10 +446,10 @@ mod tests {
 
         // Same config: runtime state comes back.
         let (ws, stopped) = merge(&config, saved.clone());
-        assert_eq!(ws["a"].numprocesses, 3);
+        assert_eq!(ws["a"].command.numprocesses, 3);
         assert!(stopped.contains("a"));
         assert!(!ws.contains_key("gone"));
-        assert_eq!(ws["extra"].cmd, "cat");
+        assert_eq!(ws["extra"].command.cmd, "cat");
 
         // The file changed b while the agent was down: the file wins for b.
         let edited = map(&[
@@ -458,8 +458,8 @@ mod tests {
             w("gone", "sleep", 1),
         ]);
         let (ws, _) = merge(&edited, saved);
-        assert_eq!(ws["b"].numprocesses, 4);
-        assert_eq!(ws["a"].numprocesses, 3);
+        assert_eq!(ws["b"].command.numprocesses, 4);
+        assert_eq!(ws["a"].command.numprocesses, 3);
     }
 
     /// A state written by an agent that spelled the readiness check `health_cmd` and

@@ -11,14 +11,23 @@ use protocol::{IdSpec, WatcherOptions};
 use super::Problems;
 
 /// A watcher's command and process keys, validated.
-pub(super) struct Command {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// The program to run (`cmd`).
     pub cmd: String,
+    /// Its arguments, before `$(wid)` and `$(name)` are expanded.
     pub args: Vec<String>,
+    /// How many processes run at once.
     pub numprocesses: u32,
+    /// Variables set in each process's environment.
     pub env: BTreeMap<String, String>,
+    /// Whether each process also gets the agent's own environment.
     pub copy_env: bool,
+    /// The directory each process starts in; none: the agent's.
     pub working_dir: Option<PathBuf>,
+    /// The user id each process runs as (`uid`, looked up); none: the agent's.
     pub uid_num: Option<u32>,
+    /// The group id each process runs as (`gid`, looked up); none: the agent's.
     pub gid_num: Option<u32>,
 }
 

@@ -238,7 +238,7 @@ pub fn graph_of<'a>(
 ) -> BTreeMap<String, Vec<String>> {
     watchers
         .into_iter()
-        .map(|w| (w.name.clone(), w.depends_on.clone()))
+        .map(|w| (w.name.clone(), w.lifecycle.depends_on.clone()))
         .collect()
 }
 

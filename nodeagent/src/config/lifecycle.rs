@@ -25,17 +25,17 @@ impl WatcherConfig {
     /// when the watcher has sockets), otherwise stopping first; at most `numprocesses`
     /// (and at least 1) processes at a time.
     pub fn rollout(&self) -> Rollout {
-        let shared = !self.sockets.is_empty();
-        let surge = self.max_surge.unwrap_or(match self.max_unavailable {
+        let (l, shared) = (&self.lifecycle, !self.sockets.is_empty());
+        let surge = l.max_surge.unwrap_or(match l.max_unavailable {
             Some(0) => 1,
             Some(_) => 0,
             None => u32::from(shared),
         });
-        let at_most = |n: u32| n.clamp(1, self.numprocesses.max(1));
+        let at_most = |n: u32| n.clamp(1, self.command.numprocesses.max(1));
         if surge > 0 {
             Rollout::Surge(at_most(surge))
         } else {
-            Rollout::Unavailable(at_most(self.max_unavailable.unwrap_or(1)))
+            Rollout::Unavailable(at_most(l.max_unavailable.unwrap_or(1)))
         }
     }
 }
@@ -58,20 +58,37 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 }
 
 /// A watcher's start, restart and stop keys, validated.
-pub(super) struct Lifecycle {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    /// Which exits start a process again (`restart`, or `respawn = false` for never).
     pub restart: RestartPolicy,
+    /// The expected exits: under `restart = "on-failure"`, not started again.
     pub exit_codes: Vec<i32>,
+    /// Failed starts in a row allowed before giving up; -1 never gives up.
     pub max_retry: i32,
+    /// How long a process must run for its start to count as successful.
     pub min_uptime: Duration,
+    /// The delay before the first restart after a failed start, doubled for each
+    /// further one.
     pub restart_delay: Duration,
+    /// The longest delay between restarts (at least `restart_delay`).
     pub max_restart_delay: Duration,
+    /// The pause between starting one process and the next.
     pub warmup_delay: Duration,
+    /// Whether the watcher starts with the agent.
     pub autostart: bool,
+    /// The order among watchers with no dependency between them: higher first, at
+    /// start and at stop.
     pub priority: i32,
+    /// Watchers that must be up before this one starts, and that stop after it.
     pub depends_on: Vec<String>,
+    /// The signal that asks a process to stop.
     pub stop_signal: Signal,
+    /// How long a process may take to stop before it is killed.
     pub graceful_timeout: Duration,
+    /// `max_surge` as set (see [`WatcherConfig::rollout`] for the value in force).
     pub max_surge: Option<u32>,
+    /// `max_unavailable` as set (see [`WatcherConfig::rollout`]).
     pub max_unavailable: Option<u32>,
 }
 

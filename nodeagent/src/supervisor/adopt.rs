@@ -105,9 +105,12 @@ impl Supervisor {
                 continue;
             }
             let (min_uptime, ready, stop, run) = (
-                w.cfg.min_uptime,
+                w.cfg.lifecycle.min_uptime,
                 w.cfg.ready.clone(),
-                (w.cfg.stop_signal, w.cfg.graceful_timeout),
+                (
+                    w.cfg.lifecycle.stop_signal,
+                    w.cfg.lifecycle.graceful_timeout,
+                ),
                 w.run,
             );
             let age = Duration::try_from_secs_f64((unix_now - a.started_at).max(0.0))
@@ -189,7 +192,7 @@ mod tests {
             ..Default::default()
         };
         let mut cfg = WatcherConfig::from_options("w", &options).unwrap();
-        cfg.numprocesses = 2;
+        cfg.command.numprocesses = 2;
         s.watchers.insert("w".into(), Watcher::new(cfg, true));
         s
     }

@@ -243,7 +243,7 @@ impl Supervisor {
             Command::Numprocesses(Numprocesses { name, nb: None }) => self
                 .watcher(&name)
                 .map(|w| NumprocessesData {
-                    numprocesses: w.cfg.numprocesses,
+                    numprocesses: w.cfg.command.numprocesses,
                 })
                 .into(),
             Command::Numwatchers(_) => Answer::Now(data(NumwatchersData {
@@ -307,7 +307,7 @@ impl Supervisor {
                     .watchers
                     .iter()
                     .filter(|(_, w)| !w.removing)
-                    .map(|(n, w)| (std::cmp::Reverse(w.cfg.priority), n.clone()))
+                    .map(|(n, w)| (std::cmp::Reverse(w.cfg.lifecycle.priority), n.clone()))
                     .collect();
                 v.sort();
                 Ok(v.into_iter().map(|(_, n)| n).collect())
@@ -388,7 +388,7 @@ impl Supervisor {
         name: &str,
         f: impl FnOnce(u32) -> u32,
     ) -> Result<NumprocessesData, CmdError> {
-        let old = self.watcher(name)?.cfg.numprocesses;
+        let old = self.watcher(name)?.cfg.command.numprocesses;
         let n = f(old);
         if let Err(m) = crate::config::check_count("numprocesses", n.into()) {
             return Err(CmdError::new(
@@ -400,7 +400,7 @@ impl Supervisor {
             self.check_node_limit(name, n)?;
         }
         if let Some(w) = self.watchers.get_mut(name) {
-            w.cfg.numprocesses = n;
+            w.cfg.command.numprocesses = n;
         }
         self.ensure(name);
         self.persist();
@@ -415,7 +415,7 @@ impl Supervisor {
             .iter()
             .filter(|(other, w)| other.as_str() != name && !w.removing)
             .fold(0u64, |sum, (_, w)| {
-                sum.saturating_add(w.cfg.numprocesses.into())
+                sum.saturating_add(w.cfg.command.numprocesses.into())
             });
         let total = others.saturating_add(n.into());
         let max = self.limits.max_processes;
@@ -528,10 +528,11 @@ impl Supervisor {
     /// missing watcher or form a cycle.
     fn check_dependencies(&self, cfg: &WatcherConfig) -> Result<(), CmdError> {
         let mut graph = self.graph();
-        if cfg.depends_on.is_empty() && !graph.values().flatten().any(|d| *d == cfg.name) {
+        if cfg.lifecycle.depends_on.is_empty() && !graph.values().flatten().any(|d| *d == cfg.name)
+        {
             return Ok(());
         }
-        graph.insert(cfg.name.clone(), cfg.depends_on.clone());
+        graph.insert(cfg.name.clone(), cfg.lifecycle.depends_on.clone());
         // Only what this watcher takes part in: a problem elsewhere (from a saved state)
         // must not block fixing it.
         let mine = graph_errors(&graph).into_iter().find(|e| match e {
@@ -624,10 +625,10 @@ impl Supervisor {
         }
         let new = watcher_config(&p.name, &options)?;
         self.check_sockets(&new)?;
-        if new.numprocesses > w.cfg.numprocesses {
-            self.check_node_limit(&p.name, new.numprocesses)?;
+        if new.command.numprocesses > w.cfg.command.numprocesses {
+            self.check_node_limit(&p.name, new.command.numprocesses)?;
         }
-        if new.depends_on != w.cfg.depends_on {
+        if new.lifecycle.depends_on != w.cfg.lifecycle.depends_on {
             self.check_dependencies(&new)?;
         }
         self.replace_config(&p.name, new);
@@ -645,7 +646,7 @@ impl Supervisor {
         let aging = w.cfg.max_age != new.max_age || w.cfg.max_age_variance != new.max_age_variance;
         self.out.push(Effect::Configure {
             watcher: name.to_owned(),
-            stop: (new.stop_signal, new.graceful_timeout),
+            stop: (new.lifecycle.stop_signal, new.lifecycle.graceful_timeout),
         });
         w.cfg = new;
         if aging && !restart {
@@ -677,7 +678,7 @@ impl Supervisor {
         options.args = Some(p.args);
         let cfg = watcher_config(&p.name, &options)?;
         self.check_sockets(&cfg)?;
-        self.check_node_limit(&p.name, cfg.numprocesses)?;
+        self.check_node_limit(&p.name, cfg.command.numprocesses)?;
         self.check_dependencies(&cfg)?;
         self.add_watcher(&p.name, cfg, p.start);
         self.persist();
@@ -843,7 +844,7 @@ impl Supervisor {
         }
         let total = target
             .values()
-            .fold(0u64, |n, w| n.saturating_add(w.numprocesses.into()));
+            .fold(0u64, |n, w| n.saturating_add(w.command.numprocesses.into()));
         let max = self.limits.max_processes;
         if total > u64::from(max) {
             return Err(refuse(format!(
@@ -873,7 +874,7 @@ impl Supervisor {
             self.emit(name, "reload", None);
             self.out.push(Effect::Configure {
                 watcher: name.clone(),
-                stop: (new.stop_signal, new.graceful_timeout),
+                stop: (new.lifecycle.stop_signal, new.lifecycle.graceful_timeout),
             });
             if let Some(w) = self.watchers.get_mut(name) {
                 w.cfg = new;
@@ -882,7 +883,7 @@ impl Supervisor {
         }
         for name in self.start_order(p.added.clone()) {
             if let Some(cfg) = target.remove(&name) {
-                let run = cfg.autostart;
+                let run = cfg.lifecycle.autostart;
                 self.add_watcher(&name, cfg, run);
             }
         }

@@ -131,7 +131,7 @@ impl Supervisor {
         for (name, w) in &self.watchers {
             if w.cfg.max_age.is_none()
                 || !w.all_ready()
-                || w.slots.len() as u32 != w.cfg.numprocesses
+                || w.slots.len() as u32 != w.cfg.command.numprocesses
             {
                 continue;
             }

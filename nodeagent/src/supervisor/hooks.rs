@@ -108,10 +108,10 @@ impl Supervisor {
             cmd: hook.argv.first().cloned().unwrap_or_default(),
             args: hook.argv.get(1..).unwrap_or_default().to_vec(),
             env,
-            clear_env: !cfg.copy_env,
-            working_dir: cfg.working_dir.clone(),
-            uid: cfg.uid_num,
-            gid: cfg.gid_num,
+            clear_env: !cfg.command.copy_env,
+            working_dir: cfg.command.working_dir.clone(),
+            uid: cfg.command.uid_num,
+            gid: cfg.command.gid_num,
             stdout: Output::Discard,
             stderr: Output::Capture,
             listen: Vec::new(),
@@ -311,7 +311,7 @@ impl Supervisor {
         let mut fire = Vec::new();
         for (name, w) in self.watchers.iter_mut() {
             if w.after_start_due {
-                let up = (1..=w.cfg.numprocesses)
+                let up = (1..=w.cfg.command.numprocesses)
                     .all(|wid| w.slots.get(&wid).is_some_and(|s| s.alive()));
                 if !w.run {
                     w.after_start_due = false;

@@ -129,7 +129,7 @@ impl Supervisor {
             .watchers
             .values()
             .filter(|w| !w.slots.is_empty())
-            .flat_map(|w| w.cfg.depends_on.iter().cloned())
+            .flat_map(|w| w.cfg.lifecycle.depends_on.iter().cloned())
             .collect();
         for name in names {
             if needed.contains(&name) {
@@ -159,14 +159,14 @@ impl Supervisor {
         let mut todo: Vec<String> = self
             .watchers
             .get(name)
-            .map(|w| w.cfg.depends_on.clone())
+            .map(|w| w.cfg.lifecycle.depends_on.clone())
             .unwrap_or_default();
         while let Some(d) = todo.pop() {
             if seen.contains(&d) || d == name {
                 continue;
             }
             if let Some(w) = self.watchers.get(&d).filter(|w| !w.removing) {
-                todo.extend(w.cfg.depends_on.iter().cloned());
+                todo.extend(w.cfg.lifecycle.depends_on.iter().cloned());
                 seen.push(d);
             }
         }
@@ -346,7 +346,7 @@ impl Supervisor {
         if !w.run || w.restart_pending || w.removing {
             return;
         }
-        let n = w.cfg.numprocesses;
+        let n = w.cfg.command.numprocesses;
         let excess: Vec<u32> = w
             .slots
             .keys()
@@ -355,7 +355,7 @@ impl Supervisor {
             .filter(|wid| *wid > n)
             .collect();
         let missing: Vec<u32> = (1..=n).filter(|wid| !w.slots.contains_key(wid)).collect();
-        let warmup = w.cfg.warmup_delay;
+        let warmup = w.cfg.lifecycle.warmup_delay;
         for wid in excess {
             self.stop_slot(name, wid, false);
         }
@@ -448,19 +448,24 @@ impl Supervisor {
             wid,
             gen,
             spec: SpawnSpec {
-                cmd: expand(&cfg.cmd, name, wid),
-                args: cfg.args.iter().map(|a| expand(a, name, wid)).collect(),
+                cmd: expand(&cfg.command.cmd, name, wid),
+                args: cfg
+                    .command
+                    .args
+                    .iter()
+                    .map(|a| expand(a, name, wid))
+                    .collect(),
                 env: process_env(cfg, &node, wid),
-                clear_env: !cfg.copy_env,
-                working_dir: cfg.working_dir.clone(),
-                uid: cfg.uid_num,
-                gid: cfg.gid_num,
+                clear_env: !cfg.command.copy_env,
+                working_dir: cfg.command.working_dir.clone(),
+                uid: cfg.command.uid_num,
+                gid: cfg.command.gid_num,
                 stdout: cfg.stdout.clone(),
                 stderr: cfg.stderr.clone(),
                 listen: listen.clone().unwrap_or_default(),
                 rlimits: cfg.rlimits.clone(),
             },
-            stop: (cfg.stop_signal, cfg.graceful_timeout),
+            stop: (cfg.lifecycle.stop_signal, cfg.lifecycle.graceful_timeout),
             capture: capture.then_some((cfg.log_max_bytes, cfg.log_backups)),
             respawn,
             notify: cfg.ready.as_ref().is_some_and(|r| r.probe == Probe::Notify),
@@ -475,7 +480,7 @@ impl Supervisor {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
-        let (min_uptime, ready) = (w.cfg.min_uptime, w.cfg.ready.clone());
+        let (min_uptime, ready) = (w.cfg.lifecycle.min_uptime, w.cfg.ready.clone());
         let Some(slot) = self.slot_mut(name, wid, gen) else {
             return;
         };
@@ -571,10 +576,10 @@ impl Supervisor {
                 cmd: argv.first().cloned().unwrap_or_default(),
                 args: argv.get(1..).unwrap_or_default().to_vec(),
                 env: process_env(&w.cfg, &node, wid),
-                clear_env: !w.cfg.copy_env,
-                working_dir: w.cfg.working_dir.clone(),
-                uid: w.cfg.uid_num,
-                gid: w.cfg.gid_num,
+                clear_env: !w.cfg.command.copy_env,
+                working_dir: w.cfg.command.working_dir.clone(),
+                uid: w.cfg.command.uid_num,
+                gid: w.cfg.command.gid_num,
                 stdout: Output::Discard,
                 stderr: Output::Discard,
                 listen: Vec::new(),
@@ -780,7 +785,10 @@ impl Supervisor {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
-        let (sig, graceful) = (w.cfg.stop_signal, w.cfg.graceful_timeout);
+        let (sig, graceful) = (
+            w.cfg.lifecycle.stop_signal,
+            w.cfg.lifecycle.graceful_timeout,
+        );
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
@@ -834,7 +842,8 @@ impl Supervisor {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
-        let wanted = w.run && !w.restart_pending && !w.removing && wid <= w.cfg.numprocesses;
+        let wanted =
+            w.run && !w.restart_pending && !w.removing && wid <= w.cfg.command.numprocesses;
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
@@ -1162,7 +1171,7 @@ impl Supervisor {
             return;
         };
         let rules = w.rules();
-        let run = w.run && wid <= w.cfg.numprocesses;
+        let run = w.run && wid <= w.cfg.command.numprocesses;
         let Some(slot) = w.slots.get_mut(&wid) else {
             return;
         };
@@ -1227,7 +1236,7 @@ pub(super) fn process_env(cfg: &WatcherConfig, node: &str, wid: u32) -> Vec<(Str
         ("NODEAGENT_WATCHER".into(), name.to_owned()),
         ("NODEAGENT_NODE".into(), node.to_owned()),
     ];
-    env.extend(cfg.env.iter().map(|(k, v)| {
+    env.extend(cfg.command.env.iter().map(|(k, v)| {
         (
             k.clone(),
             crate::sockets::expand(&expand(v, name, wid), &cfg.sockets),

@@ -490,13 +490,12 @@ pub fn start_adopting(
     // Spreads `max_age_variance` differently on each run of the agent.
     sup.seed = uuid::Uuid::new_v4().as_u64_pair().0;
     for (name, cfg) in watchers {
-        let run = cfg.autostart && !stopped.contains(&name);
+        let run = cfg.lifecycle.autostart && !stopped.contains(&name);
         sup.watchers.insert(name, model::Watcher::new(cfg, run));
     }
-    let total = sup
-        .watchers
-        .values()
-        .fold(0u64, |n, w| n.saturating_add(w.cfg.numprocesses.into()));
+    let total = sup.watchers.values().fold(0u64, |n, w| {
+        n.saturating_add(w.cfg.command.numprocesses.into())
+    });
     // The config's graph was checked; watchers kept from saved runtime changes may
     // depend on one the file has dropped since. They wait, and the log says why.
     for e in crate::config::deps::graph_errors(&sup.graph()) {

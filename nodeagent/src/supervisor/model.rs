@@ -216,7 +216,7 @@ impl Watcher {
         self.run
             && !self.removing
             && !self.restart_pending
-            && (1..=self.cfg.numprocesses)
+            && (1..=self.cfg.command.numprocesses)
                 .all(|wid| self.slots.get(&wid).is_some_and(Slot::is_ready))
     }
 
@@ -228,7 +228,7 @@ impl Watcher {
             WatcherState::Stopped
         } else if slots().any(|s| s.state == ProcessState::Fatal) {
             WatcherState::Fatal
-        } else if self.cfg.numprocesses > 0
+        } else if self.cfg.command.numprocesses > 0
             && !self.slots.is_empty()
             && slots().all(|s| s.state == ProcessState::Exited)
         {
@@ -295,7 +295,7 @@ impl Watcher {
         WatcherSummary {
             name: self.cfg.name.clone(),
             state: self.state(),
-            numprocesses: self.cfg.numprocesses,
+            numprocesses: self.cfg.command.numprocesses,
             running: self.running(),
             ready: self.ready(),
             restarts: self.restarts(),
@@ -305,14 +305,7 @@ impl Watcher {
     }
 
     pub fn rules(&self) -> policy::Rules {
-        policy::Rules {
-            restart: self.cfg.restart,
-            exit_codes: self.cfg.exit_codes.clone(),
-            max_retry: self.cfg.max_retry,
-            min_uptime: self.cfg.min_uptime,
-            restart_delay: self.cfg.restart_delay,
-            max_restart_delay: self.cfg.max_restart_delay,
-        }
+        policy::Rules::from(&self.cfg.lifecycle)
     }
 
     pub fn snapshot(&self) -> WatcherSnapshot {
@@ -320,7 +313,7 @@ impl Watcher {
             name: self.cfg.name.clone(),
             service: self.cfg.service.clone(),
             state: self.state(),
-            numprocesses: self.cfg.numprocesses,
+            numprocesses: self.cfg.command.numprocesses,
             running: self.running(),
             restarts: self.restarts(),
             processes: self
@@ -638,6 +631,7 @@ impl Supervisor {
     pub fn dependency_down(&self, name: &str) -> Option<String> {
         let w = self.watchers.get(name)?;
         w.cfg
+            .lifecycle
             .depends_on
             .iter()
             .find(|d| !self.watchers.get(*d).is_some_and(Watcher::all_ready))
@@ -648,7 +642,7 @@ impl Supervisor {
     pub fn dependents(&self, name: &str) -> Vec<String> {
         self.watchers
             .iter()
-            .filter(|(_, w)| !w.removing && w.cfg.depends_on.iter().any(|d| d == name))
+            .filter(|(_, w)| !w.removing && w.cfg.lifecycle.depends_on.iter().any(|d| d == name))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -657,7 +651,7 @@ impl Supervisor {
     pub fn dependents_left(&self, name: &str) -> bool {
         self.watchers
             .values()
-            .any(|w| w.cfg.depends_on.iter().any(|d| d == name) && !w.slots.is_empty())
+            .any(|w| w.cfg.lifecycle.depends_on.iter().any(|d| d == name) && !w.slots.is_empty())
     }
 
     /// The dependency graph of the watchers (without those being removed).
@@ -672,7 +666,9 @@ impl Supervisor {
 
     /// A watcher's priority (0 when there is no such watcher).
     pub fn priority(&self, name: &str) -> i32 {
-        self.watchers.get(name).map_or(0, |w| w.cfg.priority)
+        self.watchers
+            .get(name)
+            .map_or(0, |w| w.cfg.lifecycle.priority)
     }
 
     /// Slot `wid` of watcher `name`, when both are there.

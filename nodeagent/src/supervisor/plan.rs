@@ -226,7 +226,7 @@ mod tests {
             w("db", &["1"], 1),
         ]);
         let mut quiet = w("web", &["2"], 3);
-        quiet.graceful_timeout = std::time::Duration::from_secs(5);
+        quiet.lifecycle.graceful_timeout = std::time::Duration::from_secs(5);
         let target = map(&[
             w("same", &["1"], 1),
             quiet,
@@ -261,8 +261,8 @@ mod tests {
     fn a_change_that_leaves_what_runs_alone_restarts_nothing() {
         let old = w("web", &["1"], 1);
         let mut new = old.clone();
-        new.priority = 7;
-        new.depends_on = vec!["db".into()];
+        new.lifecycle.priority = 7;
+        new.lifecycle.depends_on = vec!["db".into()];
         let p = plan(&map(&[old]), &map(&[new]), |_| true, &BTreeMap::new());
         assert_eq!(p.changed, ["web"]);
         let keys: Vec<&str> = p.watchers[0]
@@ -289,8 +289,8 @@ mod tests {
         ]);
         let (t, kept) = target(&running, &file, &base);
         assert_eq!(t.keys().collect::<Vec<_>>(), ["a", "b", "c", "extra"]);
-        assert_eq!(t["a"].numprocesses, 3, "a keeps its runtime count");
-        assert_eq!(t["b"].args, ["2"], "the file's edit of b wins");
+        assert_eq!(t["a"].command.numprocesses, 3, "a keeps its runtime count");
+        assert_eq!(t["b"].command.args, ["2"], "the file's edit of b wins");
         assert_eq!(kept, ["a", "extra", "gone"]);
         let p = plan(&running, &t, |_| true, &BTreeMap::new());
         assert_eq!(
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(p.watchers[0].changes[0].key, "socket.s");
         // Resized as well: still a change that restarts, not a resize alone.
         let mut more = web.clone();
-        more.numprocesses = 3;
+        more.command.numprocesses = 3;
         let p = plan(
             &running,
             &map(&[more, w("other", &["1"], 1)]),

@@ -6,6 +6,8 @@ use std::time::Duration;
 use protocol::reply::ExitStatus;
 use protocol::RestartPolicy;
 
+use crate::config::Lifecycle;
+
 /// The parts of a watcher's config the policy reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
@@ -16,6 +18,19 @@ pub struct Rules {
     pub min_uptime: Duration,
     pub restart_delay: Duration,
     pub max_restart_delay: Duration,
+}
+
+impl From<&Lifecycle> for Rules {
+    fn from(l: &Lifecycle) -> Rules {
+        Rules {
+            restart: l.restart,
+            exit_codes: l.exit_codes.clone(),
+            max_retry: l.max_retry,
+            min_uptime: l.min_uptime,
+            restart_delay: l.restart_delay,
+            max_restart_delay: l.max_restart_delay,
+        }
+    }
 }
 
 /// What to do with the slot of a process that exited.

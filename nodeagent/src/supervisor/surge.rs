@@ -44,7 +44,10 @@ impl Supervisor {
         let Some(w) = self.watchers.get_mut(name) else {
             return;
         };
-        let (sig, graceful) = (w.cfg.stop_signal, w.cfg.graceful_timeout);
+        let (sig, graceful) = (
+            w.cfg.lifecycle.stop_signal,
+            w.cfg.lifecycle.graceful_timeout,
+        );
         let Some(r) = w
             .slots
             .get_mut(&wid)

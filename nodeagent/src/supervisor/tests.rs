@@ -89,13 +89,13 @@ fn config(cmd: &str) -> WatcherConfig {
         },
     )
     .unwrap();
-    cfg.graceful_timeout = Duration::from_secs(10);
-    cfg.min_uptime = Duration::from_secs(1);
-    cfg.restart_delay = Duration::ZERO;
-    cfg.max_retry = 2;
-    cfg.warmup_delay = Duration::ZERO;
-    cfg.restart = RestartPolicy::Always;
-    cfg.max_restart_delay = Duration::from_secs(60);
+    cfg.lifecycle.graceful_timeout = Duration::from_secs(10);
+    cfg.lifecycle.min_uptime = Duration::from_secs(1);
+    cfg.lifecycle.restart_delay = Duration::ZERO;
+    cfg.lifecycle.max_retry = 2;
+    cfg.lifecycle.warmup_delay = Duration::ZERO;
+    cfg.lifecycle.restart = RestartPolicy::Always;
+    cfg.lifecycle.max_restart_delay = Duration::from_secs(60);
     cfg
 }
 
@@ -110,10 +110,10 @@ impl Sim {
             },
             t0,
         );
-        for dep in &cfg.depends_on {
+        for dep in &cfg.lifecycle.depends_on {
             let mut other = cfg.clone();
             other.name = dep.clone();
-            other.depends_on = vec![];
+            other.lifecycle.depends_on = vec![];
             sup.watchers
                 .insert(dep.clone(), Watcher::new(other, dep != "off"));
         }
@@ -491,7 +491,7 @@ const SPAWN_READY_1: [&str; 5] = [
 const LIVE_PROBE: &str = "probe live-probe w/1 tcp 127.0.0.1:801 within 500ms";
 
 fn surge(c: &mut WatcherConfig) {
-    c.max_surge = Some(1);
+    c.lifecycle.max_surge = Some(1);
 }
 
 const SPAWN_1: [&str; 3] = ["spawn w/1", "emit spawn w/1", "uptime w/1 in 1s"];
@@ -532,7 +532,7 @@ fn lifecycle_table() {
         ),
         (
             "a failed start backs off restart_delay, then respawns",
-            |c| c.restart_delay = Duration::from_secs(2),
+            |c| c.lifecycle.restart_delay = Duration::from_secs(2),
             true,
             &[
                 (ms(0), Boot, &SPAWN_1),
@@ -571,7 +571,7 @@ fn lifecycle_table() {
         ),
         (
             "failed starts past max_retry are fatal",
-            |c| c.max_retry = 0,
+            |c| c.lifecycle.max_retry = 0,
             true,
             &[
                 (ms(0), Boot, &SPAWN_1),
@@ -586,8 +586,8 @@ fn lifecycle_table() {
         (
             "a program that cannot start is a failed start",
             |c| {
-                c.cmd = "/nonexistent/x".into();
-                c.max_retry = 0;
+                c.command.cmd = "/nonexistent/x".into();
+                c.lifecycle.max_retry = 0;
             },
             true,
             &[(ms(0), Boot, &["spawn w/1", "emit flapping w/1"])],
@@ -676,8 +676,8 @@ fn lifecycle_table() {
         (
             "warm-up starts one process per warmup_delay",
             |c| {
-                c.numprocesses = 3;
-                c.warmup_delay = Duration::from_secs(1);
+                c.command.numprocesses = 3;
+                c.lifecycle.warmup_delay = Duration::from_secs(1);
             },
             true,
             &[
@@ -806,7 +806,7 @@ fn lifecycle_table() {
         (
             "with surge, a replacement's failed ready check stops it; the old one stays",
             |c| {
-                c.max_surge = Some(1);
+                c.lifecycle.max_surge = Some(1);
                 ready_tcp(c);
             },
             true,
@@ -852,7 +852,7 @@ fn lifecycle_table() {
         ),
         (
             "max_surge = 0 keeps stopping first",
-            |c| c.max_surge = Some(0),
+            |c| c.lifecycle.max_surge = Some(0),
             true,
             &[
                 (ms(0), Boot, &SPAWN_1),
@@ -957,8 +957,8 @@ fn lifecycle_table() {
         (
             "a decr during the overlap stops both processes of the slot above the count",
             |c| {
-                c.numprocesses = 2;
-                c.max_surge = Some(1);
+                c.command.numprocesses = 2;
+                c.lifecycle.max_surge = Some(1);
             },
             true,
             &[
@@ -1033,7 +1033,7 @@ fn lifecycle_table() {
         ),
         (
             "a decr while a slot restarts: the slot is not respawned above the count",
-            |c| c.numprocesses = 2,
+            |c| c.command.numprocesses = 2,
             true,
             &[
                 (
@@ -1154,7 +1154,7 @@ fn lifecycle_table() {
         ),
         (
             "shutdown stops every process, last first, and refuses commands",
-            |c| c.numprocesses = 2,
+            |c| c.command.numprocesses = 2,
             true,
             &[
                 (
@@ -1281,7 +1281,7 @@ fn lifecycle_table() {
             "not ready in time, past max_retry: fatal",
             |c| {
                 ready_tcp(c);
-                c.max_retry = 0;
+                c.lifecycle.max_retry = 0;
             },
             true,
             &[
@@ -1396,7 +1396,7 @@ fn lifecycle_table() {
             "live fails under restart = never: the process stays exited",
             |c| {
                 live_tcp(c);
-                c.restart = RestartPolicy::Never;
+                c.lifecycle.restart = RestartPolicy::Never;
             },
             true,
             &[
@@ -1481,8 +1481,8 @@ fn lifecycle_table() {
         (
             "depends_on: a watcher starts once every process of its dependency is up",
             |c| {
-                c.numprocesses = 2;
-                c.depends_on = vec!["db".into()];
+                c.command.numprocesses = 2;
+                c.lifecycle.depends_on = vec!["db".into()];
             },
             true,
             &[
@@ -1516,7 +1516,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: a stopped dependency is started first (Requires= and After=)",
-            |c| c.depends_on = vec!["off".into()],
+            |c| c.lifecycle.depends_on = vec!["off".into()],
             true,
             &[
                 (
@@ -1535,7 +1535,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: start of a watcher starts its stopped dependency, then waits",
-            |c| c.depends_on = vec!["off".into()],
+            |c| c.lifecycle.depends_on = vec!["off".into()],
             false,
             &[
                 (ms(0), Boot, &[]),
@@ -1558,7 +1558,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: shutdown stops a watcher before its dependency begins stopping",
-            |c| c.depends_on = vec!["db".into()],
+            |c| c.lifecycle.depends_on = vec!["db".into()],
             true,
             &[
                 (
@@ -1593,7 +1593,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: stop of a dependency stops its dependents first",
-            |c| c.depends_on = vec!["db".into()],
+            |c| c.lifecycle.depends_on = vec!["db".into()],
             true,
             &[
                 (
@@ -1648,7 +1648,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: rm of a dependency is refused, naming its dependents",
-            |c| c.depends_on = vec!["db".into()],
+            |c| c.lifecycle.depends_on = vec!["db".into()],
             true,
             &[
                 (
@@ -1670,7 +1670,7 @@ fn lifecycle_table() {
         ),
         (
             "depends_on: a dependency that stopped holds back new processes, not old ones",
-            |c| c.depends_on = vec!["db".into()],
+            |c| c.lifecycle.depends_on = vec!["db".into()],
             true,
             &[
                 (
@@ -1708,7 +1708,7 @@ fn lifecycle_table() {
 #[test]
 fn more_than_a_batch_of_processes_start_over_turns() {
     let mut cfg = config("sleep");
-    cfg.numprocesses = 30;
+    cfg.command.numprocesses = 30;
     let mut sim = Sim::new(cfg, true);
     let first = sim.step(ms(0), In::Boot);
     let spawns = |e: &[String]| e.iter().filter(|e| e.starts_with("spawn")).count();
@@ -1814,17 +1814,17 @@ fn every_wait_has_a_bounded_budget() {
     .unwrap();
     // 30s graceful, 5s SIGKILL grace, no warmup, 60s margin.
     assert_eq!(settle_budget(&cfg), Duration::from_secs(95));
-    cfg.warmup_delay = Duration::from_secs(3600);
-    cfg.numprocesses = 100_000;
+    cfg.lifecycle.warmup_delay = Duration::from_secs(3600);
+    cfg.command.numprocesses = 100_000;
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
-    cfg.graceful_timeout = Duration::MAX;
+    cfg.lifecycle.graceful_timeout = Duration::MAX;
     assert_eq!(settle_budget(&cfg), MAX_WAIT);
 }
 
 #[test]
 fn a_wait_counts_the_watchers_it_depends_on_and_those_that_depend_on_it() {
     let mut cfg = config("sleep");
-    cfg.depends_on = vec!["db".into()];
+    cfg.lifecycle.depends_on = vec!["db".into()];
     let mut sim = Sim::new(cfg, true);
     let alone = Sim::new(config("sleep"), true);
     let db = sim.sup.watchers["db"].cfg.clone();
@@ -2063,7 +2063,7 @@ fn a_reload_that_moves_a_socket_restarts_its_watchers_and_a_dry_run_binds_nothin
     let e = sim.sup.check_reload(&dropped).unwrap_err();
     assert!(e.reason.contains("lists socket 'a'"), "{}", e.reason);
     let mut runtime = file["w"].clone();
-    runtime.graceful_timeout = Duration::from_secs(3);
+    runtime.lifecycle.graceful_timeout = Duration::from_secs(3);
     sim.sup.watchers.get_mut("w").unwrap().cfg = runtime;
     let e = sim.sup.check_reload(&dropped).unwrap_err();
     assert!(
@@ -2164,13 +2164,13 @@ fn set_of_checks_is_gated_and_health_cmd_spells_ready_exec() {
 #[test]
 fn a_replacement_that_cannot_start_leaves_the_old_process_running() {
     let mut cfg = config("sleep");
-    cfg.max_surge = Some(1);
+    cfg.lifecycle.max_surge = Some(1);
     let mut sim = Sim::new(cfg, true);
     sim.step(ms(0), In::Boot);
     sim.step(ms(1000), In::Uptime(1));
     let old = sim.slot(1).and_then(|s| s.pid);
     if let Some(w) = sim.sup.watchers.get_mut("w") {
-        w.cfg.cmd = "/nonexistent/server".into();
+        w.cfg.command.cmd = "/nonexistent/server".into();
     }
     let got = sim.step(ms(2000), In::RestartSlot(1));
     assert_eq!(

@@ -52,13 +52,14 @@ pub(super) struct SlotWaiter {
 /// apart), and with a `ready` check `min_uptime` and `ready.timeout`, plus a margin
 /// for spawning; at most [`MAX_WAIT`].
 pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
+    let l = &cfg.lifecycle;
     let ready = cfg
         .ready
         .as_ref()
-        .map_or(Duration::ZERO, |r| r.timeout.saturating_add(cfg.min_uptime));
-    cfg.graceful_timeout
+        .map_or(Duration::ZERO, |r| r.timeout.saturating_add(l.min_uptime));
+    l.graceful_timeout
         .saturating_add(KILL_GRACE)
-        .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
+        .saturating_add(l.warmup_delay.saturating_mul(cfg.command.numprocesses))
         .saturating_add(ready)
         .saturating_add(SETTLE_MARGIN)
         .min(MAX_WAIT)
@@ -68,11 +69,12 @@ pub(super) fn settle_budget(cfg: &WatcherConfig) -> Duration {
 /// only after it), or its start and the time its processes take to be up (a dependent
 /// starts only after): `min_uptime`, and `ready.timeout` with a `ready` check.
 pub(super) fn dependency_budget(cfg: &WatcherConfig) -> Duration {
+    let l = &cfg.lifecycle;
     let ready = cfg.ready.as_ref().map_or(Duration::ZERO, |r| r.timeout);
-    cfg.graceful_timeout
+    l.graceful_timeout
         .saturating_add(KILL_GRACE)
-        .saturating_add(cfg.warmup_delay.saturating_mul(cfg.numprocesses))
-        .saturating_add(cfg.min_uptime)
+        .saturating_add(l.warmup_delay.saturating_mul(cfg.command.numprocesses))
+        .saturating_add(l.min_uptime)
         .saturating_add(ready)
 }
 
@@ -83,7 +85,8 @@ pub(super) fn surge_budget(cfg: &WatcherConfig) -> Duration {
         .ready
         .as_ref()
         .map_or(crate::config::READY_TIMEOUT, |r| r.timeout);
-    cfg.min_uptime
+    cfg.lifecycle
+        .min_uptime
         .saturating_add(ready)
         .saturating_add(Duration::from_secs(5))
         .min(MAX_WAIT)
@@ -97,9 +100,10 @@ pub(super) fn restart_budget(cfg: &WatcherConfig) -> Duration {
         .ready
         .as_ref()
         .map_or(crate::config::READY_TIMEOUT, |r| r.timeout);
-    cfg.graceful_timeout
+    let l = &cfg.lifecycle;
+    l.graceful_timeout
         .saturating_add(KILL_GRACE)
-        .saturating_add(cfg.min_uptime)
+        .saturating_add(l.min_uptime)
         .saturating_add(ready)
         .saturating_add(Duration::from_secs(5))
         .min(MAX_WAIT)

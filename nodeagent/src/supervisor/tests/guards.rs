@@ -110,7 +110,7 @@ fn max_memory_event_carries_the_figures() {
 #[test]
 fn max_age_recycles_one_process_at_a_time() {
     let mut cfg = config("sleep");
-    cfg.numprocesses = 2;
+    cfg.command.numprocesses = 2;
     cfg.max_age = Some(Duration::from_secs(10));
     let mut sim = Sim::new(cfg, true);
     let boot = sim.step(ms(0), Boot);
@@ -139,8 +139,8 @@ fn max_age_recycles_one_process_at_a_time() {
 #[test]
 fn max_age_with_surge_starts_the_replacement_first() {
     let mut cfg = config("sleep");
-    cfg.numprocesses = 2;
-    cfg.max_surge = Some(1);
+    cfg.command.numprocesses = 2;
+    cfg.lifecycle.max_surge = Some(1);
     cfg.max_age = Some(Duration::from_secs(10));
     let mut sim = Sim::new(cfg, true);
     sim.step(ms(0), Boot);
