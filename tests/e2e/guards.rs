@@ -77,7 +77,7 @@ async fn a_process_above_max_memory_is_restarted_with_its_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_memory_set_at_run_time_is_guarded_with_the_stream_off() {
     let nats = NatsServer::start();
-    let mut sub = subscribe(&nats, "cluster.a.events.hog.>").await;
+    let mut events = Events::subscribe(&nats.url(), "cluster.a.events.hog.>").await;
     let secs = unique_secs();
     let w = format!(
         "[watcher.hog]\ncmd = \"python3\"\n\
@@ -87,8 +87,9 @@ async fn a_max_memory_set_at_run_time_is_guarded_with_the_stream_off() {
     let agent = Agent::start_config(&nats, &node(&w));
     let first = wait_for(T, "hog running", || agent.pids("hog").first().map(|p| p.1));
     agent.ctl_ok(&["set", "hog", "max_memory", "40MiB"]);
-    let mut seen = vec![];
-    let ev = next_event(&mut sub, &mut seen, |v| v["kind"] == "max_memory").await;
+    let ev = events
+        .next_where(T, "a max_memory event", |v| v["kind"] == "max_memory")
+        .await;
     assert_eq!(ev["pid"], first);
     assert_eq!(ev["max_memory"], 40u64 << 20);
 }
