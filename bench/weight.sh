@@ -9,6 +9,9 @@
 #
 # Usage: bench/weight.sh [BINDIR]   (default target/release, built by the caller)
 #   SETTLE=3  seconds idle before each RSS reading   SCALE_RUNS=5   HUNDRED=100
+#   (the agent pages its start-up code out 2 s after it serves commands, and its
+#   periodic work brings part of it back within a second: keep SETTLE at 3 or more to
+#   read the steady size, not the moment of the page-out)
 #   IDLE_SECS=10  the window of the idle CPU reading (HUNDRED processes, stats at 1 s)
 # Everything it starts is stopped on exit.
 set -euo pipefail
