@@ -3,9 +3,15 @@
 # /proc/PID/smaps_rollup) idle with 10 watchers of `sleep`, then with one watcher of
 # HUNDRED processes and stats at 1 s (and its idle CPU), and the scale 1 -> HUNDRED+1 and graceful stop of
 # HUNDRED (median and min-max of SCALE_RUNS), as bench/foundation.sh measures them.
+# Idle with 10 watchers, it also times the first `ctl status` after start-up (the code it
+# runs may have to be read back into memory: see nodeagent/src/memory.rs) against the
+# median of the next CTL_RUNS, with the agent's major page faults during each.
 #
 # Usage: bench/weight.sh [BINDIR]   (default target/release, built by the caller)
 #   SETTLE=3  seconds idle before each RSS reading   SCALE_RUNS=5   HUNDRED=100
+#   (the agent pages its start-up code out 2 s after it serves commands, and its
+#   periodic work brings part of it back within a second: keep SETTLE at 3 or more to
+#   read the steady size, not the moment of the page-out)
 #   IDLE_SECS=10  the window of the idle CPU reading (HUNDRED processes, stats at 1 s)
 # Everything it starts is stopped on exit.
 set -euo pipefail
@@ -17,6 +23,7 @@ SETTLE=${SETTLE:-3}
 SCALE_RUNS=${SCALE_RUNS:-5}
 HUNDRED=${HUNDRED:-100}
 IDLE_SECS=${IDLE_SECS:-10}
+CTL_RUNS=${CTL_RUNS:-10}
 WORK=$(mktemp -d /tmp/bench-weight.XXXXXX)
 MARKER=86400124
 PIDS=()
@@ -75,6 +82,26 @@ wait_for 20 "$BIN/ctl" -s "$URL" --node w10 ping
 wait_for 20 python3 bench/scale.py "$A" "$MARKER" 10 1
 sleep "$SETTLE"
 echo "idle, 10 watchers:        VmRSS anon file threads = $(mem "$A")"
+majflt() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $10}'; }
+# ctl_ms PID CTL...: the wall time of one command (ms), then the agent's major faults in it
+ctl_ms() {
+    local pid=$1 f0 t0 t1
+    shift
+    f0=$(majflt "$pid")
+    t0=$(date +%s%N)
+    "$@" >/dev/null
+    t1=$(date +%s%N)
+    echo "$(((t1 - t0) / 1000)) $(($(majflt "$pid") - f0))"
+}
+read -r first first_faults < <(ctl_ms "$A" "$BIN/ctl" -s "$URL" --node w10 status)
+: >"$WORK/ctl.us"
+faults=0
+for _ in $(seq 1 "$CTL_RUNS"); do
+    read -r us f < <(ctl_ms "$A" "$BIN/ctl" -s "$URL" --node w10 status)
+    echo "$us" >>"$WORK/ctl.us"
+    faults=$((faults + f))
+done
+echo "first ctl status (ms):    $(awk -v u="$first" 'BEGIN {printf "%.2f", u / 1000}'), agent major faults $first_faults; the next $CTL_RUNS: median $(sort -n "$WORK/ctl.us" | awk '{v[NR] = $1} END {printf "%.2f", v[int((NR + 1) / 2)] / 1000}'), major faults $faults"
 kill -TERM "$A"
 wait "$A" 2>/dev/null || true
 

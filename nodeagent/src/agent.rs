@@ -255,6 +255,8 @@ pub async fn run(
         identity.node,
         subjects.node_cmd(&identity.node)
     ));
+    // Start-up is done: what it alone used (heap, code pages) goes back to the kernel.
+    tokio::spawn(crate::memory::settle_after_start());
     tokio::spawn(relay::publish_logs(
         bus.clone(),
         subjects,

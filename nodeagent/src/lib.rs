@@ -16,6 +16,7 @@ pub mod keepers;
 pub mod logs;
 pub mod memberloop;
 pub mod membership;
+pub mod memory;
 pub mod probe;
 pub mod process;
 pub mod relay;

@@ -1,0 +1,163 @@
+//! Giving back, once start-up is done, the pages of the agent's own code that only
+//! start-up ran.
+//!
+//! The agent parses its arguments, reads and validates its config, restores its state,
+//! sets up TLS and logging, starts its processes and announces itself once; the code
+//! all that ran stays resident for the agent's whole life unless given back, because
+//! each page fault of a file mapping maps up to 64 KiB around it and the kernel reads
+//! ahead of it. The call below is advice to the kernel: it changes nothing the agent
+//! can observe but its resident size, and a page needed again comes back on its next
+//! touch.
+
+use std::ffi::c_void;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use nix::sys::mman::{madvise, MmapAdvise};
+
+/// How long after start-up (commands served, processes started, the first announcement
+/// sent) the agent gives its start-up code back: the start-up work that runs in tasks
+/// of its own (the first spawns, the first heartbeat and stats sample) is over by then.
+pub const AFTER_START: Duration = Duration::from_secs(2);
+
+/// Waits [`AFTER_START`], then pages the agent's start-up code out
+/// ([`page_out_own_code`]) on a blocking thread: reclaiming pages takes a few
+/// milliseconds.
+pub async fn settle_after_start() {
+    tokio::time::sleep(AFTER_START).await;
+    if let Err(e) = tokio::task::spawn_blocking(page_out_own_code).await {
+        tracing::debug!("memory: paging start-up code out failed: {e}");
+    }
+}
+
+/// Asks the kernel to reclaim now (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later) the
+/// resident pages of the agent's own executable: its read-only mappings of the file
+/// /proc/self/exe points to (code, read-only data, unwind tables, the relocations the
+/// dynamic linker read once). The kernel's reclaim would take them under memory
+/// pressure anyway; done early, it takes the pages only start-up used (argument
+/// parsing, the config's parser and checks, TLS and logging set-up, the state restore),
+/// and the pages the running agent touches again come back at their next touch, from
+/// the page cache or the disk.
+///
+/// The kernel reclaims only pages no other process maps: with several agents of the
+/// same binary on a host, the pages they share stay resident (each counts once in
+/// memory, and in every agent's RSS). On kernels without MADV_PAGEOUT (EINVAL) it does
+/// nothing.
+pub fn page_out_own_code() {
+    let (Ok(exe), Ok(maps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return;
+    };
+    let mut bytes = 0usize;
+    for (start, len) in exe_mappings(&maps, &exe) {
+        let Some(addr) = NonNull::new(std::ptr::without_provenance_mut::<c_void>(start)) else {
+            continue;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: [start, start + len) is a read-only, file-backed mapping of this
+        // process, page-aligned, as /proc/self/maps lists it; nothing in the agent
+        // unmaps its own executable (were it gone, madvise fails with ENOMEM).
+        // MADV_PAGEOUT is advice: it changes when pages are reclaimed, never what the
+        // program reads at an address: a reclaimed page is read back from the same
+        // file at its next touch.
+        let done = unsafe { madvise(addr, len, MmapAdvise::MADV_PAGEOUT) };
+        if let Err(e) = done {
+            // EINVAL: a kernel older than 5.4. Nothing to do either way.
+            tracing::debug!("memory: madvise(MADV_PAGEOUT): {e}");
+            return;
+        }
+        bytes = bytes.saturating_add(len);
+    }
+    tracing::debug!(bytes, "memory: start-up code paged out");
+}
+
+/// The mappings of the file `exe` in /proc/self/maps text `maps` that hold its pages as
+/// they are in the file: (start address, length), the read-only ones up to the last
+/// code mapping (headers, relocations, read-only data, unwind tables, code). The
+/// read-only mapping after the code is the data the dynamic linker relocated (RELRO),
+/// and the writable ones are .data and .bss: their pages are private copies, which
+/// reclaim would write to swap; they are left alone.
+fn exe_mappings(maps: &str, exe: &Path) -> Vec<(usize, usize)> {
+    let exe = exe.as_os_str().to_string_lossy();
+    let mut out = vec![];
+    let mut past_code = false;
+    for line in maps.lines() {
+        // start-end perms offset dev inode path (the path may hold spaces)
+        let mut fields = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(_), Some(_), Some(_), Some(path)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        if path.trim_start() != exe {
+            continue;
+        }
+        let code = perms.starts_with("r-x");
+        if past_code && !code {
+            continue;
+        }
+        past_code = code;
+        if !code && !perms.starts_with("r--") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if end > start {
+            out.push((start, end - start));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_file_pages_of_the_executable_are_chosen() {
+        let maps = "\
+55d0c0000000-55d0c0100000 r--p 00000000 fe:00 42    /usr/bin/nodeagent
+55d0c0100000-55d0c0500000 r-xp 00100000 fe:00 42    /usr/bin/nodeagent
+55d0c0500000-55d0c0600000 r--p 00500000 fe:00 42    /usr/bin/nodeagent
+55d0c0600000-55d0c0610000 rw-p 00600000 fe:00 42    /usr/bin/nodeagent
+55d0c0610000-55d0c0620000 rw-p 00000000 00:00 0 
+7f0000000000-7f0000100000 r-xp 00000000 fe:00 7    /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000200000-7f0000300000 r-xp 00000000 fe:00 43    /usr/bin/nodeagent-old
+";
+        let got = exe_mappings(maps, Path::new("/usr/bin/nodeagent"));
+        assert_eq!(
+            got,
+            vec![(0x55d0_c000_0000, 0x10_0000), (0x55d0_c010_0000, 0x40_0000)]
+        );
+    }
+
+    #[test]
+    fn a_replaced_binary_still_matches_its_deleted_path() {
+        let maps = "1000-3000 r-xp 00000000 fe:00 42 /opt/nodeagent (deleted)\n";
+        let got = exe_mappings(maps, Path::new("/opt/nodeagent (deleted)"));
+        assert_eq!(got, vec![(0x1000, 0x2000)]);
+    }
+
+    #[test]
+    fn paging_own_code_out_keeps_the_program_running() {
+        page_out_own_code();
+        // Code paged out comes back on its next touch.
+        let v: Vec<u64> = (0..1000).collect();
+        assert_eq!(v.iter().sum::<u64>(), 499_500);
+    }
+}
