@@ -1319,4 +1319,71 @@ mod tests {
         let e = spawn(&spec("/nonexistent/prog", &[])).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
+    /// Reads a spawned process's stdout to the end and waits for it.
+    async fn output(mut s: Spawned) -> (String, std::process::ExitStatus) {
+        use tokio::io::AsyncReadExt;
+        let mut out = String::new();
+        if let Some(mut o) = s.stdout.take() {
+            o.read_to_string(&mut out).await.unwrap();
+        }
+        (out, s.child.wait().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_each_failure_in_its_place_and_starts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut in_dir = spec("sh", &["-c", "pwd"]);
+        in_dir.working_dir = Some(dir.path().to_owned());
+        let mut no_dir = spec("sh", &["-c", "pwd"]);
+        no_dir.working_dir = Some(dir.path().join("gone"));
+        let mut nul = spec("sh", &["-c", "echo a\0b"]);
+        nul.args[1].push('\0');
+        let all = spawn_all(vec![
+            spec("sh", &["-c", "echo first"]),
+            spec("/nonexistent/prog", &[]),
+            spec("no-such-program-anywhere", &[]),
+            no_dir,
+            nul,
+            in_dir,
+        ])
+        .await;
+        let mut all = all.into_iter();
+        let (out, status) = output(all.next().unwrap().unwrap()).await;
+        assert_eq!((out.as_str(), status.success()), ("first\n", true));
+        for _ in 0..3 {
+            let e = all.next().unwrap().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+            assert_eq!(e.to_string(), "No such file or directory (os error 2)");
+        }
+        let e = all.next().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let (out, status) = output(all.next().unwrap().unwrap()).await;
+        assert!(status.success());
+        assert_eq!(out.trim_end(), dir.path().to_str().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_child_starts_with_no_blocked_or_ignored_signal() {
+        use nix::sys::signal::{SigSet, SigmaskHow};
+        // The forking thread blocks SIGUSR1 for the spawn (and the test runtime ignores
+        // SIGPIPE): the child has neither.
+        let mut usr1 = SigSet::empty();
+        usr1.add(Signal::SIGUSR1);
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr1), Some(&mut old))
+            .unwrap();
+        // The program itself reads its status: no shell in between to change it.
+        let sp = spec("cat", &["/proc/self/status"]);
+        let spawned = spawn(&sp);
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        let (out, status) = output(spawned.unwrap()).await;
+        assert!(status.success(), "{out}");
+        let field = |name: &str| {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(field("SigBlk:"), 0, "{out}");
+        let sigpipe = 1u64 << (Signal::SIGPIPE as u64 - 1);
+        assert_eq!(field("SigIgn:") & sigpipe, 0, "{out}");
+    }
 }
