@@ -9,13 +9,12 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{ChildStderr, ChildStdout};
 
 use crate::config::guards::RlimitSetting;
 use crate::config::Output;
@@ -50,29 +49,140 @@ pub struct Spawned {
     pub stderr: Option<ChildStderr>,
 }
 
+/// A child of the agent, forked by [`spawn`] or [`spawn_all`]; [`Child::wait`] reaps it.
+/// Dropped before that, it is reaped in the background (when there is a runtime).
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+    /// Readable once the process has exited (`None` on a kernel without pidfds: then
+    /// each SIGCHLD is a reason to look).
+    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    status: Option<std::process::ExitStatus>,
+    /// Waited on in the background after its owner dropped it: dropped again (the
+    /// runtime stopping), it is left as it is.
+    background: bool,
+}
+
+impl Child {
+    fn new(pid: u32) -> Child {
+        Child {
+            pid,
+            pidfd: pidfd_open(pid)
+                .filter(|_| tokio::runtime::Handle::try_current().is_ok())
+                .and_then(|fd| {
+                    #[allow(unsafe_code)]
+                    // SAFETY: the AsyncFd owns `fd`, an OwnedFd, which stays open and
+                    // the same fd until the AsyncFd is dropped.
+                    unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            fd,
+                            tokio::io::Interest::READABLE,
+                        )
+                    }
+                    .ok()
+                }),
+            status: None,
+            background: false,
+        }
+    }
+
+    /// Its pid, until it is reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.status.is_none().then_some(self.pid)
+    }
+
+    /// Waits until it exits and reaps it; once reaped, returns the same status again.
+    /// Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let mut sigchld = None;
+        loop {
+            if let Some(done) = try_reap(self.pid) {
+                let status = done?;
+                self.status = Some(status);
+                self.pidfd = None;
+                return Ok(status);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut ready = fd.readable().await?;
+                    if try_reap_pending(self.pid) {
+                        ready.clear_ready();
+                    }
+                }
+                None => match sigchld.as_mut() {
+                    // Listening first, then looking again: no exit falls in between.
+                    None => {
+                        use tokio::signal::unix::{signal, SignalKind};
+                        match signal(SignalKind::child()) {
+                            Ok(s) => sigchld = Some(s),
+                            Err(_) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                            }
+                        }
+                    }
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.background || self.status.is_some() || try_reap(self.pid).is_some() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let mut rest = Child {
+                pid: self.pid,
+                pidfd: self.pidfd.take(),
+                status: None,
+                background: true,
+            };
+            rt.spawn(async move {
+                let _ = rest.wait().await;
+            });
+        }
+    }
+}
+
+/// True while `pid` (the agent's child) has not exited yet, without reaping it.
+fn try_reap_pending(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let Ok(p) = as_pid(pid) else { return false };
+    matches!(
+        waitid(
+            Id::Pid(p),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+        ),
+        Ok(WaitStatus::StillAlive)
+    )
+}
+
+/// A pidfd of `pid`, a child of the agent not reaped yet (so its pid is not reused).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = nix::libc::pid_t::try_from(pid).ok()?;
+    #[allow(unsafe_code)]
+    // SAFETY: the pidfd_open system call takes a pid and flags, and returns a new fd
+    // (close-on-exec) or -1; the new fd is owned by nothing else.
+    unsafe {
+        let fd = nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0);
+        let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        Some(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// A stdout or stderr file, opened by the child itself.
 struct FileOutput {
     /// 1 or 2.
     fd: i32,
     path: CString,
-}
-
-fn stdio(out: &Output, fd: i32, files: &mut Vec<FileOutput>) -> io::Result<Stdio> {
-    Ok(match out {
-        Output::Capture => Stdio::piped(),
-        Output::Discard => Stdio::null(),
-        Output::Inherit => Stdio::inherit(),
-        Output::File(path) => {
-            check_output_file(path)?;
-            files.push(FileOutput {
-                fd,
-                path: CString::new(path.as_os_str().as_bytes())
-                    .map_err(|_| io::Error::other("an output file path holds a NUL byte"))?,
-            });
-            // Replaced in the child once the file is open.
-            Stdio::null()
-        }
-    })
 }
 
 /// What can be told before the child opens `path`, told in words: the child itself
@@ -146,14 +256,15 @@ fn open_output_in_child(out: &FileOutput) -> io::Result<()> {
 /// too. It gets SIGKILL if the agent dies without stopping it.
 ///
 /// When the agent runs [`run_forker`], the fork happens on its main thread (see there);
-/// otherwise (tests, benchmarks) on the calling thread.
+/// otherwise (tests, benchmarks) on the calling thread. Needs a tokio runtime (for the
+/// pipes and the wait).
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
-    match FORKER.get() {
+    let prepared = vec![Prepared::new(spec)];
+    let forked = match FORKER.get() {
         Some(tx) => {
             let (done, result) = std::sync::mpsc::sync_channel(1);
-            let spec = spec.clone();
             let job: Job = Box::new(move || {
-                let _ = done.send(spawn_here(&spec));
+                let _ = done.send(fork_all(prepared));
             });
             tx.send(ToMain::Job(job))
                 .map_err(|_| io::Error::other("the agent is stopping: no process starts now"))?;
@@ -161,121 +272,88 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
                 .recv()
                 .map_err(|_| io::Error::other("the agent is stopping: no process starts now"))?
         }
-        None => spawn_here(spec),
-    }
+        None => fork_all(prepared),
+    };
+    forked
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err(io::Error::other("no process was started")))
+        .and_then(Forked::spawned)
 }
 
 /// Starts the processes of `specs`, in this order, as [`spawn`] does one, and returns
-/// each one's result in the same order. With [`run_forker`], the main thread forks them
-/// all in one job while the caller's task waits without holding its thread: the
-/// runtime's worker goes on with other tasks (heartbeats, replies) meanwhile.
+/// each one's result in the same order. Everything a child needs is prepared here,
+/// before the fork; with [`run_forker`], the main thread then forks them all in one job,
+/// one after another without waiting for each to exec, and collects how each exec went,
+/// while the caller's task waits without holding its thread: the runtime's worker goes
+/// on with other tasks (heartbeats, replies) meanwhile.
 pub async fn spawn_all(specs: Vec<SpawnSpec>) -> Vec<io::Result<Spawned>> {
     let stopping = || io::Error::other("the agent is stopping: no process starts now");
-    let Some(tx) = FORKER.get() else {
-        return specs.iter().map(spawn_here).collect();
+    let prepared: Vec<_> = specs.iter().map(Prepared::new).collect();
+    drop(specs);
+    let n = prepared.len();
+    let forked = match FORKER.get() {
+        None => fork_all(prepared),
+        Some(tx) => {
+            let (done, result) = tokio::sync::oneshot::channel();
+            let job: Job = Box::new(move || {
+                let _ = done.send(fork_all(prepared));
+            });
+            if tx.send(ToMain::Job(job)).is_err() {
+                return (0..n).map(|_| Err(stopping())).collect();
+            }
+            match result.await {
+                Ok(all) => all,
+                Err(_) => return (0..n).map(|_| Err(stopping())).collect(),
+            }
+        }
     };
-    let n = specs.len();
-    let (done, result) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = done.send(specs.iter().map(spawn_here).collect::<Vec<_>>());
-    });
-    if tx.send(ToMain::Job(job)).is_err() {
-        return (0..n).map(|_| Err(stopping())).collect();
-    }
-    match result.await {
-        Ok(all) => all,
-        Err(_) => (0..n).map(|_| Err(stopping())).collect(),
-    }
+    forked
+        .into_iter()
+        .map(|f| f.and_then(Forked::spawned))
+        .collect()
 }
 
-fn spawn_here(spec: &SpawnSpec) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&spec.cmd);
-    cmd.args(&spec.args);
-    if spec.clear_env {
-        cmd.env_clear();
-        // A program needs a PATH to find its own helpers.
-        cmd.env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        );
-    }
-    // systemd's notify socket is the agent's own; a process that reports readiness
-    // gets a socket of the agent's (set in `spec.env`).
-    cmd.env_remove("NOTIFY_SOCKET");
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
-    if let Some(gid) = spec.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = spec.uid {
-        cmd.uid(uid);
-    }
-    let mut files = Vec::new();
-    cmd.stdin(Stdio::null())
-        .stdout(stdio(&spec.stdout, 1, &mut files)?)
-        .stderr(stdio(&spec.stderr, 2, &mut files)?)
-        .process_group(0)
-        .kill_on_drop(false);
-    let opened_as = spec
-        .uid
-        .map_or("the agent's user".to_owned(), |u| format!("uid {u}"));
-    let shown: Vec<String> = files
-        .iter()
-        .map(|f| f.path.to_string_lossy().into_owned())
+/// Forks every prepared child first, then reads how each one's exec went (its report
+/// pipe closes when it exec'd; a child that could not set up or exec writes its error
+/// number there and exits). So the children exec while the next ones are forked.
+fn fork_all(prepared: Vec<io::Result<Prepared>>) -> Vec<io::Result<Forked>> {
+    let forked: Vec<_> = prepared
+        .into_iter()
+        .map(|p| p.and_then(Prepared::fork))
         .collect();
-    let rlimits = spec.rlimits.clone();
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the child between fork and exec, after std has set the
-    // uid, gid and working dir. It calls only async-signal-safe system calls (prctl,
-    // setrlimit, open or openat2, fstat, dup2, close) on memory prepared before the fork,
-    // and allocates nothing (its errors are bare error numbers).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            for r in &rlimits {
-                nix::sys::resource::setrlimit(r.resource, r.soft, r.hard)
-                    .map_err(io::Error::from)?;
+    forked
+        .into_iter()
+        .map(|f| {
+            let f = f?;
+            match read_report(&f.report) {
+                None => Ok(f),
+                Some(errno) => {
+                    // It exits right after the report: reaped here, it leaves no zombie.
+                    if let Ok(p) = as_pid(f.pid) {
+                        let _ = nix::sys::wait::waitpid(p, None);
+                    }
+                    Err(f.why.explain(io::Error::from_raw_os_error(errno)))
+                }
             }
-            for f in &files {
-                open_output_in_child(f)?;
-            }
-            Ok(())
-        });
-    }
-    // With sockets, the child execs itself, once it knows its pid for LISTEN_PID.
-    let report = if spec.listen.is_empty() {
-        None
-    } else {
-        let (mut plan, report) = ExecPlan::new(spec)?;
-        #[allow(unsafe_code)]
-        // SAFETY: runs in the child between fork and exec, after the closure above; see
-        // `ExecPlan::exec`: only async-signal-safe calls, on memory prepared before the
-        // fork, no allocation; it never returns to std (exec, or `_exit` after writing
-        // the error number to the report pipe).
-        unsafe {
-            cmd.pre_exec(move || plan.exec());
-        }
-        Some(report)
-    };
-    let spawned = cmd.spawn();
-    // The closure held the report pipe's write end: the child has the only copy now.
-    drop(cmd);
-    if let Some(report) = report.filter(|_| spawned.is_ok()) {
-        if let Some(errno) = read_report(report) {
-            // It has exited; the runtime reaps it.
-            drop(spawned);
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-    }
-    let limits = spec
-        .rlimits
-        .iter()
-        .map(|r| r.name)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut child = spawned.map_err(|e| {
+        })
+        .collect()
+}
+
+/// What a failed start is told with: the files the child opens, the limits it sets.
+struct Why {
+    opened_as: String,
+    shown: Vec<String>,
+    limits: String,
+}
+
+impl Why {
+    fn explain(&self, e: io::Error) -> io::Error {
+        let Why {
+            opened_as,
+            shown,
+            limits,
+        } = self;
         if !limits.is_empty() && e.raw_os_error() == Some(Errno::EPERM as i32) && shown.is_empty() {
             return io::Error::new(
                 e.kind(),
@@ -301,27 +379,168 @@ fn spawn_here(spec: &SpawnSpec) -> io::Result<Spawned> {
                 shown.join(", ")
             ),
         )
-    })?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("the process exited before its pid was read"))?;
-    Ok(Spawned {
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-        child,
-        pid,
-    })
+    }
 }
 
-/// What a child that gets sockets needs to exec itself with `LISTEN_PID` set to its own
-/// pid, which is known only after the fork: every string and pointer array built
-/// before, with room for the pid's digits, and the fds to move into place.
+/// One child, everything it needs made before the fork.
+struct Prepared {
+    plan: ExecPlan,
+    /// What the child gets at fds 0, 1, 2 (kept open until the fork is over).
+    _stdio: Vec<OwnedFd>,
+    /// The agent's ends of the stdout and stderr pipes.
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    report: OwnedFd,
+    why: Why,
+}
+
+/// A forked child whose exec is not checked yet.
+struct Forked {
+    pid: u32,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    report: OwnedFd,
+    why: Why,
+}
+
+impl Forked {
+    /// The started process, its pipes handed to the runtime (which must be there).
+    fn spawned(self) -> io::Result<Spawned> {
+        let child = Child::new(self.pid);
+        let stdout = self
+            .stdout
+            .map(|fd| ChildStdout::from_std(std::process::ChildStdout::from(fd)))
+            .transpose()?;
+        let stderr = self
+            .stderr
+            .map(|fd| ChildStderr::from_std(std::process::ChildStderr::from(fd)))
+            .transpose()?;
+        Ok(Spawned {
+            child,
+            pid: self.pid,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// An fd above 2, so that moving the stdio into place clobbers none of the sources.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    use nix::fcntl::{fcntl, FcntlArg};
+    let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    #[allow(unsafe_code)]
+    // SAFETY: `raw` is the new fd F_DUPFD_CLOEXEC just returned; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    above_stdio(open(
+        c"/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+impl Prepared {
+    fn new(spec: &SpawnSpec) -> io::Result<Prepared> {
+        let mut files = Vec::new();
+        let mut keep = Vec::new();
+        let mut stdio = [-1; 3];
+        let null = dev_null()?;
+        stdio[0] = null.as_raw_fd();
+        let mut ours = [None, None];
+        for (i, out) in [&spec.stdout, &spec.stderr].into_iter().enumerate() {
+            let fd = i as i32 + 1;
+            match out {
+                Output::Capture => {
+                    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+                    let write = above_stdio(write)?;
+                    stdio[i + 1] = write.as_raw_fd();
+                    keep.push(write);
+                    ours[i] = Some(read);
+                }
+                Output::Discard => stdio[i + 1] = null.as_raw_fd(),
+                Output::Inherit => {}
+                Output::File(path) => {
+                    check_output_file(path)?;
+                    files.push(FileOutput {
+                        fd,
+                        path: CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                            io::Error::other("an output file path holds a NUL byte")
+                        })?,
+                    });
+                    // Replaced in the child once the file is open.
+                    stdio[i + 1] = null.as_raw_fd();
+                }
+            }
+        }
+        keep.push(null);
+        let [stdout, stderr] = ours;
+        let why = Why {
+            opened_as: spec
+                .uid
+                .map_or("the agent's user".to_owned(), |u| format!("uid {u}")),
+            shown: files
+                .iter()
+                .map(|f| f.path.to_string_lossy().into_owned())
+                .collect(),
+            limits: spec
+                .rlimits
+                .iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let (plan, report) = ExecPlan::new(spec, stdio, files)?;
+        Ok(Prepared {
+            plan,
+            _stdio: keep,
+            stdout,
+            stderr,
+            report,
+            why,
+        })
+    }
+
+    /// Forks the child, which sets itself up and execs (see [`ExecPlan::exec`]).
+    fn fork(mut self) -> io::Result<Forked> {
+        #[allow(unsafe_code)]
+        // SAFETY: in the child, `ExecPlan::exec` makes only async-signal-safe system
+        // calls on memory prepared before the fork, allocates nothing, takes no lock and
+        // never returns (it execs, or exits with `_exit` after reporting the error).
+        let pid = match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => self.plan.exec(),
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        // The child has its own copies now; the report pipe's write end must be the
+        // child's only one, so that it closes when the child execs.
+        drop(self.plan);
+        drop(self._stdio);
+        Ok(Forked {
+            pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+            stdout: self.stdout,
+            stderr: self.stderr,
+            report: self.report,
+            why: self.why,
+        })
+    }
+}
+
+/// Everything a child needs between fork and exec, built before the fork: every string
+/// and pointer array, with room for the digits of `LISTEN_PID` (its own pid, known only
+/// after the fork) when it gets sockets, and the fds to move into place.
 struct ExecPlan {
     /// Where the program may be, in the order execvp would try (the child's PATH).
     candidates: Vec<CString>,
     /// Owns what `argv` and `envp` point to.
     _strings: Vec<CString>,
-    /// `LISTEN_PID=` and room for the digits and a NUL; `envp` points to it.
+    /// `LISTEN_PID=` and room for the digits and a NUL; `envp` points to it when the
+    /// child gets sockets.
     _pid_var: Box<[u8; PID_VAR_LEN]>,
     pid_var_at: *mut u8,
     argv: Vec<*const nix::libc::c_char>,
@@ -329,12 +548,20 @@ struct ExecPlan {
     /// child puts the file in place of the null at 1.
     sh_argv: Vec<*const nix::libc::c_char>,
     envp: Vec<*const nix::libc::c_char>,
+    /// The fds the child gets as 0, 1 and 2; -1: the agent's own.
+    stdio: [RawFd; 3],
+    uid: Option<u32>,
+    gid: Option<u32>,
+    cwd: Option<CString>,
+    rlimits: Vec<RlimitSetting>,
+    /// The stdout or stderr files the child opens.
+    files: Vec<FileOutput>,
     /// The sockets, kept open until the spawn is over, and their fds.
     _sockets: Vec<Arc<OwnedFd>>,
     sources: Vec<RawFd>,
     /// Scratch room for the sockets' temporary copies in the child.
     temp: Vec<RawFd>,
-    /// The write end of the pipe the child reports a failed exec on.
+    /// The write end of the pipe the child reports a failed setup or exec on.
     report: OwnedFd,
 }
 
@@ -351,15 +578,19 @@ unsafe impl Send for ExecPlan {}
 // SAFETY: as for Send; nothing is written through a shared reference.
 unsafe impl Sync for ExecPlan {}
 
-/// The environment a process gets, as std would build it from `spec`.
+/// The environment a process gets: the agent's own (or only a PATH, with `clear_env`)
+/// without systemd's notify socket, which is the agent's (a process that reports
+/// readiness gets a socket of the agent's, set in `spec.env`), then `spec.env`.
 fn child_env(spec: &SpawnSpec) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = if spec.clear_env {
+        // A program needs a PATH to find its own helpers.
         let path =
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         BTreeMap::from([("PATH".into(), path)])
     } else {
         std::env::vars_os().collect()
     };
+    env.remove(OsStr::new("NOTIFY_SOCKET"));
     env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
     env
 }
@@ -368,7 +599,7 @@ fn child_env(spec: &SpawnSpec) -> BTreeMap<OsString, OsString> {
 fn candidates(cmd: &str, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
     let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "the command holds a NUL byte");
     if cmd.is_empty() {
-        return Err(io::ErrorKind::NotFound.into());
+        return Err(io::Error::from_raw_os_error(nix::libc::ENOENT));
     }
     if cmd.contains('/') {
         return Ok(vec![CString::new(cmd).map_err(nul)?]);
@@ -389,7 +620,11 @@ fn candidates(cmd: &str, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
 
 impl ExecPlan {
     /// The plan, and the read end of its report pipe.
-    fn new(spec: &SpawnSpec) -> io::Result<(ExecPlan, OwnedFd)> {
+    fn new(
+        spec: &SpawnSpec,
+        stdio: [RawFd; 3],
+        files: Vec<FileOutput>,
+    ) -> io::Result<(ExecPlan, OwnedFd)> {
         let nul = || {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -397,14 +632,12 @@ impl ExecPlan {
             )
         };
         let mut env = child_env(spec);
-        let names: Vec<&str> = spec.listen.iter().map(|(n, _)| n.as_str()).collect();
-        env.insert("LISTEN_FDS".into(), names.len().to_string().into());
-        env.insert("LISTEN_FDNAMES".into(), names.join(":").into());
-        env.remove(OsStr::new("LISTEN_PID"));
-        let candidates = candidates(
-            &spec.cmd,
-            env.get(OsStr::new("PATH")).map(|p| p.as_os_str()),
-        )?;
+        if !spec.listen.is_empty() {
+            let names: Vec<&str> = spec.listen.iter().map(|(n, _)| n.as_str()).collect();
+            env.insert("LISTEN_FDS".into(), names.len().to_string().into());
+            env.insert("LISTEN_FDNAMES".into(), names.join(":").into());
+            env.remove(OsStr::new("LISTEN_PID"));
+        }
         let mut strings = Vec::new();
         for a in std::iter::once(&spec.cmd).chain(&spec.args) {
             strings.push(CString::new(a.as_bytes()).map_err(|_| nul())?);
@@ -416,6 +649,14 @@ impl ExecPlan {
             kv.extend_from_slice(v.as_bytes());
             strings.push(CString::new(kv).map_err(|_| nul())?);
         }
+        let cwd = match &spec.working_dir {
+            Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| nul())?),
+            None => None,
+        };
+        let candidates = candidates(
+            &spec.cmd,
+            env.get(OsStr::new("PATH")).map(|p| p.as_os_str()),
+        )?;
         let mut pid_var = Box::new([0u8; PID_VAR_LEN]);
         pid_var[..PID_VAR.len()].copy_from_slice(PID_VAR);
         let pid_var_at = pid_var.as_mut_ptr();
@@ -424,7 +665,9 @@ impl ExecPlan {
         let mut sh_argv = vec![SH.as_ptr(), std::ptr::null()];
         sh_argv.extend_from_slice(&argv[1..]);
         let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
-        envp.push(pid_var_at.cast_const().cast());
+        if !spec.listen.is_empty() {
+            envp.push(pid_var_at.cast_const().cast());
+        }
         envp.push(std::ptr::null());
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let plan = ExecPlan {
@@ -435,6 +678,12 @@ impl ExecPlan {
             argv,
             sh_argv,
             envp,
+            stdio,
+            uid: spec.uid,
+            gid: spec.gid,
+            cwd,
+            rlimits: spec.rlimits.clone(),
+            files,
             sources: spec.listen.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
             temp: vec![-1; spec.listen.len()],
             _sockets: spec.listen.iter().map(|(_, fd)| fd.clone()).collect(),
@@ -443,61 +692,112 @@ impl ExecPlan {
         Ok((plan, read))
     }
 
-    /// In the child: moves the sockets to fds 3, 4, ... (close-on-exec cleared), sets
-    /// `LISTEN_PID` to its own pid and execs the program as execvp would. Never returns
-    /// when it could set up: a failed exec writes the error number to the report pipe
-    /// and exits 127.
+    /// In the child, right after the fork: moves the stdio into place; sets the gid, the
+    /// uid (dropping supplementary groups when the agent is root), the working dir, a
+    /// process group of its own, SIGPIPE back to its default and an empty signal mask,
+    /// the parent death signal, the rlimits; opens the output files (as the new uid);
+    /// moves the sockets to fds 3, 4, ... (close-on-exec cleared) with `LISTEN_PID` its
+    /// own pid; and execs the program as execvp would. Never returns: a failure writes
+    /// its error number to the report pipe and exits 127.
     ///
-    /// Only async-signal-safe system calls (fcntl, dup2, getpid, execve, write, _exit)
-    /// on memory prepared before the fork; no allocation.
-    fn exec(&mut self) -> io::Result<()> {
+    /// Only async-signal-safe system calls (fcntl, dup2, setgroups, setgid, setuid,
+    /// chdir, setpgid, sigaction, sigprocmask, prctl, setrlimit, open, fstat, close,
+    /// getpid, execve, write, _exit) on memory prepared before the fork; no allocation.
+    fn exec(&mut self) -> ! {
         use nix::libc;
         let n = self.sources.len();
         let floor = 3 + n as i32;
         #[allow(unsafe_code)]
         // SAFETY: plain system calls on fds and on buffers this plan owns; `pid_var_at`
-        // points to `PID_VAR_LEN` bytes; `argv` and `envp` are NULL-terminated arrays of
-        // NUL-terminated strings that live as long as the plan.
+        // points to `PID_VAR_LEN` bytes; `argv`, `sh_argv` and `envp` are
+        // NULL-terminated arrays of NUL-terminated strings that live as long as the
+        // plan; `set` is a local sigset_t that sigemptyset initialises.
         unsafe {
-            // Above the targets first, so that moving one in place clobbers no other.
-            let report = libc::fcntl(self.report.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor);
-            if report < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let fail = |errno: i32| -> ! {
+            let fail_on = |report: RawFd, errno: i32| -> ! {
                 let bytes = errno.to_ne_bytes();
                 libc::write(report, bytes.as_ptr().cast(), bytes.len());
                 libc::_exit(127)
             };
+            // Above every target first, so that moving one in place clobbers no other.
+            let report = libc::fcntl(self.report.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor);
+            if report < 0 {
+                fail_on(self.report.as_raw_fd(), nix::errno::Errno::last_raw());
+            }
+            let fail = |errno: i32| -> ! { fail_on(report, errno) };
+            let check = |r: libc::c_int| {
+                if r < 0 {
+                    fail(nix::errno::Errno::last_raw())
+                }
+            };
             for i in 0..n {
                 let fd = libc::fcntl(self.sources[i], libc::F_DUPFD_CLOEXEC, floor);
-                if fd < 0 {
-                    fail(nix::errno::Errno::last_raw());
-                }
+                check(fd);
                 self.temp[i] = fd;
+            }
+            for (target, &fd) in self.stdio.iter().enumerate() {
+                if fd >= 0 {
+                    // dup2 leaves close-on-exec cleared on the target.
+                    check(libc::dup2(fd, target as i32));
+                }
+            }
+            if let Some(gid) = self.gid {
+                check(libc::setgid(gid));
+            }
+            if let Some(uid) = self.uid {
+                if libc::getuid() == 0 {
+                    check(libc::setgroups(0, std::ptr::null()));
+                }
+                check(libc::setuid(uid));
+            }
+            if let Some(dir) = &self.cwd {
+                check(libc::chdir(dir.as_ptr()));
+            }
+            check(libc::setpgid(0, 0));
+            if libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR {
+                fail(nix::errno::Errno::last_raw());
+            }
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            check(libc::sigemptyset(set.as_mut_ptr()));
+            check(libc::pthread_sigmask(
+                libc::SIG_SETMASK,
+                set.as_ptr(),
+                std::ptr::null_mut(),
+            ));
+            if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                fail(e as i32);
+            }
+            for r in &self.rlimits {
+                if let Err(e) = nix::sys::resource::setrlimit(r.resource, r.soft, r.hard) {
+                    fail(e as i32);
+                }
+            }
+            for f in &self.files {
+                if let Err(e) = open_output_in_child(f) {
+                    fail(e.raw_os_error().unwrap_or(libc::EIO));
+                }
             }
             for i in 0..n {
                 // dup2 leaves close-on-exec cleared on the target.
-                if libc::dup2(self.temp[i], 3 + i as i32) < 0 {
-                    fail(nix::errno::Errno::last_raw());
+                check(libc::dup2(self.temp[i], 3 + i as i32));
+            }
+            if n > 0 {
+                let mut pid = libc::getpid() as u32;
+                let mut digits = [0u8; 10];
+                let mut len = 0;
+                loop {
+                    digits[len] = b'0' + (pid % 10) as u8;
+                    len += 1;
+                    pid /= 10;
+                    if pid == 0 {
+                        break;
+                    }
                 }
-            }
-            let mut pid = libc::getpid() as u32;
-            let mut digits = [0u8; 10];
-            let mut len = 0;
-            loop {
-                digits[len] = b'0' + (pid % 10) as u8;
-                len += 1;
-                pid /= 10;
-                if pid == 0 {
-                    break;
+                let at = self.pid_var_at.add(PID_VAR.len());
+                for i in 0..len {
+                    *at.add(i) = digits[len - 1 - i];
                 }
+                *at.add(len) = 0;
             }
-            let at = self.pid_var_at.add(PID_VAR.len());
-            for i in 0..len {
-                *at.add(i) = digits[len - 1 - i];
-            }
-            *at.add(len) = 0;
             let mut denied = false;
             let mut last = libc::ENOENT;
             for c in &self.candidates {
@@ -532,11 +832,11 @@ impl ExecPlan {
 }
 
 /// Reads the error number a child wrote before it exited, or `None` once it exec'd.
-fn read_report(read: OwnedFd) -> Option<i32> {
+fn read_report(read: &OwnedFd) -> Option<i32> {
     let mut buf = [0u8; 4];
     let mut got = 0;
     while got < buf.len() {
-        match nix::unistd::read(&read, &mut buf[got..]) {
+        match nix::unistd::read(read, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
@@ -1018,5 +1318,72 @@ mod tests {
         let _g = rt.enter();
         let e = spawn(&spec("/nonexistent/prog", &[])).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+    /// Reads a spawned process's stdout to the end and waits for it.
+    async fn output(mut s: Spawned) -> (String, std::process::ExitStatus) {
+        use tokio::io::AsyncReadExt;
+        let mut out = String::new();
+        if let Some(mut o) = s.stdout.take() {
+            o.read_to_string(&mut out).await.unwrap();
+        }
+        (out, s.child.wait().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_each_failure_in_its_place_and_starts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut in_dir = spec("sh", &["-c", "pwd"]);
+        in_dir.working_dir = Some(dir.path().to_owned());
+        let mut no_dir = spec("sh", &["-c", "pwd"]);
+        no_dir.working_dir = Some(dir.path().join("gone"));
+        let mut nul = spec("sh", &["-c", "echo a\0b"]);
+        nul.args[1].push('\0');
+        let all = spawn_all(vec![
+            spec("sh", &["-c", "echo first"]),
+            spec("/nonexistent/prog", &[]),
+            spec("no-such-program-anywhere", &[]),
+            no_dir,
+            nul,
+            in_dir,
+        ])
+        .await;
+        let mut all = all.into_iter();
+        let (out, status) = output(all.next().unwrap().unwrap()).await;
+        assert_eq!((out.as_str(), status.success()), ("first\n", true));
+        for _ in 0..3 {
+            let e = all.next().unwrap().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+            assert_eq!(e.to_string(), "No such file or directory (os error 2)");
+        }
+        let e = all.next().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let (out, status) = output(all.next().unwrap().unwrap()).await;
+        assert!(status.success());
+        assert_eq!(out.trim_end(), dir.path().to_str().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_child_starts_with_no_blocked_or_ignored_signal() {
+        use nix::sys::signal::{SigSet, SigmaskHow};
+        // The forking thread blocks SIGUSR1 for the spawn (and the test runtime ignores
+        // SIGPIPE): the child has neither.
+        let mut usr1 = SigSet::empty();
+        usr1.add(Signal::SIGUSR1);
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr1), Some(&mut old))
+            .unwrap();
+        // The program itself reads its status: no shell in between to change it.
+        let sp = spec("cat", &["/proc/self/status"]);
+        let spawned = spawn(&sp);
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        let (out, status) = output(spawned.unwrap()).await;
+        assert!(status.success(), "{out}");
+        let field = |name: &str| {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        assert_eq!(field("SigBlk:"), 0, "{out}");
+        let sigpipe = 1u64 << (Signal::SIGPIPE as u64 - 1);
+        assert_eq!(field("SigIgn:") & sigpipe, 0, "{out}");
     }
 }

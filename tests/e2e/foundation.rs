@@ -254,6 +254,40 @@ fn wid_expands_in_args_and_env() {
 }
 
 #[test]
+fn a_program_that_cannot_run_fails_with_the_system_s_words_and_spares_the_rest() {
+    let nats = NatsServer::start();
+    // Both watchers start at boot, their processes forked in the same batch.
+    let config = format!(
+        "[watcher.bad]\ncmd = \"/nonexistent/prog\"\nnumprocesses = 2\n\
+         restart_delay = \"20ms\"\nmax_retry = 1\n\n{}",
+        sleeper("good", "1000", 3)
+    );
+    let agent = Agent::start(&nats, "n1", &config);
+    let s = wait_for(T, "bad to be fatal", || {
+        let s = summary(&agent, "bad");
+        (s["state"] == "fatal").then_some(s)
+    });
+    assert_eq!(s["running"], 0, "{s}");
+    // Each failed start is logged with why, in the system's words: 2 slots, 2 tries.
+    let want = "cannot start \"/nonexistent/prog\": No such file or directory (os error 2)";
+    agent.wait_log(T, &[want]);
+    let lines = agent.log_lines(&["WARN", want]);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let good = wait_for(T, "good to run 3", || {
+        let pids: Vec<u64> = slots(&agent, "good")
+            .iter()
+            .filter(|p| p["state"] == "running")
+            .filter_map(|p| p["pid"].as_u64())
+            .collect();
+        (pids.len() == 3).then_some(pids)
+    });
+    for pid in good {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(cmdline.starts_with(b"sleep\x001000"), "{pid}: {cmdline:?}");
+    }
+}
+
+#[test]
 fn a_crash_loop_backs_off_then_ends_fatal_and_start_revives_it() {
     let nats = NatsServer::start();
     let agent = Agent::start(
