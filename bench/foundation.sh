@@ -2,7 +2,7 @@
 # Benchmarks the foundation, and Circus and supervisord beside it in the same run:
 #
 #   idle RSS      the manager process's VmRSS with 10 watchers of one `sleep` each, after
-#                 the processes are up and it has idled for a moment;
+#                 the processes are up and it has idled for SETTLE seconds;
 #   CLI wall      one control command as a whole process, start to exit (median, p95):
 #                 `ctl --node N numprocesses w1`, `circusctl numprocesses w1`,
 #                 `supervisorctl status`; measured with hyperfine (installed with apt-get
@@ -26,6 +26,13 @@
 #                 repeated SCALE_RUNS times (median, and the spread min-max).
 #
 # Usage: bench/foundation.sh
+#   AGENT=static  the agent measured: the static musl build (scripts/build-static.sh,
+#               built with the rest; the glibc one when it cannot be built), or
+#               AGENT=gnu the glibc release build; ctl is the glibc release build
+#   SETTLE=5    seconds every manager idles, its processes up, before its RSS is read
+#               (the agent pages its start-up code out 2 s after start-up and its
+#               periodic work brings part of it back within a second: a reading
+#               before 3 s shows that passing low, not the steady size)
 #   RUNS=50     CLI runs per tool         KILLS=20   respawns measured for nodeagent
 #   PEER_KILLS=5  respawns measured for Circus and supervisord (each takes ~1-5 s there)
 #   PEERS=0     skip Circus, supervisord and PM2 (Circus and supervisord are installed
@@ -50,55 +57,22 @@ PM2_PREFIX=${BENCH_PM2:-$ROOT/target/bench-pm2}
 HUNDRED=${HUNDRED:-100}
 IDLE_SECS=${IDLE_SECS:-30}
 SCALE_RUNS=${SCALE_RUNS:-3}
+SETTLE=${SETTLE:-5}
 WORK=$(mktemp -d /tmp/bench-foundation.XXXXXX)
-MANAGERS=() # pids to stop gracefully, then kill, with their children
-OTHERS=()   # pids to kill
 MARKER=86400123 # `sleep $MARKER`: counts only the benchmark's own processes
-
 log() { printf '[%3ss] %s\n' "$SECONDS" "$*" >&2; }
 
+. bench/lib.sh
 stop_all() {
-    local p kids=()
     if [ -n "${PM2:-}" ] && [ -d "$WORK/pm2" ]; then
         [ -f "$WORK/pm2/pm2.pid" ] && OTHERS+=($(cat "$WORK/pm2/pm2.pid"))
         PM2_HOME=$WORK/pm2 timeout 20 "$PM2" kill >/dev/null 2>&1 || true
     fi
-    for p in ${MANAGERS[@]+"${MANAGERS[@]}"}; do
-        kids+=($(ps -o pid= --ppid "$p" 2>/dev/null || true))
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for _ in $(seq 1 100); do
-        local alive=0
-        for p in ${MANAGERS[@]+"${MANAGERS[@]}"}; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for p in ${MANAGERS[@]+"${MANAGERS[@]}"} ${kids[@]+"${kids[@]}"} ${OTHERS[@]+"${OTHERS[@]}"}; do
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
+    stop_processes
     rm -rf "$WORK"
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every 50 ms.
-wait_for() {
-    local secs=$1 what=$2
-    shift 2
-    local end=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$end" ]; then
-            log "timed out waiting for $what"
-            exit 1
-        fi
-        sleep 0.05
-    done
-}
 
 count_children() { # PID MARKER -> how many children run `sleep MARKER`
     local n=0 c
@@ -134,7 +108,7 @@ hundred() {
     shift 2
     python3 bench/scale.py "$mgr" "$MARKER" "$HUNDRED" 120 >/dev/null ||
         { log "$tag: $HUNDRED children did not all start"; exit 1; }
-    sleep 2
+    sleep "$SETTLE"
     printf -v "${tag}_RSS100" '%s' "$(rss_sum "$mgr" "$@")"
     t0=$(cpu_ticks "$mgr" "$@")
     sleep "$IDLE_SECS"
@@ -233,7 +207,9 @@ fi
 
 log "building (release)..."
 cargo build --release --bins -q
-BIN=$ROOT/target/release
+[ "${AGENT:-static}" = static ] && log "building the static agent (scripts/build-static.sh)..."
+agent_bindir "$WORK/bin"
+BIN=$WORK/bin
 
 WATCHERS=$(seq 1 10)
 
@@ -259,7 +235,7 @@ measure_agent() {
     MANAGERS+=("$agent")
     wait_for 20 "the agent's ping" "$bin/ctl" -s "$url" --node bench ping
     wait_for 20 "10 agent children" has_children "$agent" "$MARKER" 10
-    sleep 2 # idle
+    sleep "$SETTLE" # idle
     printf -v "${tag}_RSS" '%s' "$(rss_kib "$agent")"
     wall "${tag}_cli" "$bin/ctl" -s "$url" --node bench numprocesses w1
     python3 bench/respawn.py "$agent" "$MARKER" "$KILLS" 0.2:0.4 >"$WORK/${tag}_respawn.ns"
@@ -300,7 +276,7 @@ if [ "$PEERS" = 1 ]; then
     MANAGERS+=("$CIRCUSD")
     wait_for 30 "circusd" "$VENV/bin/circusctl" --endpoint "tcp://127.0.0.1:$P1" status
     wait_for 30 "10 circus children" has_children "$CIRCUSD" "$MARKER" 10
-    sleep 2
+    sleep "$SETTLE"
     C_RSS=$(rss_kib "$CIRCUSD")
     wall circus_cli "$VENV/bin/circusctl" --endpoint "tcp://127.0.0.1:$P1" numprocesses w1
     python3 bench/respawn.py "$CIRCUSD" "$MARKER" "$PEER_KILLS" 0.2:5.2 >"$WORK/circus_respawn.ns"
@@ -323,7 +299,7 @@ if [ "$PEERS" = 1 ]; then
     MANAGERS+=("$SUPERVISORD")
     wait_for 30 "10 supervisord children" has_children "$SUPERVISORD" "$MARKER" 10
     wait_for 30 "supervisorctl" "$VENV/bin/supervisorctl" -c "$WORK/supervisord.conf" status
-    sleep 2
+    sleep "$SETTLE"
     S_RSS=$(rss_kib "$SUPERVISORD")
     wall supervisor_cli "$VENV/bin/supervisorctl" -c "$WORK/supervisord.conf" status
     python3 bench/respawn.py "$SUPERVISORD" "$MARKER" "$PEER_KILLS" 0.2:1.2 >"$WORK/supervisor_respawn.ns"
@@ -356,7 +332,7 @@ if [ -n "$PM2" ]; then
     pm2_apps 0 >"$WORK/pm2-10.json"
     PM2D=$(pm2_daemon "$WORK/pm2-10.json")
     wait_for 30 "10 pm2 children" has_children "$PM2D" "$MARKER" 10
-    sleep 2
+    sleep "$SETTLE"
     P_RSS=$(rss_kib "$PM2D")
     wall pm2_cli "${PM2C[@]}" pid w1
     python3 bench/respawn.py "$PM2D" "$MARKER" "$PEER_KILLS" 0.2:1.2 >"$WORK/pm2_respawn.ns"
@@ -480,7 +456,8 @@ plain() { row "$@" "" "" "" ""; } # LABEL A C S P, without a best peer or a base
 first() { echo "${1%% *}"; }
 range() { local a b c; read -r a b c <<<"$1"; [ "$b" = - ] && echo - || echo "$b-$c"; }
 echo
-echo "foundation benchmark: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); RUNS=$RUNS KILLS=$KILLS/$PEER_KILLS HUNDRED=$HUNDRED IDLE_SECS=$IDLE_SECS SCALE_RUNS=$SCALE_RUNS${HYPERFINE:+, hyperfine}"
+echo "foundation benchmark: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); RUNS=$RUNS KILLS=$KILLS/$PEER_KILLS HUNDRED=$HUNDRED IDLE_SECS=$IDLE_SECS SCALE_RUNS=$SCALE_RUNS SETTLE=$SETTLE${HYPERFINE:+, hyperfine}"
+echo "nodeagent: $AGENT_BUILD; ctl: glibc (release)"
 row "" nodeagent circus supervisord pm2 "best peer" "best/agent" baseline "agent/baseline"
 line "idle RSS, 10 watchers (MiB)" "$(mib "$A_RSS")" "$(mib "$C_RSS")" "$(mib "$S_RSS")" "$(mib "$P_RSS")" "$(mib "$B_RSS")"
 line "CLI wall, median (ms)" "$A_CLI_MED" "$C_CLI_MED" "$S_CLI_MED" "$P_CLI_MED" "$B_CLI_MED"

@@ -2,7 +2,10 @@
 # Builds the Debian package (cargo-deb) from binaries already built, and prints its
 # path. PROFILE=dev (the default: the binaries of `cargo build --workspace --bins`, as
 # the tests use) or PROFILE=release (after `cargo build --release --workspace --bins`,
-# for hosts). It renders the man pages and completions from the binaries first.
+# for hosts). With STATIC=1 (release only) the package holds the static musl agent
+# (scripts/build-static.sh, which builds it when missing or stale: no shared library
+# needed) and the glibc release ctl. It renders the man pages and completions from the
+# binaries first.
 # Installs cargo-deb when missing (`cargo install`, about two minutes once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +16,22 @@ case "$profile" in
     release) dir=target/release ;;
     *) echo "package.sh: PROFILE must be dev or release, not '$profile'" >&2; exit 2 ;;
 esac
+static="${STATIC:-0}"
+target=()
+if [ "$static" = 1 ]; then
+    [ "$profile" = release ] || { echo "package.sh: STATIC=1 needs PROFILE=release" >&2; exit 2; }
+    agent=$(scripts/build-static.sh)
+    [ -x target/release/ctl ] || {
+        echo "package.sh: target/release/ctl is missing; build it first (cargo build --release --bins)" >&2
+        exit 2
+    }
+    # cargo-deb --target reads the assets listed under target/release/ from the target's
+    # own directory: ctl (the glibc build) and the generated files go there beside the
+    # static agent.
+    dir=$(dirname "$agent")
+    cp -p target/release/ctl "$dir/ctl"
+    target=(--target x86_64-unknown-linux-musl)
+fi
 for b in nodeagent ctl; do
     [ -x "$dir/$b" ] || {
         echo "package.sh: $dir/$b is missing; build it first (cargo build --workspace --bins)" >&2
@@ -40,7 +59,8 @@ mkdir -p "$out"
 extra=()
 [ "$profile" = dev ] && extra+=(--fast)
 log="$out/cargo-deb.log"
-if ! cargo deb -p nodeagent --no-build --profile "$profile" --output "$out" "${extra[@]}" \
+if ! cargo deb -p nodeagent --no-build --profile "$profile" ${target[@]+"${target[@]}"} \
+    --output "$out" ${extra[@]+"${extra[@]}"} \
     >"$log" 2>&1; then
     cat "$log" >&2
     echo "package.sh: cargo deb failed" >&2

@@ -52,7 +52,7 @@ pub fn page_out_own_code() {
         return;
     };
     let mut bytes = 0usize;
-    for (start, len) in exe_mappings(&maps, &exe) {
+    for (start, len) in exe_mappings(&maps, &exe, STATIC_MUSL) {
         let Some(addr) = NonNull::new(std::ptr::without_provenance_mut::<c_void>(start)) else {
             continue;
         };
@@ -74,13 +74,22 @@ pub fn page_out_own_code() {
     tracing::debug!(bytes, "memory: start-up code paged out");
 }
 
+/// Whether this is the static musl build (`x86_64-unknown-linux-musl`, crt-static):
+/// there, the linker puts the read-only data (.rodata, unwind tables,
+/// .gcc_except_table) after the code, and nothing makes a read-only mapping of
+/// relocated data: musl's static start-up relocates .data.rel.ro in place and leaves it
+/// in the writable mapping.
+const STATIC_MUSL: bool = cfg!(all(target_env = "musl", target_feature = "crt-static"));
+
 /// The mappings of the file `exe` in /proc/self/maps text `maps` that hold its pages as
 /// they are in the file: (start address, length), the read-only ones up to the last
-/// code mapping (headers, relocations, read-only data, unwind tables, code). The
-/// read-only mapping after the code is the data the dynamic linker relocated (RELRO),
-/// and the writable ones are .data and .bss: their pages are private copies, which
-/// reclaim would write to swap; they are left alone.
-fn exe_mappings(maps: &str, exe: &Path) -> Vec<(usize, usize)> {
+/// code mapping (headers, relocations, read-only data, unwind tables, code), and with
+/// `static_exe` the read-only ones after it too. In a dynamically linked executable,
+/// the read-only mapping after the code is the data the dynamic linker relocated
+/// (RELRO); in a static one ([`STATIC_MUSL`]) it is the file's read-only data. The
+/// writable ones are .data and .bss (and a static executable's relocated data): their
+/// pages are private copies, which reclaim would write to swap; they are left alone.
+fn exe_mappings(maps: &str, exe: &Path, static_exe: bool) -> Vec<(usize, usize)> {
     let exe = exe.as_os_str().to_string_lossy();
     let mut out = vec![];
     let mut past_code = false;
@@ -101,7 +110,7 @@ fn exe_mappings(maps: &str, exe: &Path) -> Vec<(usize, usize)> {
             continue;
         }
         let code = perms.starts_with("r-x");
-        if past_code && !code {
+        if past_code && !code && !static_exe {
             continue;
         }
         past_code = code;
@@ -139,7 +148,7 @@ mod tests {
 7f0000000000-7f0000100000 r-xp 00000000 fe:00 7    /usr/lib/x86_64-linux-gnu/libc.so.6
 7f0000200000-7f0000300000 r-xp 00000000 fe:00 43    /usr/bin/nodeagent-old
 ";
-        let got = exe_mappings(maps, Path::new("/usr/bin/nodeagent"));
+        let got = exe_mappings(maps, Path::new("/usr/bin/nodeagent"), false);
         assert_eq!(
             got,
             vec![(0x55d0_c000_0000, 0x10_0000), (0x55d0_c010_0000, 0x40_0000)]
@@ -147,9 +156,31 @@ mod tests {
     }
 
     #[test]
+    fn a_static_executable_gives_its_read_only_data_after_the_code_too() {
+        // A static-pie musl build: headers and relocations, code, then .rodata and the
+        // unwind tables; the relocated data stays in the writable mapping.
+        let maps = "\
+7fa352e00000-7fa352e53000 r--p 00000000 fe:00 42    /usr/bin/nodeagent
+7fa352e53000-7fa353259000 r-xp 00053000 fe:00 42    /usr/bin/nodeagent
+7fa353259000-7fa353411000 r--p 00459000 fe:00 42    /usr/bin/nodeagent
+7fa353411000-7fa353456000 rw-p 00610000 fe:00 42    /usr/bin/nodeagent
+7fa353456000-7fa353458000 rw-p 00000000 00:00 0 
+";
+        let got = exe_mappings(maps, Path::new("/usr/bin/nodeagent"), true);
+        assert_eq!(
+            got,
+            vec![
+                (0x7fa3_52e0_0000, 0x5_3000),
+                (0x7fa3_52e5_3000, 0x40_6000),
+                (0x7fa3_5325_9000, 0x1b_8000)
+            ]
+        );
+    }
+
+    #[test]
     fn a_replaced_binary_still_matches_its_deleted_path() {
         let maps = "1000-3000 r-xp 00000000 fe:00 42 /opt/nodeagent (deleted)\n";
-        let got = exe_mappings(maps, Path::new("/opt/nodeagent (deleted)"));
+        let got = exe_mappings(maps, Path::new("/opt/nodeagent (deleted)"), false);
         assert_eq!(got, vec![(0x1000, 0x2000)]);
     }
 
