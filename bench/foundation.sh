@@ -215,8 +215,8 @@ WATCHERS=$(seq 1 10)
 
 # ---------------------------------------------------------------- nodeagent
 # measure_agent TAG BINDIR: the idle RSS, CLI wall and respawn of BINDIR's nodeagent
-# (driven by BINDIR's ctl), into ${TAG}_RSS, ${TAG}_CLI_MED, ... ; the agent is left
-# running (stopped on exit) unless a baseline follows.
+# (driven by BINDIR's ctl), into ${TAG}_RSS, ${TAG}_CLI_MED, ... ; the agent is then
+# stopped, so that the next one runs alone on the server, as each peer does.
 measure_agent() {
     local tag=$1 bin=$2 port url agent med p95
     log "nodeagent ($bin)..."
@@ -245,11 +245,8 @@ measure_agent() {
     read -r med p95 <<<"$(stats "$WORK/${tag}_respawn.ns")"
     printf -v "${tag}_RSP_MED" '%s' "$med"
     printf -v "${tag}_RSP_P95" '%s' "$p95"
-    if [ "$tag" = B ]; then
-        # Out of the way of the next one.
-        kill -TERM "$agent" 2>/dev/null || true
-        wait "$agent" 2>/dev/null || true
-    fi
+    kill -TERM "$agent" 2>/dev/null || true
+    wait "$agent" 2>/dev/null || true
 }
 B_RSS=- B_CLI_MED=- B_CLI_P95=- B_RSP_MED=- B_RSP_P95=-
 if [ -n "${BASELINE:-}" ]; then
