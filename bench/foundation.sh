@@ -29,7 +29,7 @@
 #   AGENT=static  the agent measured: the static musl build (scripts/build-static.sh,
 #               built with the rest; the glibc one when it cannot be built), or
 #               AGENT=gnu the glibc release build; ctl is the glibc release build
-#   SETTLE=5    seconds every manager idles, its processes up, before its RSS is read
+#   SETTLE=10   seconds every manager idles, its processes up, before its RSS is read
 #               (the agent pages its start-up code out 2 s after start-up and its
 #               periodic work brings part of it back within a second: a reading
 #               before 3 s shows that passing low, not the steady size)
@@ -57,7 +57,7 @@ PM2_PREFIX=${BENCH_PM2:-$ROOT/target/bench-pm2}
 HUNDRED=${HUNDRED:-100}
 IDLE_SECS=${IDLE_SECS:-30}
 SCALE_RUNS=${SCALE_RUNS:-3}
-SETTLE=${SETTLE:-5}
+SETTLE=${SETTLE:-10}
 WORK=$(mktemp -d /tmp/bench-foundation.XXXXXX)
 MARKER=86400123 # `sleep $MARKER`: counts only the benchmark's own processes
 log() { printf '[%3ss] %s\n' "$SECONDS" "$*" >&2; }
