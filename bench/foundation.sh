@@ -226,10 +226,7 @@ measure_agent() {
     wait_for 10 "nats-server" grep -q "Server is ready" "$WORK/nats-$tag.log"
     url=nats://127.0.0.1:$port
     if [ "$tag" = A ]; then URL=$url; fi # this build's nats-server, also for the rows of HUNDRED
-    {
-        printf '[agent]\nname = "bench"\nstate_dir = "%s/state-%s"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$tag" "$url"
-        for i in $WATCHERS; do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
-    } >"$WORK/node-$tag.toml"
+    agent_idle_config bench "$WORK/state-$tag" "$url" "$MARKER" >"$WORK/node-$tag.toml"
     "$bin/nodeagent" -c "$WORK/node-$tag.toml" 2>"$WORK/agent-$tag.log" &
     agent=$!
     MANAGERS+=("$agent")
@@ -345,11 +342,7 @@ S_RSS100=- S_CPU=- S_STOP="- - -" S_SCALE="- - -"
 P_RSS100=- P_CPU=- P_STOP="- - -" P_SCALE="- - -"
 
 log "nodeagent, one watcher of $HUNDRED..."
-{
-    printf '[agent]\nname = "bench100"\nstate_dir = "%s/state100"\nstats_interval = "1s"\n\n' "$WORK"
-    printf '[nats]\nservers = ["%s"]\n\n' "$URL"
-    printf '[watcher.w1]\ncmd = "sleep"\nargs = ["%s"]\nnumprocesses = %s\n' "$MARKER" "$HUNDRED"
-} >"$WORK/node100.toml"
+agent_hundred_config bench100 "$WORK/state100" "$URL" "$MARKER" "$HUNDRED" >"$WORK/node100.toml"
 "$BIN/nodeagent" -c "$WORK/node100.toml" 2>"$WORK/agent100.log" &
 AGENT100=$!
 MANAGERS+=("$AGENT100")

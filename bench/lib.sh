@@ -11,6 +11,10 @@
 #              default) the static musl agent (scripts/build-static.sh builds it when
 #              it is missing or stale), falling back to the glibc one when it cannot be
 #              built; with AGENT=gnu the glibc release agent (target/release)
+#   agent_idle_config NAME STATE_DIR URL MARKER   the agent config of the idle rows:
+#              10 watchers of one `sleep MARKER` each
+#   agent_hundred_config NAME STATE_DIR URL MARKER N   the agent config of the rows of
+#              N processes: one watcher of N `sleep MARKER`, stats at 1 s
 
 MANAGERS=()
 OTHERS=()
@@ -72,4 +76,16 @@ agent_bindir() {
     mkdir -p "$dir"
     ln -sf "$PWD/$agent" "$dir/nodeagent"
     ln -sf "$PWD/target/release/ctl" "$dir/ctl"
+}
+
+agent_idle_config() {
+    local i
+    printf '[agent]\nname = "%s"\nstate_dir = "%s"\n\n[nats]\nservers = ["%s"]\n\n' "$1" "$2" "$3"
+    for i in $(seq 1 10); do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$4"; done
+}
+
+agent_hundred_config() {
+    printf '[agent]\nname = "%s"\nstate_dir = "%s"\nstats_interval = "1s"\n\n' "$1" "$2"
+    printf '[nats]\nservers = ["%s"]\n\n' "$3"
+    printf '[watcher.w1]\ncmd = "sleep"\nargs = ["%s"]\nnumprocesses = %s\n' "$4" "$5"
 }

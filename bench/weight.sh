@@ -62,10 +62,7 @@ OTHERS+=($!)
 wait_for 10 nats-server grep -q "Server is ready" "$WORK/nats.log"
 URL=nats://127.0.0.1:$PORT
 
-{
-    printf '[agent]\nname = "w10"\nstate_dir = "%s/s10"\n\n[nats]\nservers = ["%s"]\n\n' "$WORK" "$URL"
-    for i in $(seq 1 10); do printf '[watcher.w%s]\ncmd = "sleep"\nargs = ["%s"]\n\n' "$i" "$MARKER"; done
-} >"$WORK/w10.toml"
+agent_idle_config w10 "$WORK/s10" "$URL" "$MARKER" >"$WORK/w10.toml"
 "$BIN/nodeagent" -c "$WORK/w10.toml" 2>"$WORK/w10.log" &
 A=$!
 MANAGERS+=($A)
@@ -100,11 +97,7 @@ print(f"median {statistics.median(v):.2f}, p95 {v[min(len(v) - 1, round(0.95 * (
 kill -TERM "$A"
 wait "$A" 2>/dev/null || true
 
-{
-    printf '[agent]\nname = "w100"\nstate_dir = "%s/s100"\nstats_interval = "1s"\n\n' "$WORK"
-    printf '[nats]\nservers = ["%s"]\n\n' "$URL"
-    printf '[watcher.w1]\ncmd = "sleep"\nargs = ["%s"]\nnumprocesses = %s\n' "$MARKER" "$HUNDRED"
-} >"$WORK/w100.toml"
+agent_hundred_config w100 "$WORK/s100" "$URL" "$MARKER" "$HUNDRED" >"$WORK/w100.toml"
 "$BIN/nodeagent" -c "$WORK/w100.toml" 2>"$WORK/w100.log" &
 A=$!
 MANAGERS+=($A)
