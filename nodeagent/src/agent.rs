@@ -255,8 +255,9 @@ pub async fn run(
         identity.node,
         subjects.node_cmd(&identity.node)
     ));
-    // Start-up is done: what it alone used (heap, code pages) goes back to the kernel.
-    tokio::spawn(crate::memory::settle_after_start());
+    // Start-up is done: the code pages it alone used go back to the kernel, and every
+    // minute those run once since.
+    tokio::spawn(crate::memory::give_back_code());
     tokio::spawn(relay::publish_logs(
         bus.clone(),
         subjects,

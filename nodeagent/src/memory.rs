@@ -1,13 +1,15 @@
-//! Giving back, once start-up is done, the pages of the agent's own code that only
-//! start-up ran.
+//! Giving back the pages of the agent's own code that it does not run all the time:
+//! once start-up is done, then every minute.
 //!
 //! The agent parses its arguments, reads and validates its config, restores its state,
 //! sets up TLS and logging, starts its processes and announces itself once; the code
 //! all that ran stays resident for the agent's whole life unless given back, because
 //! each page fault of a file mapping maps up to 64 KiB around it and the kernel reads
-//! ahead of it. The call below is advice to the kernel: it changes nothing the agent
-//! can observe but its resident size, and a page needed again comes back on its next
-//! touch.
+//! ahead of it. The same holds for the code of each command served. The calls below are
+//! advice to the kernel: they change nothing the agent can observe but its resident
+//! size, and a page needed again comes back on its next touch. What the idle agent runs
+//! all the time is laid out together in the static build (scripts/link-hot.sh), so the
+//! pages that come back are few.
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -17,17 +19,24 @@ use std::time::Duration;
 use nix::sys::mman::{madvise, MmapAdvise};
 
 /// How long after start-up (commands served, processes started, the first announcement
-/// sent) the agent gives its start-up code back: the start-up work that runs in tasks
-/// of its own (the first spawns, the first heartbeat and stats sample) is over by then.
+/// sent) the agent first gives its code back: the start-up work that runs in tasks of
+/// its own (the first spawns, the first heartbeat and stats sample) is over by then.
 pub const AFTER_START: Duration = Duration::from_secs(2);
 
-/// Waits [`AFTER_START`], then pages the agent's start-up code out
-/// ([`page_out_own_code`]) on a blocking thread: reclaiming pages takes a few
-/// milliseconds.
-pub async fn settle_after_start() {
+/// How often the agent gives its code back after that: the code it ran once since (a
+/// command served, a reconnection, the end of start-up tasks) goes back too, and the
+/// code it runs all the time comes back at its next touch.
+pub const EVERY: Duration = Duration::from_secs(60);
+
+/// Waits [`AFTER_START`], then pages the agent's code out ([`page_out_own_code`]) and
+/// again every [`EVERY`]. In this task, not on a blocking thread: it is about 2 ms of
+/// system calls a minute, and a thread started for it and ending would itself leave
+/// code resident.
+pub async fn give_back_code() {
     tokio::time::sleep(AFTER_START).await;
-    if let Err(e) = tokio::task::spawn_blocking(page_out_own_code).await {
-        tracing::debug!("memory: paging start-up code out failed: {e}");
+    loop {
+        page_out_own_code();
+        tokio::time::sleep(EVERY).await;
     }
 }
 
@@ -52,7 +61,7 @@ pub fn page_out_own_code() {
         return;
     };
     let mut bytes = 0usize;
-    for (start, len) in exe_mappings(&maps, &exe, STATIC_MUSL) {
+    for Mapping { start, len, code } in exe_mappings(&maps, &exe, STATIC_MUSL) {
         let Some(addr) = NonNull::new(std::ptr::without_provenance_mut::<c_void>(start)) else {
             continue;
         };
@@ -60,16 +69,34 @@ pub fn page_out_own_code() {
         // SAFETY: [start, start + len) is a read-only, file-backed mapping of this
         // process, page-aligned, as /proc/self/maps lists it; nothing in the agent
         // unmaps its own executable (were it gone, madvise fails with ENOMEM).
-        // MADV_PAGEOUT is advice: it changes when pages are reclaimed, never what the
-        // program reads at an address: a reclaimed page is read back from the same
-        // file at its next touch.
-        let done = unsafe { madvise(addr, len, MmapAdvise::MADV_PAGEOUT) };
+        // MADV_RANDOM and MADV_PAGEOUT are advice: they change when pages are read and
+        // reclaimed, never what the program reads at an address: a reclaimed page is
+        // read back from the same file at its next touch.
+        let done = unsafe {
+            // Read-only data is read a page at a time from now on, not with the 128
+            // KiB or more around it (the kernel ignores this advice for code).
+            let random = if code {
+                Ok(())
+            } else {
+                madvise(addr, len, MmapAdvise::MADV_RANDOM)
+            };
+            random.and_then(|()| madvise(addr, len, MmapAdvise::MADV_PAGEOUT))
+        };
         if let Err(e) = done {
             // EINVAL: a kernel older than 5.4. Nothing to do either way.
             tracing::debug!("memory: madvise(MADV_PAGEOUT): {e}");
             return;
         }
         bytes = bytes.saturating_add(len);
+    }
+    // The pages of the file that start-up read ahead but never touched stay in the page
+    // cache, where the next fault nearby would map them (fault-around): drop those no
+    // process maps.
+    if let Ok(file) = std::fs::File::open(&exe) {
+        let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        if let Err(e) = nix::fcntl::posix_fadvise(&file, 0, 0, advice) {
+            tracing::debug!("memory: posix_fadvise(DONTNEED): {e}");
+        }
     }
     tracing::debug!(bytes, "memory: start-up code paged out");
 }
@@ -81,6 +108,15 @@ pub fn page_out_own_code() {
 /// in the writable mapping.
 const STATIC_MUSL: bool = cfg!(all(target_env = "musl", target_feature = "crt-static"));
 
+/// A read-only mapping of the agent's executable.
+#[derive(Debug, PartialEq)]
+struct Mapping {
+    start: usize,
+    len: usize,
+    /// Executable (code), not data.
+    code: bool,
+}
+
 /// The mappings of the file `exe` in /proc/self/maps text `maps` that hold its pages as
 /// they are in the file: (start address, length), the read-only ones up to the last
 /// code mapping (headers, relocations, read-only data, unwind tables, code), and with
@@ -89,7 +125,7 @@ const STATIC_MUSL: bool = cfg!(all(target_env = "musl", target_feature = "crt-st
 /// (RELRO); in a static one ([`STATIC_MUSL`]) it is the file's read-only data. The
 /// writable ones are .data and .bss (and a static executable's relocated data): their
 /// pages are private copies, which reclaim would write to swap; they are left alone.
-fn exe_mappings(maps: &str, exe: &Path, static_exe: bool) -> Vec<(usize, usize)> {
+fn exe_mappings(maps: &str, exe: &Path, static_exe: bool) -> Vec<Mapping> {
     let exe = exe.as_os_str().to_string_lossy();
     let mut out = vec![];
     let mut past_code = false;
@@ -127,7 +163,11 @@ fn exe_mappings(maps: &str, exe: &Path, static_exe: bool) -> Vec<(usize, usize)>
             continue;
         };
         if end > start {
-            out.push((start, end - start));
+            out.push(Mapping {
+                start,
+                len: end - start,
+                code,
+            });
         }
     }
     out
@@ -136,6 +176,10 @@ fn exe_mappings(maps: &str, exe: &Path, static_exe: bool) -> Vec<(usize, usize)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ro(start: usize, len: usize, code: bool) -> Mapping {
+        Mapping { start, len, code }
+    }
 
     #[test]
     fn only_the_file_pages_of_the_executable_are_chosen() {
@@ -151,7 +195,10 @@ mod tests {
         let got = exe_mappings(maps, Path::new("/usr/bin/nodeagent"), false);
         assert_eq!(
             got,
-            vec![(0x55d0_c000_0000, 0x10_0000), (0x55d0_c010_0000, 0x40_0000)]
+            vec![
+                ro(0x55d0_c000_0000, 0x10_0000, false),
+                ro(0x55d0_c010_0000, 0x40_0000, true)
+            ]
         );
     }
 
@@ -170,9 +217,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (0x7fa3_52e0_0000, 0x5_3000),
-                (0x7fa3_52e5_3000, 0x40_6000),
-                (0x7fa3_5325_9000, 0x1b_8000)
+                ro(0x7fa3_52e0_0000, 0x5_3000, false),
+                ro(0x7fa3_52e5_3000, 0x40_6000, true),
+                ro(0x7fa3_5325_9000, 0x1b_8000, false)
             ]
         );
     }
@@ -181,7 +228,7 @@ mod tests {
     fn a_replaced_binary_still_matches_its_deleted_path() {
         let maps = "1000-3000 r-xp 00000000 fe:00 42 /opt/nodeagent (deleted)\n";
         let got = exe_mappings(maps, Path::new("/opt/nodeagent (deleted)"), false);
-        assert_eq!(got, vec![(0x1000, 0x2000)]);
+        assert_eq!(got, vec![ro(0x1000, 0x2000, true)]);
     }
 
     #[test]
