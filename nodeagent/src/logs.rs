@@ -1289,6 +1289,13 @@ mod tests {
                 DEFAULT_BACKUPS,
             )
             .await;
+            // Lines are stamped to the millisecond, and lines of one stamp keep no order
+            // across streams: process 2 starts in a later millisecond.
+            let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis();
+            let last = ms(SystemTime::now());
+            while ms(SystemTime::now()) <= last {
+                tokio::task::yield_now().await;
+            }
         }
         close(&mut m, "api").await;
 
