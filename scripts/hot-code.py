@@ -6,8 +6,9 @@ Usage (as root, on a host with nothing else of value running: it sets the read-a
 the disk holding the binary to 0 for its run and restores it, and drops the page cache):
     sudo scripts/hot-code.py [BINARY]
 BINARY defaults to the static agent (scripts/build-static.sh builds it). Environment:
-START=8 (seconds each agent runs before the measure), WINDOW=30 (seconds of each
-measure), NATS=nats-server.
+START=8 (seconds each agent runs before the measure), WINDOW=65 (seconds of each
+measure: the agent's slowest periodic work, its own page-out, runs once a minute),
+NATS=nats-server.
 
 How: it runs two agents from BINARY against a local nats-server, one idle with 10
 watchers and one with 100 processes and stats at 1 s (the two agents bench/weight.sh
@@ -15,7 +16,9 @@ reads), and after START pages their code out (process_madvise MADV_PAGEOUT) and 
 the page cache. With read-ahead at 0, each page of code the agents then run is read
 alone, so after WINDOW the pages present in their code mappings (/proc/PID/pagemap)
 are exactly the pages they ran. The functions on those pages are candidates; each gets
-a uprobe (tracefs), and the list is the functions hit during a second WINDOW, named as
+a uprobe (tracefs), and the list is the functions hit during a second WINDOW (with
+those uprobes cannot probe), and those on the stacks of the agents' threads at its
+end (gdb: loops entered before the probes, such as the runtime's workers), named as
 c++filt prints them. Functions already listed stay, in their order, while the binary
 has them (FRESH=1 starts over); new ones follow in address order.
 """
@@ -35,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIST = os.path.join(ROOT, "nodeagent", "hot-code.txt")
 TRACE = "/sys/kernel/tracing"
 START = float(os.environ.get("START", "8"))
-WINDOW = float(os.environ.get("WINDOW", "30"))
+WINDOW = float(os.environ.get("WINDOW", "65"))
 MARKER = "86400125"
 HEADER = """\
 # The functions the idle agent runs (heartbeats, timers, the NATS connection, the
@@ -133,6 +136,34 @@ def present_offsets(pid, binary):
     return out
 
 
+GDB_FRAMES = """
+import gdb
+for t in gdb.selected_inferior().threads():
+    t.switch()
+    f = gdb.newest_frame()
+    while f is not None:
+        print("pc", hex(f.pc()))
+        f = f.older()
+"""
+
+
+def stack_offsets(pid, binary):
+    """File offsets of the code in the frames of every thread of the process: the
+    functions entered before the probes (main, the runtime's worker and thread loops)
+    that run on while they are on the stack. One look with gdb (the process stops for
+    it); the return addresses are taken one byte back, inside the call."""
+    out = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "python" + GDB_FRAMES],
+                         capture_output=True, text=True, check=False).stdout
+    ranges = exe_ranges(pid, binary, True)
+    offsets = set()
+    for k, line in enumerate(l for l in out.splitlines() if l.startswith("pc ")):
+        pc = int(line.split()[1], 16)
+        for a, b, off in ranges:
+            if a <= pc < b:
+                offsets.add(pc - a + off - (1 if k else 0))
+    return offsets
+
+
 def uprobe_hits(binaries, probes, secs):
     """Indexes of `probes` ((file offset, ...)) hit in any of `binaries` (copies of
     one file) during `secs`."""
@@ -145,17 +176,20 @@ def uprobe_hits(binaries, probes, secs):
         os.write(fd, f"p:hotcode/{name} {b}:0x{off:x}\n".encode())
     os.close(fd)
     try:
-        refused = 0
+        refused = set()
         for name, _, _ in events:
             try:
                 with open(f"{TRACE}/events/hotcode/{name}/enable", "w") as f:
                     f.write("1")
             except OSError:
-                refused += 1  # an instruction uprobes cannot replace: never listed
+                # An instruction uprobes cannot replace (assembly such as memcpy): the
+                # function is listed, as its page ran.
+                refused.add(int(name[1:].split("_")[0]))
         if refused:
-            print(f"{refused} functions could not be probed", file=sys.stderr)
+            print(f"{len(refused)} functions could not be probed; listed as their pages ran",
+                  file=sys.stderr)
         time.sleep(secs)
-        hits = set()
+        hits = set(refused)
         for line in open(f"{TRACE}/uprobe_profile"):
             f = line.split()
             if len(f) >= 3 and f[1].startswith("f") and int(f[2]) > 0:
@@ -246,6 +280,9 @@ def main():
         print(f"{len(pages)} code pages ran, {len(candidates)} functions on them; probing...",
               file=sys.stderr)
         hit = uprobe_hits(list(copies.values()), candidates, WINDOW)
+        on_stacks = set()
+        for p, exe in agents:
+            on_stacks |= stack_offsets(p.pid, exe)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -259,6 +296,10 @@ def main():
             f.write(ra_before)
     # Aliases (one address, several names) were probed once: list every name.
     hot_addrs = {candidates[i][1] for i in hit}
+    for a, s, n, d in functions(copy):
+        off = file_offset(a)
+        if off is not None and any(off <= o < off + s for o in on_stacks):
+            hot_addrs.add(a)
     names = [d for a, s, n, d in sorted(functions(copy)) if a in hot_addrs]
     old = []
     if os.path.exists(LIST) and os.environ.get("FRESH") != "1":
