@@ -18,6 +18,9 @@
 # name then), else as written (C functions of the C library). The symbol ordering
 # file this writes is handed to LLD (--symbol-ordering-file); a function it cannot
 # find is left where it was, and how many were found is written to LIST.report.
+# Before the list comes nodeagent::memory::hot_code_start and after it
+# nodeagent::memory::hot_code_end: the agent leaves the pages between them resident
+# when it pages its code out (nodeagent/src/memory.rs).
 # Function order changes no behaviour: only where the code sits in the file.
 set -euo pipefail
 
@@ -64,6 +67,10 @@ symbols | awk -F '\t' -v report="$list.report" '
         next
     }
     /^#/ || /^[ \t]*$/ { next }
+    /^nodeagent::memory::hot_code_(start|end)$/ {
+        if ($0 in bare) { printf "%s", bare[$0]; markers++ }
+        next
+    }
     {
         listed++
         if ($0 in full) { printf "%s", full[$0]; exact++; next }
@@ -73,9 +80,10 @@ symbols | awk -F '\t' -v report="$list.report" '
         missing++
     }
     END {
-        printf "hot code: %d functions listed: %d found by full name, %d by name without hashes, %d C functions passed as named, %d not found\n",
-            listed, exact, byname, plain, missing > report
+        printf "hot code: %d functions listed: %d found by full name, %d by name without hashes, %d C functions passed as named, %d not found; %s\n",
+            listed, exact, byname, plain, missing,
+            markers == 2 ? "its bounds marked" : "its bounds not found (the agent then pages it out with the rest)" > report
     }
-' - "$list" >"$order"
+' - <(echo nodeagent::memory::hot_code_start; cat "$list"; echo nodeagent::memory::hot_code_end) >"$order"
 
 exec "${CC:-cc}" "${args[@]}" -Wl,--symbol-ordering-file="$order" -Wl,--no-warn-symbol-ordering

@@ -8,8 +8,9 @@
 //! ahead of it. The same holds for the code of each command served. The calls below are
 //! advice to the kernel: they change nothing the agent can observe but its resident
 //! size, and a page needed again comes back on its next touch. What the idle agent runs
-//! all the time is laid out together in the static build (scripts/link-hot.sh), so the
-//! pages that come back are few.
+//! all the time is laid out together in the static build (scripts/link-hot.sh), between
+//! `hot_code_start` and `hot_code_end`: after the first page-out those pages stay,
+//! so the idle agent reads nothing back from disk.
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -28,32 +29,35 @@ pub const AFTER_START: Duration = Duration::from_secs(2);
 /// code it runs all the time comes back at its next touch.
 pub const EVERY: Duration = Duration::from_secs(60);
 
-/// Waits [`AFTER_START`], then pages the agent's code out ([`page_out_own_code`]) and
-/// again every [`EVERY`]. In this task, not on a blocking thread: it is about 2 ms of
-/// system calls a minute, and a thread started for it and ending would itself leave
-/// code resident.
+/// Waits [`AFTER_START`], then pages the agent's code and read-only data out
+/// ([`page_out_own_code`]), and again every [`EVERY`] its code outside the hot span.
+/// In this task, not on a blocking thread: it is about 2 ms of system calls a minute,
+/// and a thread started for it and ending would itself leave code resident.
 pub async fn give_back_code() {
     tokio::time::sleep(AFTER_START).await;
+    page_out_own_code(Hot::PagedOut);
     loop {
-        page_out_own_code();
         tokio::time::sleep(EVERY).await;
+        page_out_own_code(Hot::Kept);
     }
 }
 
 /// Asks the kernel to reclaim now (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later) the
 /// resident pages of the agent's own executable: its read-only mappings of the file
 /// /proc/self/exe points to (code, read-only data, unwind tables, the relocations the
-/// dynamic linker read once). The kernel's reclaim would take them under memory
-/// pressure anyway; done early, it takes the pages only start-up used (argument
-/// parsing, the config's parser and checks, TLS and logging set-up, the state restore),
-/// and the pages the running agent touches again come back at their next touch, from
-/// the page cache or the disk.
+/// dynamic linker read once), or with [`Hot::Kept`] its code outside the hot span. The
+/// kernel's reclaim would take them under memory pressure anyway; done early, it takes
+/// the pages only start-up used (argument parsing, the config's parser and checks, TLS
+/// and logging set-up, the state restore) or a command used, and the pages the running
+/// agent touches again come back at their next touch, from the page cache or the disk.
+/// The file's pages then left in the page cache and mapped by no process are dropped
+/// (`POSIX_FADV_DONTNEED`), so that the next fault nearby does not map them back.
 ///
 /// The kernel reclaims only pages no other process maps: with several agents of the
 /// same binary on a host, the pages they share stay resident (each counts once in
 /// memory, and in every agent's RSS). On kernels without MADV_PAGEOUT (EINVAL) it does
 /// nothing.
-pub fn page_out_own_code() {
+pub fn page_out_own_code(hot: Hot) {
     let (Ok(exe), Ok(maps)) = (
         std::fs::read_link("/proc/self/exe"),
         std::fs::read_to_string("/proc/self/maps"),
@@ -61,7 +65,15 @@ pub fn page_out_own_code() {
         return;
     };
     let mut bytes = 0usize;
-    for Mapping { start, len, code } in exe_mappings(&maps, &exe, STATIC_MUSL) {
+    let (hot, data) = match hot {
+        Hot::Kept => (hot_code(), false),
+        Hot::PagedOut => (None, true),
+    };
+    let pieces = exe_mappings(&maps, &exe, STATIC_MUSL)
+        .into_iter()
+        .filter(|m| m.code || data)
+        .flat_map(|m| outside(m, hot));
+    for Mapping { start, len, code } in pieces {
         let Some(addr) = NonNull::new(std::ptr::without_provenance_mut::<c_void>(start)) else {
             continue;
         };
@@ -102,11 +114,90 @@ pub fn page_out_own_code() {
 }
 
 /// Whether this is the static musl build (`x86_64-unknown-linux-musl`, crt-static):
-/// there, the linker puts the read-only data (.rodata, unwind tables,
-/// .gcc_except_table) after the code, and nothing makes a read-only mapping of
+/// there, GNU ld puts the read-only data (.rodata, unwind tables, .gcc_except_table)
+/// after the code (LLD puts it before), and nothing makes a read-only mapping of
 /// relocated data: musl's static start-up relocates .data.rel.ro in place and leaves it
 /// in the writable mapping.
 const STATIC_MUSL: bool = cfg!(all(target_env = "musl", target_feature = "crt-static"));
+
+/// What a page-out does with the code the agent runs all the time ([`hot_code`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Hot {
+    /// Paged out with the rest: the first time, when start-up read the file in large
+    /// blocks (folios), which the kernel cannot reclaim in part while the hot part
+    /// stays mapped; the hot pages come back a few at a time.
+    PagedOut,
+    /// Left resident, with the read-only data: every later time. The data the agent
+    /// reads all the time lies scattered (tables of the allocator, the formatter, the
+    /// JSON writer), and what it has read once since start-up is a few pages.
+    Kept,
+}
+
+/// The first function of the code the agent runs all the time, when the build laid
+/// that code out together: scripts/link-hot.sh places it first, then the functions of
+/// nodeagent/hot-code.txt, then [`hot_code_end`]. Without that layout the
+/// two lie wherever the linker puts them, most likely side by side. They return
+/// different values so that no optimisation merges them into one.
+#[inline(never)]
+fn hot_code_start() -> u32 {
+    0x686f_7431
+}
+
+/// The function after the code the agent runs all the time: see
+/// [`hot_code_start`].
+#[inline(never)]
+fn hot_code_end() -> u32 {
+    0x686f_7432
+}
+
+/// The largest span taken for the hot code: the idle agent's functions take about
+/// 230 KiB; two markers further apart than this were not laid out by the link.
+const HOT_MAX: usize = 2 << 20;
+
+/// The pages of the code the agent runs all the time, [start, end) page-aligned, when
+/// the markers around it are in order and near each other. Paging those out would
+/// only make the agent read them back from disk at its next tick.
+fn hot_code() -> Option<(usize, usize)> {
+    let start = hot_code_start as fn() -> u32 as usize;
+    let end = hot_code_end as fn() -> u32 as usize;
+    hot_span(start, end)
+}
+
+fn hot_span(start: usize, end: usize) -> Option<(usize, usize)> {
+    const PAGE: usize = 4096;
+    if end <= start || end - start > HOT_MAX {
+        return None;
+    }
+    let end = end.checked_add(PAGE)? & !(PAGE - 1);
+    Some((start & !(PAGE - 1), end))
+}
+
+/// The parts of `m` outside `hot` (code mappings only: data is never skipped).
+fn outside(m: Mapping, hot: Option<(usize, usize)>) -> Vec<Mapping> {
+    let Some((lo, hi)) = hot.filter(|_| m.code) else {
+        return vec![m];
+    };
+    let end = m.start.saturating_add(m.len);
+    if hi <= m.start || lo >= end {
+        return vec![m];
+    }
+    let mut out = vec![];
+    if lo > m.start {
+        out.push(Mapping {
+            start: m.start,
+            len: lo - m.start,
+            code: true,
+        });
+    }
+    if hi < end {
+        out.push(Mapping {
+            start: hi,
+            len: end - hi,
+            code: true,
+        });
+    }
+    out
+}
 
 /// A read-only mapping of the agent's executable.
 #[derive(Debug, PartialEq)]
@@ -225,6 +316,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hot_code_is_left_out_of_the_code_mapping_only() {
+        let hot = hot_span(0x10_0100, 0x13_8000);
+        assert_eq!(hot, Some((0x10_0000, 0x13_9000)));
+        assert_eq!(
+            outside(ro(0xf_0000, 0x10_0000, true), hot),
+            vec![ro(0xf_0000, 0x1_0000, true), ro(0x13_9000, 0xb_7000, true)]
+        );
+        // Hot code at the very start of the mapping, data beside it, a mapping away.
+        assert_eq!(
+            outside(ro(0x10_0000, 0x4_0000, true), hot),
+            vec![ro(0x13_9000, 0x7000, true)]
+        );
+        assert_eq!(
+            outside(ro(0x10_0000, 0x4_0000, false), hot),
+            vec![ro(0x10_0000, 0x4_0000, false)]
+        );
+        assert_eq!(
+            outside(ro(0x20_0000, 0x1000, true), hot),
+            vec![ro(0x20_0000, 0x1000, true)]
+        );
+        // Markers out of order or far apart: no hot span.
+        assert_eq!(hot_span(0x13_8000, 0x10_0000), None);
+        assert_eq!(hot_span(0x10_0000, 0x10_0000 + (4 << 20)), None);
+    }
+
+    #[test]
     fn a_replaced_binary_still_matches_its_deleted_path() {
         let maps = "1000-3000 r-xp 00000000 fe:00 42 /opt/nodeagent (deleted)\n";
         let got = exe_mappings(maps, Path::new("/opt/nodeagent (deleted)"), false);
@@ -233,7 +350,8 @@ mod tests {
 
     #[test]
     fn paging_own_code_out_keeps_the_program_running() {
-        page_out_own_code();
+        page_out_own_code(Hot::PagedOut);
+        page_out_own_code(Hot::Kept);
         // Code paged out comes back on its next touch.
         let v: Vec<u64> = (0..1000).collect();
         assert_eq!(v.iter().sum::<u64>(), 499_500);
