@@ -16,19 +16,6 @@ fn state_of(url: &str, name: &str) -> Option<String> {
         .map(|(_, s)| s)
 }
 
-/// Waits until 3 answers in a row show every one of `names` alive.
-fn wait_all_alive(url: &str, names: &[&str]) {
-    let mut in_a_row = 0;
-    wait_until(T, &format!("{names:?} all alive"), || {
-        let s = member_states(url);
-        let ok = names
-            .iter()
-            .all(|n| s.iter().any(|(m, st)| m == n && st == "alive"));
-        in_a_row = if ok { in_a_row + 1 } else { 0 };
-        in_a_row >= 3
-    });
-}
-
 #[test]
 fn a_silently_cut_member_is_failed_then_alive_again_with_its_processes() {
     let net = NetNs::create();
@@ -46,7 +33,7 @@ fn a_silently_cut_member_is_failed_then_alive_again_with_its_processes() {
     let _a = Agent::start_config(&nats, &node("a"));
     let _b = Agent::start_config(&nats, &node("b"));
     let x = Agent::start_config_in(&nats, &node("x"), &net);
-    wait_all_alive(&url, &["a", "b", "x"]);
+    wait_all_alive(&url, &["a", "b", "x"], T);
     let kids = wait_for(T, "x's 2 processes", || {
         let k = x.children();
         (k.len() == 2).then_some(k)
@@ -87,7 +74,7 @@ fn a_silently_cut_member_is_failed_then_alive_again_with_its_processes() {
         wait_until(T, "x to answer again", || {
             ctl_url(&url, &["--timeout", "1s", "--node", "x", "ping"]).code == 0
         });
-        wait_all_alive(&url, &["a", "b", "x"]);
+        wait_all_alive(&url, &["a", "b", "x"], T);
     });
     eprintln!("link of x healed: answering and alive again after {back:?}");
     assert_eq!(x.children(), kids, "x's processes changed");

@@ -366,6 +366,9 @@ async fn a_rolling_restart_of_all_nodes_goes_node_by_node_with_surge() {
     for agent in [a, b] {
         wait_until(T, "web running", || agent.pids("web").len() == 1);
     }
+    // `--all` reaches the members the answering agent knows: both, once each knows the
+    // other.
+    tokio::task::block_in_place(|| wait_all_alive(&nats.url(), &["surge-a", "surge-b"], T));
     let (old_a, old_b) = (a.pids("web"), b.pids("web"));
     let out = tokio::task::block_in_place(|| ctl(&nats, &["--all", "restart", "web", "--rolling"]));
     out.expect_code(0, "ctl --all restart web --rolling");

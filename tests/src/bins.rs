@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::nats::NatsServer;
 use crate::schema::validate_reply;
+use crate::wait::wait_until;
 
 /// How long one `ctl` run may take before the harness kills it and fails the test.
 pub const CTL_DEADLINE: Duration = Duration::from_secs(90);
@@ -352,6 +353,21 @@ pub fn member_states(url: &str) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Waits (up to `within`) until 3 answers of `ctl members` in a row show every one of
+/// `names` alive: every agent then knows the others, and a command to `--all` reaches
+/// them all.
+pub fn wait_all_alive(url: &str, names: &[&str], within: Duration) {
+    let mut in_a_row = 0;
+    wait_until(within, &format!("{names:?} all alive"), || {
+        let s = member_states(url);
+        let ok = names
+            .iter()
+            .all(|n| s.iter().any(|(m, st)| m == n && st == "alive"));
+        in_a_row = if ok { in_a_row + 1 } else { 0 };
+        in_a_row >= 3
+    });
 }
 
 /// Runs `ctl --json ARGS...` and returns one JSON value per stdout line, each checked
