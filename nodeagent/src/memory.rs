@@ -1,5 +1,6 @@
 //! Giving back the pages of the agent's own code that it does not run all the time:
-//! once start-up is done, then every minute.
+//! once start-up is done, then (in the static build, which lays that code out) every
+//! minute.
 //!
 //! The agent parses its arguments, reads and validates its config, restores its state,
 //! sets up TLS and logging, starts its processes and announces itself once; the code
@@ -30,12 +31,18 @@ pub const AFTER_START: Duration = Duration::from_secs(2);
 pub const EVERY: Duration = Duration::from_secs(60);
 
 /// Waits [`AFTER_START`], then pages the agent's code and read-only data out
-/// ([`page_out_own_code`]), and again every [`EVERY`] its code outside the hot span.
+/// ([`page_out_own_code`]), and again every [`EVERY`] its code outside the hot span,
+/// in a build that laid the hot code out (the static one, scripts/link-hot.sh).
 /// In this task, not on a blocking thread: it is about 2 ms of system calls a minute,
 /// and a thread started for it and ending would itself leave code resident.
 pub async fn give_back_code() {
     tokio::time::sleep(AFTER_START).await;
     page_out_own_code(Hot::PagedOut);
+    if hot_code().is_none() {
+        // Without the layout the code the agent runs lies scattered over the whole
+        // binary: paging it out again would only have it read back from disk.
+        return;
+    }
     loop {
         tokio::time::sleep(EVERY).await;
         page_out_own_code(Hot::Kept);
@@ -150,13 +157,16 @@ fn hot_code_end() -> u32 {
     0x686f_7432
 }
 
-/// The largest span taken for the hot code: the idle agent's functions take about
-/// 230 KiB; two markers further apart than this were not laid out by the link.
+/// The span the hot code may take: the idle agent's functions take about 230 KiB. Two
+/// markers nearer (side by side) or further apart than this were not laid out by the
+/// link.
+const HOT_MIN: usize = 16 << 10;
 const HOT_MAX: usize = 2 << 20;
 
 /// The pages of the code the agent runs all the time, [start, end) page-aligned, when
-/// the markers around it are in order and near each other. Paging those out would
-/// only make the agent read them back from disk at its next tick.
+/// the build laid it out together (the markers around it in order, between
+/// [`HOT_MIN`] and [`HOT_MAX`] apart). Paging those out would only make the agent read
+/// them back from disk at its next tick.
 fn hot_code() -> Option<(usize, usize)> {
     let start = hot_code_start as fn() -> u32 as usize;
     let end = hot_code_end as fn() -> u32 as usize;
@@ -165,7 +175,7 @@ fn hot_code() -> Option<(usize, usize)> {
 
 fn hot_span(start: usize, end: usize) -> Option<(usize, usize)> {
     const PAGE: usize = 4096;
-    if end <= start || end - start > HOT_MAX {
+    if end <= start || !(HOT_MIN..=HOT_MAX).contains(&(end - start)) {
         return None;
     }
     let end = end.checked_add(PAGE)? & !(PAGE - 1);
@@ -336,8 +346,9 @@ mod tests {
             outside(ro(0x20_0000, 0x1000, true), hot),
             vec![ro(0x20_0000, 0x1000, true)]
         );
-        // Markers out of order or far apart: no hot span.
+        // Markers out of order, side by side or far apart: no hot span.
         assert_eq!(hot_span(0x13_8000, 0x10_0000), None);
+        assert_eq!(hot_span(0x10_0000, 0x10_0010), None);
         assert_eq!(hot_span(0x10_0000, 0x10_0000 + (4 << 20)), None);
     }
 
