@@ -21,15 +21,6 @@ fn sleeper(name: &str, secs: &str, extra: &str) -> String {
     format!("[watcher.{name}]\ncmd = \"sleep\"\nargs = [\"{secs}\"]\n{extra}\n\n")
 }
 
-fn wait_alive(url: &str, names: &[&str]) {
-    wait_until(T, &format!("{names:?} all alive"), || {
-        let s = member_states(url);
-        names
-            .iter()
-            .all(|n| s.iter().any(|(m, st)| m == n && st == "alive"))
-    });
-}
-
 /// `ctl` with the given environment and no `-s`.
 fn ctl_env(env: &[(&str, &str)], args: &[&str]) -> CtlOutput {
     let mut cmd = e2e::bins::hermetic(bin("ctl"));
@@ -38,27 +29,6 @@ fn ctl_env(env: &[(&str, &str)], args: &[&str]) -> CtlOutput {
         cmd.env(k, v);
     }
     e2e::bins::run(cmd, e2e::bins::CTL_DEADLINE)
-}
-
-/// Waits until every agent has logged every other one as a member (joined, alive or
-/// rejoined): then any of them answers `members` with all of them, whichever the
-/// queue group picks.
-fn wait_all_know_each_other(agents: &[Agent]) {
-    for a in agents {
-        for b in agents {
-            if a.name() == b.name() {
-                continue;
-            }
-            let who = format!("member=\"{}\"", b.name());
-            wait_until(T, &format!("{} to know {}", a.name(), b.name()), || {
-                a.log_lines(&[&who]).iter().any(|(_, l)| {
-                    ["member joined", "member alive", "member rejoined"]
-                        .iter()
-                        .any(|k| l.contains(k))
-                })
-            });
-        }
-    }
 }
 
 #[test]
@@ -75,7 +45,7 @@ fn rolling_restart_batch_never_restarts_more_than_n_nodes_at_once() {
             )
         })
         .collect();
-    wait_all_know_each_other(&agents);
+    wait_all_know_each_other(&agents.iter().collect::<Vec<_>>(), T);
     let mut sniff = Sniffer::start(&nats.url(), "cluster");
     let events = Subscription::new(&nats.url(), "cluster.*.events.w.*");
     let out = ctl(
@@ -392,7 +362,7 @@ fn members_status_and_name_filter_the_view() {
         .iter()
         .map(|n| Agent::start_config(&nats, &node(n, "", &sleeper("w", &s, ""))))
         .collect();
-    wait_alive(&nats.url(), &["web1", "web2", "db1"]);
+    wait_all_alive(&nats.url(), &["web1", "web2", "db1"], T);
     let status = agents[2].terminate();
     assert_eq!(status.code(), Some(0));
     let rows = |args: &[&str]| -> Vec<(String, String)> {
@@ -522,7 +492,7 @@ fn a_killed_agent_is_failed_at_once_with_system_events() {
     };
     let _watcher = Agent::start_config(&nats, &agent_conf("watcher"));
     let mut victim = Agent::start_config(&nats, &agent_conf("victim"));
-    wait_alive(&nats.url(), &["watcher", "victim"]);
+    wait_all_alive(&nats.url(), &["watcher", "victim"], T);
     victim.kill();
     let (_, took) = timed(|| {
         wait_until(T, "victim failed in the surviving agent's view", || {
@@ -546,7 +516,7 @@ fn the_traffic_of_a_session_matches_the_schemas() {
     let extra = "stats_interval = \"200ms\"\nallow_remote_exec = true";
     let a = Agent::start_config(&nats, &node("a", extra, &sleeper("w", &s, "")));
     let _b = Agent::start_config(&nats, &node("b", extra, &sleeper("w", &s, "")));
-    wait_alive(&nats.url(), &["a", "b"]);
+    wait_all_alive(&nats.url(), &["a", "b"], T);
     for args in [
         &["status"][..],
         &["list", "w"],

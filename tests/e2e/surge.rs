@@ -368,7 +368,7 @@ async fn a_rolling_restart_of_all_nodes_goes_node_by_node_with_surge() {
     }
     // `--all` reaches the members the answering agent knows: both, once each knows the
     // other.
-    tokio::task::block_in_place(|| wait_all_alive(&nats.url(), &["surge-a", "surge-b"], T));
+    tokio::task::block_in_place(|| wait_all_know_each_other(&[a, b], T));
     let (old_a, old_b) = (a.pids("web"), b.pids("web"));
     let out = tokio::task::block_in_place(|| ctl(&nats, &["--all", "restart", "web", "--rolling"]));
     out.expect_code(0, "ctl --all restart web --rolling");

@@ -172,12 +172,7 @@ fn an_upgrade_keeps_every_process_every_line_and_the_membership() {
     );
     let agent = Agent::start_config_copied(&nats, &node("n1", &watchers));
     let peer = Agent::start_config(&nats, &node("n2", ""));
-    wait_until(T, "both alive in every view", || {
-        let st = member_states(&nats.url());
-        ["n1", "n2"]
-            .iter()
-            .all(|n| st.iter().any(|(m, s)| m == n && s == "alive"))
-    });
+    wait_all_alive(&nats.url(), &["n1", "n2"], T);
     wait_until(T, "flaky restarted once and running", || {
         snapshot(&agent, &["flaky"])["flaky"]
             .first()
@@ -381,12 +376,7 @@ fn a_rolling_upgrade_goes_node_by_node() {
     let s = unique_secs();
     let a = Agent::start_config_copied(&nats, &node("n1", &sleeper("sl", &s, 1)));
     let b = Agent::start_config_copied(&nats, &node("n2", &sleeper("sl", &s, 1)));
-    wait_until(T, "both alive", || {
-        let st = member_states(&nats.url());
-        ["n1", "n2"]
-            .iter()
-            .all(|n| st.iter().any(|(m, s)| m == n && s == "alive"))
-    });
+    wait_all_know_each_other(&[&a, &b], T);
     let (was_a, was_b) = (boot(&a), boot(&b));
     let (pids_a, pids_b) = (snapshot(&a, &["sl"]), snapshot(&b, &["sl"]));
     let out = ctl_url(&nats.url(), &["--all", "upgrade", "--rolling"]);

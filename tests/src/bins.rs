@@ -370,6 +370,31 @@ pub fn wait_all_alive(url: &str, names: &[&str], within: Duration) {
     });
 }
 
+/// Waits (up to `within`) until every agent has logged every other one as a member
+/// (joined, alive or rejoined): then any of them answers `members` with all of them,
+/// whichever the queue group picks, and a command to `--all` reaches them all.
+pub fn wait_all_know_each_other(agents: &[&crate::Agent], within: Duration) {
+    for a in agents {
+        for b in agents {
+            if a.name() == b.name() {
+                continue;
+            }
+            let who = format!("member=\"{}\"", b.name());
+            wait_until(
+                within,
+                &format!("{} to know {}", a.name(), b.name()),
+                || {
+                    a.log_lines(&[&who]).iter().any(|(_, l)| {
+                        ["member joined", "member alive", "member rejoined"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                    })
+                },
+            );
+        }
+    }
+}
+
 /// Runs `ctl --json ARGS...` and returns one JSON value per stdout line, each checked
 /// against its command's reply schema. The exit code is not checked (error replies are
 /// printed too); see [`ctl_ok`].

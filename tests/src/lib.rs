@@ -22,8 +22,8 @@ pub mod web;
 pub use agent::Agent;
 pub use bins::{
     bin, ctl, ctl_json, ctl_json_output, ctl_json_output_url, ctl_ok, ctl_ok_url, ctl_url,
-    member_states, nodeagent, parse_table, spawn_ctl, wait_all_alive, CtlLines, CtlOutput,
-    KillOnDrop,
+    member_states, nodeagent, parse_table, spawn_ctl, wait_all_alive, wait_all_know_each_other,
+    CtlLines, CtlOutput, KillOnDrop,
 };
 pub use events::Events;
 pub use mark::MarkGuard;
