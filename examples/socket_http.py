@@ -36,8 +36,17 @@ def main():
     server.socket.close()
     server.socket = sock
     server.daemon_threads = False  # server_close waits for the requests in flight
-    stop = lambda *_: threading.Thread(target=server.shutdown).start()
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM: a thread stops the server. The handler only writes a byte to a pipe:
+    # starting a thread there, or taking any lock, can deadlock when the signal lands
+    # while the main thread is inside the same code (starting a request's thread).
+    r, w = os.pipe()
+
+    def stop_when_told():
+        os.read(r, 1)
+        server.shutdown()
+
+    threading.Thread(target=stop_when_told, daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: os.write(w, b"x"))
     server.serve_forever()
     server.server_close()
 

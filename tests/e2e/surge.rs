@@ -589,7 +589,14 @@ server = http.server.ThreadingHTTPServer(("", 0), Hello, bind_and_activate=False
 server.socket.close()
 server.socket = socket.socket(fileno=3)
 server.daemon_threads = False
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+# As examples/socket_http.py: the SIGTERM handler only writes to a pipe (a thread
+# started in it can deadlock with the main thread starting a request's thread).
+r, w = os.pipe()
+def stop_when_told():
+    os.read(r, 1)
+    server.shutdown()
+threading.Thread(target=stop_when_told, daemon=True).start()
+signal.signal(signal.SIGTERM, lambda *_: os.write(w, b"x"))
 server.serve_forever()
 server.server_close()
 "#;
