@@ -30,9 +30,10 @@ class Hello(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def main():
-    sock = socket.socket(fileno=inherited_fd())
-    server = http.server.ThreadingHTTPServer(("", 0), Hello, bind_and_activate=False)
+def serve(sock, handler=Hello):
+    """Serves HTTP with `handler` on the listening socket `sock` until SIGTERM, then
+    finishes the requests in flight."""
+    server = http.server.ThreadingHTTPServer(("", 0), handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
     server.daemon_threads = False  # server_close waits for the requests in flight
@@ -49,6 +50,10 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: os.write(w, b"x"))
     server.serve_forever()
     server.server_close()
+
+
+def main():
+    serve(socket.socket(fileno=inherited_fd()))
 
 
 if __name__ == "__main__":

@@ -540,9 +540,10 @@ fn stop_rm_and_shutdown_during_the_overlap_leave_no_process() {
 /// accepts, then answers one readiness probe (a GET on 127.0.0.1:`port`) and closes
 /// that port, so that the next process of its slot can listen there. Just before it
 /// answers the probe it writes `<dir>/ready-<wid>-<pid>` with the time it started and
-/// the time it answered.
+/// the time it answered. It serves with the example's server
+/// (`examples/socket_http.py`'s `serve`), without a log line per request.
 const WARMING_SERVER: &str = r#"
-import http.server, os, signal, socket, sys, threading, time
+import os, socket, sys, threading, time
 started = time.time()
 port, delay, wid, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
 time.sleep(delay)
@@ -575,30 +576,17 @@ def answer_one_probe():
 
 threading.Thread(target=answer_one_probe, daemon=True).start()
 
-class Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from pid %d\n" % os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+# The example's server (examples/socket_http.py, its directory the fifth argument),
+# without a log line per request.
+sys.path.insert(0, sys.argv[5])
+sys.dont_write_bytecode = True  # no __pycache__ in examples/
+import socket_http
+
+class Quiet(socket_http.Hello):
     def log_message(self, *args):
         pass
 
-server = http.server.ThreadingHTTPServer(("", 0), Hello, bind_and_activate=False)
-server.socket.close()
-server.socket = socket.socket(fileno=3)
-server.daemon_threads = False
-# As examples/socket_http.py: the SIGTERM handler only writes to a pipe (a thread
-# started in it can deadlock with the main thread starting a request's thread).
-r, w = os.pipe()
-def stop_when_told():
-    os.read(r, 1)
-    server.shutdown()
-threading.Thread(target=stop_when_told, daemon=True).start()
-signal.signal(signal.SIGTERM, lambda *_: os.write(w, b"x"))
-server.serve_forever()
-server.server_close()
+socket_http.serve(socket.socket(fileno=3), Quiet)
 "#;
 
 /// How long the warming server is not ready.
@@ -661,7 +649,7 @@ port = 0
 
 [watcher.web]
 cmd = "{py}"
-args = ["{script}", "{prefix}$(wid)", "{delay}", "$(wid)", "{dir}"]
+args = ["{script}", "{prefix}$(wid)", "{delay}", "$(wid)", "{dir}", "{examples}"]
 numprocesses = 2
 sockets = ["http"]
 max_surge = 1
@@ -671,6 +659,7 @@ ready = {{ http = "http://127.0.0.1:{prefix}$(wid)/ready", timeout = "20s", inte
 "#,
         py = python(),
         script = script.display(),
+        examples = example_server().parent().expect("examples/").display(),
         delay = WARMUP.as_secs_f64(),
         dir = dir.path().display(),
     );
