@@ -37,22 +37,22 @@ pub const EVERY: Duration = Duration::from_secs(60);
 /// and a thread started for it and ending would itself leave code resident.
 pub async fn give_back_code() {
     tokio::time::sleep(AFTER_START).await;
-    page_out_own_code(Hot::PagedOut);
-    if hot_code().is_none() {
+    page_out_own_code(None);
+    let Some(hot) = hot_code() else {
         // Without the layout the code the agent runs lies scattered over the whole
         // binary: paging it out again would only have it read back from disk.
         return;
-    }
+    };
     loop {
         tokio::time::sleep(EVERY).await;
-        page_out_own_code(Hot::Kept);
+        page_out_own_code(Some(hot));
     }
 }
 
 /// Asks the kernel to reclaim now (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later) the
 /// resident pages of the agent's own executable: its read-only mappings of the file
 /// /proc/self/exe points to (code, read-only data, unwind tables, the relocations the
-/// dynamic linker read once), or with [`Hot::Kept`] its code outside the hot span. The
+/// dynamic linker read once), or with `keep` its code outside that span. The
 /// kernel's reclaim would take them under memory pressure anyway; done early, it takes
 /// the pages only start-up used (argument parsing, the config's parser and checks, TLS
 /// and logging set-up, the state restore) or a command used, and the pages the running
@@ -64,7 +64,15 @@ pub async fn give_back_code() {
 /// same binary on a host, the pages they share stay resident (each counts once in
 /// memory, and in every agent's RSS). On kernels without MADV_PAGEOUT (EINVAL) it does
 /// nothing.
-pub fn page_out_own_code(hot: Hot) {
+///
+/// `keep` is `None` the first time: everything goes, the hot code too, because
+/// start-up read the file in large blocks (folios), which the kernel cannot reclaim in
+/// part while the hot part stays mapped; the hot pages come back a few at a time. Every
+/// later time it is the hot span ([`hot_code`]), left resident with the read-only data:
+/// the data the agent reads all the time lies scattered (tables of the allocator, the
+/// formatter, the JSON writer), and what it has read once since start-up is a few
+/// pages.
+pub fn page_out_own_code(keep: Option<(usize, usize)>) {
     let (Ok(exe), Ok(maps)) = (
         std::fs::read_link("/proc/self/exe"),
         std::fs::read_to_string("/proc/self/maps"),
@@ -72,14 +80,10 @@ pub fn page_out_own_code(hot: Hot) {
         return;
     };
     let mut bytes = 0usize;
-    let (hot, data) = match hot {
-        Hot::Kept => (hot_code(), false),
-        Hot::PagedOut => (None, true),
-    };
     let pieces = exe_mappings(&maps, &exe, STATIC_MUSL)
         .into_iter()
-        .filter(|m| m.code || data)
-        .flat_map(|m| outside(m, hot));
+        .filter(|m| m.code || keep.is_none())
+        .flat_map(|m| outside(m, keep));
     for Mapping { start, len, code } in pieces {
         let Some(addr) = NonNull::new(std::ptr::without_provenance_mut::<c_void>(start)) else {
             continue;
@@ -117,7 +121,7 @@ pub fn page_out_own_code(hot: Hot) {
             tracing::debug!("memory: posix_fadvise(DONTNEED): {e}");
         }
     }
-    tracing::debug!(bytes, "memory: start-up code paged out");
+    tracing::debug!(bytes, "memory: own code paged out");
 }
 
 /// Whether this is the static musl build (`x86_64-unknown-linux-musl`, crt-static):
@@ -126,19 +130,6 @@ pub fn page_out_own_code(hot: Hot) {
 /// relocated data: musl's static start-up relocates .data.rel.ro in place and leaves it
 /// in the writable mapping.
 const STATIC_MUSL: bool = cfg!(all(target_env = "musl", target_feature = "crt-static"));
-
-/// What a page-out does with the code the agent runs all the time ([`hot_code`]).
-#[derive(Clone, Copy, Debug)]
-pub enum Hot {
-    /// Paged out with the rest: the first time, when start-up read the file in large
-    /// blocks (folios), which the kernel cannot reclaim in part while the hot part
-    /// stays mapped; the hot pages come back a few at a time.
-    PagedOut,
-    /// Left resident, with the read-only data: every later time. The data the agent
-    /// reads all the time lies scattered (tables of the allocator, the formatter, the
-    /// JSON writer), and what it has read once since start-up is a few pages.
-    Kept,
-}
 
 /// The first function of the code the agent runs all the time, when the build laid
 /// that code out together: scripts/link-hot.sh places it first, then the functions of
@@ -361,8 +352,9 @@ mod tests {
 
     #[test]
     fn paging_own_code_out_keeps_the_program_running() {
-        page_out_own_code(Hot::PagedOut);
-        page_out_own_code(Hot::Kept);
+        page_out_own_code(None);
+        // No hot span in a test build: keep nothing but the read-only data.
+        page_out_own_code(Some(hot_code().unwrap_or_default()));
         // Code paged out comes back on its next touch.
         let v: Vec<u64> = (0..1000).collect();
         assert_eq!(v.iter().sum::<u64>(), 499_500);
