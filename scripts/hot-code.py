@@ -268,10 +268,12 @@ def main():
             return None
 
         pages = {o // 4096 for o in offsets}
+        # (vaddr, size, mangled, demangled, file offset) of every function, once: nm
+        # and c++filt over the whole binary take seconds.
+        funcs = [(a, s, n, d, file_offset(a)) for a, s, n, d in sorted(functions(copy))]
         candidates = []
         seen = set()
-        for a, s, n, d in functions(copy):
-            off = file_offset(a)
+        for a, s, n, d, off in funcs:
             if off is None or off in seen:
                 continue
             if any(p in pages for p in range(off // 4096, (off + s - 1) // 4096 + 1)):
@@ -296,17 +298,16 @@ def main():
             f.write(ra_before)
     # Aliases (one address, several names) were probed once: list every name.
     hot_addrs = {candidates[i][1] for i in hit}
-    for a, s, n, d in functions(copy):
-        off = file_offset(a)
+    for a, s, n, d, off in funcs:
         if off is not None and any(off <= o < off + s for o in on_stacks):
             hot_addrs.add(a)
-    names = [d for a, s, n, d in sorted(functions(copy)) if a in hot_addrs]
+    names = [d for a, s, n, d, off in funcs if a in hot_addrs]
     old = []
     if os.path.exists(LIST) and os.environ.get("FRESH") != "1":
         old = [l.rstrip("\n") for l in open(LIST) if l.strip() and not l.startswith("#")]
     # The functions listed before stay (a function that runs once a minute may miss a
     # window) while the binary still has them; FRESH=1 starts the list over.
-    present = {d for a, s, n, d in functions(copy)}
+    present = {d for a, s, n, d, off in funcs}
     ordered = [n for n in old if n in present]
     kept = set(ordered)
     new = [n for n in dict.fromkeys(names) if n not in kept]
